@@ -1,0 +1,201 @@
+"""The run spec's schema: dataclasses that the composed Hydra config must fit before any work starts.
+
+``load_run_config`` merges the composed config into these dataclasses (types, unknown keys), then checks each
+field's declared range or choices and that input files exist. Every failure is one ``ConfigError`` line that
+names the config key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export")
+
+
+class ConfigError(ValueError):
+    """An invalid run spec; the message is one line naming the key."""
+
+
+def _check(*, low: float | None = None, high: float | None = None, low_open: bool = False,
+           choices: tuple[str, ...] | None = None) -> dict[str, Any]:
+    return {"low": low, "high": high, "low_open": low_open, "choices": choices}
+
+
+def _field(default: Any, **check: Any) -> Any:
+    if isinstance(default, list | dict):
+        return field(default_factory=lambda: type(default)(default), metadata=_check(**check))
+    return field(default=default, metadata=_check(**check))
+
+
+@dataclass
+class RandomInitConfig:
+    """Build a small randomly initialised model of the source's architecture (smoke tests, CI)."""
+
+    hidden_size: int = _field(64, low=8)
+    num_hidden_layers: int = _field(2, low=1)
+    num_attention_heads: int = _field(4, low=1)
+    num_key_value_heads: int = _field(2, low=1)
+    intermediate_size: int = _field(128, low=8)
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    # A Hub id, a local safetensors folder, a .gguf file, or package:<python package>/<file in it>.
+    source: str = MISSING
+    gguf_file: str | None = None  # a GGUF file inside a local folder `source`
+    revision: str | None = None  # Hub revision (branch, tag or commit)
+    dtype: str = _field("auto", choices=("auto", "float32", "bfloat16", "float16"))
+    trust_remote_code: bool = False
+    random_init: RandomInitConfig | None = None
+
+
+@dataclass
+class DatasetConfig:
+    path: str = MISSING  # JSON or JSONL; relative paths are relative to the working directory
+    format: str = _field("auto", choices=("auto", "messages", "alpaca", "sharegpt"))
+    validation_path: str | None = None  # fixed splits: when both are given, `path` is the training split
+    test_path: str | None = None
+    validation_fraction: float = _field(0.1, low=0.0, high=0.5)
+    test_fraction: float = _field(0.1, low=0.0, high=0.5)
+    system_prompt: str | None = None  # prepended to conversations that have no system message
+
+
+@dataclass
+class MethodConfig:
+    name: str = _field("lora", choices=("lora", "qlora", "full"))
+    r: int = _field(16, low=1, high=1024)
+    alpha: float = _field(32.0, low=0.0, low_open=True)
+    dropout: float = _field(0.05, low=0.0, high=0.9)
+    target_modules: list[str] = _field(
+        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    )
+
+
+@dataclass
+class BackendConfig:
+    name: str = _field("hf", choices=("hf",))
+
+
+@dataclass
+class TrainConfig:
+    max_steps: int = _field(-1, low=-1)  # -1: train for `epochs`
+    epochs: float = _field(1.0, low=0.0, low_open=True)
+    batch_size: int = _field(1, low=1)
+    grad_accum: int = _field(4, low=1)
+    lr: float = _field(2e-4, low=0.0, high=1.0, low_open=True)
+    lr_scheduler: str = _field("cosine", choices=("cosine", "linear", "constant", "constant_with_warmup"))
+    warmup_ratio: float = _field(0.03, low=0.0, high=0.5)
+    weight_decay: float = _field(0.0, low=0.0, high=1.0)
+    max_seq_len: int = _field(1024, low=16)
+    gradient_checkpointing: bool = False
+    save_steps: int = _field(50, low=1)
+    save_total_limit: int = _field(2, low=1)
+    logging_steps: int = _field(1, low=1)
+
+
+@dataclass
+class EvalConfig:
+    max_samples: int | None = _field(None, low=1)  # cap on held-out conversations scored for perplexity
+    num_generations: int = _field(3, low=0)
+    max_new_tokens: int = _field(96, low=1)
+
+
+@dataclass
+class ExportConfig:
+    gguf_type: str = _field("f16", choices=("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"))
+    ollama: bool = True
+    system_prompt: str | None = None  # None: the training data's most common system prompt
+    temperature: float = _field(0.3, low=0.0, high=2.0)
+    top_p: float = _field(0.9, low=0.0, high=1.0, low_open=True)
+    repeat_penalty: float = _field(1.1, low=0.0, low_open=True)
+    num_ctx: int = _field(2048, low=128)
+    smoke_test_max_tokens: int = _field(96, low=1)
+
+
+@dataclass
+class RunConfig:
+    run_name: str = "default"
+    seed: int = 42
+    stages: list[str] = _field(list(STAGE_NAMES))
+    model: ModelConfig = field(default_factory=ModelConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def _range_text(meta: dict[str, Any]) -> str:
+    low, high = meta["low"], meta["high"]
+    if low is not None and high is not None:
+        return f"{'(' if meta['low_open'] else '['}{low}, {high}]"
+    if low is not None:
+        return f"{'>' if meta['low_open'] else '>='} {low}"
+    return f"<= {high}"
+
+
+def _check_fields(node: Any, prefix: str) -> None:
+    for f in dataclasses.fields(node):
+        key, value = f"{prefix}{f.name}", getattr(node, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_fields(value, f"{key}.")
+            continue
+        meta = f.metadata
+        if not meta or value is None:
+            continue
+        if meta["choices"] is not None and value not in meta["choices"]:
+            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(meta['choices'])}")
+        if meta["low"] is None and meta["high"] is None:
+            continue
+        too_low = meta["low"] is not None and (value <= meta["low"] if meta["low_open"] else value < meta["low"])
+        too_high = meta["high"] is not None and value > meta["high"]
+        if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
+            raise ConfigError(f"{key}={value}: must be in {_range_text(meta)}")
+
+
+def _check_cross_fields(run: RunConfig) -> None:
+    for name in run.stages:
+        if name not in STAGE_NAMES:
+            raise ConfigError(f"stages: unknown stage {name!r}; stages are {', '.join(STAGE_NAMES)}")
+    d = run.dataset
+    if d.validation_fraction + d.test_fraction >= 1.0:
+        raise ConfigError("dataset.validation_fraction + dataset.test_fraction must be < 1")
+    if (d.validation_path is None) != (d.test_path is None):
+        raise ConfigError("dataset.validation_path and dataset.test_path: give both (fixed splits) or neither")
+    for key in ("path", "validation_path", "test_path"):
+        value = getattr(d, key)
+        if value is not None and not Path(value).is_file():
+            raise ConfigError(f"dataset.{key}: file not found: {Path(value).resolve()}")
+
+
+def load_run_config(cfg: DictConfig) -> RunConfig:
+    """Validate a composed config and return it as a typed ``RunConfig``; raises ``ConfigError``."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        OmegaConf.resolve(merged)
+        run = OmegaConf.to_object(merged)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        reason = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {reason}" if key else reason) from None
+    assert isinstance(run, RunConfig)
+    _check_fields(run, "")
+    _check_cross_fields(run)
+    return run
+
+
+def section(run: RunConfig, dotted: str) -> Any:
+    """A plain-data view of one config key (``"train.max_seq_len"``, ``"model"``), for fingerprints."""
+    value: Any = run
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return dataclasses.asdict(value) if dataclasses.is_dataclass(value) else value

@@ -1,0 +1,366 @@
+"""Convert a Hugging Face ``save_pretrained`` folder (safetensors) into a GGUF file for llama.cpp and Ollama.
+
+Only the ``gguf`` package (gguf-py) is needed for f32/f16/bf16/q8_0. gguf-py cannot produce K-quants, so those
+go through llama.cpp's own quantizer in ``llama_cpp``, starting from an f16 file. Tensors stream from the
+safetensors files one at a time, so memory stays near the size of the largest tensor rather than of the model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import hashlib
+import itertools
+import json
+import math
+import os
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+# Hugging Face class -> llama.cpp architecture. Mistral checkpoints use llama.cpp's "llama" graph.
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+}
+# Output types gguf-py's numpy quantizers write: (tensor type of 2-D weights, file type), as gguf enum names.
+_NUMPY_TYPES = {
+    "f32": ("F32", "ALL_F32"),
+    "f16": ("F16", "MOSTLY_F16"),
+    "bf16": ("BF16", "MOSTLY_BF16"),
+    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
+}
+# Output types only llama.cpp's quantizer makes (gguf.LlamaFileType names = llama.cpp's llama_ftype values).
+_K_QUANTS = {"q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
+OUT_TYPES = (*_NUMPY_TYPES, *_K_QUANTS)
+
+# `tokenizer.ggml.pre` names the pre-tokenizer (splitting regexes) llama.cpp applies before BPE. Like
+# llama.cpp's own converter we identify it by the sha256 of str(token ids) that the Hugging Face tokenizer
+# gives for this test string: the ids reflect split rules, vocabulary and merges together, which reading the
+# pre_tokenizer JSON would not (SmolLM2's tokenizer re-created by transformers from its GGUF lacks the
+# Digits step yet encodes exactly like the original, as its vocabulary has no multi-digit tokens). Hashes
+# as listed by llama.cpp's convert_hf_to_gguf.py.
+_CHKTXT = (
+    "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫\ufe0f (multiple emojis co"
+    "ncatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអា"
+    "ច😁 ?我想在apple工作1314151天～ ------======= нещо на Български ''''''```````\"\"\"\"......!!!!"
+    "!!?????? I've been 'told he's there, 'RE you sure? 'M not sure I'll make it, 'D you like "
+    "some tea? We'Ve a'lL"
+)
+_PRE_TOKENIZERS = {
+    "855059429035d75a914d1eda9f10a876752e281a054a7a3d421ef0533e5b6249": "smollm",  # SmolLM, SmolLM2
+    "0ef9807a4087ebef797fc749390439009c3b9eda9ad1a097abbe738f486c01e5": "llama-bpe",  # Llama 3
+    "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2
+    "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral Nemo
+}
+
+Log = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class _Tensor:
+    """One weight to write: where it comes from, its GGUF name and type, and its Q/K head regrouping."""
+
+    source: Path
+    hf_name: str
+    name: str
+    shape: tuple[int, ...]
+    qtype: Any  # gguf.GGMLQuantizationType
+    rotary_heads: int | None
+
+
+def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, log: Log = print) -> None:
+    """Write ``model_dir`` as a GGUF file at ``out_path`` with weights in ``out_type`` (one of OUT_TYPES).
+
+    The file appears atomically: it is written next to ``out_path`` under a temporary name and renamed at the
+    end, so a failure leaves nothing (or the previous file) at ``out_path``.
+    """
+    model_dir, out_path = Path(model_dir), Path(out_path)
+    if out_type not in OUT_TYPES:
+        raise ValueError(f"unknown GGUF output type {out_type!r}; choose one of {', '.join(OUT_TYPES)}")
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    arch = _gguf_architecture(config)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    with _temp_path(out_path) as tmp:
+        if out_type in _K_QUANTS:
+            with _temp_path(out_path) as f16:
+                _write_numpy_types(model_dir, config, arch, f16, "f16", log)
+                log(f"quantizing to {out_type} with llama.cpp")
+                _llama_quantize(f16, tmp, out_type)
+        else:
+            _write_numpy_types(model_dir, config, arch, tmp, out_type, log)
+        tmp.chmod(0o644)  # mkstemp makes it owner-only; Ollama's server may run as another user
+        os.replace(tmp, out_path)
+    size_mb = out_path.stat().st_size / 1e6
+    log(f"wrote {out_path} ({out_type}, {size_mb:.0f} MB) in {time.monotonic() - started:.1f} s")
+
+
+def _gguf_architecture(config: dict[str, Any]) -> str:
+    """llama.cpp's architecture name for the checkpoint; refuse anything this converter does not map."""
+    names = config.get("architectures") or []
+    hf_arch = names[0] if names else None
+    if hf_arch not in SUPPORTED_ARCHITECTURES:
+        supported = ", ".join(SUPPORTED_ARCHITECTURES)
+        raise ValueError(f"cannot convert architecture {hf_arch!r} to GGUF; supported: {supported}")
+    return SUPPORTED_ARCHITECTURES[hf_arch]
+
+
+@contextlib.contextmanager
+def _temp_path(out_path: Path) -> Iterator[Path]:
+    """A fresh file beside ``out_path`` (same filesystem, so renaming it is atomic), removed afterwards."""
+    fd, name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    path = Path(name)
+    try:
+        yield path
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _write_numpy_types(
+    model_dir: Path, config: dict[str, Any], arch: str, path: Path, out_type: str, log: Log
+) -> None:
+    """Write the GGUF with gguf-py: metadata and tokenizer first (they fail fast), then tensors one by one."""
+    import gguf
+    import numpy as np
+
+    tensor_type, file_type = _NUMPY_TYPES[out_type]
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_type(gguf.GGUFType.MODEL)
+    writer.add_name(_model_name(config, model_dir))
+    writer.add_file_type(gguf.LlamaFileType[file_type])
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    _add_hyperparameters(writer, config, log)
+    _add_tokenizer(writer, model_dir, config["vocab_size"], log)
+    tensors = _plan_tensors(model_dir, config, arch, gguf.GGMLQuantizationType[tensor_type])
+    for t in tensors:
+        byte_shape = gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
+        # As bytes of raw_dtype, which fits every type alike; gguf-py turns the shape back into elements.
+        writer.add_tensor_info(t.name, byte_shape, np.uint8, math.prod(byte_shape), raw_dtype=t.qtype)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+    _write_tensor_data(writer, tensors, log)
+    writer.close()
+
+
+def _model_name(config: dict[str, Any], model_dir: Path) -> str:
+    """``general.name``: the source model's name when transformers recorded one, else the folder's name."""
+    recorded = config.get("_name_or_path") or config.get("_model_name_or_path")
+    return Path(recorded).name if recorded else model_dir.resolve().name
+
+
+def _add_hyperparameters(writer: Any, config: dict[str, Any], log: Log) -> None:
+    """The keys llama.cpp's llama/qwen2 graphs read; refuse settings they would compute differently."""
+    import gguf
+
+    if (act := config.get("hidden_act", "silu")) != "silu":
+        raise NotImplementedError(f"hidden_act {act!r} is not supported (llama.cpp's llama/qwen2 use silu)")
+    if config.get("use_sliding_window"):
+        raise NotImplementedError("sliding-window attention (use_sliding_window) is not supported here")
+    n_head = config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    # transformers 5 writes rope_parameters (with rope_theta inside); older configs rope_theta + rope_scaling.
+    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type == "linear":
+        writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        writer.add_rope_scaling_factor(rope["factor"])
+    elif rope_type != "default":
+        raise NotImplementedError(
+            f"RoPE scaling {rope_type!r} is not supported by this converter (only none and linear); "
+            "llama3-style scaling needs llama.cpp's rope_freqs tensor, use llama.cpp's convert_hf_to_gguf.py"
+        )
+    writer.add_context_length(config["max_position_embeddings"])
+    writer.add_embedding_length(config["hidden_size"])
+    writer.add_block_count(config["num_hidden_layers"])
+    writer.add_feed_forward_length(config["intermediate_size"])
+    writer.add_head_count(n_head)
+    writer.add_head_count_kv(config.get("num_key_value_heads") or n_head)
+    writer.add_key_length(head_dim)
+    writer.add_value_length(head_dim)
+    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    writer.add_vocab_size(config["vocab_size"])
+    if (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
+        log(f"note: llama.cpp attends over the whole context; training used a {window}-token window")
+
+
+def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None:
+    """Byte-level BPE vocabulary, token types, merges, special ids, add-BOS/EOS flags and chat template."""
+    import gguf
+    from transformers import AutoTokenizer
+
+    spec_path = model_dir / "tokenizer.json"
+    if not spec_path.is_file():
+        raise ValueError(f"{model_dir} has no tokenizer.json; GGUF export needs a byte-level BPE tokenizer")
+    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    model = spec.get("model", {})
+    byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
+    if model.get("type") != "BPE" or model.get("byte_fallback") or not byte_level:
+        raise ValueError(
+            f"{spec_path} is not a byte-level (GPT-2 style) BPE tokenizer, the only kind exported here"
+        )
+
+    hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    digest = hashlib.sha256(str(hf_tokenizer.encode(_CHKTXT)).encode()).hexdigest()
+    pre = _PRE_TOKENIZERS.get(digest)
+    if pre is None:
+        raise ValueError(
+            f"the tokenizer in {model_dir} is not one whose llama.cpp pre-tokenizer is known here "
+            f"(encoding hash {digest}; known: {', '.join(sorted(set(_PRE_TOKENIZERS.values())))}). "
+            "llama.cpp would refuse or mis-tokenize the file, so none was written."
+        )
+
+    by_id = {i: tok for tok, i in model["vocab"].items()}
+    added = {t["id"]: t for t in spec.get("added_tokens", [])}
+    if max([*by_id, *added]) >= n_vocab:
+        raise ValueError(f"tokenizer has ids beyond the model's vocab_size {n_vocab}")
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(n_vocab):
+        if i in added:
+            tokens.append(added[i]["content"])
+            special = added[i].get("special")
+            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+        elif i in by_id:
+            tokens.append(by_id[i])
+            types.append(gguf.TokenType.NORMAL)
+        else:  # embedding rows the tokenizer never produces (vocab_size padded for speed)
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+
+    special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
+    if not special_vocab.merges:
+        raise ValueError(f"{spec_path} has no BPE merges")
+    # Record what the Hugging Face tokenizer actually does rather than parse its post-processor template.
+    probe = hf_tokenizer.encode("a")
+    bos, eos = special_vocab.special_token_ids.get("bos"), special_vocab.special_token_ids.get("eos")
+    special_vocab.add_special_token = {"bos": probe[0] == bos, "eos": probe[-1] == eos}
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special_vocab.add_to_gguf(writer, quiet=True)
+    log(
+        f"tokenizer: {len(tokens)} tokens, {len(special_vocab.merges)} merges, pre-tokenizer {pre!r}, "
+        f"special ids {special_vocab.special_token_ids}, chat template "
+        f"{'present' if special_vocab.chat_template else 'absent'}"
+    )
+
+
+def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: str, weight_type: Any) -> list[_Tensor]:
+    """Map every checkpoint tensor to its GGUF name and type, from safetensors headers only (no data read)."""
+    import gguf
+    from safetensors import safe_open
+
+    gguf_arch = gguf.MODEL_ARCH[arch.upper()]
+    name_map = gguf.get_tensor_name_map(gguf_arch, config["num_hidden_layers"])
+    n_head = config["num_attention_heads"]
+    n_kv_head = config.get("num_key_value_heads") or n_head
+    # llama.cpp's llama graph wants each head's rotary halves interleaved in Q and K; qwen2's does not.
+    rotary_heads = {}
+    if arch == "llama":
+        rotary_heads = {gguf.MODEL_TENSOR.ATTN_Q: n_head, gguf.MODEL_TENSOR.ATTN_K: n_kv_head}
+    tied = config.get("tie_word_embeddings", False)
+    plan: list[_Tensor] = []
+    unknown: list[str] = []
+    for source in _safetensors_files(model_dir):
+        with safe_open(source, framework="pt") as f:
+            for hf_name in f.keys():  # noqa: SIM118 - safe_open is not iterable
+                if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
+                    continue  # recomputed by llama.cpp / same as token_embd
+                found = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if found is None:
+                    unknown.append(hf_name)
+                    continue
+                kind, name = found
+                shape = tuple(f.get_slice(hf_name).get_shape())
+                plan.append(
+                    _Tensor(
+                        source=source,
+                        hf_name=hf_name,
+                        name=name,
+                        shape=shape,
+                        qtype=_tensor_type(shape, weight_type),
+                        rotary_heads=rotary_heads.get(kind),
+                    )
+                )
+    if unknown:
+        raise ValueError(f"tensors with no GGUF name for {arch}: {', '.join(unknown[:10])}")
+    if not tied and not any(t.name == "output.weight" for t in plan):
+        raise ValueError("config says embeddings are not tied but the checkpoint has no lm_head.weight")
+    return plan
+
+
+def _safetensors_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's safetensors files: those named by a shard index, else every *.safetensors."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+        return [model_dir / name for name in sorted(set(weight_map.values()))]
+    files = sorted(model_dir.glob("*.safetensors"))
+    if not files:
+        raise ValueError(f"{model_dir} has no *.safetensors files")
+    return files
+
+
+def _tensor_type(shape: tuple[int, ...], weight_type: Any) -> Any:
+    """1-D tensors (norms, biases) stay F32; Q8_0 needs rows made of whole 32-value blocks, else F16."""
+    import gguf
+
+    qt = gguf.GGMLQuantizationType
+    if len(shape) < 2:
+        return qt.F32
+    block_size, _ = gguf.GGML_QUANT_SIZES[weight_type]
+    return weight_type if shape[-1] % block_size == 0 else qt.F16
+
+
+def _write_tensor_data(writer: Any, tensors: list[_Tensor], log: Log) -> None:
+    """Read, convert and append each tensor in plan order, a safetensors file opened once."""
+    import gguf
+    import torch
+    from safetensors import safe_open
+
+    every = max(1, len(tensors) // 10)
+    done = 0
+    for source, group in itertools.groupby(tensors, key=lambda t: t.source):
+        with safe_open(source, framework="pt") as f:  # "pt" reads bf16 checkpoints, which numpy cannot
+            for t in group:
+                data = f.get_tensor(t.hf_name).to(torch.float32).numpy()
+                if t.rotary_heads is not None:
+                    data = _interleave_rotary_halves(data, t.rotary_heads)
+                writer.write_tensor_data(gguf.quants.quantize(data, t.qtype))
+                done += 1
+                if done % every == 0 or done == len(tensors):
+                    log(f"  {done}/{len(tensors)} tensors ({t.name} {t.qtype.name} {list(t.shape)})")
+
+
+def _interleave_rotary_halves(weight: Any, n_heads: int) -> Any:
+    """Per head, reorder Q/K rows from Hugging Face's [first half | second half] rotary layout to llama.cpp's
+    interleaved pairs (the layout of Meta's original checkpoints, which llama.cpp's llama graph rotates)."""
+    rows = weight.shape[0]
+    return (
+        weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
+        .swapaxes(1, 2)
+        .reshape(weight.shape)
+    )
+
+
+def _llama_quantize(src: Path, dst: Path, out_type: str) -> None:
+    """K-quantize an f16 GGUF with llama.cpp's quantizer (its per-tensor mix, e.g. Q6_K for output.weight)."""
+    import gguf
+    import llama_cpp  # only this path needs llama.cpp itself
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = gguf.LlamaFileType[_K_QUANTS[out_type]]
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp failed to quantize {src} to {out_type} (return code {rc})")

@@ -1,0 +1,84 @@
+"""Ollama Modelfile for an exported GGUF, with a TEMPLATE that renders prompts exactly as training did.
+
+Ollama's TEMPLATE is a Go template, not the model's Jinja chat template, so a family is supported only when we
+hold both its Go template and a Python rendering of that Go template, and the Python rendering reproduces the
+model's own Jinja template on probe conversations. A mismatch is an error, never a silently different prompt
+format (the cause of "fine in transformers, gibberish in Ollama").
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+Message = dict[str, str]
+
+
+class TemplateError(ValueError):
+    """The model's chat template matches no Ollama TEMPLATE we can vouch for."""
+
+
+@dataclass(frozen=True)
+class TemplateFamily:
+    name: str
+    go_template: str
+    render: Callable[[list[Message]], str]  # what go_template renders for these messages, prompting a reply
+    stop: tuple[str, ...]
+
+
+def _render_chatml(messages: list[Message]) -> str:
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages) + (
+        "<|im_start|>assistant\n"
+    )
+
+
+CHATML = TemplateFamily(
+    name="chatml",
+    go_template=(
+        "{{- range .Messages }}<|im_start|>{{ .Role }}\n"
+        "{{ .Content }}<|im_end|>\n"
+        "{{ end }}<|im_start|>assistant\n"
+    ),
+    render=_render_chatml,
+    stop=("<|im_end|>", "<|im_start|>"),
+)
+FAMILIES = (CHATML,)
+
+PROBES: tuple[list[Message], ...] = (
+    [{"role": "system", "content": "S1"}, {"role": "user", "content": "U1"}],
+    [
+        {"role": "system", "content": "S1"}, {"role": "user", "content": "U1 line\nnext"},
+        {"role": "assistant", "content": "A1"}, {"role": "user", "content": "U2"},
+    ],
+)
+
+
+def template_family(tokenizer: Any) -> TemplateFamily:
+    """The family whose Go template renders every probe exactly like the tokenizer's chat template."""
+    for family in FAMILIES:
+        if all(
+            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) == family.render(p)
+            for p in PROBES
+        ):
+            return family
+    raise TemplateError(
+        "the model's chat template matches none of the Ollama templates we verify "
+        f"({', '.join(f.name for f in FAMILIES)}); set export.ollama=false to export the GGUF alone"
+    )
+
+
+def _quote(value: str) -> str:
+    return json.dumps(value, ensure_ascii=False)
+
+
+def modelfile(gguf_name: str, family: TemplateFamily, system: str | None, parameters: dict[str, Any]) -> str:
+    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{family.go_template}"""', ""]
+    if system and '"""' in system:
+        raise TemplateError('the system prompt contains """, which cannot be written in a Modelfile SYSTEM')
+    if system:
+        lines += [f'SYSTEM """{system}"""', ""]
+    lines += [f"PARAMETER {key} {value}" for key, value in parameters.items()]
+    lines += [f"PARAMETER stop {_quote(s)}" for s in family.stop]
+    return "\n".join(lines) + "\n"

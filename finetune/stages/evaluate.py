@@ -1,0 +1,110 @@
+"""evaluate: compare the base and the merged model on the held-out test split.
+
+Perplexity is measured on assistant tokens only (the tokens that were trained), with the same chat template
+and labels as training; a few greedy generations from both models sit beside the reference answers.
+Writes ``eval.json`` and ``eval.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+from finetune.chat import IGNORE_INDEX, generation_prompt_ids, tokenize_conversation
+from finetune.graph import StageContext
+from finetune.manifest import atomic_write_json, atomic_write_text
+from finetune.config import ModelConfig, RunConfig
+from finetune.models import load_model, load_tokenizer, resolve_model_source
+
+log = logging.getLogger(__name__)
+
+
+def _assistant_nll(model: Any, tokenizer: Any, conversations: list[list[dict]], max_len: int
+                   ) -> tuple[float, int]:
+    """Summed negative log-likelihood over assistant tokens, and how many tokens that was."""
+    import torch
+
+    total, count = 0.0, 0
+    for messages in conversations:
+        t = tokenize_conversation(tokenizer, messages)
+        ids = torch.tensor([t.input_ids[:max_len]], device=model.device)
+        labels = torch.tensor([t.labels[:max_len]], device=model.device)
+        with torch.no_grad():
+            logits = model(input_ids=ids).logits[0, :-1].float()
+        target = labels[0, 1:]
+        mask = target != IGNORE_INDEX
+        if not mask.any():
+            continue
+        total += torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum").item()
+        count += int(mask.sum())
+    return total, count
+
+
+def _generate(model: Any, tokenizer: Any, messages: list[dict], max_new_tokens: int) -> str:
+    import torch
+
+    ids = torch.tensor([generation_prompt_ids(tokenizer, messages)], device=model.device)
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+            do_sample=False, pad_token_id=tokenizer.pad_token_id,
+        )
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+
+
+def _score(name: str, source: str, cfg: ModelConfig, tokenizer: Any, test: list[list[dict]],
+           prompts: list[list[dict]], run: RunConfig) -> dict[str, Any]:
+    model = load_model(source, cfg).eval()
+    nll, count = _assistant_nll(model, tokenizer, test, run.train.max_seq_len)
+    answers = [_generate(model, tokenizer, p, run.eval.max_new_tokens) for p in prompts]
+    loss = nll / count
+    log.info("%s: assistant-token loss %.4f, perplexity %.2f over %d tokens", name, loss, math.exp(loss), count)
+    return {"model": source, "loss": round(loss, 5), "perplexity": round(math.exp(loss), 3),
+            "tokens": count, "answers": answers}
+
+
+def _markdown(result: dict[str, Any]) -> str:
+    base, merged = result["base"], result["merged"]
+    lines = [
+        f"# Evaluation on {result['test_conversations']} held-out conversations",
+        "",
+        "| model | assistant-token loss | perplexity |",
+        "|---|---|---|",
+        f"| base | {base['loss']:.4f} | {base['perplexity']:.2f} |",
+        f"| fine-tuned (merged) | {merged['loss']:.4f} | {merged['perplexity']:.2f} |",
+        "",
+    ]
+    for i, g in enumerate(result["generations"], start=1):
+        lines += [f"## Prompt {i}", "", f"> {g['prompt']}", "", "| | answer |", "|---|---|"]
+        for who in ("reference", "base", "merged"):
+            lines.append(f"| {who} | {' '.join(g[who].split()).replace('|', '/')} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
+    lines = Path(ctx.input("validate", "test")).read_text(encoding="utf-8").splitlines()
+    test = [json.loads(line)["messages"] for line in lines][: run.eval.max_samples]
+    first_turns = [m[: next(i for i, x in enumerate(m) if x["role"] == "assistant") + 1]
+                   for m in test[: run.eval.num_generations]]
+    prompts = [m[:-1] for m in first_turns]
+    merged_dir = str(ctx.input("merge", "model"))
+    tokenizer = load_tokenizer(merged_dir, run.model)
+    base = _score("base", resolve_model_source(run.model), run.model, tokenizer, test, prompts, run)
+    merged = _score("merged", merged_dir, run.model, tokenizer, test, prompts, run)
+    result = {
+        "test_conversations": len(test),
+        "base": {k: v for k, v in base.items() if k != "answers"},
+        "merged": {k: v for k, v in merged.items() if k != "answers"},
+        "perplexity_ratio": round(merged["perplexity"] / base["perplexity"], 4),
+        "generations": [
+            {"prompt": p[-1]["content"], "reference": t[-1]["content"], "base": b, "merged": m}
+            for p, t, b, m in zip(prompts, first_turns, base["answers"], merged["answers"], strict=True)
+        ],
+    }
+    atomic_write_json(ctx.out_dir / "eval.json", result)
+    atomic_write_text(ctx.out_dir / "eval.md", _markdown(result))
+    return {"eval": "eval.json", "table": "eval.md"}

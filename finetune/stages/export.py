@@ -1,0 +1,98 @@
+"""export: the merged model as a GGUF file, an Ollama Modelfile whose TEMPLATE matches training, a model
+card, and one answer from llama.cpp (llama-cpp-python) loading that GGUF — proof that the file works."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from finetune.config import RunConfig
+from finetune.graph import StageContext
+from finetune.manifest import atomic_write_json, atomic_write_text
+from finetune.modelfile import modelfile, template_family
+from finetune.models import load_tokenizer
+
+log = logging.getLogger(__name__)
+
+
+def _llama_cpp_answer(gguf: Path, messages: list[dict[str, str]], run: RunConfig) -> dict[str, Any]:
+    """Greedy answer through llama.cpp's own chat path: the GGUF's embedded chat template and stop tokens."""
+    from llama_cpp import Llama
+
+    t0 = time.monotonic()
+    llm = Llama(model_path=str(gguf), n_ctx=run.export.num_ctx, seed=run.seed, verbose=False)
+    out = llm.create_chat_completion(
+        messages=messages, max_tokens=run.export.smoke_test_max_tokens, temperature=0.0
+    )
+    choice = out["choices"][0]
+    return {
+        "gguf": gguf.name,
+        "messages": messages,
+        "answer": choice["message"]["content"],
+        "finish_reason": choice["finish_reason"],
+        "completion_tokens": out["usage"]["completion_tokens"],
+        "seconds": round(time.monotonic() - t0, 2),
+    }
+
+
+def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name: str) -> str:
+    m, t = run.method, run.train
+    method = "full fine-tuning" if m.name == "full" else f"{m.name} (r={m.r}, alpha={m.alpha}, dropout={m.dropout})"
+    return "\n".join([
+        f"# {run.run_name}",
+        "",
+        f"Fine-tuned from `{run.model.source}` with finetune ({method}).",
+        "",
+        "## Training",
+        "",
+        f"- data: `{Path(report['dataset']).name}` ({report['format']}), splits {report['splits']}",
+        f"- steps: {t.max_steps if t.max_steps > 0 else f'{t.epochs} epochs'}, batch {t.batch_size} x "
+        f"{t.grad_accum} accumulation, lr {t.lr} ({t.lr_scheduler}), max_seq_len {t.max_seq_len}, seed {run.seed}",
+        "- loss on assistant tokens only; reproducible from `.hydra/config.yaml` in the run directory",
+        "",
+        "## Use",
+        "",
+        f"- llama.cpp: `llama-cli -m {gguf_name}`",
+        f"- Ollama: `ollama create {run.run_name} -f Modelfile && ollama run {run.run_name}`",
+        "",
+        eval_md.replace("# Evaluation", "## Evaluation", 1),
+        "",
+    ])
+
+
+def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
+    from finetune.gguf_writer import write_gguf
+
+    merged = ctx.input("merge", "model")
+    report = json.loads(ctx.input("validate", "report").read_text(encoding="utf-8"))
+    gguf = ctx.out_dir / f"model-{run.export.gguf_type}.gguf"
+    write_gguf(merged, gguf, run.export.gguf_type, log=log.info)
+    artifacts = {"gguf": gguf.name}
+
+    system = run.export.system_prompt or report["system_prompt"]
+    if run.export.ollama:
+        family = template_family(load_tokenizer(str(merged), run.model))
+        params = {"temperature": run.export.temperature, "top_p": run.export.top_p,
+                  "repeat_penalty": run.export.repeat_penalty, "num_ctx": run.export.num_ctx}
+        atomic_write_text(ctx.out_dir / "Modelfile", modelfile(gguf.name, family, system, params))
+        artifacts["modelfile"] = "Modelfile"
+
+    test = [json.loads(line)["messages"] for line in
+            ctx.input("validate", "test").read_text(encoding="utf-8").splitlines()]
+    first = test[0]
+    prompt = first[: next(i for i, m in enumerate(first) if m["role"] == "assistant")]
+    if system and prompt[0]["role"] != "system":
+        prompt = [{"role": "system", "content": system}, *prompt]
+    answer = _llama_cpp_answer(gguf, prompt, run)
+    log.info("llama.cpp answered in %.1f s (%s): %s", answer["seconds"], answer["finish_reason"],
+             answer["answer"][:200])
+    atomic_write_json(ctx.out_dir / "llama_cpp_answer.json", answer)
+    artifacts["llama_cpp_answer"] = "llama_cpp_answer.json"
+
+    eval_md = ctx.input("evaluate", "table").read_text(encoding="utf-8")
+    atomic_write_text(ctx.out_dir / "README.md", _model_card(run, report, eval_md, gguf.name))
+    artifacts["model_card"] = "README.md"
+    return artifacts

@@ -1,0 +1,37 @@
+"""merge: fold the trained adapter into the base weights and save a standalone safetensors model folder
+(weights, config, generation config, tokenizer and chat template) that ``from_pretrained`` loads alone.
+
+The base is always loaded unquantized for merging, also after QLoRA: merging into a 4-bit base rounds the
+merged weights again and loses quality (transformers #31293).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+from finetune.config import RunConfig
+from finetune.graph import StageContext
+from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
+    out = ctx.out_dir / "model"
+    if run.method.name == "full":
+        shutil.copytree(ctx.input("train", "model"), out)
+        return {"model": "model"}
+    from peft import PeftModel
+
+    source = resolve_model_source(run.model)
+    dtype = torch_dtype(run.model.dtype)
+    base = load_model(source, run.model, dtype=dtype)
+    adapter = ctx.input("train", "adapter")
+    log.info("merging %s into %s (%s)", adapter, source, str(dtype).removeprefix("torch."))
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    tmp = ctx.out_dir / ".model.tmp"
+    merged.save_pretrained(str(tmp))
+    load_tokenizer(str(adapter), run.model).save_pretrained(str(tmp))
+    tmp.rename(out)
+    return {"model": "model"}

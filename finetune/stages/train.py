@@ -1,0 +1,163 @@
+"""train: fine-tune with transformers + peft + trl (backend ``hf``) on the validated training split.
+
+Methods: ``lora`` (an adapter on a full-precision base), ``qlora`` (the same adapter on a 4-bit base; CUDA
+only, bitsandbytes) and ``full`` (every weight). Labels come from ``finetune.chat`` (assistant turns only,
+end-of-turn included). Checkpoints go to ``checkpoints/``; an interrupted run resumes from the last one.
+The loss is logged per step to ``loss.jsonl`` and to TensorBoard under ``tensorboard/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from finetune.chat import tokenize_conversation
+from finetune.config import RunConfig
+from finetune.graph import StageContext
+from finetune.manifest import atomic_write_json
+from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
+
+log = logging.getLogger(__name__)
+
+
+class TrainError(RuntimeError):
+    """The requested training cannot run here; the message says why and what to use instead."""
+
+
+def _tokenized(tokenizer: Any, split: Path) -> Any:
+    from datasets import Dataset
+
+    rows = []
+    for line in split.read_text(encoding="utf-8").splitlines():
+        t = tokenize_conversation(tokenizer, json.loads(line)["messages"])
+        rows.append({"input_ids": t.input_ids, "labels": t.labels})
+    return Dataset.from_list(rows) if rows else None
+
+
+def _loss_logger(path: Path, resume_step: int) -> Any:
+    from transformers import TrainerCallback
+
+    if path.exists():  # drop lines logged after the checkpoint we resume from, so no step appears twice
+        kept = [ln for ln in path.read_text().splitlines() if json.loads(ln)["step"] <= resume_step]
+        path.write_text("".join(ln + "\n" for ln in kept))
+
+    class JsonlLossLogger(TrainerCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kw: Any):
+            if logs and state.is_world_process_zero:
+                with path.open("a", encoding="utf-8") as f:
+                    f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+    return JsonlLossLogger()
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint cut off
+    mid-save has none and is passed over."""
+    found = sorted((p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
+                   key=lambda p: int(p.name.split("-")[1]))
+    return found[-1] if found else None
+
+
+def _model_kwargs(run: RunConfig, dtype: Any) -> dict[str, Any]:
+    import torch
+
+    if run.method.name != "qlora":
+        return {"dtype": dtype}
+    if not torch.cuda.is_available():
+        raise TrainError("method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora")
+    from transformers import BitsAndBytesConfig
+
+    return {
+        "dtype": dtype,
+        "device_map": {"": torch.cuda.current_device()},
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        ),
+    }
+
+
+def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
+    import torch
+    from peft import LoraConfig
+    from torch.utils.tensorboard import SummaryWriter
+    from transformers.integrations import TensorBoardCallback
+    from trl import SFTConfig, SFTTrainer
+
+    source = resolve_model_source(run.model)
+    tokenizer = load_tokenizer(source, run.model)
+    dtype = torch_dtype(run.model.dtype)
+    model = load_model(source, run.model, **_model_kwargs(run, dtype))
+    train_set = _tokenized(tokenizer, ctx.input("validate", "train"))
+    eval_set = _tokenized(tokenizer, ctx.input("validate", "validation"))
+    t = run.train
+    checkpoints = ctx.out_dir / "checkpoints"
+    resume_from = _last_checkpoint(checkpoints) if ctx.resume else None
+    resume_step = int(resume_from.name.split("-")[1]) if resume_from else 0
+    args = SFTConfig(
+        output_dir=str(checkpoints),
+        max_steps=t.max_steps,
+        num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
+        per_device_eval_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.grad_accum,
+        learning_rate=t.lr,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_length=t.max_seq_len,
+        gradient_checkpointing=t.gradient_checkpointing,
+        logging_steps=t.logging_steps,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        eval_strategy="steps" if eval_set is not None else "no",
+        eval_steps=t.save_steps,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        seed=run.seed,
+        data_seed=run.seed,
+        report_to="none",
+        include_num_input_tokens_seen="non_padding",
+        dataloader_num_workers=0,
+    )
+    peft_config = None
+    if run.method.name in ("lora", "qlora"):
+        peft_config = LoraConfig(
+            r=run.method.r, lora_alpha=run.method.alpha, lora_dropout=run.method.dropout,
+            target_modules=list(run.method.target_modules), task_type="CAUSAL_LM",
+        )
+    tensorboard = SummaryWriter(log_dir=str(ctx.out_dir / "tensorboard"))
+    trainer = SFTTrainer(
+        model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
+        peft_config=peft_config,
+        callbacks=[TensorBoardCallback(tensorboard), _loss_logger(ctx.out_dir / "loss.jsonl", resume_step)],
+    )
+    if resume_from:
+        log.info("resuming from %s", resume_from)
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    tensorboard.close()
+
+    out_name = "model" if run.method.name == "full" else "adapter"
+    trainer.save_model(str(ctx.out_dir / out_name))
+    tokenizer.save_pretrained(str(ctx.out_dir / out_name))
+    state = trainer.state
+    tokens = int(state.num_input_tokens_seen)
+    metrics = {
+        "method": run.method.name,
+        "base_model": source,
+        "dtype": str(dtype).removeprefix("torch."),
+        "global_step": state.global_step,
+        "resumed_from_step": resume_step,
+        "train_loss": result.training_loss,
+        "train_runtime_s": round(result.metrics.get("train_runtime", 0.0), 2),
+        "input_tokens_seen": tokens,
+        "tokens_per_s": round(tokens / result.metrics["train_runtime"], 1) if result.metrics.get("train_runtime")
+        else None,
+        "trainable_parameters": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad),
+    }
+    atomic_write_json(ctx.out_dir / "metrics.json", metrics)
+    log.info("trained %d steps, %d tokens at %s tokens/s, final loss %.4f",
+             state.global_step, tokens, metrics["tokens_per_s"], result.training_loss)
+    return {out_name: out_name, "metrics": "metrics.json", "loss_log": "loss.jsonl", "tensorboard": "tensorboard"}

@@ -1,0 +1,54 @@
+"""Shared fixtures. Tests run the real code on small inputs: a tiny random model with the real SmolLM2
+tokenizer (``model=tiny_random``), small datasets written here, and the CLI as a user runs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SYSTEM = "You are the support assistant of ABC Cloud ERP. Answer politely."
+
+
+def conversation(i: int) -> dict:
+    """A small, distinct conversation; every third one has two assistant turns."""
+    messages = [
+        {"role": "system", "content": SYSTEM},
+        {"role": "user", "content": f"How do I export report number {i} to CSV?"},
+        {"role": "assistant", "content": f"Open Reports, choose report {i}, then press Export and pick CSV."},
+    ]
+    if i % 3 == 0:
+        messages += [
+            {"role": "user", "content": f"And report {i} as Excel?"},
+            {"role": "assistant", "content": "Choose Excel instead of CSV in the same menu."},
+        ]
+    return {"messages": messages}
+
+
+@pytest.fixture
+def chat_dataset(tmp_path: Path) -> Path:
+    path = tmp_path / "chats.jsonl"
+    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    return path
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``python -m finetune ARGS`` in ``cwd``, as a user runs it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"finetune {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """Run directories under ``root`` (those holding Hydra's saved config)."""
+    return sorted(p.parent for p in root.rglob(".hydra"))

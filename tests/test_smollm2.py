@@ -1,0 +1,24 @@
+"""The real embedded SmolLM2-135M-Instruct through the whole graph for a handful of training steps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import run_cli, run_dirs
+
+
+@pytest.mark.slow
+def test_real_smollm2_runs_the_support_bot_recipe_end_to_end(tmp_path):
+    run_cli("+recipe=support_bot", "train.max_steps=2", "train.max_seq_len=256", "eval.max_samples=4",
+            "eval.num_generations=1", "eval.max_new_tokens=16", "export.smoke_test_max_tokens=24", cwd=tmp_path)
+    [run_dir] = run_dirs(tmp_path / "outputs" / "support_bot")
+    metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
+    assert metrics["global_step"] == 2 and metrics["dtype"] == "float32"
+    result = json.loads((run_dir / "evaluate" / "eval.json").read_text())
+    assert result["base"]["perplexity"] < 100  # a real, trained language model, not random weights
+    answer = json.loads((run_dir / "export" / "llama_cpp_answer.json").read_text())
+    assert answer["completion_tokens"] > 0 and answer["answer"].strip()
+    modelfile = (run_dir / "export" / "Modelfile").read_text()
+    assert "SYSTEM \"\"\"あなたはABC株式会社のサポート担当です。" in modelfile

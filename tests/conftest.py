@@ -52,3 +52,15 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600) -> 
 def run_dirs(root: Path) -> list[Path]:
     """Run directories under ``root`` (those holding Hydra's saved config)."""
     return sorted(p.parent for p in root.rglob(".hydra"))
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need CUDA; on a CPU machine they are skipped, and say so."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

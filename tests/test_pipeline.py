@@ -194,3 +194,36 @@ def test_a_bad_record_stops_the_run_with_file_and_line(tmp_path):
     [run_dir] = run_dirs(tmp_path / "outputs")
     assert manifest(run_dir, "validate")["status"] == "failed"
     assert not (run_dir / "train").exists()
+
+
+def test_full_fine_tuning_trains_every_weight_and_merge_copies_the_model(dataset, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    run_cli(*TINY, f"dataset.path={dataset}", "method=full", "train.max_steps=2", "stages=[validate,train,merge]",
+            cwd=tmp_path)
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
+    model = AutoModelForCausalLM.from_pretrained(run_dir / "merge" / "model")
+    assert metrics["trainable_parameters"] == sum(p.numel() for p in model.parameters())
+
+
+def test_qlora_on_cpu_fails_with_a_clear_message(dataset, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this checks the CPU refusal")
+    proc = run_cli(*TINY, f"dataset.path={dataset}", "method=qlora", "stages=[validate,train]", cwd=tmp_path,
+                   check=False)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (
+        "error: method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora"
+    )
+
+
+@pytest.mark.gpu
+def test_qlora_trains_on_a_4bit_base_and_merges_in_full_precision(dataset, tmp_path):
+    run_cli(*TINY, f"dataset.path={dataset}", "method=qlora", "train.max_steps=2", cwd=tmp_path)
+    [run_dir] = run_dirs(tmp_path / "outputs")
+    assert manifest(run_dir, "export")["status"] == "complete"
+    config = json.loads((run_dir / "merge" / "model" / "config.json").read_text())
+    assert "quantization_config" not in config

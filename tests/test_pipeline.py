@@ -58,7 +58,8 @@ def test_validate_splits_and_reports(tiny_run):
     assert report["records"] == 30 and report["format"] == "messages"
     assert sum(report["splits"].values()) == 30 and report["splits"]["test"] >= 3
     assert report["system_prompt"] == SYSTEM
-    assert report["train_tokens_per_conversation"]["max"] > report["train_loss_tokens_per_conversation"]["max"]
+    for split in ("train", "validation", "test"):
+        assert report["tokens_per_conversation"][split]["max"] > report["loss_tokens_per_conversation"][split]["max"]
 
 
 def test_train_logs_loss_per_step_to_jsonl_and_tensorboard(tiny_run):

@@ -9,6 +9,7 @@ import random
 import statistics
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 from finetune.chat import tokenize_conversation
 from finetune.config import RunConfig
@@ -81,6 +82,19 @@ def _length_stats(values: list[int]) -> dict[str, float]:
     }
 
 
+def _token_lengths(tokenizer: Any, conversations: list[Conversation]) -> tuple[list[int], list[int]]:
+    """Tokens per conversation, and how many of them carry loss, through the model's chat template."""
+    tokens, trained = [], []
+    for c in conversations:
+        try:
+            t = tokenize_conversation(tokenizer, c.messages)
+        except ValueError as e:
+            raise DataError(f"{c.location}: {e}") from e
+        tokens.append(len(t.input_ids))
+        trained.append(t.num_trained_tokens)
+    return tokens, trained
+
+
 def _write_jsonl(path: Path, conversations: list[Conversation]) -> None:
     atomic_write_text(path, "".join(
         json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in conversations
@@ -103,15 +117,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
             raise DataError(f"{d.path}: the {name} split is empty")
 
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
-    tokens, trained = [], []
-    for c in splits["train"]:
-        try:
-            t = tokenize_conversation(tokenizer, c.messages)
-        except ValueError as e:
-            raise DataError(f"{c.location}: {e}") from e
-        tokens.append(len(t.input_ids))
-        trained.append(t.num_trained_tokens)
-    too_long = sum(n > run.train.max_seq_len for n in tokens)
+    lengths = {name: _token_lengths(tokenizer, splits[name]) for name in SPLITS}
+    too_long = sum(n > run.train.max_seq_len for n in lengths["train"][0])
     system_prompts = Counter(
         c.messages[0]["content"] for c in splits["train"] if c.messages[0]["role"] == "system"
     )
@@ -124,8 +131,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         "moved_to_train_as_leaks": moved,
         "splits": {name: len(splits[name]) for name in SPLITS},
         "multi_turn_train": sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in splits["train"]),
-        "train_tokens_per_conversation": _length_stats(tokens),
-        "train_loss_tokens_per_conversation": _length_stats(trained),
+        "tokens_per_conversation": {name: _length_stats(lengths[name][0]) for name in SPLITS},
+        "loss_tokens_per_conversation": {name: _length_stats(lengths[name][1]) for name in SPLITS},
         "max_seq_len": run.train.max_seq_len,
         "train_conversations_truncated": too_long,
         "system_prompt": system_prompts.most_common(1)[0][0] if system_prompts else None,
@@ -135,7 +142,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         _write_jsonl(ctx.out_dir / f"{name}.jsonl", splits[name])
     atomic_write_json(ctx.out_dir / "report.json", report)
     log.info("%d records (%s): %d empty and %d duplicates dropped; splits %s; %d train tokens, %d truncated",
-             len(conversations), fmt, empty, duplicates, report["splits"], sum(tokens), too_long)
+             len(conversations), fmt, empty, duplicates, report["splits"], sum(lengths["train"][0]), too_long)
     if too_long:
         log.warning("%d training conversations exceed train.max_seq_len=%d and will be cut",
                     too_long, run.train.max_seq_len)

@@ -150,6 +150,7 @@ def test_multirun_gives_each_job_its_own_directory(dataset, tmp_path):
             "method.r=4,8", "train.lr=1e-4,2e-4", cwd=tmp_path)
     jobs = run_dirs(tmp_path / "outputs" / "tiny")
     assert len(jobs) == 4
+    assert all(job.parent.name.startswith("multirun_") for job in jobs)  # one flat folder per job
     combos = set()
     for job in jobs:
         assert manifest(job, "train")["status"] == "complete"

@@ -50,6 +50,7 @@ class Stage:
     run: StageFn
     needs: tuple[str, ...]
     config_keys: tuple[str, ...]  # the config keys it reads; a change to one of them reruns it
+    input_files: Callable[[RunConfig], list[Path]] = lambda run: []  # files it reads; edited → rerun
 
 
 def _now() -> str:
@@ -60,6 +61,7 @@ def _fingerprint(stage: Stage, run: RunConfig, done: dict[str, Manifest]) -> str
     return fingerprint({
         "stage": stage.name,
         "config": {key: section(run, key) for key in stage.config_keys},
+        "files": {str(path): sha256_path(path) for path in stage.input_files(run)},
         "inputs": {
             need: {"fingerprint": done[need].fingerprint, "artifacts": done[need].artifacts}
             for need in stage.needs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -40,7 +41,7 @@ class Recorder:
         return {"copy": "copy.txt"}
 
     def stages(self):
-        return (Stage("a", self.a, needs=(), config_keys=("seed",)),
+        return (Stage("a", self.a, needs=(), config_keys=("seed",), input_files=lambda run: [Path(run.dataset.path)]),
                 Stage("b", self.b, needs=("a",), config_keys=("export",)))
 
 
@@ -99,3 +100,12 @@ def test_changed_inputs_clear_a_stage_folder(spec, tmp_path):
     run_graph(spec, tmp_path, rec.stages())
     assert rec.calls == [("b", False)]
     assert not (tmp_path / "b" / "partial.txt").exists()
+
+
+def test_an_edited_input_file_reruns_the_stage_that_reads_it(spec, tmp_path):
+    run_graph(spec, tmp_path, Recorder().stages())
+    with open(spec.dataset.path, "a", encoding="utf-8") as f:
+        f.write("\n")
+    rec = Recorder()
+    run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("a", False), ("b", False)]

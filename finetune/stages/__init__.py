@@ -1,11 +1,21 @@
 """The pipeline's stages in order. Each module has one entry point, ``run(config, context) -> artifacts``;
 ``needs`` names the upstream stages whose artifacts it reads, ``config_keys`` the config it depends on."""
 
+from pathlib import Path
+
+from finetune.config import RunConfig
 from finetune.graph import Stage
 from finetune.stages import evaluate, export, merge, train, validate
 
+
+def _dataset_files(run: RunConfig) -> list[Path]:
+    d = run.dataset
+    return [Path(p) for p in (d.path, d.validation_path, d.test_path) if p]
+
+
 STAGES: tuple[Stage, ...] = (
-    Stage("validate", validate.run, needs=(), config_keys=("model", "dataset", "seed", "train.max_seq_len")),
+    Stage("validate", validate.run, needs=(), config_keys=("model", "dataset", "seed", "train.max_seq_len"),
+          input_files=_dataset_files),
     Stage("train", train.run, needs=("validate",), config_keys=("model", "method", "backend", "train", "seed")),
     Stage("merge", merge.run, needs=("train",), config_keys=("model", "method")),
     Stage("evaluate", evaluate.run, needs=("validate", "merge"), config_keys=("model", "eval", "train.max_seq_len")),

@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune import resolvers
 from finetune.config import ConfigError, load_run_config
+from finetune.errors import UserError
 from finetune.paths import CONF_DIR, RECIPES_DIR
 
 
@@ -66,17 +67,12 @@ def run(cfg: DictConfig) -> None:
             _remove_empty_run_dir(run_dir)
         _fail(e)
     # The stages pull in torch and friends: imported only now, so --cfg, --help and bad configs stay fast.
-    from finetune.dataformats import DataError
-    from finetune.graph import StageOrderError, run_graph
-    from finetune.modelfile import TemplateError
-    from finetune.models import ModelSourceError
+    from finetune.graph import run_graph
     from finetune.stages import STAGES
-    from finetune.stages.export import ExportError
-    from finetune.stages.train import TrainError
 
     try:
         manifests = run_graph(spec, run_dir, STAGES)
-    except (DataError, StageOrderError, ModelSourceError, TemplateError, TrainError, ExportError) as e:
+    except UserError as e:
         _fail(e)
     print(_summary(run_dir, manifests))
 

@@ -12,11 +12,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.errors import UserError
+
 IGNORE_INDEX = -100
 Message = dict[str, str]
 
 
-class ChatTemplateError(ValueError):
+class ChatTemplateError(UserError, ValueError):
     """The tokenizer's chat template cannot be used to find assistant spans."""
 
 

@@ -16,10 +16,12 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from finetune.errors import UserError
+
 STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export")
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid run spec; the message is one line naming the key."""
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.errors import UserError
+
 ROLES = ("system", "user", "assistant", "tool")
 SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -22,7 +24,7 @@ FORMATS = ("messages", "alpaca", "sharegpt")
 Message = dict[str, str]
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad dataset input; the message is one line naming the file and record."""
 
 

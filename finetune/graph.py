@@ -18,12 +18,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from finetune.config import RunConfig, section
+from finetune.errors import UserError
 from finetune.manifest import Manifest, fingerprint, sha256_path
 
 log = logging.getLogger(__name__)
 
 
-class StageOrderError(RuntimeError):
+class StageOrderError(UserError, RuntimeError):
     """A selected stage's upstream is missing or out of date in the run directory."""
 
 

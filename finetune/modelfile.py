@@ -13,10 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.errors import UserError
+
 Message = dict[str, str]
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """The model's chat template matches no Ollama TEMPLATE we can vouch for."""
 
 

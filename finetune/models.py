@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import ModelConfig
+from finetune.errors import UserError
 from finetune.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 PACKAGE_SCHEME = "package:"
 
 
-class ModelSourceError(ValueError):
+class ModelSourceError(UserError, ValueError):
     """``model.source`` names nothing that can be loaded."""
 
 

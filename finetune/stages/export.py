@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import RunConfig
+from finetune.errors import UserError
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json, atomic_write_text
 from finetune.modelfile import modelfile, template_family
@@ -18,7 +19,7 @@ from finetune.models import load_tokenizer
 log = logging.getLogger(__name__)
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The merged model cannot be written as GGUF (an architecture or tokenizer we do not convert)."""
 
 

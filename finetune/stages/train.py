@@ -15,6 +15,7 @@ from typing import Any
 
 from finetune.chat import tokenize_conversation
 from finetune.config import RunConfig
+from finetune.errors import UserError
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json
 from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
@@ -22,7 +23,7 @@ from finetune.models import load_model, load_tokenizer, resolve_model_source, to
 log = logging.getLogger(__name__)
 
 
-class TrainError(RuntimeError):
+class TrainError(UserError, RuntimeError):
     """The requested training cannot run here; the message says why and what to use instead."""
 
 

@@ -64,3 +64,9 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message]) -> Tokeni
 def generation_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
     """Token ids that prompt the model for its next assistant turn, as at inference time."""
     return _ids(tokenizer, messages, add_generation_prompt=True)
+
+
+def first_exchange(messages: Sequence[Message]) -> tuple[list[Message], Message]:
+    """The prompt up to the first assistant turn, and that turn: what a held-out question and answer are."""
+    i = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
+    return list(messages[:i]), messages[i]

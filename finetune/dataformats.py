@@ -159,3 +159,8 @@ def load_conversations(path: Path, fmt: str = "auto", system_prompt: str | None 
         more = f" (and {len(errors) - 1} more bad records)" if len(errors) > 1 else ""
         raise DataError(errors[0] + more)
     return conversations, fmt
+
+
+def read_split(path: Path) -> list[list[Message]]:
+    """The conversations of a split file that the validate stage wrote (JSONL, messages format, checked)."""
+    return [json.loads(line)["messages"] for line in path.read_text(encoding="utf-8").splitlines()]

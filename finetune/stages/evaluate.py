@@ -7,14 +7,19 @@ Writes ``eval.json`` and ``eval.md``.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
-from finetune.chat import IGNORE_INDEX, generation_prompt_ids, tokenize_conversation
+from finetune.chat import (
+    IGNORE_INDEX,
+    TokenizedConversation,
+    first_exchange,
+    generation_prompt_ids,
+    tokenize_conversation,
+)
 from finetune.config import ModelConfig, RunConfig
+from finetune.dataformats import read_split
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json, atomic_write_text
 from finetune.models import load_model, load_tokenizer, resolve_model_source
@@ -22,14 +27,12 @@ from finetune.models import load_model, load_tokenizer, resolve_model_source
 log = logging.getLogger(__name__)
 
 
-def _assistant_nll(model: Any, tokenizer: Any, conversations: list[list[dict]], max_len: int
-                   ) -> tuple[float, int]:
+def _assistant_nll(model: Any, test: list[TokenizedConversation], max_len: int) -> tuple[float, int]:
     """Summed negative log-likelihood over assistant tokens, and how many tokens that was."""
     import torch
 
     total, count = 0.0, 0
-    for messages in conversations:
-        t = tokenize_conversation(tokenizer, messages)
+    for t in test:
         ids = torch.tensor([t.input_ids[:max_len]], device=model.device)
         labels = torch.tensor([t.labels[:max_len]], device=model.device)
         with torch.no_grad():
@@ -55,10 +58,10 @@ def _generate(model: Any, tokenizer: Any, messages: list[dict], max_new_tokens: 
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
 
-def _score(name: str, source: str, cfg: ModelConfig, tokenizer: Any, test: list[list[dict]],
+def _score(name: str, source: str, cfg: ModelConfig, tokenizer: Any, test: list[TokenizedConversation],
            prompts: list[list[dict]], run: RunConfig) -> dict[str, Any]:
     model = load_model(source, cfg).eval()
-    nll, count = _assistant_nll(model, tokenizer, test, run.train.max_seq_len)
+    nll, count = _assistant_nll(model, test, run.train.max_seq_len)
     answers = [_generate(model, tokenizer, p, run.eval.max_new_tokens) for p in prompts]
     loss = nll / count
     log.info("%s: assistant-token loss %.4f, perplexity %.2f over %d tokens", name, loss, math.exp(loss), count)
@@ -86,23 +89,22 @@ def _markdown(result: dict[str, Any]) -> str:
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    lines = Path(ctx.input("validate", "test")).read_text(encoding="utf-8").splitlines()
-    test = [json.loads(line)["messages"] for line in lines][: run.eval.max_samples]
-    first_turns = [m[: next(i for i, x in enumerate(m) if x["role"] == "assistant") + 1]
-                   for m in test[: run.eval.num_generations]]
-    prompts = [m[:-1] for m in first_turns]
+    test = read_split(ctx.input("validate", "test"))[: run.eval.max_samples]
+    exchanges = [first_exchange(m) for m in test[: run.eval.num_generations]]
+    prompts = [prompt for prompt, _ in exchanges]
     merged_dir = str(ctx.input("merge", "model"))
     tokenizer = load_tokenizer(merged_dir, run.model)
-    base = _score("base", resolve_model_source(run.model), run.model, tokenizer, test, prompts, run)
-    merged = _score("merged", merged_dir, run.model, tokenizer, test, prompts, run)
+    tokenized = [tokenize_conversation(tokenizer, m) for m in test]
+    base = _score("base", resolve_model_source(run.model), run.model, tokenizer, tokenized, prompts, run)
+    merged = _score("merged", merged_dir, run.model, tokenizer, tokenized, prompts, run)
     result = {
         "test_conversations": len(test),
         "base": {k: v for k, v in base.items() if k != "answers"},
         "merged": {k: v for k, v in merged.items() if k != "answers"},
         "perplexity_ratio": round(merged["perplexity"] / base["perplexity"], 4),
         "generations": [
-            {"prompt": p[-1]["content"], "reference": t[-1]["content"], "base": b, "merged": m}
-            for p, t, b, m in zip(prompts, first_turns, base["answers"], merged["answers"], strict=True)
+            {"prompt": p[-1]["content"], "reference": ref["content"], "base": b, "merged": m}
+            for (p, ref), b, m in zip(exchanges, base["answers"], merged["answers"], strict=True)
         ],
     }
     atomic_write_json(ctx.out_dir / "eval.json", result)

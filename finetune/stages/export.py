@@ -9,7 +9,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune.chat import first_exchange
 from finetune.config import RunConfig
+from finetune.dataformats import read_split
 from finetune.errors import UserError
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json, atomic_write_text
@@ -90,10 +92,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         atomic_write_text(ctx.out_dir / "Modelfile", modelfile(gguf.name, family, system, params))
         artifacts["modelfile"] = "Modelfile"
 
-    test = [json.loads(line)["messages"] for line in
-            ctx.input("validate", "test").read_text(encoding="utf-8").splitlines()]
-    first = test[0]
-    prompt = first[: next(i for i, m in enumerate(first) if m["role"] == "assistant")]
+    prompt, _ = first_exchange(read_split(ctx.input("validate", "test"))[0])
     if system and prompt[0]["role"] != "system":
         prompt = [{"role": "system", "content": system}, *prompt]
     answer = _llama_cpp_answer(gguf, prompt, run)

@@ -15,6 +15,7 @@ from typing import Any
 
 from finetune.chat import tokenize_conversation
 from finetune.config import RunConfig
+from finetune.dataformats import read_split
 from finetune.errors import UserError
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json
@@ -31,8 +32,8 @@ def _tokenized(tokenizer: Any, split: Path) -> Any:
     from datasets import Dataset
 
     rows = []
-    for line in split.read_text(encoding="utf-8").splitlines():
-        t = tokenize_conversation(tokenizer, json.loads(line)["messages"])
+    for messages in read_split(split):
+        t = tokenize_conversation(tokenizer, messages)
         rows.append({"input_ids": t.input_ids, "labels": t.labels})
     return Dataset.from_list(rows) if rows else None
 

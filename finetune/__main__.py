@@ -6,7 +6,8 @@ resuming) → ``stages/__init__.py`` (the stages) → any one stage module.
 
 from __future__ import annotations
 
-import shutil
+import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -14,12 +15,24 @@ from typing import NoReturn
 import hydra
 from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from finetune import resolvers
-from finetune.config import ConfigError, load_run_config
+from finetune.config import ConfigError, load_run_config, unknown_key_message
 from finetune.errors import UserError
 from finetune.paths import CONF_DIR, RECIPES_DIR
+from finetune.rundir import RunLog, locked, remove_created, save_run_config
+
+# finetune owns the run directory (finetune/rundir.py): Hydra writes nothing into it, and a callback notes
+# which folders existed before Hydra creates it. Passed as overrides so that they also hold when the primary
+# config is a saved .hydra/config.yaml (a rerun), which has no hydra section.
+HYDRA_SETTINGS = (
+    "hydra.output_subdir=null",
+    "hydra/job_logging=none",
+    "++hydra.callbacks.finetune_run_dir._target_=finetune.rundir.NoteExistingFolders",
+)
 
 
 def register_recipes() -> None:
@@ -30,19 +43,24 @@ def register_recipes() -> None:
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def _remove_empty_run_dir(run_dir: Path) -> None:
-    """A rejected config ran nothing: remove the run directory Hydra made, and its parents it left empty."""
-    shutil.rmtree(run_dir)
-    cwd = Path.cwd().resolve()
-    for parent in run_dir.resolve().parents:
-        if parent == cwd or not parent.is_relative_to(cwd) or any(parent.iterdir()):
-            break
-        parent.rmdir()
-
-
-def _fail(error: Exception) -> NoReturn:
+def _fail(error: Exception | str) -> NoReturn:
     print(f"error: {error}", file=sys.stderr)
     sys.exit(2)
+
+
+def _hydra_error_line(error: Exception) -> str:
+    """Hydra's composition errors (unknown group option, unknown key, bad override syntax) in one line."""
+    if isinstance(error, MissingConfigException) and error.options is not None:
+        first = str(error).splitlines()[0].removeprefix("In 'config': ")
+        return f"{first}; available: {', '.join(error.options)}"
+    cause = error.__cause__
+    unknown = re.match(r"Could not override '([^']+)'", str(error))
+    if unknown and isinstance(cause, ConfigAttributeError | ConfigKeyError):
+        return unknown_key_message(unknown[1])
+    lines = [line.strip().rstrip(".") for line in str(error).splitlines() if line.strip()]
+    if isinstance(cause, OmegaConfBaseException):
+        lines.append(str(cause).splitlines()[0])
+    return "; ".join(lines)
 
 
 def _summary(run_dir: Path, manifests: dict) -> str:
@@ -60,27 +78,53 @@ def _summary(run_dir: Path, manifests: dict) -> str:
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def run(cfg: DictConfig) -> None:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
+    logs = RunLog()
+    try:
+        _run(cfg, run_dir, logs)
+    finally:
+        logs.close()
+
+
+def _run(cfg: DictConfig, run_dir: Path, logs: RunLog) -> None:
+    """Check everything that can be checked, then (and only then) write: saved config, log, stages."""
     try:
         spec = load_run_config(cfg)
     except ConfigError as e:
-        if not any(p.is_dir() and not p.name.startswith(".") for p in run_dir.iterdir()):
-            _remove_empty_run_dir(run_dir)
+        remove_created(run_dir)
         _fail(e)
     # The stages pull in torch and friends: imported only now, so --cfg, --help and bad configs stay fast.
-    from finetune.graph import run_graph
+    from finetune.graph import check_graph, run_graph
     from finetune.stages import STAGES
 
-    try:
-        manifests = run_graph(spec, run_dir, STAGES)
-    except UserError as e:
-        _fail(e)
+    with locked(run_dir):
+        try:
+            check_graph(spec, run_dir, STAGES)
+        except UserError as e:
+            remove_created(run_dir)
+            _fail(e)
+        save_run_config(run_dir, cfg, HydraConfig.instance().cfg)
+        logs.to_file(run_dir)
+        try:
+            manifests = run_graph(spec, run_dir, STAGES)
+        except UserError as e:
+            _fail(e)
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume")
     print(_summary(run_dir, manifests))
 
 
 def main() -> None:
+    # Hydra then raises its composition errors instead of printing them over several lines; they are
+    # reported below in one line. Errors that are bugs keep their traceback.
+    os.environ["HYDRA_FULL_ERROR"] = "1"
     resolvers.register()
     register_recipes()
-    run()
+    given = {arg.split("=")[0].lstrip("+~") for arg in sys.argv[1:]}
+    sys.argv += [s for s in HYDRA_SETTINGS if s.split("=")[0].lstrip("+") not in given]
+    try:
+        run()
+    except (HydraException, OmegaConfBaseException) as e:
+        _fail(_hydra_error_line(e))
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ names the config key.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,6 +69,9 @@ class DatasetConfig:
     validation_fraction: float = _field(0.1, low=0.0, high=0.5)
     test_fraction: float = _field(0.1, low=0.0, high=0.5)
     system_prompt: str | None = None  # prepended to conversations that have no system message
+    # Held-out rows of fixed split files that repeat a training question: refuse the run, or move them into
+    # the training split (random splits always move them: that split is ours, not the user's).
+    fixed_split_leaks: str = _field("fail", choices=("fail", "move_to_train"))
 
 
 @dataclass
@@ -175,8 +179,29 @@ def _check_cross_fields(run: RunConfig) -> None:
         raise ConfigError("dataset.validation_path and dataset.test_path: give both (fixed splits) or neither")
     for key in ("path", "validation_path", "test_path"):
         value = getattr(d, key)
+        if value is not None and not value.strip():
+            raise ConfigError(f"dataset.{key} is empty; expected the path of a JSON or JSONL file")
+        if value is not None and Path(value).is_dir():
+            raise ConfigError(f"dataset.{key}: {Path(value).resolve()} is a folder; expected a JSON or JSONL file")
         if value is not None and not Path(value).is_file():
             raise ConfigError(f"dataset.{key}: file not found: {Path(value).resolve()}")
+    if not run.model.source.strip():
+        raise ConfigError("model.source is empty; expected a Hub id, a model folder, a .gguf file or "
+                          "package:<pkg>/<file>")
+
+
+def unknown_key_message(dotted: str) -> str:
+    """``method.rank: no such key; did you mean method.r?`` — close names come from the schema."""
+    node: Any = RunConfig
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
+        if part in fields:
+            node = fields[part].default_factory  # type: ignore[misc]
+            continue
+        close = difflib.get_close_matches(part, fields, n=1)
+        return f"{dotted}: no such key" + (f"; did you mean {'.'.join([*parts[:i], close[0]])}?" if close else "")
+    return f"{dotted}: no such key"
 
 
 def load_run_config(cfg: DictConfig) -> RunConfig:

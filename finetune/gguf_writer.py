@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from finetune.manifest import umask_mode
+
 # Hugging Face class -> llama.cpp architecture. Mistral checkpoints use llama.cpp's "llama" graph.
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -75,6 +77,10 @@ class _Tensor:
     rotary_heads: int | None
 
 
+class QuantizeError(RuntimeError):
+    """llama.cpp's quantizer refused or failed."""
+
+
 def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, log: Log = print) -> None:
     """Write ``model_dir`` as a GGUF file at ``out_path`` with weights in ``out_type`` (one of OUT_TYPES).
 
@@ -85,7 +91,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, log: L
     if out_type not in OUT_TYPES:
         raise ValueError(f"unknown GGUF output type {out_type!r}; choose one of {', '.join(OUT_TYPES)}")
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    arch = _gguf_architecture(config)
+    arch = gguf_architecture(config)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with _temp_path(out_path) as tmp:
@@ -96,13 +102,13 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, log: L
                 _llama_quantize(f16, tmp, out_type)
         else:
             _write_numpy_types(model_dir, config, arch, tmp, out_type, log)
-        tmp.chmod(0o644)  # mkstemp makes it owner-only; Ollama's server may run as another user
+        tmp.chmod(umask_mode())  # mkstemp makes it owner-only; Ollama's server may run as another user
         os.replace(tmp, out_path)
     size_mb = out_path.stat().st_size / 1e6
     log(f"wrote {out_path} ({out_type}, {size_mb:.0f} MB) in {time.monotonic() - started:.1f} s")
 
 
-def _gguf_architecture(config: dict[str, Any]) -> str:
+def gguf_architecture(config: dict[str, Any]) -> str:
     """llama.cpp's architecture name for the checkpoint; refuse anything this converter does not map."""
     names = config.get("architectures") or []
     hf_arch = names[0] if names else None
@@ -391,4 +397,4 @@ def _llama_quantize(src: Path, dst: Path, out_type: str) -> None:
     params.ftype = gguf.LlamaFileType[_K_QUANTS[out_type]]
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0:
-        raise RuntimeError(f"llama.cpp failed to quantize {src} to {out_type} (return code {rc})")
+        raise QuantizeError(f"llama.cpp failed to quantize to {out_type} (return code {rc})")

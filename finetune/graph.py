@@ -2,14 +2,21 @@
 
 Each stage writes under ``<run_dir>/<stage>/`` and the graph keeps a manifest there. A stage's fingerprint
 hashes the config keys it reads and its upstream stages' fingerprints and artifact hashes, so a stage reruns
-exactly when something it depends on changed. A stage left ``running`` or ``failed`` with the same fingerprint
-is called again with ``resume=True`` and its folder kept (training continues from its last checkpoint);
-otherwise its folder is emptied first, so no stale file survives.
+exactly when something it depends on changed. A resumable stage (``train``) left ``running``, ``failed`` or
+``interrupted`` with the same fingerprint is called again with ``resume=True`` and its folder kept (training
+continues from its last checkpoint); every other stage that runs starts from an empty folder, so no stale or
+half-written file survives.
+
+``check_graph`` runs before anything is written: the stage order, then each stage's own checks (data, model,
+method), so that bad input is refused before the first stage instead of in the middle of the run.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import logging
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -19,13 +26,18 @@ from pathlib import Path
 
 from finetune.config import RunConfig, section
 from finetune.errors import UserError
-from finetune.manifest import Manifest, fingerprint, sha256_path
+from finetune.manifest import Manifest, fingerprint, sha256_path, umask_mode
+from finetune.redact import redact_text
 
 log = logging.getLogger(__name__)
 
 
 class StageOrderError(UserError, RuntimeError):
     """A selected stage's upstream is missing or out of date in the run directory."""
+
+
+class StorageError(UserError, OSError):
+    """A stage could not write its files: the disk is full or a file size limit was hit."""
 
 
 @dataclass(frozen=True)
@@ -52,6 +64,10 @@ class Stage:
     needs: tuple[str, ...]
     config_keys: tuple[str, ...]  # the config keys it reads; a change to one of them reruns it
     input_files: Callable[[RunConfig], list[Path]] = lambda run: []  # files it reads; edited → rerun
+    resumable: bool = False  # True: an interrupted run continues from what is in its folder
+    # Checks that refuse bad input before any stage runs (raise a UserError); one function shared by several
+    # stages runs once.
+    checks: tuple[Callable[[RunConfig], None], ...] = ()
 
 
 def _now() -> str:
@@ -79,10 +95,38 @@ def _is_current(manifest: Manifest | None, fp: str, stage_dir: Path) -> bool:
     )
 
 
+_STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+
+
+def _storage_failure(error: BaseException) -> str | None:
+    """Why writing failed, when it is the disk (full, quota, file size limit); None for anything else.
+    Libraries that write natively (safetensors, torch.save) wrap the OS error in their own exception and
+    keep only its text, so the text is checked too."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
+            return os.strerror(seen.errno)
+        for code in _STORAGE_ERRNOS:
+            if os.strerror(code) in str(seen) or f"os error {code})" in str(seen):
+                return os.strerror(code)
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _apply_umask(stage_dir: Path) -> None:
+    """Some writers (safetensors, temp files renamed into place) leave files owner-only; a stage's outputs
+    are for sharing (Modelfile, card, weights), so they get the mode the user's umask gives any new file."""
+    mode = umask_mode()
+    for path in stage_dir.rglob("*"):
+        if path.is_file() and not path.is_symlink() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
+
+
 def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[str, Manifest]) -> Manifest:
     stage_dir = run_dir / stage.name
     previous = Manifest.read(stage_dir)
-    resume = previous is not None and previous.status in ("running", "failed") and previous.fingerprint == fp
+    resume = (stage.resumable and previous is not None and previous.fingerprint == fp
+              and previous.status in ("running", "failed", "interrupted"))
     if not resume and stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -99,10 +143,18 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
     try:
         artifacts = stage.run(run, ctx)
     except BaseException as e:
-        manifest.status, manifest.error = "failed", f"{type(e).__name__}: {e}"
+        manifest.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        manifest.error = redact_text(f"{type(e).__name__}: {e}")
         manifest.finished, manifest.duration_s = _now(), round(time.monotonic() - t0, 2)
-        manifest.write(stage_dir)
+        with contextlib.suppress(OSError):  # a full disk may refuse the manifest too; the status stays running
+            manifest.write(stage_dir)
+        if why := _storage_failure(e):
+            raise StorageError(
+                f"stage {stage.name}: cannot write to {stage_dir} ({why}); free space or raise the limit, then "
+                "run the same command again"
+            ) from e
         raise
+    _apply_umask(stage_dir)
     manifest.artifacts = {
         name: {"path": rel, "sha256": sha256_path(stage_dir / rel)} for name, rel in artifacts.items()
     }
@@ -113,31 +165,60 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
     return manifest
 
 
-def run_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> dict[str, Manifest]:
-    """Run the selected stages in graph order; returns the manifest of every stage that is complete."""
+def _plan(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> list[Stage]:
+    """The stages this run executes: selected ones that are not complete with the same inputs (or whose
+    upstream executes). Raises ``StageOrderError`` when a selected stage's upstream neither is complete and
+    current nor executes now."""
     selected = set(run.stages)
-    done: dict[str, Manifest] = {}
+    current: dict[str, Manifest] = {}
+    runs: list[Stage] = []
     stale: set[str] = set()
     for stage in stages:
         stage_dir = run_dir / stage.name
-        missing = [need for need in stage.needs if need not in done]
-        if missing:
-            if stage.name in selected:
-                need = missing[0]
-                why = "is out of date for this config" if need in stale else "has not run"
-                raise StageOrderError(
-                    f"stage {stage.name!r} needs {need!r}, which {why} in {run_dir}; add {need!r} to stages"
-                )
-            continue
+        existing = Manifest.read(stage_dir)
+        running = {s.name for s in runs}
+        missing = [need for need in stage.needs if need not in running and need not in current]
+        if missing and stage.name in selected:
+            need = missing[0]
+            why = "is out of date for this config" if need in stale else "has not run"
+            raise StageOrderError(
+                f"stage {stage.name!r} needs {need!r}, which {why} in {run_dir}; add {need!r} to stages"
+            )
+        if not missing and not running.intersection(stage.needs) and _is_current(
+                existing, _fingerprint(stage, run, current), stage_dir):
+            assert existing is not None
+            current[stage.name] = existing
+        elif not missing and stage.name in selected:
+            runs.append(stage)
+        elif existing is not None:
+            stale.add(stage.name)
+    return runs
+
+
+def check_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> list[str]:
+    """Everything that can refuse this run before anything is written: the stage order, then the checks of
+    each stage that will execute. Returns the names of those stages."""
+    runs = _plan(run, run_dir, stages)
+    for check in dict.fromkeys(check for stage in runs for check in stage.checks):
+        check(run)
+    return [stage.name for stage in runs]
+
+
+def run_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> dict[str, Manifest]:
+    """Run the selected stages in graph order; returns the manifest of every stage that is complete."""
+    runs = {stage.name for stage in _plan(run, run_dir, stages)}
+    done: dict[str, Manifest] = {}
+    for stage in stages:
+        if any(need not in done for need in stage.needs):
+            continue  # neither selected nor current upstream: _plan refused the selected ones
+        stage_dir = run_dir / stage.name
         fp = _fingerprint(stage, run, done)
         existing = Manifest.read(stage_dir)
         if _is_current(existing, fp, stage_dir):
             assert existing is not None
-            if stage.name in selected:
+            if stage.name in run.stages:
                 log.info("── stage %s: complete with the same inputs, skipped", stage.name)
             done[stage.name] = existing
-        elif stage.name in selected:
+        elif stage.name in runs:
             done[stage.name] = _execute(stage, run, run_dir, fp, done)
-        elif existing is not None:
-            stale.add(stage.name)
     return done

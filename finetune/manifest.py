@@ -14,6 +14,14 @@ from typing import Any
 MANIFEST_NAME = "manifest.json"
 
 
+def umask_mode(mode: int = 0o666) -> int:
+    """``mode`` as the user's umask leaves it: what ``open()`` would give a new file (0o777 for folders).
+    Temp files and folders start owner-only; what we rename into place gets this mode, like any file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mode & ~mask
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write through a temp file in the same folder and rename, so readers never see half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -21,6 +29,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -18,8 +18,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from finetune.config import ModelConfig
+from finetune.config import ModelConfig, RunConfig
 from finetune.errors import UserError
+from finetune.manifest import umask_mode
 from finetune.paths import cache_dir
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def _materialize(target: Path, build: Any) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         build(tmp)
+        tmp.chmod(umask_mode(0o777))  # mkdtemp makes it owner-only
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)
         else:
@@ -82,6 +84,16 @@ def _fix_smollm_pretokenizer(tokenizer: Any, gguf_path: Path) -> None:
 
 
 def _convert_gguf(gguf_path: Path) -> Path:
+    """The GGUF as a safetensors folder in the cache. A file that is not a GGUF llama.cpp-style checkpoint
+    transformers can read is refused in one line, whatever the parser raised."""
+    try:
+        return _convert_gguf_once(gguf_path)
+    except Exception as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ModelSourceError(f"model.source: cannot read {gguf_path} as a GGUF model ({reason})") from e
+
+
+def _convert_gguf_once(gguf_path: Path) -> Path:
     stat = gguf_path.stat()
     target = cache_dir() / "models" / f"{gguf_path.stem}-{_key(str(gguf_path), stat.st_size, stat.st_mtime_ns)}"
 
@@ -127,6 +139,11 @@ def _random_init(base: str, cfg: ModelConfig) -> Path:
     return _materialize(target, build)
 
 
+def _is_hub_id(source: str) -> bool:
+    return not source.startswith((PACKAGE_SCHEME, ".", "/", "~")) and source.count("/") == 1 and not Path(
+        source).expanduser().exists()
+
+
 def resolve_model_source(cfg: ModelConfig) -> str:
     """A local folder or a Hub id that ``from_pretrained`` loads; converts or builds into the cache once."""
     source = cfg.source
@@ -141,11 +158,77 @@ def resolve_model_source(cfg: ModelConfig) -> str:
             resolved = str(path.resolve())
         else:
             raise ModelSourceError(f"model.source: {path} is neither a model folder nor a .gguf file")
-    elif source.startswith((".", "/", "~")) or source.count("/") != 1:
+    elif not _is_hub_id(source):
         raise ModelSourceError(f"model.source: no such folder or file, and not a Hub id: {source}")
     else:
         resolved = source  # a Hub id: from_pretrained downloads it (or finds it in the HF cache)
     return str(_random_init(resolved, cfg)) if cfg.random_init is not None else resolved
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def _check_folder(folder: Path, weights: bool) -> None:
+    if not (folder / "config.json").is_file():
+        raise ModelSourceError(
+            f"model.source: {folder} has no config.json; expected a transformers model folder or a .gguf file"
+        )
+    if not weights or any(folder.glob("*.safetensors")):
+        return
+    pickles = sorted(p.name for p in folder.iterdir() if p.suffix in PICKLE_SUFFIXES)
+    if pickles:
+        raise ModelSourceError(
+            f"model.source: {folder} has only pickle weights ({', '.join(pickles)}); finetune loads safetensors "
+            "only, because unpickling a file runs its code: convert them where you trust them"
+        )
+    raise ModelSourceError(f"model.source: {folder} has no weights (*.safetensors)")
+
+
+def _check_hub(repo: str, revision: str | None, weights: bool) -> None:
+    """A Hub id must be in the local cache or reachable now: one request, no minute of retries."""
+    from huggingface_hub import HfApi, constants, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    if isinstance(try_to_load_from_cache(repo, "config.json", revision=revision), str):
+        return
+    if constants.HF_HUB_OFFLINE:
+        raise ModelSourceError(
+            f"model.source: {repo!r} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set; "
+            "download it while online, or use a local folder or .gguf file"
+        )
+    try:
+        info = HfApi().model_info(repo, revision=revision, timeout=10)
+    except GatedRepoError:
+        raise ModelSourceError(f"model.source: {repo!r} is gated; accept its terms on the Hub and set HF_TOKEN") \
+            from None
+    except RepositoryNotFoundError:
+        raise ModelSourceError(f"model.source: no model {repo!r} on the Hub (a private one needs HF_TOKEN)") \
+            from None
+    except RevisionNotFoundError:
+        raise ModelSourceError(f"model.revision: {revision!r} does not exist in {repo!r}") from None
+    except Exception as e:  # the transport's own errors: no network, DNS, proxy, TLS
+        raise ModelSourceError(
+            f"model.source: cannot reach the Hugging Face Hub at {constants.ENDPOINT} for {repo!r} "
+            f"({str(e).splitlines()[0] if str(e) else type(e).__name__}); run once online, or use a local folder "
+            "or .gguf file"
+        ) from None
+    if weights and not any(s.rfilename.endswith(".safetensors") for s in info.siblings or []):
+        raise ModelSourceError(
+            f"model.source: {repo!r} has no safetensors weights on the Hub; finetune does not unpickle "
+            "checkpoints, because unpickling a file runs its code"
+        )
+
+
+def check_source(run: RunConfig) -> None:
+    """The pre-run check of ``model.source``: it exists (locally, in the cache, or on a reachable Hub), has a
+    config and safetensors weights (random_init needs only the config), and a GGUF can be converted."""
+    cfg = run.model
+    weights = cfg.random_init is None
+    if _is_hub_id(cfg.source):
+        _check_hub(cfg.source, cfg.revision, weights)
+    resolved = Path(resolve_model_source(cfg))
+    if resolved.is_dir():
+        _check_folder(resolved, weights=True)
 
 
 def torch_dtype(name: str) -> Any:
@@ -180,8 +263,8 @@ def load_model(source: str, cfg: ModelConfig, **kwargs: Any) -> Any:
 
     kwargs.setdefault("dtype", torch_dtype(cfg.dtype))
     try:
-        return AutoModelForCausalLM.from_pretrained(
-            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, **kwargs
+        return AutoModelForCausalLM.from_pretrained(  # safetensors only: never unpickle a checkpoint
+            source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, use_safetensors=True, **kwargs
         )
     except OSError as e:
         raise ModelSourceError(f"model.source: cannot load {source!r}: {e}") from e

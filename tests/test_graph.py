@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from finetune.config import RunConfig
-from finetune.graph import Stage, StageOrderError, run_graph
+from finetune.graph import Stage, StageOrderError, check_graph, run_graph
 
 
 @pytest.fixture
@@ -23,9 +23,10 @@ def spec(chat_dataset) -> RunConfig:
 class Recorder:
     """Two small real stages: `a` writes the seed, `b` copies it; calls are recorded."""
 
-    def __init__(self, fail_b: bool = False):
+    def __init__(self, fail_b: bool = False, b_resumable: bool = True):
         self.calls: list[tuple[str, bool]] = []
         self.fail_b = fail_b
+        self.b_resumable = b_resumable
 
     def a(self, run, ctx):
         self.calls.append(("a", ctx.resume))
@@ -42,7 +43,7 @@ class Recorder:
 
     def stages(self):
         return (Stage("a", self.a, needs=(), config_keys=("seed",), input_files=lambda run: [Path(run.dataset.path)]),
-                Stage("b", self.b, needs=("a",), config_keys=("export",)))
+                Stage("b", self.b, needs=("a",), config_keys=("export",), resumable=self.b_resumable))
 
 
 def test_runs_in_order_and_writes_manifests(spec, tmp_path):
@@ -90,6 +91,54 @@ def test_failed_stage_is_recorded_and_resumed_with_its_files(spec, tmp_path):
     run_graph(spec, tmp_path, rec.stages())
     assert rec.calls == [("b", True)]  # `a` skipped, `b` resumed
     assert (tmp_path / "b" / "partial.txt").exists()  # kept for the stage to resume from
+
+
+def test_a_stage_that_cannot_resume_starts_again_from_an_empty_folder(spec, tmp_path):
+    with pytest.raises(RuntimeError):
+        run_graph(spec, tmp_path, Recorder(fail_b=True, b_resumable=False).stages())
+    rec = Recorder(b_resumable=False)
+    run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("b", False)]
+    assert not (tmp_path / "b" / "partial.txt").exists()
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["status"] == "complete"
+
+
+def test_ctrl_c_marks_the_stage_interrupted_and_the_next_run_resumes_it(spec, tmp_path):
+    def interrupted(run, ctx):
+        (ctx.out_dir / "partial.txt").write_text("half")
+        raise KeyboardInterrupt
+
+    rec = Recorder()
+    a, b = rec.stages()
+    with pytest.raises(KeyboardInterrupt):
+        run_graph(spec, tmp_path, (a, Stage("b", interrupted, needs=("a",), config_keys=("export",), resumable=True)))
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["status"] == "interrupted"
+    run_graph(spec, tmp_path, (a, b))
+    assert rec.calls == [("a", False), ("b", True)]
+
+
+def test_order_errors_and_checks_come_before_any_stage_runs(spec, tmp_path):
+    checked = []
+
+    def check(run):
+        checked.append(run.seed)
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rec = Recorder()
+    a, b = rec.stages()
+    stages = (a, Stage("b", rec.b, needs=("a",), config_keys=("export",), checks=(check, check)))
+    spec.stages = ["b"]
+    with pytest.raises(StageOrderError):
+        check_graph(spec, run_dir, stages)
+    assert checked == [] and not any(run_dir.iterdir())
+    spec.stages = ["a", "b"]
+    assert check_graph(spec, run_dir, stages) == ["a", "b"]
+    assert checked == [42]  # a check shared by stages, or listed twice, runs once
+    assert not any(run_dir.iterdir())  # checking wrote nothing
+    run_graph(spec, run_dir, stages)
+    assert check_graph(spec, run_dir, stages) == []  # all complete: nothing to run, nothing to check
+    assert checked == [42]
 
 
 def test_changed_inputs_clear_a_stage_folder(spec, tmp_path):

@@ -1,10 +1,13 @@
 """The pipeline's stages in order. Each module has one entry point, ``run(config, context) -> artifacts``;
-``needs`` names the upstream stages whose artifacts it reads, ``config_keys`` the config it depends on."""
+``needs`` names the upstream stages whose artifacts it reads, ``config_keys`` the config it depends on (a test
+records every key each stage reads and checks it is listed), ``checks`` what refuses bad input before any
+stage runs. Only ``train`` resumes; the others start again from an empty folder."""
 
 from pathlib import Path
 
 from finetune.config import RunConfig
 from finetune.graph import Stage
+from finetune.models import check_source
 from finetune.stages import evaluate, export, merge, train, validate
 
 
@@ -15,9 +18,12 @@ def _dataset_files(run: RunConfig) -> list[Path]:
 
 STAGES: tuple[Stage, ...] = (
     Stage("validate", validate.run, needs=(), config_keys=("model", "dataset", "seed", "train.max_seq_len"),
-          input_files=_dataset_files),
-    Stage("train", train.run, needs=("validate",), config_keys=("model", "method", "backend", "train", "seed")),
-    Stage("merge", merge.run, needs=("train",), config_keys=("model", "method")),
-    Stage("evaluate", evaluate.run, needs=("validate", "merge"), config_keys=("model", "eval", "train.max_seq_len")),
-    Stage("export", export.run, needs=("validate", "merge", "evaluate"), config_keys=("export", "seed", "run_name")),
+          input_files=_dataset_files, checks=(check_source, validate.check)),
+    Stage("train", train.run, needs=("validate",), config_keys=("model", "method", "backend", "train", "seed"),
+          resumable=True, checks=(check_source, train.check)),
+    Stage("merge", merge.run, needs=("train",), config_keys=("model", "method"), checks=(check_source,)),
+    Stage("evaluate", evaluate.run, needs=("validate", "merge"), config_keys=("model", "eval", "train.max_seq_len"),
+          checks=(check_source,)),
+    Stage("export", export.run, needs=("validate", "merge", "evaluate"),
+          config_keys=("model", "method", "train", "export", "seed", "run_name"), checks=(export.check,)),
 )

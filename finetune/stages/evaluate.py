@@ -20,11 +20,16 @@ from finetune.chat import (
 )
 from finetune.config import ModelConfig, RunConfig
 from finetune.dataformats import read_split
+from finetune.errors import UserError
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json, atomic_write_text
 from finetune.models import load_model, load_tokenizer, resolve_model_source
 
 log = logging.getLogger(__name__)
+
+
+class EvalError(UserError, ValueError):
+    """Nothing in the test split can be scored."""
 
 
 def _assistant_nll(model: Any, test: list[TokenizedConversation], max_len: int) -> tuple[float, int]:
@@ -62,6 +67,11 @@ def _score(name: str, source: str, cfg: ModelConfig, tokenizer: Any, test: list[
            prompts: list[list[dict]], run: RunConfig) -> dict[str, Any]:
     model = load_model(source, cfg).eval()
     nll, count = _assistant_nll(model, test, run.train.max_seq_len)
+    if count == 0:
+        raise EvalError(
+            f"evaluate: none of the {len(test)} test conversations scored has an answer token within "
+            f"train.max_seq_len={run.train.max_seq_len}; raise it (or eval.max_samples)"
+        )
     answers = [_generate(model, tokenizer, p, run.eval.max_new_tokens) for p in prompts]
     loss = nll / count
     log.info("%s: assistant-token loss %.4f, perplexity %.2f over %d tokens", name, loss, math.exp(loss), count)

@@ -16,7 +16,7 @@ from finetune.errors import UserError
 from finetune.graph import StageContext
 from finetune.manifest import atomic_write_json, atomic_write_text
 from finetune.modelfile import modelfile, template_family
-from finetune.models import load_tokenizer
+from finetune.models import load_tokenizer, resolve_model_source
 
 log = logging.getLogger(__name__)
 
@@ -72,15 +72,30 @@ def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name:
     ])
 
 
+def check(run: RunConfig) -> None:
+    """Refuse, before training, a model whose architecture the GGUF writer does not convert."""
+    from transformers import AutoConfig
+
+    from finetune.gguf_writer import gguf_architecture
+
+    m = run.model
+    config = AutoConfig.from_pretrained(resolve_model_source(m), revision=m.revision,
+                                        trust_remote_code=m.trust_remote_code)
+    try:
+        gguf_architecture(config.to_dict())
+    except ValueError as e:
+        raise ExportError(f"export: {e}") from None
+
+
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    from finetune.gguf_writer import write_gguf
+    from finetune.gguf_writer import QuantizeError, write_gguf
 
     merged = ctx.input("merge", "model")
     report = json.loads(ctx.input("validate", "report").read_text(encoding="utf-8"))
     gguf = ctx.out_dir / f"model-{run.export.gguf_type}.gguf"
     try:
         write_gguf(merged, gguf, run.export.gguf_type, log=log.info)
-    except (ValueError, NotImplementedError) as e:
+    except (ValueError, NotImplementedError, QuantizeError) as e:
         raise ExportError(f"export: {e}") from e
     artifacts = {"gguf": gguf.name}
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,13 +63,51 @@ def _last_checkpoint(checkpoints: Path) -> Path | None:
     return found[-1] if found else None
 
 
+def _drop_incomplete_checkpoints(checkpoints: Path) -> None:
+    """A checkpoint cut off mid-save (killed, disk full) must not stay under a final name."""
+    for path in checkpoints.glob("checkpoint-*"):
+        if not (path / "trainer_state.json").is_file():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _check_target_modules(run: RunConfig) -> None:
+    """Every name in ``method.target_modules`` must match a layer of the model, as peft matches them (the
+    full name or its last parts); the model is built on the meta device, so this costs no memory."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    m = run.model
+    config = AutoConfig.from_pretrained(resolve_model_source(m), revision=m.revision,
+                                        trust_remote_code=m.trust_remote_code)
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)
+    names = [name for name, _ in model.named_modules()]
+    for target in run.method.target_modules:
+        if not any(name == target or name.endswith(f".{target}") for name in names):
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear)})
+            raise TrainError(
+                f"method.target_modules: {target!r} matches no layer of {type(model).__name__}; "
+                f"its linear layers are {', '.join(linear)}"
+            )
+
+
+def check(run: RunConfig) -> None:
+    """Refuse, before any stage runs, a method this machine cannot train or layers the model lacks."""
+    import torch
+
+    if run.method.name == "qlora" and not torch.cuda.is_available():
+        raise TrainError("method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora")
+    if run.method.name in ("lora", "qlora"):
+        _check_target_modules(run)
+
+
 def _model_kwargs(run: RunConfig, dtype: Any) -> dict[str, Any]:
     import torch
 
     if run.method.name != "qlora":
         return {"dtype": dtype}
-    if not torch.cuda.is_available():
-        raise TrainError("method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora")
     from transformers import BitsAndBytesConfig
 
     return {
@@ -96,6 +135,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     eval_set = _tokenized(tokenizer, ctx.input("validate", "validation"))
     t = run.train
     checkpoints = ctx.out_dir / "checkpoints"
+    _drop_incomplete_checkpoints(checkpoints)
     resume_from = _last_checkpoint(checkpoints) if ctx.resume else None
     resume_step = int(resume_from.name.split("-")[1]) if resume_from else 0
     args = SFTConfig(
@@ -138,8 +178,13 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     )
     if resume_from:
         log.info("resuming from %s", resume_from)
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    tensorboard.close()
+    try:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    except BaseException:
+        _drop_incomplete_checkpoints(checkpoints)
+        raise
+    finally:
+        tensorboard.close()
 
     out_name = "model" if run.method.name == "full" else "adapter"
     trainer.save_model(str(ctx.out_dir / out_name))

@@ -20,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
 
 from finetune import resolvers
-from finetune.config import ConfigError, load_run_config, unknown_key_message
+from finetune.config import ConfigError, RunConfig, load_run_config, unknown_key_message
 from finetune.errors import UserError
 from finetune.paths import CONF_DIR, RECIPES_DIR
 from finetune.rundir import RunLog, locked, remove_created, save_run_config
@@ -37,8 +37,11 @@ HYDRA_SETTINGS = (
 
 def register_recipes() -> None:
     """Make ``recipes/*.yaml`` the config group ``recipe`` (``+recipe=NAME``) wherever finetune is installed,
-    without a search path that depends on the working directory."""
+    without a search path that depends on the working directory; and the schema the base of the composed
+    config, so every key of ``config.py`` can be set from the command line (``dataset.test_path=…``)
+    whether or not the chosen option's YAML names it."""
     store = ConfigStore.instance()
+    store.store(name="run_schema", node=RunConfig)
     for path in sorted(RECIPES_DIR.glob("*.yaml")):
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
@@ -57,9 +60,9 @@ def _hydra_error_line(error: Exception) -> str:
     unknown = re.match(r"Could not override '([^']+)'", str(error))
     if unknown and isinstance(cause, ConfigAttributeError | ConfigKeyError):
         return unknown_key_message(unknown[1])
+    if isinstance(cause, OmegaConfBaseException) and getattr(cause, "full_key", None):
+        return f"{cause.full_key}: {str(cause).splitlines()[0]}"
     lines = [line.strip().rstrip(".") for line in str(error).splitlines() if line.strip()]
-    if isinstance(cause, OmegaConfBaseException):
-        lines.append(str(cause).splitlines()[0])
     return "; ".join(lines)
 
 
@@ -119,8 +122,12 @@ def main() -> None:
     os.environ["HYDRA_FULL_ERROR"] = "1"
     resolvers.register()
     register_recipes()
-    given = {arg.split("=")[0].lstrip("+~") for arg in sys.argv[1:]}
-    sys.argv += [s for s in HYDRA_SETTINGS if s.split("=")[0].lstrip("+") not in given]
+    args = sys.argv[1:]
+    given = {arg.split("=")[0].lstrip("+~") for arg in args}
+    ours = [s for s in HYDRA_SETTINGS if s.split("=")[0].lstrip("+") not in given]
+    # Beside the user's overrides: argparse takes the overrides as one run of positional arguments.
+    at = next((i for i, arg in enumerate(args) if "=" in arg and not arg.startswith("-")), len(args))
+    sys.argv[1:] = [*args[:at], *ours, *args[at:]]
     try:
         run()
     except (HydraException, OmegaConfBaseException) as e:

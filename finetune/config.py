@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,7 +144,7 @@ class RunConfig:
 def _range_text(meta: dict[str, Any]) -> str:
     low, high = meta["low"], meta["high"]
     if low is not None and high is not None:
-        return f"{'(' if meta['low_open'] else '['}{low}, {high}]"
+        return f"in {'(' if meta['low_open'] else '['}{low}, {high}]"
     if low is not None:
         return f"{'>' if meta['low_open'] else '>='} {low}"
     return f"<= {high}"
@@ -165,7 +166,7 @@ def _check_fields(node: Any, prefix: str) -> None:
         too_low = meta["low"] is not None and (value <= meta["low"] if meta["low_open"] else value < meta["low"])
         too_high = meta["high"] is not None and value > meta["high"]
         if too_low or too_high or (isinstance(value, float) and math.isnan(value)):
-            raise ConfigError(f"{key}={value}: must be in {_range_text(meta)}")
+            raise ConfigError(f"{key}={value}: must be {_range_text(meta)}")
 
 
 def _check_cross_fields(run: RunConfig) -> None:
@@ -190,22 +191,42 @@ def _check_cross_fields(run: RunConfig) -> None:
                           "package:<pkg>/<file>")
 
 
+def _nested_schema(schema: Any, key: str) -> Any:
+    """The dataclass of field ``key`` (also when Optional), or None for a plain value."""
+    hint = typing.get_type_hints(schema)[key]
+    return next((t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), None)
+
+
 def unknown_key_message(dotted: str) -> str:
-    """``method.rank: no such key; did you mean method.r?`` — close names come from the schema."""
-    node: Any = RunConfig
+    """``train.lr_sched: no such key; did you mean train.lr_scheduler?`` — close names come from the schema."""
+    schema: Any = RunConfig
     parts = dotted.split(".")
     for i, part in enumerate(parts):
-        fields = {f.name: f for f in dataclasses.fields(node)} if dataclasses.is_dataclass(node) else {}
-        if part in fields:
-            node = fields[part].default_factory  # type: ignore[misc]
-            continue
-        close = difflib.get_close_matches(part, fields, n=1)
-        return f"{dotted}: no such key" + (f"; did you mean {'.'.join([*parts[:i], close[0]])}?" if close else "")
+        names = [f.name for f in dataclasses.fields(schema)]
+        if part not in names:
+            close = difflib.get_close_matches(part, names, n=1)
+            return f"{dotted}: no such key" + (f"; did you mean {'.'.join([*parts[:i], close[0]])}?" if close else "")
+        schema = _nested_schema(schema, part)
+        if schema is None:
+            break
     return f"{dotted}: no such key"
+
+
+def _check_known_keys(node: DictConfig, schema: Any, prefix: str) -> None:
+    """Every key must be a field of the schema: Hydra lets ``+method.foo=1`` into a typed config, and
+    OmegaConf then drops it silently when building the dataclasses."""
+    names = {f.name for f in dataclasses.fields(schema)}
+    for key in node:
+        if key not in names:
+            raise ConfigError(unknown_key_message(f"{prefix}{key}"))
+        nested = _nested_schema(schema, str(key))
+        if nested is not None and isinstance(node[key], DictConfig):
+            _check_known_keys(node[key], nested, f"{prefix}{key}.")
 
 
 def load_run_config(cfg: DictConfig) -> RunConfig:
     """Validate a composed config and return it as a typed ``RunConfig``; raises ``ConfigError``."""
+    _check_known_keys(cfg, RunConfig, "")
     try:
         merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
         OmegaConf.resolve(merged)

@@ -37,9 +37,10 @@ def chat_dataset(tmp_path: Path) -> Path:
     return path
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """``python -m finetune ARGS`` in ``cwd``, as a user runs it."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "1", "PYTHONUNBUFFERED": "1"}
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """``python -m finetune ARGS`` in ``cwd``, as a user runs it (``env`` adds to the environment)."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     proc = subprocess.run(
         [sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, capture_output=True, text=True,
         timeout=timeout,

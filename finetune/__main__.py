@@ -6,6 +6,7 @@ resuming) → ``stages/__init__.py`` (the stages) → any one stage module.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import sys
@@ -46,9 +47,18 @@ def register_recipes() -> None:
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
 
 
-def _fail(error: Exception | str) -> NoReturn:
+def _close_progress_bars() -> None:
+    """A library's progress bar left open by an error is redrawn at exit, after our message; close it first
+    so that the error is the last line."""
+    if tqdm := sys.modules.get("tqdm"):
+        for bar in list(getattr(tqdm.tqdm, "_instances", ())):
+            bar.close()
+
+
+def _fail(error: Exception | str, code: int = 2) -> NoReturn:
+    _close_progress_bars()
     print(f"error: {error}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(code)
 
 
 def _hydra_error_line(error: Exception) -> str:
@@ -99,8 +109,9 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog) -> None:
     from finetune.graph import check_graph, run_graph
     from finetune.stages import STAGES
 
-    with locked(run_dir):
+    with contextlib.ExitStack() as held:
         try:
+            held.enter_context(locked(run_dir))
             check_graph(spec, run_dir, STAGES)
         except UserError as e:
             remove_created(run_dir)
@@ -112,7 +123,7 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog) -> None:
         except UserError as e:
             _fail(e)
         except KeyboardInterrupt:
-            _fail("interrupted; run the same command again to resume")
+            _fail("interrupted; run the same command again to resume", code=130)
     print(_summary(run_dir, manifests))
 
 

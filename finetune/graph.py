@@ -17,6 +17,8 @@ import contextlib
 import errno
 import logging
 import os
+import re
+import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -100,8 +102,8 @@ _STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 
 def _storage_failure(error: BaseException) -> str | None:
     """Why writing failed, when it is the disk (full, quota, file size limit); None for anything else.
-    Libraries that write natively (safetensors, torch.save) wrap the OS error in their own exception and
-    keep only its text, so the text is checked too."""
+    Libraries that write natively (safetensors, torch.save, tokenizers) wrap the OS error in their own
+    exception and keep only its text; numpy reports a short write without an errno."""
     seen: BaseException | None = error
     while seen is not None:
         if isinstance(seen, OSError) and seen.errno in _STORAGE_ERRNOS:
@@ -109,6 +111,9 @@ def _storage_failure(error: BaseException) -> str | None:
         for code in _STORAGE_ERRNOS:
             if os.strerror(code) in str(seen) or f"os error {code})" in str(seen):
                 return os.strerror(code)
+        if isinstance(seen, OSError) and seen.errno is None and re.search(r"\d+ requested and \d+ written", str(seen)):
+            limited = resource.getrlimit(resource.RLIMIT_FSIZE)[0] != resource.RLIM_INFINITY
+            return os.strerror(errno.EFBIG if limited else errno.ENOSPC)
         seen = seen.__cause__ or seen.__context__
     return None
 

@@ -1,0 +1,56 @@
+"""``python tests/faults.py WHERE -- FINETUNE ARGS``: the real CLI, killed with SIGKILL at a chosen point.
+
+WHERE is ``<stage>:start`` (the graph has marked the stage running, the stage has done nothing),
+``<stage>:end`` (the stage has written everything, the graph has not yet marked it complete), or
+``train:checkpoint`` (right after the first checkpoint is saved, mid-training). The process kills itself, so
+the point is exact, unlike a timer racing a fast stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import sys
+
+
+def _die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main() -> None:
+    where, args = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
+    stage_name, point = where.split(":")
+
+    from finetune import stages
+
+    if point == "checkpoint":
+        from transformers import Trainer
+
+        save = Trainer._save_checkpoint
+
+        def save_then_die(self, *a, **kw):
+            save(self, *a, **kw)
+            _die()
+
+        Trainer._save_checkpoint = save_then_die
+    else:
+        def wrap(stage):
+            def run(run, ctx):
+                if point == "start":
+                    _die()
+                artifacts = stage.run(run, ctx)
+                _die()
+                return artifacts
+            return dataclasses.replace(stage, run=run)
+
+        stages.STAGES = tuple(wrap(s) if s.name == stage_name else s for s in stages.STAGES)
+
+    from finetune.__main__ import main as finetune_main
+
+    sys.argv = ["finetune", *args]
+    finetune_main()
+
+
+if __name__ == "__main__":
+    main()

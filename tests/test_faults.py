@@ -1,0 +1,166 @@
+"""Faults a real run meets: SIGKILL inside each stage, a full disk, a second run into the same directory, Ctrl-C,
+and secrets in the environment. Each is survived: the next run completes with the artifacts an uninterrupted
+run makes (same sha256, CPU, same seed), nothing partial sits under a final name, and no secret is written."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from finetune.manifest import sha256_path
+
+from .conftest import REPO, conversation, run_cli
+
+pytestmark = pytest.mark.slow
+
+TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.num_generations=2",
+        "export.smoke_test_max_tokens=8", "run_name=tiny", "train.max_steps=4", "train.save_steps=2"]
+ARTIFACTS = ("validate/train.jsonl", "validate/validation.jsonl", "validate/test.jsonl",
+             "train/adapter/adapter_model.safetensors", "merge/model/model.safetensors", "export/model-f16.gguf")
+STAGES = ("validate", "train", "merge", "evaluate", "export")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("data") / "chats.jsonl"
+    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    return path
+
+
+def args(dataset: Path, run_dir: Path, *more: str) -> list[str]:
+    return [*TINY, f"dataset.path={dataset}", f"hydra.run.dir={run_dir}", *more]
+
+
+def hashes(run_dir: Path) -> dict[str, str]:
+    return {name: sha256_path(run_dir / name) for name in ARTIFACTS}
+
+
+def status(run_dir: Path, stage: str) -> str:
+    return json.loads((run_dir / stage / "manifest.json").read_text())["status"]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, dataset) -> Path:
+    """An uninterrupted run, made with umask 002 (so file modes show whether the umask was followed)."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    proc = subprocess.run([sys.executable, "-m", "finetune", *args(dataset, run_dir)], cwd=run_dir.parent,
+                          capture_output=True, text=True, preexec_fn=lambda: os.umask(0o002), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return run_dir
+
+
+def test_outputs_get_the_permissions_the_umask_gives(reference):
+    modes = {str(p.relative_to(reference)): oct(p.stat().st_mode & 0o777) for p in reference.rglob("*")}
+    wrong = {path: mode for path, mode in modes.items()
+             if mode != oct(0o775 if (reference / path).is_dir() else 0o664)}
+    assert not wrong
+
+
+@pytest.mark.parametrize("where", ["validate:end", "train:checkpoint", "train:end", "merge:end", "evaluate:end",
+                                   "export:end"])
+def test_sigkill_inside_a_stage_then_the_same_command_completes_with_identical_artifacts(
+        where, dataset, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    killed = subprocess.run([sys.executable, str(REPO / "tests" / "faults.py"), where, "--", *args(dataset, run_dir)],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    stage = where.split(":")[0]
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert status(run_dir, stage) == "running"
+
+    proc = run_cli(*args(dataset, run_dir), cwd=tmp_path)
+    done_before = STAGES[: STAGES.index(stage)]
+    assert (proc.stdout + proc.stderr).count("complete with the same inputs, skipped") == len(done_before)
+    assert all(status(run_dir, s) == "complete" for s in STAGES)
+    assert hashes(run_dir) == hashes(reference)
+
+
+def _limit_file_size(megabytes: int):
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (megabytes << 20, megabytes << 20))
+    return apply
+
+
+@pytest.mark.parametrize(("stage", "limit_mb", "final"), [
+    ("train", 1, "train/checkpoints/checkpoint-2"),  # the checkpoint's tokenizer.json is 3.5 MB
+    ("merge", 8, "merge/model"),  # model.safetensors is 16 MB
+    ("export", 4, "export/model-f16.gguf"),  # the GGUF is 8 MB
+])
+def test_a_full_disk_fails_clearly_leaves_no_partial_file_and_the_next_run_completes(
+        stage, limit_mb, final, dataset, reference, tmp_path):
+    run_dir = tmp_path / "run"
+    upstream = STAGES[: STAGES.index(stage)]
+    if upstream:
+        run_cli(*args(dataset, run_dir, f"stages=[{','.join(upstream)}]"), cwd=tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "finetune", *args(dataset, run_dir)], cwd=tmp_path,
+                          capture_output=True, text=True, preexec_fn=_limit_file_size(limit_mb), timeout=600)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: stage {stage}: cannot write to {run_dir / stage} (File too large); free space or raise the "
+        "limit, then run the same command again"
+    )
+    assert status(run_dir, stage) == "failed"
+    assert not (run_dir / final).exists()  # nothing partial under a final name
+
+    run_cli(*args(dataset, run_dir), cwd=tmp_path)
+    assert all(status(run_dir, s) == "complete" for s in STAGES)
+    assert hashes(run_dir) == hashes(reference)
+
+
+def _wait_for(condition, what: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_a_second_run_into_the_same_directory_is_refused_and_ctrl_c_stops_the_first_resumably(dataset, tmp_path):
+    run_dir = tmp_path / "run"
+    long = args(dataset, run_dir, "stages=[validate,train]", "train.max_steps=80", "train.save_steps=5",
+                "train.grad_accum=1")
+    first = subprocess.Popen([sys.executable, "-m", "finetune", *long], cwd=tmp_path, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    checkpoints = run_dir / "train" / "checkpoints"
+    _wait_for(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), "a checkpoint")
+
+    second = run_cli(*long, cwd=tmp_path, check=False)
+    assert second.returncode == 2
+    assert second.stderr.strip() == (
+        f"error: hydra.run.dir: {run_dir} is in use by another finetune run; wait for it to finish or choose "
+        "another directory"
+    )
+
+    first.send_signal(signal.SIGINT)
+    t0 = time.monotonic()
+    _, stderr = first.communicate(timeout=60)
+    assert time.monotonic() - t0 < 10
+    assert first.returncode == 130
+    assert stderr.strip().splitlines()[-1] == "error: interrupted; run the same command again to resume"
+    assert status(run_dir, "train") == "interrupted"
+
+    resumed = run_cli(*long, cwd=tmp_path)
+    assert "resuming from" in resumed.stdout
+    assert json.loads((run_dir / "train" / "metrics.json").read_text())["global_step"] == 80
+
+
+def test_secrets_never_reach_the_run_directory(dataset, tmp_path):
+    canaries = {"HF_TOKEN": "hf_canary_1111", "OPENAI_API_KEY": "sk-canary-2222", "MY_SERVICE_API_KEY": "canary3333",
+                "GITHUB_TOKEN": "ghp_canary4444", "DB_PASSWORD": "canary5555"}
+    run_dir = tmp_path / "run"
+    cli_secret = "canary-cli-6666"
+    run_cli(*args(dataset, run_dir), f"+hydra.job.env_set.WANDB_API_KEY={cli_secret}", cwd=tmp_path,
+            env=canaries)
+    assert all(status(run_dir, s) == "complete" for s in STAGES)
+    assert (run_dir / ".hydra" / "hydra.yaml").read_text().count("WANDB_API_KEY") >= 1
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            for secret in (*canaries.values(), cli_secret):
+                assert secret.encode() not in data, f"{secret} in {path}"

@@ -1,0 +1,96 @@
+"""Every config key a stage reads is part of its fingerprint, so changing it reruns that stage.
+
+The real stages run on the tiny model with a config that records each field they read; then, for every key
+recorded, the key is changed and the stage's fingerprint must change (the graph reruns a stage exactly when
+its fingerprint differs).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import shutil
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from finetune.config import RunConfig, load_run_config, section
+from finetune.graph import _fingerprint, run_graph
+from finetune.manifest import Manifest
+from finetune.stages import STAGES
+
+from .test_config import composed
+
+TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=4", "eval.num_generations=1",
+        "export.smoke_test_max_tokens=4", "train.max_steps=1", "run_name=tiny"]
+
+
+def recording(obj: Any, prefix: str, reads: set[str]) -> Any:
+    """A copy of config dataclass ``obj`` whose field reads are added to ``reads`` as dotted keys."""
+    names = {f.name for f in dataclasses.fields(obj)}
+
+    class Recording(type(obj)):
+        def __getattribute__(self, name: str) -> Any:
+            value = object.__getattribute__(self, name)
+            if name in names and not dataclasses.is_dataclass(value):
+                reads.add(prefix + name)
+            return value
+
+    copied = copy.copy(obj)
+    copied.__class__ = Recording
+    for name in names:
+        value = object.__getattribute__(obj, name)
+        if dataclasses.is_dataclass(value):
+            object.__setattr__(copied, name, recording(value, f"{prefix}{name}.", reads))
+    return copied
+
+
+def changed(value: Any) -> Any:
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, int | float):
+        return value + 1
+    if isinstance(value, str):
+        return value + "-changed"
+    if isinstance(value, list):
+        return [*value, "changed"]
+    return "changed"  # None
+
+
+def set_key(run: RunConfig, dotted: str, value: Any) -> None:
+    *parents, name = dotted.split(".")
+    node: Any = run
+    for part in parents:
+        node = getattr(node, part)
+    setattr(node, name, value)
+
+
+def test_every_key_a_stage_reads_changes_its_fingerprint(chat_dataset, tmp_path):
+    spec = load_run_config(composed(*TINY, f"dataset.path={chat_dataset}"))
+    reads: dict[str, set[str]] = defaultdict(set)
+    stages = tuple(
+        dataclasses.replace(stage, run=lambda run, ctx, stage=stage: stage.run(
+            recording(run, "", reads[stage.name]), ctx))
+        for stage in STAGES
+    )
+    run_dir = tmp_path / "run"
+    run_graph(spec, run_dir, stages)
+    done = {stage.name: Manifest.read(run_dir / stage.name) for stage in STAGES}
+
+    for stage in STAGES:
+        assert reads[stage.name], stage.name  # the recording saw the stage's reads
+        before = _fingerprint(stage, spec, done)
+        for key in sorted(reads[stage.name]):
+            other = copy.deepcopy(spec)
+            if key.startswith("dataset.") and key.endswith("path"):  # another file with the same data
+                set_key(other, key, str(shutil.copy(chat_dataset, tmp_path / "copy.jsonl")))
+            else:
+                set_key(other, key, changed(section(spec, key)))
+            assert _fingerprint(stage, other, done) != before, f"stage {stage.name} reads {key} but ignores it"
+
+
+def test_the_recording_sees_nested_reads(tmp_path: Path):
+    reads: set[str] = set()
+    run = recording(RunConfig(), "", reads)
+    _ = run.train.lr, run.model.dtype, dataclasses.asdict(run.eval)
+    assert {"train.lr", "model.dtype", "eval.max_samples", "eval.max_new_tokens"} <= reads

@@ -116,6 +116,9 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog) -> None:
         except UserError as e:
             remove_created(run_dir)
             _fail(e)
+        except KeyboardInterrupt:
+            remove_created(run_dir)
+            _fail("interrupted before the first stage; nothing was written", code=130)
         save_run_config(run_dir, cfg, HydraConfig.instance().cfg)
         logs.to_file(run_dir)
         try:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
-from finetune.gguf_writer import write_gguf
+from finetune.gguf_writer import QuantizeError, _llama_quantize, write_gguf
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "<|im_start|>user\nWhat is 12 + 30? Answer briefly.<|im_end|>\n<|im_start|>assistant\nThe sum is 42."
@@ -202,6 +202,14 @@ def test_k_quant_goes_through_llama_cpp(tied_llama: tuple[Path, Path], tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["q4km.gguf"]  # the f16 intermediate is gone
     ids = AutoTokenizer.from_pretrained(model_dir).encode(PROMPT)
     assert np.isfinite(llama_cpp_logits(out, ids)).all()
+
+
+def test_a_k_quant_failure_is_a_quantize_error_not_a_crash(tmp_path: Path) -> None:
+    """export turns QuantizeError into one line; llama.cpp's quantizer refuses a file that is not a GGUF."""
+    broken = tmp_path / "broken.gguf"
+    broken.write_bytes(b"not a gguf")
+    with pytest.raises(QuantizeError, match="failed to quantize to q4_k_m"):
+        _llama_quantize(broken, tmp_path / "out.gguf", "q4_k_m")
 
 
 def test_qwen2_round_trip(tokenizer_dir: Path, tmp_path: Path) -> None:

@@ -1,7 +1,7 @@
 """finetune: a declarative, Hydra-driven pipeline that fine-tunes language models.
 
 Entry point: ``python -m finetune`` (see ``__main__.py``), which composes ``conf/`` and runs the stage graph
-(``graph.py``) over the stages in ``stages/``.
+(``pipeline/graph.py``) over the stages in ``stages/``.
 """
 
 __version__ = "0.1.0"

@@ -1,6 +1,6 @@
 """``python -m finetune [overrides]``: compose the config with Hydra, validate it, run the stage graph.
 
-Reading order for newcomers: this file → ``config.py`` (the schema) → ``graph.py`` (order, skipping,
+Reading order for newcomers: this file → ``config.py`` (the schema) → ``pipeline/graph.py`` (order, skipping,
 resuming) → ``stages/__init__.py`` (the stages) → any one stage module.
 """
 
@@ -24,15 +24,15 @@ from finetune import resolvers
 from finetune.config import ConfigError, RunConfig, load_run_config, unknown_key_message
 from finetune.errors import UserError
 from finetune.paths import CONF_DIR, RECIPES_DIR
-from finetune.rundir import RunLog, locked, remove_created, save_run_config
+from finetune.pipeline.rundir import RunLog, locked, remove_created, save_run_config
 
-# finetune owns the run directory (finetune/rundir.py): Hydra writes nothing into it, and a callback notes
+# finetune owns the run directory (finetune/pipeline/rundir.py): Hydra writes nothing into it, and a callback notes
 # which folders existed before Hydra creates it. Passed as overrides so that they also hold when the primary
 # config is a saved .hydra/config.yaml (a rerun), which has no hydra section.
 HYDRA_SETTINGS = (
     "hydra.output_subdir=null",
     "hydra/job_logging=none",
-    "++hydra.callbacks.finetune_run_dir._target_=finetune.rundir.NoteExistingFolders",
+    "++hydra.callbacks.finetune_run_dir._target_=finetune.pipeline.rundir.NoteExistingFolders",
 )
 
 
@@ -106,7 +106,7 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog) -> None:
         remove_created(run_dir)
         _fail(e)
     # The stages pull in torch and friends: imported only now, so --cfg, --help and bad configs stay fast.
-    from finetune.graph import check_graph, run_graph
+    from finetune.pipeline.graph import check_graph, run_graph
     from finetune.stages import STAGES
 
     with contextlib.ExitStack() as held:

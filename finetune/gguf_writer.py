@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.manifest import umask_mode
+from finetune.pipeline.manifest import umask_mode
 
 # Hugging Face class -> llama.cpp architecture. Mistral checkpoints use llama.cpp's "llama" graph.
 SUPPORTED_ARCHITECTURES = {

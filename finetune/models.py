@@ -20,8 +20,8 @@ from typing import Any
 
 from finetune.config import ModelConfig, RunConfig
 from finetune.errors import UserError
-from finetune.manifest import umask_mode
 from finetune.paths import cache_dir
+from finetune.pipeline.manifest import umask_mode
 
 log = logging.getLogger(__name__)
 

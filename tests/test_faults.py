@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.manifest import sha256_path
+from finetune.pipeline.manifest import sha256_path
 
 from .conftest import REPO, conversation, run_cli
 

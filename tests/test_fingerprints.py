@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import RunConfig, load_run_config, section
-from finetune.graph import _fingerprint, run_graph
-from finetune.manifest import Manifest
+from finetune.pipeline.graph import _fingerprint, run_graph
+from finetune.pipeline.manifest import Manifest
 from finetune.stages import STAGES
 
 from .test_config import composed

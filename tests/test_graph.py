@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from finetune.config import RunConfig
-from finetune.graph import Stage, StageOrderError, check_graph, run_graph
+from finetune.pipeline.graph import Stage, StageOrderError, check_graph, run_graph
 
 
 @pytest.fixture

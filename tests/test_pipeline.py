@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from finetune.manifest import sha256_path
+from finetune.pipeline.manifest import sha256_path
 
 from .conftest import SYSTEM, conversation, run_cli, run_dirs
 

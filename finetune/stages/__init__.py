@@ -6,8 +6,8 @@ stage runs. Only ``train`` resumes; the others start again from an empty folder.
 from pathlib import Path
 
 from finetune.config import RunConfig
-from finetune.graph import Stage
 from finetune.models import check_source
+from finetune.pipeline.graph import Stage
 from finetune.stages import evaluate, export, merge, train, validate
 
 

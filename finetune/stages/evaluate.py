@@ -21,9 +21,9 @@ from finetune.chat import (
 from finetune.config import ModelConfig, RunConfig
 from finetune.dataformats import read_split
 from finetune.errors import UserError
-from finetune.graph import StageContext
-from finetune.manifest import atomic_write_json, atomic_write_text
 from finetune.models import load_model, load_tokenizer, resolve_model_source
+from finetune.pipeline.graph import StageContext
+from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

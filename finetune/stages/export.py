@@ -13,10 +13,10 @@ from finetune.chat import first_exchange
 from finetune.config import RunConfig
 from finetune.dataformats import read_split
 from finetune.errors import UserError
-from finetune.graph import StageContext
-from finetune.manifest import atomic_write_json, atomic_write_text
 from finetune.modelfile import modelfile, template_family
 from finetune.models import load_tokenizer, resolve_model_source
+from finetune.pipeline.graph import StageContext
+from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

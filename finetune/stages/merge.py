@@ -11,8 +11,8 @@ import logging
 import shutil
 
 from finetune.config import RunConfig
-from finetune.graph import StageContext
 from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
+from finetune.pipeline.graph import StageContext
 
 log = logging.getLogger(__name__)
 

@@ -18,9 +18,9 @@ from finetune.chat import tokenize_conversation
 from finetune.config import RunConfig
 from finetune.dataformats import read_split
 from finetune.errors import UserError
-from finetune.graph import StageContext
-from finetune.manifest import atomic_write_json
 from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
+from finetune.pipeline.graph import StageContext
+from finetune.pipeline.manifest import atomic_write_json
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,9 @@ from typing import Any
 from finetune.chat import IGNORE_INDEX, TokenizedConversation, tokenize_conversation
 from finetune.config import RunConfig
 from finetune.dataformats import Conversation, DataError, is_empty, load_conversations
-from finetune.graph import StageContext
-from finetune.manifest import atomic_write_json, atomic_write_text
 from finetune.models import load_tokenizer, resolve_model_source
+from finetune.pipeline.graph import StageContext
+from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from finetune.errors import UserError
-from finetune.manifest import atomic_write_text
+from finetune.pipeline.manifest import atomic_write_text
 from finetune.redact import RedactingFilter, redact_yaml
 
 LOG_NAME = "finetune.log"

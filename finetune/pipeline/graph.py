@@ -28,7 +28,7 @@ from pathlib import Path
 
 from finetune.config import RunConfig, section
 from finetune.errors import UserError
-from finetune.manifest import Manifest, fingerprint, sha256_path, umask_mode
+from finetune.pipeline.manifest import Manifest, fingerprint, sha256_path, umask_mode
 from finetune.redact import redact_text
 
 log = logging.getLogger(__name__)

@@ -8,13 +8,17 @@ architecture. Everything ends up as something ``from_pretrained`` takes: a local
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib.util
+import io
 import json
 import logging
 import shutil
+import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +52,19 @@ def _key(*parts: object) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def _quietly() -> Iterator[None]:
+    """Converting and saving a cache copy draws four library progress bars; our one log line says what
+    happens. What the libraries print goes to a buffer, and back to stderr only if the build fails."""
+    buffer = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(buffer):
+            yield
+    except BaseException:
+        sys.stderr.write(buffer.getvalue())
+        raise
+
+
 def _materialize(target: Path, build: Any) -> Path:
     """Build a cache folder once: into a temp folder, then rename, so a crash leaves no half-built copy."""
     if (target / "config.json").is_file():
@@ -55,7 +72,8 @@ def _materialize(target: Path, build: Any) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
-        build(tmp)
+        with _quietly():
+            build(tmp)
         tmp.chmod(umask_mode(0o777))  # mkdtemp makes it owner-only
         if target.exists():  # another process finished first
             shutil.rmtree(tmp)

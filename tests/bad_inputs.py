@@ -33,7 +33,7 @@ def jsonl(rows: list) -> bytes:
 
 
 GOOD = jsonl([conversation(i) for i in range(20)])
-TINY = ("model=tiny_random", "run_name=tiny", "train.max_seq_len=128")
+TINY_MODEL = ("model=tiny_random", "run_name=tiny", "train.max_seq_len=128")
 DATA = ("dataset.path=data.jsonl",)
 
 
@@ -122,10 +122,10 @@ CASES: list[Case] = [
     Case("stage-that-does-not-exist", ("stages=[validate,deploy]",),
          "error: stages: unknown stage 'deploy'; stages are validate, train, merge, evaluate, export"),
     # ── checks that need the data or the model, still before the first stage ──
-    Case("train-in-a-fresh-directory", (*TINY, *DATA, "stages=[train]", "hydra.run.dir=run"),
+    Case("train-in-a-fresh-directory", (*TINY_MODEL, *DATA, "stages=[train]", "hydra.run.dir=run"),
          "error: stage 'train' needs 'validate', which has not run in {cwd}/run; add 'validate' to stages",
          files={"data.jsonl": GOOD}),
-    Case("target-module-the-model-lacks", (*TINY, *DATA, "method.target_modules=[q_proj,qkv_proj]"),
+    Case("target-module-the-model-lacks", (*TINY_MODEL, *DATA, "method.target_modules=[q_proj,qkv_proj]"),
          "error: method.target_modules: 'qkv_proj' matches no layer of LlamaForCausalLM; its linear layers are "
          "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
          files={"data.jsonl": GOOD}),
@@ -133,46 +133,46 @@ CASES: list[Case] = [
          "error: train.max_seq_len=16: no train conversation has an answer token within its first 16 tokens "
          "(the shortest prompt before an answer is 39 tokens); raise it",
          files={"data.jsonl": GOOD}),
-    Case("qlora-on-cpu", (*TINY, *DATA, "method=qlora"),
+    Case("qlora-on-cpu", (*TINY_MODEL, *DATA, "method=qlora"),
          "error: method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora",
          files={"data.jsonl": GOOD}),
     # ── dataset files ──
-    Case("malformed-jsonl", (*TINY, *DATA),
+    Case("malformed-jsonl", (*TINY_MODEL, *DATA),
          "error: data.jsonl:3: invalid JSON: Expecting ':' delimiter (column 23)",
          files={"data.jsonl": jsonl([conversation(0), conversation(1)]) + b'{"messages": [{"role" "user"}]}\n'}),
-    Case("malformed-json-array", (*TINY, "dataset.path=data.json"),
+    Case("malformed-json-array", (*TINY_MODEL, "dataset.path=data.json"),
          "error: data.json:1: invalid JSON: Expecting value",
          files={"data.json": b'[{"messages": []},]'}),
-    Case("json-object-not-array", (*TINY, "dataset.path=data.json"),
+    Case("json-object-not-array", (*TINY_MODEL, "dataset.path=data.json"),
          "error: data.json: expected a JSON array of records, got dict",
          files={"data.json": b'{"messages": []}'}),
-    Case("invalid-utf8", (*TINY, *DATA),
+    Case("invalid-utf8", (*TINY_MODEL, *DATA),
          "error: data.jsonl:2: not valid UTF-8 (byte 0xff at column 159); save the file as UTF-8",
          files={"data.jsonl": jsonl([conversation(0)]) + jsonl([conversation(1)]).replace(b"report", b"\xffeport", 1)}),
-    Case("empty-file", (*TINY, *DATA), "error: data.jsonl: no records", files={"data.jsonl": b""}),
-    Case("a-100-MB-line", (*TINY, *DATA),
+    Case("empty-file", (*TINY_MODEL, *DATA), "error: data.jsonl: no records", files={"data.jsonl": b""}),
+    Case("a-100-MB-line", (*TINY_MODEL, *DATA),
          "error: data.jsonl:3: invalid JSON: Expecting value (column 1)", files={"data.jsonl": _huge_line}),
-    Case("role-typo", (*TINY, *DATA),
+    Case("role-typo", (*TINY_MODEL, *DATA),
          "error: data.jsonl:4: message 2 has role 'assistnt'; expected one of system, user, assistant, tool",
          files={"data.jsonl": _bad_row(_with(3, "messages.2.role", "assistnt"))}),
-    Case("content-not-a-string", (*TINY, *DATA),
+    Case("content-not-a-string", (*TINY_MODEL, *DATA),
          "error: data.jsonl:4: message 1 content must be a string, got int",
          files={"data.jsonl": _bad_row(_with(3, "messages.1.content", 42))}),
-    Case("message-without-content", (*TINY, *DATA),
+    Case("message-without-content", (*TINY_MODEL, *DATA),
          "error: data.jsonl:2: message 0 must be an object with 'role' and 'content'",
          files={"data.jsonl": _bad_row({"messages": [{"role": "user"}]}, at=1)}),
-    Case("no-assistant-turn", (*TINY, *DATA),
+    Case("no-assistant-turn", (*TINY_MODEL, *DATA),
          "error: data.jsonl:4: a conversation needs at least one user and one assistant message",
          files={"data.jsonl": _bad_row({"messages": [{"role": "user", "content": "hi"}]})}),
-    Case("format-cannot-be-told", (*TINY, *DATA, "dataset.format=auto"),
+    Case("format-cannot-be-told", (*TINY_MODEL, *DATA, "dataset.format=auto"),
          "error: data.jsonl:1: cannot tell the format from keys (answer, question); expected 'messages' "
          "(messages format), 'conversations' (ShareGPT) or 'instruction' + 'output' (Alpaca); or set dataset.format",
          files={"data.jsonl": jsonl([{"question": "q", "answer": "a"}])}),
-    Case("every-record-empty", (*TINY, *DATA),
+    Case("every-record-empty", (*TINY_MODEL, *DATA),
          "error: data.jsonl: no usable conversation: all 5 records are empty (5) or duplicates (0)",
          files={"data.jsonl": jsonl([_with(i, "messages.2.content", " ") for i in range(5)])}),
     Case("fixed-test-split-repeats-training-questions",
-         (*TINY, *DATA, "dataset.validation_path=val.jsonl", "dataset.test_path=test.jsonl"),
+         (*TINY_MODEL, *DATA, "dataset.validation_path=val.jsonl", "dataset.test_path=test.jsonl"),
          "error: test.jsonl:1: this test conversation repeats a training question verbatim (2 in "
          "dataset.test_path do); remove them, or set dataset.fixed_split_leaks=move_to_train to move them into the "
          "training split",

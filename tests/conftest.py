@@ -30,6 +30,20 @@ def conversation(i: int) -> dict:
     return {"messages": messages}
 
 
+# The tiny random model with short generations: a whole run in seconds.
+TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.num_generations=2",
+        "export.smoke_test_max_tokens=8", "run_name=tiny"]
+STAGES = ("validate", "train", "merge", "evaluate", "export")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """30 conversations, shared by a module's tests."""
+    path = tmp_path_factory.mktemp("data") / "chats.jsonl"
+    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def chat_dataset(tmp_path: Path) -> Path:
     path = tmp_path / "chats.jsonl"

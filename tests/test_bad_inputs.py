@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .bad_inputs import CASES, GOOD, TINY, Case
+from .bad_inputs import CASES, GOOD, TINY_MODEL, Case, jsonl
 from .conftest import conversation, run_cli
 
 # No test may reach the network: a Hub id goes to a closed loopback port and fails at once.
@@ -72,12 +72,12 @@ def test_a_refused_rerun_into_a_finished_run_changes_nothing_in_it(tmp_path):
     data = tmp_path / "data.jsonl"
     data.write_bytes(GOOD)
     run = tmp_path / "run"
-    run_cli(*TINY, f"dataset.path={data}", "stages=[validate]", f"hydra.run.dir={run}", cwd=tmp_path, env=OFFLINE)
+    run_cli(*TINY_MODEL, f"dataset.path={data}", "stages=[validate]", f"hydra.run.dir={run}", cwd=tmp_path, env=OFFLINE)
     before = snapshot(run)
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps(conversation(0)) + "\n{oops\n", encoding="utf-8")
     for args in (["method.r=-1"], [f"dataset.path={bad}"], ["stages=[validate,evaluate]"]):
-        proc = run_cli(*TINY, f"dataset.path={data}", "stages=[validate]", f"hydra.run.dir={run}", *args,
+        proc = run_cli(*TINY_MODEL, f"dataset.path={data}", "stages=[validate]", f"hydra.run.dir={run}", *args,
                        cwd=tmp_path, check=False, env=OFFLINE)
         assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert snapshot(run) == before
@@ -90,6 +90,19 @@ def test_a_byte_order_mark_and_windows_line_ends_are_accepted(variant, tmp_path)
         text = text.replace("\n", "\r\n")
     data = tmp_path / "data.jsonl"
     data.write_bytes(("\ufeff" if "bom" in variant else "").encode() + text.encode())
-    run_cli(*TINY, f"dataset.path={data}", "stages=[validate]", "hydra.run.dir=run", cwd=tmp_path, env=OFFLINE)
+    run_cli(*TINY_MODEL, f"dataset.path={data}", "stages=[validate]", "hydra.run.dir=run", cwd=tmp_path, env=OFFLINE)
     report = json.loads((tmp_path / "run" / "validate" / "report.json").read_text())
     assert report["records"] == 20 and report["dropped_empty"] == 0
+
+
+def test_moving_leaked_rows_out_of_a_fixed_split_is_an_explicit_option(tmp_path):
+    for name, rows in (("data.jsonl", range(20)), ("val.jsonl", [100, 5]), ("test.jsonl", [3, 101, 4, 102])):
+        (tmp_path / name).write_bytes(jsonl([conversation(i) for i in rows]))
+    (tmp_path / "test.jsonl").write_bytes((tmp_path / "test.jsonl").read_bytes() + jsonl([conversation(102)]))
+    run_cli(*TINY_MODEL, "dataset.path=data.jsonl", "dataset.validation_path=val.jsonl", "dataset.test_path=test.jsonl",
+            "dataset.fixed_split_leaks=move_to_train", "stages=[validate]", "hydra.run.dir=run", cwd=tmp_path,
+            env=OFFLINE)
+    report = json.loads((tmp_path / "run" / "validate" / "report.json").read_text())
+    assert report["moved_to_train_as_leaks"] == 3  # conversation 5 from validation, 3 and 4 from test
+    assert report["splits"] == {"train": 23, "validation": 1, "test": 2}
+    assert report["dropped_by_file"]["test"] == {"empty": 0, "duplicates": 1}  # the second conversation 102

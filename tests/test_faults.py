@@ -17,26 +17,17 @@ import pytest
 
 from finetune.pipeline.manifest import sha256_path
 
-from .conftest import REPO, conversation, run_cli
+from .conftest import REPO, STAGES, TINY, run_cli
 
 pytestmark = pytest.mark.slow
 
-TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.num_generations=2",
-        "export.smoke_test_max_tokens=8", "run_name=tiny", "train.max_steps=4", "train.save_steps=2"]
+RUN = [*TINY, "train.max_steps=4", "train.save_steps=2"]
 ARTIFACTS = ("validate/train.jsonl", "validate/validation.jsonl", "validate/test.jsonl",
              "train/adapter/adapter_model.safetensors", "merge/model/model.safetensors", "export/model-f16.gguf")
-STAGES = ("validate", "train", "merge", "evaluate", "export")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chats.jsonl"
-    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    return path
 
 
 def args(dataset: Path, run_dir: Path, *more: str) -> list[str]:
-    return [*TINY, f"dataset.path={dataset}", f"hydra.run.dir={run_dir}", *more]
+    return [*RUN, f"dataset.path={dataset}", f"hydra.run.dir={run_dir}", *more]
 
 
 def hashes(run_dir: Path) -> dict[str, str]:

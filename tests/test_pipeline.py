@@ -14,18 +14,7 @@ import pytest
 
 from finetune.pipeline.manifest import sha256_path
 
-from .conftest import SYSTEM, conversation, run_cli, run_dirs
-
-TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.num_generations=2",
-        "export.smoke_test_max_tokens=8", "run_name=tiny"]
-STAGES = ("validate", "train", "merge", "evaluate", "export")
-
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("data") / "chats.jsonl"
-    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    return path
+from .conftest import STAGES, SYSTEM, TINY, conversation, run_cli, run_dirs
 
 
 @pytest.fixture(scope="module")

@@ -102,8 +102,8 @@ def _fix_smollm_pretokenizer(tokenizer: Any, gguf_path: Path) -> None:
 
 
 def _convert_gguf(gguf_path: Path) -> Path:
-    """The GGUF as a safetensors folder in the cache. A file that is not a GGUF llama.cpp-style checkpoint
-    transformers can read is refused in one line, whatever the parser raised."""
+    """The GGUF as a safetensors folder in the cache. A file that transformers cannot read as a GGUF model is
+    refused in one line, whatever its parser raised."""
     try:
         return _convert_gguf_once(gguf_path)
     except Exception as e:

@@ -1,7 +1,7 @@
 """Keep secrets out of what a run writes: saved configs, logs and manifests.
 
 Two rules. Values of environment variables whose names look secret (``HF_TOKEN``, ``OPENAI_API_KEY``, any
-``*_TOKEN`` / ``*_API_KEY`` / ``*SECRET*`` / ``*PASSWORD*``) are replaced wherever they appear. In saved
+``*_TOKEN`` / ``*_API_KEY`` / ``*_SECRET`` / ``*_PASSWORD``) are replaced wherever they appear. In saved
 configs, the value of any key that looks secret (``hydra.job.env_set.WANDB_API_KEY=…``, ``api_key: …``) is
 replaced too, whatever the value.
 """
@@ -13,8 +13,8 @@ import os
 import re
 
 MASK = "***"
-# A name that holds a secret: ends in token/key-ish words, or contains secret/password. Not `max_new_tokens`,
-# `tokenizer` or `pad_token_id`: the word must end the name (or be followed by a separator and nothing else).
+# A name that holds a secret ends in TOKEN, API_KEY, ACCESS_KEY, SECRET(_KEY), PASSWORD, PASSWD or
+# CREDENTIAL(S), as a whole word: not `max_new_tokens`, `tokenizer` or `pad_token_id`.
 _SECRET_NAME = re.compile(
     r"(?i)(?:^|[._\-])(?:token|api_?key|access_?key|secret(?:_?key)?|password|passwd|credentials?)$"
 )

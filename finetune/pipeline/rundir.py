@@ -14,7 +14,6 @@ import fcntl
 import logging
 import logging.handlers
 import os
-import shutil
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -65,17 +64,17 @@ def _note(path: Path, *, children: bool) -> None:
 
 
 def remove_created(run_dir: Path) -> None:
-    """Remove the topmost folder on ``run_dir``'s path that this invocation created, if any. Called only
-    before the run wrote anything, so everything under that folder is Hydra's empty folders."""
+    """Remove the empty folders on ``run_dir``'s path that this invocation created, innermost first; a folder
+    that existed before, or that holds anything, is never removed."""
     if _existing is None:
         return
-    top = None
     for path in (run_dir.resolve(), *run_dir.resolve().parents):
         if path in _existing:
             break
-        top = path
-    if top is not None:
-        shutil.rmtree(top, ignore_errors=True)
+        try:
+            path.rmdir()
+        except OSError:  # not empty: someone else's now
+            break
 
 
 @contextlib.contextmanager

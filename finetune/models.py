@@ -260,6 +260,14 @@ def torch_dtype(name: str) -> Any:
     return torch.float32
 
 
+def load_config(cfg: ModelConfig) -> Any:
+    """The model's transformers config (architecture, layer names), without loading any weights."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(resolve_model_source(cfg), revision=cfg.revision,
+                                      trust_remote_code=cfg.trust_remote_code)
+
+
 def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 

@@ -14,7 +14,7 @@ from finetune.config import RunConfig
 from finetune.dataformats import read_split
 from finetune.errors import UserError
 from finetune.modelfile import modelfile, template_family
-from finetune.models import load_tokenizer, resolve_model_source
+from finetune.models import load_config, load_tokenizer
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
@@ -74,15 +74,10 @@ def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name:
 
 def check(run: RunConfig) -> None:
     """Refuse, before training, a model whose architecture the GGUF writer does not convert."""
-    from transformers import AutoConfig
-
     from finetune.gguf_writer import gguf_architecture
 
-    m = run.model
-    config = AutoConfig.from_pretrained(resolve_model_source(m), revision=m.revision,
-                                        trust_remote_code=m.trust_remote_code)
     try:
-        gguf_architecture(config.to_dict())
+        gguf_architecture(load_config(run.model).to_dict())
     except ValueError as e:
         raise ExportError(f"export: {e}") from None
 

@@ -18,7 +18,7 @@ from finetune.chat import tokenize_conversation
 from finetune.config import RunConfig
 from finetune.dataformats import read_split
 from finetune.errors import UserError
-from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
+from finetune.models import load_config, load_model, load_tokenizer, resolve_model_source, torch_dtype
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json
 
@@ -75,13 +75,11 @@ def _check_target_modules(run: RunConfig) -> None:
     full name or its last parts); the model is built on the meta device, so this costs no memory."""
     import torch
     from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    m = run.model
-    config = AutoConfig.from_pretrained(resolve_model_source(m), revision=m.revision,
-                                        trust_remote_code=m.trust_remote_code)
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=m.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(load_config(run.model),
+                                                 trust_remote_code=run.model.trust_remote_code)
     names = [name for name, _ in model.named_modules()]
     for target in run.method.target_modules:
         if not any(name == target or name.endswith(f".{target}") for name in names):

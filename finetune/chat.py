@@ -3,19 +3,31 @@
 Labels are the token ids on assistant turns and -100 elsewhere. The assistant spans are found by rendering the
 template on growing prefixes of the conversation, so every assistant turn is trained (not only the last), the
 turn's end-of-turn token is trained (the model learns to stop, whatever the pad token is), and the spans are
-exactly what the template produces at inference time.
+exactly what the template produces at inference time. A plain-text row (continued pre-training) is trained on
+every token, with the end-of-sequence token appended.
+
+Tools reach the template as ``tools=`` and assistant ``tool_calls``. A template that ignores them (SmolLM2's
+does: its rendering does not change) gets them as text instead, in the widespread Hermes form — the tool
+definitions appended to the system message inside ``<tools></tools>``, each call as
+``<tool_call>{"name": …, "arguments": …}</tool_call>`` in the assistant's turn — so they are never dropped.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.data.canonical import Conversation, Message
 from finetune.errors import UserError
 
 IGNORE_INDEX = -100
-Message = dict[str, str]
+TOOLS_PREAMBLE = ("You may call one or more functions to assist with the user query. The function signatures are "
+                  "within <tools></tools> XML tags. For each function call, return a JSON object with the "
+                  "function name and arguments within <tool_call></tool_call> XML tags.")
+_PROBE = "zq_probe_function"
 
 
 class ChatTemplateError(UserError, ValueError):
@@ -32,25 +44,97 @@ class TokenizedConversation:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def _ids(tokenizer: Any, messages: Sequence[Message], add_generation_prompt: bool) -> list[int]:
-    text = tokenizer.apply_chat_template(
-        list(messages), tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+def _render(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None = None,
+            add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
+                                         add_generation_prompt=add_generation_prompt)
+
+
+@functools.lru_cache(maxsize=8)
+def template_takes(tokenizer: Any) -> tuple[bool, bool]:
+    """(renders ``tools=``, renders assistant ``tool_calls``): probed by rendering, not by name."""
+    user = [{"role": "user", "content": "x"}]
+    tool = {"type": "function", "function": {"name": _PROBE, "description": "", "parameters": {"type": "object"}}}
+    try:
+        tools = _PROBE in _render(tokenizer, user, tools=[tool])
+    except Exception:  # a template that cannot render tools at all
+        tools = False
+    call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+                                                               "function": {"name": _PROBE, "arguments": {}}}]}
+    try:
+        calls = _PROBE in _render(tokenizer, [*user, call])
+    except Exception:
+        calls = False
+    return tools, calls
+
+
+def tool_call_text(call: dict[str, Any]) -> str:
+    fn = call["function"]
+    return f"<tool_call>\n{json.dumps({'name': fn['name'], 'arguments': fn['arguments']}, ensure_ascii=False)}\n" \
+           "</tool_call>"
+
+
+def for_template(tokenizer: Any, c: Conversation) -> tuple[list[Message], list[dict] | None]:
+    """The messages and ``tools=`` to give this tokenizer's template: tools and calls it cannot render become
+    text (module docstring), everything else is passed as is."""
+    takes_tools, takes_calls = template_takes(tokenizer)
+    messages = [dict(m) for m in c.messages]
+    tools = c.tools
+    if tools and not takes_tools:
+        listing = "\n".join(json.dumps(t, ensure_ascii=False) for t in tools)
+        text = f"{TOOLS_PREAMBLE}\n<tools>\n{listing}\n</tools>"
+        if messages and messages[0]["role"] == "system":
+            messages[0]["content"] = f"{messages[0]['content']}\n\n{text}"
+        else:
+            messages.insert(0, {"role": "system", "content": text})
+        tools = None
+    if not takes_calls:
+        for m in messages:
+            if m.get("tool_calls"):
+                calls = "\n".join(tool_call_text(call) for call in m.pop("tool_calls"))
+                m["content"] = f"{m['content']}\n{calls}" if m["content"] else calls
+    return messages, tools
+
+
+def _ids(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None, add_generation_prompt: bool
+         ) -> list[int]:
+    text = _render(tokenizer, messages, tools, add_generation_prompt)
     # The template already writes any BOS it wants; adding special tokens again would double it.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def tokenize_conversation(tokenizer: Any, messages: Sequence[Message]) -> TokenizedConversation:
-    """Tokenize a whole conversation; assistant turns (with their end-of-turn token) carry labels."""
+def _require_template(tokenizer: Any) -> None:
     if not getattr(tokenizer, "chat_template", None):
         raise ChatTemplateError("the tokenizer has no chat template; set model.chat_template")
-    full = _ids(tokenizer, messages, add_generation_prompt=False)
+
+
+def tokenize_text(tokenizer: Any, text: str) -> TokenizedConversation:
+    ids = tokenizer(text)["input_ids"]
+    if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
+        ids = [*ids, tokenizer.eos_token_id]
+    return TokenizedConversation(input_ids=ids, labels=list(ids))
+
+
+def tokenize(tokenizer: Any, c: Conversation) -> TokenizedConversation:
+    """A canonical row as training sees it: a chat conversation through the template, or plain text."""
+    if c.is_text:
+        return tokenize_text(tokenizer, c.text or "")
+    _require_template(tokenizer)
+    messages, tools = for_template(tokenizer, c)
+    return tokenize_conversation(tokenizer, messages, tools)
+
+
+def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None = None
+                          ) -> TokenizedConversation:
+    """Tokenize a whole conversation; assistant turns (with their end-of-turn token) carry labels."""
+    _require_template(tokenizer)
+    full = _ids(tokenizer, messages, tools, add_generation_prompt=False)
     labels = [IGNORE_INDEX] * len(full)
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_ids(tokenizer, messages[:i], add_generation_prompt=True))
-        prefix = _ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        start = len(_ids(tokenizer, messages[:i], tools, add_generation_prompt=True))
+        prefix = _ids(tokenizer, messages[: i + 1], tools, add_generation_prompt=False)
         end = len(prefix)
         if full[:end] != prefix or not start < end:
             raise ChatTemplateError(
@@ -61,12 +145,16 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message]) -> Tokeni
     return TokenizedConversation(input_ids=full, labels=labels)
 
 
-def generation_prompt_ids(tokenizer: Any, messages: Sequence[Message]) -> list[int]:
+def generation_prompt_ids(tokenizer: Any, prompt: Conversation) -> list[int]:
     """Token ids that prompt the model for its next assistant turn, as at inference time."""
-    return _ids(tokenizer, messages, add_generation_prompt=True)
+    messages, tools = for_template(tokenizer, prompt)
+    return _ids(tokenizer, messages, tools, add_generation_prompt=True)
 
 
-def first_exchange(messages: Sequence[Message]) -> tuple[list[Message], Message]:
-    """The prompt up to the first assistant turn, and that turn: what a held-out question and answer are."""
-    i = next(i for i, m in enumerate(messages) if m["role"] == "assistant")
-    return list(messages[:i]), messages[i]
+def first_exchange(c: Conversation) -> tuple[Conversation, Message] | None:
+    """The prompt up to the first assistant turn, and that turn: what a held-out question and answer are
+    (None for a plain-text row, which has no question)."""
+    if c.is_text:
+        return None
+    i = next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    return Conversation(messages=list(c.messages[:i]), location=c.location, tools=c.tools), c.messages[i]

@@ -11,31 +11,23 @@ import dataclasses
 import difflib
 import math
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, make_dataclass
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from finetune.data.checks import CHECKS
+from finetune.data.formats import READABLE, WRITABLE
+from finetune.data.readers import path_problem
 from finetune.errors import UserError
+from finetune.fields import setting as _field
 
 STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export")
 
 
 class ConfigError(UserError, ValueError):
     """An invalid run spec; the message is one line naming the key."""
-
-
-def _check(*, low: float | None = None, high: float | None = None, low_open: bool = False,
-           choices: tuple[str, ...] | None = None) -> dict[str, Any]:
-    return {"low": low, "high": high, "low_open": low_open, "choices": choices}
-
-
-def _field(default: Any, **check: Any) -> Any:
-    if isinstance(default, list | dict):
-        return field(default_factory=lambda: type(default)(default), metadata=_check(**check))
-    return field(default=default, metadata=_check(**check))
 
 
 @dataclass
@@ -62,17 +54,37 @@ class ModelConfig:
 
 
 @dataclass
+class SourceConfig:
+    """One more data source, mixed into the training pool (``dataset.sources``)."""
+
+    path: str = MISSING  # a .jsonl/.json/.csv/.parquet file, a datasets.save_to_disk folder, or a Hub dataset id
+    format: str = _field("auto", choices=("auto", *READABLE))
+    columns: dict[str, str] = _field({})  # a format's key → this source's column: {instruction: question}
+    split: str = "train"  # which split of a Hub dataset or a saved DatasetDict
+    weight: float = _field(1.0, low=0.0, low_open=True)  # 2: every training row twice; 0.5: a seeded half
+
+
+# One field per registered data check (finetune/data/checks): dataset.checks.<name>.action and its thresholds.
+ChecksConfig = make_dataclass(
+    "ChecksConfig", [(name, check.settings, field(default_factory=check.settings)) for name, check in CHECKS.items()]
+)
+
+
+@dataclass
 class DatasetConfig:
-    path: str = MISSING  # JSON or JSONL; relative paths are relative to the working directory
-    format: str = _field("auto", choices=("auto", "messages", "alpaca", "sharegpt"))
-    validation_path: str | None = None  # fixed splits: when both are given, `path` is the training split
+    path: str | None = None  # the main source: a file, a datasets.save_to_disk folder, or a Hub dataset id
+    format: str = _field("auto", choices=("auto", *READABLE))
+    columns: dict[str, str] = _field({})  # a format's key → the file's column: {instruction: question, output: answer}
+    split: str = "train"  # which split of a Hub dataset or a saved DatasetDict
+    sources: list[SourceConfig] = _field([])  # more sources, mixed with weights
+    validation_path: str | None = None  # fixed splits: when both are given, the sources are the training split
     test_path: str | None = None
     validation_fraction: float = _field(0.1, low=0.0, high=0.5)
     test_fraction: float = _field(0.1, low=0.0, high=0.5)
     system_prompt: str | None = None  # prepended to conversations that have no system message
-    # Held-out rows of fixed split files that repeat a training question: refuse the run, or move them into
-    # the training split (random splits always move them: that split is ours, not the user's).
-    fixed_split_leaks: str = _field("fail", choices=("fail", "move_to_train"))
+    skip_invalid_rows: bool = False  # skip (and count) records that cannot be read, instead of stopping
+    checks: ChecksConfig = field(default_factory=ChecksConfig)  # type: ignore[valid-type]
+    write_formats: list[str] = _field([], choices=tuple(WRITABLE))  # also write each split as openai/gemini/bedrock
 
 
 @dataclass
@@ -156,11 +168,18 @@ def _check_fields(node: Any, prefix: str) -> None:
         if dataclasses.is_dataclass(value):
             _check_fields(value, f"{key}.")
             continue
+        if isinstance(value, list) and value and dataclasses.is_dataclass(value[0]):
+            for i, item in enumerate(value):
+                _check_fields(item, f"{key}[{i}].")
+            continue
         meta = f.metadata
         if not meta or value is None:
             continue
-        if meta["choices"] is not None and value not in meta["choices"]:
-            raise ConfigError(f"{key}={value!r}: must be one of {', '.join(meta['choices'])}")
+        if meta["choices"] is not None:
+            for item in value if isinstance(value, list) else [value]:
+                if item not in meta["choices"]:
+                    raise ConfigError(f"{key}={item!r}: must be one of {', '.join(meta['choices'])}")
+            continue
         if meta["low"] is None and meta["high"] is None:
             continue
         too_low = meta["low"] is not None and (value <= meta["low"] if meta["low_open"] else value < meta["low"])
@@ -178,14 +197,18 @@ def _check_cross_fields(run: RunConfig) -> None:
         raise ConfigError("dataset.validation_fraction + dataset.test_fraction must be < 1")
     if (d.validation_path is None) != (d.test_path is None):
         raise ConfigError("dataset.validation_path and dataset.test_path: give both (fixed splits) or neither")
-    for key in ("path", "validation_path", "test_path"):
-        value = getattr(d, key)
-        if value is not None and not value.strip():
-            raise ConfigError(f"dataset.{key} is empty; expected the path of a JSON or JSONL file")
-        if value is not None and Path(value).is_dir():
-            raise ConfigError(f"dataset.{key}: {Path(value).resolve()} is a folder; expected a JSON or JSONL file")
-        if value is not None and not Path(value).is_file():
-            raise ConfigError(f"dataset.{key}: file not found: {Path(value).resolve()}")
+    if d.path is None and not d.sources:
+        raise ConfigError("dataset.path: not set; give a data file, a datasets.save_to_disk folder or a Hub dataset "
+                          "id (or dataset.sources)")
+    paths = [(f"dataset.{key}", getattr(d, key)) for key in ("path", "validation_path", "test_path")]
+    for key, value in [*paths, *((f"dataset.sources[{i}].path", s.path) for i, s in enumerate(d.sources))]:
+        if value is None:
+            continue
+        if not value.strip():
+            raise ConfigError(f"{key} is empty; expected a data file, a datasets.save_to_disk folder or a Hub "
+                              "dataset id")
+        if problem := path_problem(value):
+            raise ConfigError(f"{key}: {problem}")
     if not run.model.source.strip():
         raise ConfigError("model.source is empty; expected a Hub id, a model folder, a .gguf file or "
                           "package:<pkg>/<file>")

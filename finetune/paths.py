@@ -19,7 +19,7 @@ def _bundled(name: str) -> Path:
 
 CONF_DIR = _bundled("conf")
 RECIPES_DIR = _bundled("recipes")
-DATA_DIR = _bundled("data")
+DATA_DIR = _bundled("bundled_data")
 
 
 def cache_dir() -> Path:

@@ -93,8 +93,14 @@ CASES: list[Case] = [
          "error: export.gguf_type='q3': must be one of f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k"),
     Case("scheduler-not-a-choice", ("train.lr_scheduler=cosinus",),
          "error: train.lr_scheduler='cosinus': must be one of cosine, linear, constant, constant_with_warmup"),
-    Case("leak-policy-not-a-choice", ("dataset.fixed_split_leaks=sometimes",),
-         "error: dataset.fixed_split_leaks='sometimes': must be one of fail, move_to_train"),
+    Case("leak-policy-not-a-choice", ("dataset.checks.leakage.action=sometimes",),
+         "error: dataset.checks.leakage.action='sometimes': must be one of error, warn, drop, move_to_train, off"),
+    Case("write-format-not-a-choice", ("dataset.write_formats=[openai,claude]",),
+         "error: dataset.write_formats='claude': must be one of openai, gemini, bedrock"),
+    Case("near-duplicate-threshold-out-of-range", ("dataset.checks.near_duplicates.threshold=1.5",),
+         "error: dataset.checks.near_duplicates.threshold=1.5: must be in [0.5, 1.0]"),
+    Case("check-that-does-not-exist", ("dataset.checks.spelling.action=warn",),
+         "error: dataset.checks.spelling.action: no such key"),
     Case("fractions-sum-to-one", ("dataset.validation_fraction=0.5", "dataset.test_fraction=0.5"),
          "error: dataset.validation_fraction + dataset.test_fraction must be < 1"),
     Case("unknown-key-added", ("+method.foo=1",), "error: method.foo: no such key"),
@@ -108,11 +114,12 @@ CASES: list[Case] = [
     Case("unknown-recipe", ("+recipe=nope",), "error: Could not find 'recipe/nope'; available: support_bot"),
     Case("override-syntax", ("train.lr=[",), "error: no viable alternative at input '['; ..."),
     Case("dataset-path-empty", ("dataset.path=",),
-         "error: dataset.path is empty; expected the path of a JSON or JSONL file"),
+         "error: dataset.path is empty; expected a data file, a datasets.save_to_disk folder or a Hub dataset id"),
     Case("dataset-path-missing", ("dataset.path=missing.jsonl",),
          "error: dataset.path: file not found: {cwd}/missing.jsonl"),
     Case("dataset-path-is-a-folder", ("dataset.path=folder",),
-         "error: dataset.path: {cwd}/folder is a folder; expected a JSON or JSONL file",
+         "error: dataset.path: {cwd}/folder is a folder, but not one written by datasets' save_to_disk; expected a "
+         ".jsonl, .json, .csv or .parquet file, a datasets.save_to_disk folder or a Hub dataset id",
          files={"folder/keep.txt": b"mine"}),
     Case("only-one-fixed-split", (*DATA, "dataset.validation_path=data.jsonl"),
          "error: dataset.validation_path and dataset.test_path: give both (fixed splits) or neither",
@@ -130,8 +137,8 @@ CASES: list[Case] = [
          "down_proj, gate_proj, k_proj, lm_head, o_proj, q_proj, up_proj, v_proj",
          files={"data.jsonl": GOOD}),
     Case("max-seq-len-masks-every-row", ("model=tiny_random", *DATA, "train.max_seq_len=16"),
-         "error: train.max_seq_len=16: no train conversation has an answer token within its first 16 tokens "
-         "(the shortest prompt before an answer is 39 tokens); raise it",
+         "error: data.jsonl: no usable conversation is left of 20 records: no_loss_within_max_seq_len dropped 20 "
+         "(e.g. data.jsonl:1: no answer token within train.max_seq_len=16 (the answer starts at token 43))",
          files={"data.jsonl": GOOD}),
     Case("qlora-on-cpu", (*TINY_MODEL, *DATA, "method=qlora"),
          "error: method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora",
@@ -141,13 +148,13 @@ CASES: list[Case] = [
          "error: data.jsonl:3: invalid JSON: Expecting ':' delimiter (column 23)",
          files={"data.jsonl": jsonl([conversation(0), conversation(1)]) + b'{"messages": [{"role" "user"}]}\n'}),
     Case("malformed-json-array", (*TINY_MODEL, "dataset.path=data.json"),
-         "error: data.json:1: invalid JSON: Expecting value",
+         "error: data.json:1: invalid JSON: Expecting value (column 19)",
          files={"data.json": b'[{"messages": []},]'}),
     Case("json-object-not-array", (*TINY_MODEL, "dataset.path=data.json"),
          "error: data.json: expected a JSON array of records, got dict",
          files={"data.json": b'{"messages": []}'}),
     Case("invalid-utf8", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:2: not valid UTF-8 (byte 0xff at column 159); save the file as UTF-8",
+         "error: data.jsonl:2: not valid UTF-8 (byte 0xff at column 170, byte offset 596); save the file as UTF-8",
          files={"data.jsonl": jsonl([conversation(0)]) + jsonl([conversation(1)]).replace(b"report", b"\xffeport", 1)}),
     Case("empty-file", (*TINY_MODEL, *DATA), "error: data.jsonl: no records", files={"data.jsonl": b""}),
     Case("a-100-MB-line", (*TINY_MODEL, *DATA),
@@ -156,26 +163,42 @@ CASES: list[Case] = [
          "error: data.jsonl:4: message 2 has role 'assistnt'; expected one of system, user, assistant, tool",
          files={"data.jsonl": _bad_row(_with(3, "messages.2.role", "assistnt"))}),
     Case("content-not-a-string", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:4: message 1 content must be a string, got int",
+         "error: data.jsonl:4: message 1 content must be a string or a list of text parts, got int",
          files={"data.jsonl": _bad_row(_with(3, "messages.1.content", 42))}),
     Case("message-without-content", (*TINY_MODEL, *DATA),
          "error: data.jsonl:2: message 0 must be an object with 'role' and 'content'",
          files={"data.jsonl": _bad_row({"messages": [{"role": "user"}]}, at=1)}),
     Case("no-assistant-turn", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:4: a conversation needs at least one user and one assistant message",
+         "error: data.jsonl:4: a conversation needs at least one user and one assistant message (structure check); "
+         "fix the data, or set dataset.checks.structure.action to one of warn, drop, off",
          files={"data.jsonl": _bad_row({"messages": [{"role": "user", "content": "hi"}]})}),
     Case("format-cannot-be-told", (*TINY_MODEL, *DATA, "dataset.format=auto"),
-         "error: data.jsonl:1: cannot tell the format from keys (answer, question); expected 'messages' "
-         "(messages format), 'conversations' (ShareGPT) or 'instruction' + 'output' (Alpaca); or set dataset.format",
+         "error: data.jsonl:1: cannot tell the format from keys (answer, question); expected 'messages' (OpenAI "
+         "chat); 'conversations' (ShareGPT); 'instruction' + 'output' (Alpaca); 'contents' (Gemini); 'prompt' + "
+         "'completion'; 'text' (plain text, continued pre-training); map other column names with dataset.columns, "
+         "or set dataset.format",
          files={"data.jsonl": jsonl([{"question": "q", "answer": "a"}])}),
     Case("every-record-empty", (*TINY_MODEL, *DATA),
-         "error: data.jsonl: no usable conversation: all 5 records are empty (5) or duplicates (0)",
+         "error: data.jsonl: no usable conversation is left of 5 records: empty_answer dropped 5 (e.g. "
+         "data.jsonl:1: message 2 (assistant) is empty)",
          files={"data.jsonl": jsonl([_with(i, "messages.2.content", " ") for i in range(5)])}),
+    Case("row-not-an-object", (*TINY_MODEL, *DATA), "error: data.jsonl:3: a record must be a JSON object, got list",
+         files={"data.jsonl": GOOD.replace(b"\n", b"\n[1, 2]\n", 2).replace(b"\n[1, 2]\n", b"\n", 1)}),
+    Case("preference-data", (*TINY_MODEL, *DATA),
+         "error: data.jsonl:1: preference data (chosen/rejected: keys chosen, prompt, rejected); finetune trains "
+         "supervised fine-tuning only so far, which a preference pair does not fit; train a preference method (DPO) "
+         "elsewhere, or keep only the chosen answers as messages",
+         files={"data.jsonl": jsonl([{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3)}),
+    Case("hub-dataset-offline", (*TINY_MODEL, "dataset.path=someone/support_chats"),
+         "error: someone/support_chats: a Hub dataset that is not in the local datasets cache, and HF_HUB_OFFLINE "
+         "is set; load it once while online, or give a local file", env={"HF_HUB_OFFLINE": "1"}),
+    Case("hub-dataset-unreachable", (*TINY_MODEL, "dataset.path=someone/support_chats"),
+         "error: someone/support_chats: cannot reach the Hugging Face Hub at http://127.0.0.1:9 (...); set "
+         "HF_HUB_OFFLINE=1 to use a copy in the local datasets cache, or give a local file"),
     Case("fixed-test-split-repeats-training-questions",
          (*TINY_MODEL, *DATA, "dataset.validation_path=val.jsonl", "dataset.test_path=test.jsonl"),
-         "error: test.jsonl:1: this test conversation repeats a training question verbatim (2 in "
-         "dataset.test_path do); remove them, or set dataset.fixed_split_leaks=move_to_train to move them into the "
-         "training split",
+         "error: test.jsonl:1: repeats a training question (data.jsonl:4) (leakage check; 1 more rows too); fix the "
+         "data, or set dataset.checks.leakage.action to one of warn, drop, move_to_train, off",
          files={"data.jsonl": GOOD, "val.jsonl": jsonl([conversation(100)]),
                 "test.jsonl": jsonl([conversation(3), conversation(101), conversation(4)])}),
     # ── model sources ──

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +16,24 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "You are the support assistant of ABC Cloud ERP. Answer politely."
 
 
+def _word(i: int, k: int) -> str:
+    """A made-up word that differs between conversations, so that fixtures are not near-duplicates."""
+    rng = random.Random(i * 7919 + k)
+    return "".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(3))
+
+
 def conversation(i: int) -> dict:
     """A small, distinct conversation; every third one has two assistant turns."""
+    name, folder, tag = _word(i, 0), _word(i, 1), _word(i, 2)
     messages = [
         {"role": "system", "content": SYSTEM},
-        {"role": "user", "content": f"How do I export report number {i} to CSV?"},
-        {"role": "assistant", "content": f"Open Reports, choose report {i}, then press Export and pick CSV."},
+        {"role": "user", "content": f"How do I export the {name} report ({i}) to CSV?"},
+        {"role": "assistant", "content": f"Open {folder}, choose {name}, then press Export and pick CSV ({tag})."},
     ]
     if i % 3 == 0:
         messages += [
-            {"role": "user", "content": f"And report {i} as Excel?"},
-            {"role": "assistant", "content": "Choose Excel instead of CSV in the same menu."},
+            {"role": "user", "content": f"And {name} as Excel?"},
+            {"role": "assistant", "content": f"Choose Excel instead of CSV in {folder}."},
         ]
     return {"messages": messages}
 

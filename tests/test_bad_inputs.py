@@ -92,7 +92,7 @@ def test_a_byte_order_mark_and_windows_line_ends_are_accepted(variant, tmp_path)
     data.write_bytes(("\ufeff" if "bom" in variant else "").encode() + text.encode())
     run_cli(*TINY_MODEL, f"dataset.path={data}", "stages=[validate]", "hydra.run.dir=run", cwd=tmp_path, env=OFFLINE)
     report = json.loads((tmp_path / "run" / "validate" / "report.json").read_text())
-    assert report["records"] == 20 and report["dropped_empty"] == 0
+    assert report["records"] == 20 and report["splits"]["train"] == 16
 
 
 def test_moving_leaked_rows_out_of_a_fixed_split_is_an_explicit_option(tmp_path):
@@ -100,9 +100,10 @@ def test_moving_leaked_rows_out_of_a_fixed_split_is_an_explicit_option(tmp_path)
         (tmp_path / name).write_bytes(jsonl([conversation(i) for i in rows]))
     (tmp_path / "test.jsonl").write_bytes((tmp_path / "test.jsonl").read_bytes() + jsonl([conversation(102)]))
     run_cli(*TINY_MODEL, "dataset.path=data.jsonl", "dataset.validation_path=val.jsonl", "dataset.test_path=test.jsonl",
-            "dataset.fixed_split_leaks=move_to_train", "stages=[validate]", "hydra.run.dir=run", cwd=tmp_path,
+            "dataset.checks.leakage.action=move_to_train", "stages=[validate]", "hydra.run.dir=run", cwd=tmp_path,
             env=OFFLINE)
     report = json.loads((tmp_path / "run" / "validate" / "report.json").read_text())
     assert report["moved_to_train_as_leaks"] == 3  # conversation 5 from validation, 3 and 4 from test
     assert report["splits"] == {"train": 23, "validation": 1, "test": 2}
-    assert report["dropped_by_file"]["test"] == {"empty": 0, "duplicates": 1}  # the second conversation 102
+    assert report["checks"]["duplicates"]["count"] == 1  # the second conversation 102
+    assert report["checks"]["duplicates"]["examples"][0]["row"] == "test.jsonl:5"

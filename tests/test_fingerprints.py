@@ -14,7 +14,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from finetune.config import RunConfig, load_run_config, section
+from finetune.config import RunConfig, SourceConfig, load_run_config, section
 from finetune.pipeline.graph import _fingerprint, run_graph
 from finetune.pipeline.manifest import Manifest
 from finetune.stages import STAGES
@@ -84,6 +84,8 @@ def test_every_key_a_stage_reads_changes_its_fingerprint(chat_dataset, tmp_path)
             other = copy.deepcopy(spec)
             if key.startswith("dataset.") and key.endswith("path"):  # another file with the same data
                 set_key(other, key, str(shutil.copy(chat_dataset, tmp_path / "copy.jsonl")))
+            elif key == "dataset.sources":  # one more source
+                set_key(other, key, [SourceConfig(path=str(chat_dataset))])
             else:
                 set_key(other, key, changed(section(spec, key)))
             assert _fingerprint(stage, other, done) != before, f"stage {stage.name} reads {key} but ignores it"

@@ -25,6 +25,6 @@ def test_wheel_runs_from_any_directory(tmp_path):
     )
     spec = OmegaConf.create(proc.stdout)
     assert spec.run_name == "support_bot"
-    assert spec.dataset.path == str(target / "finetune" / "data" / "support_bot" / "conversations.jsonl")
+    assert spec.dataset.path == str(target / "finetune" / "bundled_data" / "support_bot" / "conversations.jsonl")
     assert (target / "finetune" / "conf" / "config.yaml").is_file()
     assert (target / "finetune" / "recipes" / "support_bot.yaml").is_file()

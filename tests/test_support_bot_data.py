@@ -5,15 +5,16 @@ from __future__ import annotations
 import json
 from collections import Counter
 
-from finetune.dataformats import load_conversations
+from finetune.data.load import load_source
 from finetune.paths import DATA_DIR
 
 PATH = DATA_DIR / "support_bot" / "conversations.jsonl"
 
 
 def test_dataset_is_valid_messages_format_with_enough_conversations():
-    conversations, fmt = load_conversations(PATH)
-    assert fmt == "messages" and len(conversations) >= 150
+    loaded = load_source(str(PATH))
+    conversations = loaded.conversations
+    assert loaded.format == "messages" and len(conversations) >= 150
     assert all(c.messages[0]["role"] == "system" for c in conversations)
     multi_turn = sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in conversations)
     assert multi_turn >= 20

@@ -12,8 +12,10 @@ from finetune.stages import evaluate, export, merge, train, validate
 
 
 def _dataset_files(run: RunConfig) -> list[Path]:
+    """Local data files and folders (a Hub dataset is named by its id in the config instead)."""
     d = run.dataset
-    return [Path(p) for p in (d.path, d.validation_path, d.test_path) if p]
+    paths = (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources))
+    return [Path(p) for p in paths if p and Path(p).exists()]
 
 
 STAGES: tuple[Stage, ...] = (

@@ -16,10 +16,10 @@ from finetune.chat import (
     TokenizedConversation,
     first_exchange,
     generation_prompt_ids,
-    tokenize_conversation,
+    tokenize,
 )
 from finetune.config import ModelConfig, RunConfig
-from finetune.dataformats import read_split
+from finetune.data.canonical import Conversation, read_split
 from finetune.errors import UserError
 from finetune.models import load_model, load_tokenizer, resolve_model_source
 from finetune.pipeline.graph import StageContext
@@ -51,10 +51,10 @@ def _assistant_nll(model: Any, test: list[TokenizedConversation], max_len: int) 
     return total, count
 
 
-def _generate(model: Any, tokenizer: Any, messages: list[dict], max_new_tokens: int) -> str:
+def _generate(model: Any, tokenizer: Any, prompt: Conversation, max_new_tokens: int) -> str:
     import torch
 
-    ids = torch.tensor([generation_prompt_ids(tokenizer, messages)], device=model.device)
+    ids = torch.tensor([generation_prompt_ids(tokenizer, prompt)], device=model.device)
     with torch.no_grad():
         out = model.generate(
             input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
@@ -64,7 +64,7 @@ def _generate(model: Any, tokenizer: Any, messages: list[dict], max_new_tokens: 
 
 
 def _score(name: str, source: str, cfg: ModelConfig, tokenizer: Any, test: list[TokenizedConversation],
-           prompts: list[list[dict]], run: RunConfig) -> dict[str, Any]:
+           prompts: list[Conversation], run: RunConfig) -> dict[str, Any]:
     model = load_model(source, cfg).eval()
     nll, count = _assistant_nll(model, test, run.train.max_seq_len)
     if count == 0:
@@ -100,11 +100,11 @@ def _markdown(result: dict[str, Any]) -> str:
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     test = read_split(ctx.input("validate", "test"))[: run.eval.max_samples]
-    exchanges = [first_exchange(m) for m in test[: run.eval.num_generations]]
+    exchanges = [e for c in test if (e := first_exchange(c))][: run.eval.num_generations]  # none for plain text
     prompts = [prompt for prompt, _ in exchanges]
     merged_dir = str(ctx.input("merge", "model"))
     tokenizer = load_tokenizer(merged_dir, run.model)
-    tokenized = [tokenize_conversation(tokenizer, m) for m in test]
+    tokenized = [tokenize(tokenizer, c) for c in test]
     base = _score("base", resolve_model_source(run.model), run.model, tokenizer, tokenized, prompts, run)
     merged = _score("merged", merged_dir, run.model, tokenizer, tokenized, prompts, run)
     result = {
@@ -113,7 +113,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         "merged": {k: v for k, v in merged.items() if k != "answers"},
         "perplexity_ratio": round(merged["perplexity"] / base["perplexity"], 4),
         "generations": [
-            {"prompt": p[-1]["content"], "reference": ref["content"], "base": b, "merged": m}
+            {"prompt": p.messages[-1]["content"], "reference": ref["content"], "base": b, "merged": m}
             for (p, ref), b, m in zip(exchanges, base["answers"], merged["answers"], strict=True)
         ],
     }

@@ -11,7 +11,7 @@ from typing import Any
 
 from finetune.chat import first_exchange
 from finetune.config import RunConfig
-from finetune.dataformats import read_split
+from finetune.data.canonical import Conversation, read_split
 from finetune.errors import UserError
 from finetune.modelfile import modelfile, template_family
 from finetune.models import load_config, load_tokenizer
@@ -45,6 +45,15 @@ def _llama_cpp_answer(gguf: Path, messages: list[dict[str, str]], run: RunConfig
         "completion_tokens": out["usage"]["completion_tokens"],
         "seconds": round(time.monotonic() - t0, 2),
     }
+
+
+def _smoke_prompt(test: list[Conversation]) -> list[dict[str, Any]]:
+    """The first held-out question (its system and user turns); for plain-text data, the start of the first
+    held-out text as a user turn."""
+    exchange = next((e for c in test if (e := first_exchange(c))), None)
+    if exchange is None:
+        return [{"role": "user", "content": (test[0].text or "")[:200]}]
+    return [{k: v for k, v in m.items() if k in ("role", "content")} for m in exchange[0].messages]
 
 
 def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name: str) -> str:
@@ -102,7 +111,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         atomic_write_text(ctx.out_dir / "Modelfile", modelfile(gguf.name, family, system, params))
         artifacts["modelfile"] = "Modelfile"
 
-    prompt, _ = first_exchange(read_split(ctx.input("validate", "test"))[0])
+    prompt = _smoke_prompt(read_split(ctx.input("validate", "test")))
     if system and prompt[0]["role"] != "system":
         prompt = [{"role": "system", "content": system}, *prompt]
     answer = _llama_cpp_answer(gguf, prompt, run)

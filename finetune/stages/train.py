@@ -14,9 +14,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import tokenize_conversation
+from finetune.chat import tokenize
 from finetune.config import RunConfig
-from finetune.dataformats import read_split
+from finetune.data.canonical import read_split
 from finetune.errors import UserError
 from finetune.models import load_config, load_model, load_tokenizer, resolve_model_source, torch_dtype
 from finetune.pipeline.graph import StageContext
@@ -33,8 +33,8 @@ def _tokenized(tokenizer: Any, split: Path) -> Any:
     from datasets import Dataset
 
     rows = []
-    for messages in read_split(split):
-        t = tokenize_conversation(tokenizer, messages)
+    for row in read_split(split):
+        t = tokenize(tokenizer, row)
         rows.append({"input_ids": t.input_ids, "labels": t.labels})
     return Dataset.from_list(rows) if rows else None
 

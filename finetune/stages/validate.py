@@ -1,92 +1,102 @@
-"""validate: read and check the dataset, drop empty and duplicate conversations, split it, and measure it
-with the model's own tokenizer and chat template (what training will actually see)."""
+"""validate: read every data source into canonical conversations, run the data checks (dataset.checks), split,
+and measure the result with the model's own tokenizer and chat template — what training will actually see.
+
+Writes the splits (``train.jsonl`` …, canonical rows), ``report.json`` and ``report.md``, and, when
+``dataset.write_formats`` asks, each split in a provider's format (``train.openai.jsonl`` …). Needs the
+tokenizer, never the model's weights.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import random
 import statistics
 from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import IGNORE_INDEX, TokenizedConversation, tokenize_conversation
-from finetune.config import RunConfig
-from finetune.dataformats import Conversation, DataError, is_empty, load_conversations
+from finetune.chat import TokenizedConversation, template_takes, tokenize
+from finetune.config import DatasetConfig, RunConfig, SourceConfig
+from finetune.data import formats
+from finetune.data.canonical import Conversation, DataError, to_row
+from finetune.data.checks import CHECKS, CheckInput, CheckReport, run_check, run_phase
+from finetune.data.load import Loaded, load_source
+from finetune.data.report import markdown, summary_table
+from finetune.data.splits import SPLITS, random_split, weighted
 from finetune.models import load_tokenizer, resolve_model_source
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
+
+def sources(d: DatasetConfig) -> dict[str, SourceConfig]:
+    """Every training source by name (its path): ``dataset.path`` with the dataset-level settings first."""
+    found = {}
+    if d.path is not None:
+        found[d.path] = SourceConfig(path=d.path, format=d.format, columns=dict(d.columns), split=d.split)
+    for s in d.sources:
+        if s.path in found:
+            raise DataError(f"dataset.sources: {s.path} is given twice")
+        found[s.path] = s
+    return found
+
+
+def _load(name: str, s: SourceConfig, d: DatasetConfig) -> Loaded:
+    return load_source(s.path, s.format, columns=dict(s.columns), split=s.split, system_prompt=d.system_prompt,
+                       skip_invalid_rows=d.skip_invalid_rows, name=name)
+
+
+def _tokenized(tokenizer: Any, rows: list[Conversation]) -> list[TokenizedConversation]:
+    tokenized = []
+    for c in rows:
+        try:
+            tokenized.append(tokenize(tokenizer, c))
+        except ValueError as e:
+            raise DataError(f"{c.location}: {e}") from e
+    return tokenized
 
 
 @dataclass
-class Dropped:
-    """What was dropped from one source file, and why."""
+class Checked:
+    """Rows that passed the row and token checks, with their tokens."""
 
-    empty: int = 0
-    duplicates: int = 0
-
-
-def _dedupe(conversations: list[Conversation]) -> tuple[list[Conversation], Dropped]:
-    seen: set[str] = set()
-    kept, dropped = [], Dropped()
-    for c in conversations:
-        if is_empty(c.messages):
-            dropped.empty += 1
-            continue
-        key = json.dumps(c.messages, ensure_ascii=False, sort_keys=True)
-        if key in seen:
-            dropped.duplicates += 1
-            continue
-        seen.add(key)
-        kept.append(c)
-    return kept, dropped
+    rows: list[Conversation]
+    tokens: dict[int, TokenizedConversation] = field(default_factory=dict)  # by id() of the row
 
 
-def _user_turns(c: Conversation) -> set[str]:
-    return {" ".join(m["content"].split()) for m in c.messages if m["role"] == "user"}
+def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: dict[str, CheckReport],
+             where: str, records: int) -> Checked:
+    checks = run.dataset.checks
+    kept = run_phase("rows", CheckInput(rows, None), checks, reports)
+    data = CheckInput(kept, None, tokens=_tokenized(tokenizer, kept), max_seq_len=run.train.max_seq_len)
+    kept = run_phase("tokens", data, checks, reports)
+    if not kept:
+        removed = ", ".join(f"{r.name} dropped {r.count}" for r in reports.values() if r.count and r.action == "drop")
+        example = next((f" (e.g. {r.examples[0]['row']}: {r.examples[0]['detail']})" for r in reports.values()
+                        if r.count and r.action == "drop"), "")
+        raise DataError(f"{where}: no usable conversation is left of {records} records: {removed}{example}")
+    return Checked(kept, {id(c): t for c, t in zip(kept, data.tokens or [], strict=True)})
 
 
-def _split(run: RunConfig, conversations: list[Conversation]) -> dict[str, list[Conversation]]:
-    order = list(range(len(conversations)))
-    random.Random(run.seed).shuffle(order)
-    n = len(order)
-    n_val = max(1, round(n * run.dataset.validation_fraction)) if run.dataset.validation_fraction else 0
-    n_test = max(1, round(n * run.dataset.test_fraction)) if run.dataset.test_fraction else 0
-    if n - n_val - n_test < 1:
-        raise DataError(f"{run.dataset.path}: {n} conversations are too few to split {SPLITS}")
-    picked = [conversations[i] for i in order]
-    return {"validation": picked[:n_val], "test": picked[n_val:n_val + n_test], "train": picked[n_val + n_test:]}
-
-
-def _leaks(splits: dict[str, list[Conversation]]) -> dict[str, list[Conversation]]:
-    """Held-out conversations that repeat a training question verbatim: they measure memory, not skill."""
-    train_questions = set().union(*(_user_turns(c) for c in splits["train"]))
-    return {name: [c for c in splits[name] if _user_turns(c) & train_questions] for name in ("validation", "test")}
-
-
-def _move_to_train(splits: dict[str, list[Conversation]], leaks: dict[str, list[Conversation]]) -> int:
-    for name, leaked in leaks.items():
-        moved = {id(c) for c in leaked}
-        splits[name] = [c for c in splits[name] if id(c) not in moved]
-        splits["train"] += leaked
-    return sum(map(len, leaks.values()))
-
-
-def _check_fixed_split_leaks(run: RunConfig, leaks: dict[str, list[Conversation]]) -> None:
-    """The user chose these held-out files: changing them is their call (dataset.fixed_split_leaks)."""
-    for name, leaked in leaks.items():
-        if leaked and run.dataset.fixed_split_leaks == "fail":
-            raise DataError(
-                f"{leaked[0].location}: this {name} conversation repeats a training question verbatim "
-                f"({len(leaked)} in dataset.{name}_path do); remove them, or set "
-                "dataset.fixed_split_leaks=move_to_train to move them into the training split"
-            )
+def _leakage(run: RunConfig, splits: dict[str, list[Conversation]], fixed: bool,
+             reports: dict[str, CheckReport]) -> int:
+    """Held-out rows found in the training split: handled as configured for the user's fixed files; always
+    moved into training for our own random split (it is ours to change)."""
+    settings = run.dataset.checks.leakage
+    if not fixed and settings.action != "off":
+        settings = dataclasses.replace(settings, action="move_to_train")
+    moved = 0
+    for name in ("validation", "test"):
+        kept, removed = run_check(CHECKS["leakage"], CheckInput(splits[name], settings, train=splits["train"]),
+                                  reports)
+        splits[name] = kept
+        if settings.action == "move_to_train":
+            splits["train"] += removed
+            moved += len(removed)
+    return moved
 
 
 def _length_stats(values: list[int]) -> dict[str, float]:
@@ -99,46 +109,6 @@ def _length_stats(values: list[int]) -> dict[str, float]:
     }
 
 
-def _tokenized(tokenizer: Any, conversations: list[Conversation]) -> list[TokenizedConversation]:
-    tokenized = []
-    for c in conversations:
-        try:
-            tokenized.append(tokenize_conversation(tokenizer, c.messages))
-        except ValueError as e:
-            raise DataError(f"{c.location}: {e}") from e
-    return tokenized
-
-
-def _trained_within(t: TokenizedConversation, max_len: int) -> int:
-    return sum(label != IGNORE_INDEX for label in t.labels[:max_len])
-
-
-def _drop_untrainable(run: RunConfig, splits: dict[str, list[Conversation]],
-                      tokens: dict[str, list[TokenizedConversation]]) -> dict[str, int]:
-    """Conversations whose first answer starts after ``train.max_seq_len`` tokens carry no loss once cut:
-    drop them (and say how many); refuse when the training or test split would be left with none."""
-    max_len = run.train.max_seq_len
-    dropped = {}
-    for name in SPLITS:
-        keep = [_trained_within(t, max_len) > 0 for t in tokens[name]]
-        dropped[name] = keep.count(False)
-        if splits[name] and not any(keep) and name in ("train", "test"):
-            shortest = min(next(i for i, label in enumerate(t.labels) if label != IGNORE_INDEX) for t in tokens[name])
-            raise DataError(
-                f"train.max_seq_len={max_len}: no {name} conversation has an answer token within its first "
-                f"{max_len} tokens (the shortest prompt before an answer is {shortest} tokens); raise it"
-            )
-        splits[name] = [c for c, k in zip(splits[name], keep, strict=True) if k]
-        tokens[name] = [t for t, k in zip(tokens[name], keep, strict=True) if k]
-    return dropped
-
-
-def _write_jsonl(path: Path, conversations: list[Conversation]) -> None:
-    atomic_write_text(path, "".join(
-        json.dumps({"messages": c.messages}, ensure_ascii=False) + "\n" for c in conversations
-    ))
-
-
 @dataclass
 class Validated:
     splits: dict[str, list[Conversation]]
@@ -146,77 +116,115 @@ class Validated:
 
 
 def prepare(run: RunConfig) -> Validated:
-    """Everything validate decides, without writing: read, check, deduplicate, split, measure. Also the
-    stage's pre-run check, so bad data is refused before anything is written."""
+    """Everything validate decides, without writing: read, check, split, measure. Also the stage's pre-run
+    check, so bad data is refused before anything is written."""
     d = run.dataset
-    conversations, fmt = load_conversations(Path(d.path), d.format, d.system_prompt)
-    kept, dropped = _dedupe(conversations)
-    if not kept:
-        raise DataError(f"{d.path}: no usable conversation: all {len(conversations)} records are empty "
-                        f"({dropped.empty}) or duplicates ({dropped.duplicates})")
-    dropped_by_file = {"train" if d.validation_path else "dataset": dropped}
-    if d.validation_path and d.test_path:
-        splits = {"train": kept}
+    tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
+    loaded = {name: _load(name, s, d) for name, s in sources(d).items()}
+    reports: dict[str, CheckReport] = {}
+    pool = [c for result in loaded.values() for c in result.conversations]
+    records = sum(result.records for result in loaded.values())
+    where = d.path if len(loaded) == 1 and d.path else "dataset.sources"
+    checked = _checked(run, pool, tokenizer, reports, where, records)
+    tokens = dict(checked.tokens)
+    fixed = d.validation_path is not None and d.test_path is not None
+    if fixed:
+        splits = {"train": checked.rows}
         for name, path in (("validation", d.validation_path), ("test", d.test_path)):
-            splits[name], dropped_by_file[name] = _dedupe(load_conversations(Path(path), d.format, d.system_prompt)[0])
-        leaks = _leaks(splits)
-        _check_fixed_split_leaks(run, leaks)
+            held = _load(str(path), SourceConfig(path=str(path), format=d.format, columns=dict(d.columns)), d)
+            loaded[str(path)] = held
+            result = _checked(run, held.conversations, tokenizer, reports, str(path), held.records)
+            splits[name] = result.rows
+            tokens.update(result.tokens)
     else:
-        splits = _split(run, kept)
-        leaks = _leaks(splits)
-    moved = _move_to_train(splits, leaks)
+        splits = random_split(checked.rows, d.validation_fraction, d.test_fraction, run.seed, where)
+    moved = _leakage(run, splits, fixed, reports)
     for name in ("train", "test"):
         if not splits[name]:
-            raise DataError(f"{d.test_path if name == 'test' and d.test_path else d.path}: the {name} split is empty")
+            raise DataError(f"{d.test_path if name == 'test' and fixed else where}: the {name} split is empty")
+    weights = {name: s.weight for name, s in sources(d).items()}
+    splits["train"] = weighted(splits["train"], weights, run.seed)
+    run_phase("dataset", CheckInput(splits["train"], None), d.checks, reports)
+    return Validated(splits, _report(run, loaded, splits, tokens, reports, moved, tokenizer))
 
-    tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
-    tokens = {name: _tokenized(tokenizer, splits[name]) for name in SPLITS}
-    untrainable = _drop_untrainable(run, splits, tokens)
-    lengths = {name: [len(t.input_ids) for t in tokens[name]] for name in SPLITS}
-    trained = {name: [t.num_trained_tokens for t in tokens[name]] for name in SPLITS}
-    too_long = sum(n > run.train.max_seq_len for n in lengths["train"])
-    system_prompts = Counter(
-        c.messages[0]["content"] for c in splits["train"] if c.messages[0]["role"] == "system"
-    )
-    report = {
-        "dataset": str(Path(d.path).resolve()),
-        "format": fmt,
-        "records": len(conversations),
-        "dropped_empty": sum(x.empty for x in dropped_by_file.values()),
-        "dropped_duplicates": sum(x.duplicates for x in dropped_by_file.values()),
-        "dropped_by_file": {name: asdict(x) for name, x in dropped_by_file.items()},
+
+def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, list[Conversation]],
+            tokens: dict[int, TokenizedConversation], reports: dict[str, CheckReport], moved: int,
+            tokenizer: Any) -> dict[str, Any]:
+    lengths = {name: [len(tokens[id(c)].input_ids) for c in splits[name]] for name in SPLITS}
+    trained = {name: [tokens[id(c)].num_trained_tokens for c in splits[name]] for name in SPLITS}
+    system_prompts = Counter(c.messages[0]["content"] for c in splits["train"]
+                             if c.messages and c.messages[0]["role"] == "system")
+    with_tools = sum(bool(c.tools) for c in splits["train"])
+    takes_tools, takes_calls = template_takes(tokenizer)
+    d = run.dataset
+    main = loaded[d.path] if d.path else next(iter(loaded.values()))
+    return {
+        "dataset": str(Path(d.path).resolve()) if d.path and Path(d.path).exists() else d.path or "dataset.sources",
+        "format": main.format,
+        "sources": [{"name": name, "format": r.format, "records": r.records, "read": len(r.conversations),
+                     "invalid_skipped": len(r.invalid), "invalid_examples": r.invalid[:5]}
+                    for name, r in loaded.items()],
+        "records": sum(r.records for r in loaded.values()),
+        "checks": {name: dataclasses.asdict(r) for name, r in reports.items()},
         "moved_to_train_as_leaks": moved,
-        "dropped_no_answer_within_max_seq_len": untrainable,
         "splits": {name: len(splits[name]) for name in SPLITS},
         "multi_turn_train": sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in splits["train"]),
+        "plain_text_train": sum(c.is_text for c in splits["train"]),
+        "tools": {
+            "train_rows_with_tools": with_tools,
+            "definitions": "tools= (the chat template renders them)" if takes_tools else
+            "appended to the system message as <tools> text (the chat template ignores tools=)",
+            "calls": "tool_calls (the chat template renders them)" if takes_calls else
+            "<tool_call> text in the assistant turn (the chat template ignores tool_calls)",
+        },
         "tokens_per_conversation": {name: _length_stats(lengths[name]) for name in SPLITS},
         "loss_tokens_per_conversation": {name: _length_stats(trained[name]) for name in SPLITS},
         "max_seq_len": run.train.max_seq_len,
-        "train_conversations_truncated": too_long,
         "system_prompt": system_prompts.most_common(1)[0][0] if system_prompts else None,
         "distinct_system_prompts": len(system_prompts),
     }
-    return Validated(splits=splits, report=report)
 
 
 def check(run: RunConfig) -> None:
     prepare(run)
 
 
+def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _write_formats(run: RunConfig, ctx: StageContext, splits: dict[str, list[Conversation]]) -> dict[str, Any]:
+    """Each split in each provider format asked for; rows a format cannot express are counted and named."""
+    written, artifacts = {}, {}
+    for output in run.dataset.write_formats:
+        for name in SPLITS:
+            rows, skipped = [], []
+            for c in splits[name]:
+                try:
+                    rows.append(formats.write(c, output))
+                except formats.CannotExpress as e:
+                    skipped.append({"row": c.location, "why": str(e)})
+            _write_jsonl(ctx.out_dir / f"{name}.{output}.jsonl", rows)
+            artifacts[f"{name}_{output}"] = f"{name}.{output}.jsonl"
+            written[f"{name}.{output}.jsonl"] = {"rows": len(rows), "skipped": len(skipped),
+                                                 "skipped_examples": skipped[:5]}
+            if skipped:
+                log.warning("%s.%s.jsonl: %d rows left out: %s (%s)", name, output, len(skipped),
+                            skipped[0]["why"], skipped[0]["row"])
+    return {"written": written, "artifacts": artifacts}
+
+
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     validated = prepare(run)
     report = validated.report
     for name in SPLITS:
-        _write_jsonl(ctx.out_dir / f"{name}.jsonl", validated.splits[name])
+        _write_jsonl(ctx.out_dir / f"{name}.jsonl", [to_row(c) for c in validated.splits[name]])
+    converted = _write_formats(run, ctx, validated.splits)
+    report["written_formats"] = converted["written"]
     atomic_write_json(ctx.out_dir / "report.json", report)
-    log.info("%d records (%s): %d empty and %d duplicates dropped; splits %s; %d train tokens, %d truncated",
-             report["records"], report["format"], report["dropped_empty"], report["dropped_duplicates"],
-             report["splits"], report["tokens_per_conversation"]["train"].get("total", 0),
-             report["train_conversations_truncated"])
-    if report["train_conversations_truncated"]:
-        log.warning("%d training conversations exceed train.max_seq_len=%d and will be cut",
-                    report["train_conversations_truncated"], run.train.max_seq_len)
-    if any(report["dropped_no_answer_within_max_seq_len"].values()):
-        log.warning("dropped conversations with no answer token within train.max_seq_len=%d: %s",
-                    run.train.max_seq_len, report["dropped_no_answer_within_max_seq_len"])
-    return {**{name: f"{name}.jsonl" for name in SPLITS}, "report": "report.json"}
+    atomic_write_text(ctx.out_dir / "report.md", markdown(report))
+    for line in summary_table(report):
+        log.info("%s", line)
+    return {**{name: f"{name}.jsonl" for name in SPLITS}, "report": "report.json", "report_md": "report.md",
+            **converted["artifacts"]}

@@ -1,0 +1,77 @@
+"""The canonical conversation that every record format is read into and written out of.
+
+A message is ``{"role", "content"}`` with ``content`` always a string; an assistant message may carry
+``tool_calls`` (``[{"type": "function", "function": {"name", "arguments": dict}, "id"?}]``, with ``content``
+then possibly empty) and a tool message ``tool_call_id`` / ``name``. Tool definitions are JSON schemas in the
+form ``apply_chat_template(tools=...)`` takes. A plain-text row (continued pre-training) has ``text`` and no
+messages: every token of it carries loss.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.errors import UserError
+
+ROLES = ("system", "user", "assistant", "tool")
+
+Message = dict[str, Any]
+
+
+class DataError(UserError, ValueError):
+    """Bad dataset input; the message is one line naming the file and record."""
+
+
+@dataclass(frozen=True)
+class Conversation:
+    messages: list[Message]
+    location: str  # "file.jsonl:12", "file.json[3]", for messages about this record
+    tools: list[dict[str, Any]] | None = None
+    text: str | None = None  # a plain-text row: no messages, loss on every token
+    source: str = ""  # the name of the source it came from, when several are mixed
+
+    @property
+    def is_text(self) -> bool:
+        return self.text is not None
+
+
+def answers(c: Conversation) -> list[str]:
+    """The texts the model is trained to write (assistant turns, or the whole text of a plain row)."""
+    if c.is_text:
+        return [c.text or ""]
+    return [m["content"] for m in c.messages if m["role"] == "assistant"]
+
+
+def questions(c: Conversation) -> list[str]:
+    return [m["content"] for m in c.messages if m["role"] == "user"]
+
+
+def all_text(c: Conversation) -> str:
+    """Every visible string of a row, in order (what duplicate and PII checks look at)."""
+    if c.is_text:
+        return c.text or ""
+    parts = []
+    for m in c.messages:
+        parts.append(m["content"])
+        parts += [json.dumps(call["function"], ensure_ascii=False, sort_keys=True) for call in m.get("tool_calls", ())]
+    return "\n".join(parts)
+
+
+def to_row(c: Conversation) -> dict[str, Any]:
+    """The split-file row (JSONL): what train and evaluate read back with ``read_split``."""
+    if c.is_text:
+        return {"text": c.text}
+    return {"messages": c.messages, **({"tools": c.tools} if c.tools else {})}
+
+
+def read_split(path: Path) -> list[Conversation]:
+    """The conversations of a split file that the validate stage wrote (JSONL of ``to_row``, already checked)."""
+    rows = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        row = json.loads(line)
+        rows.append(Conversation(messages=row.get("messages", []), location=f"{path.name}:{i}",
+                                 tools=row.get("tools"), text=row.get("text")))
+    return rows

@@ -1,0 +1,63 @@
+"""Duplicates, removed before splitting so that no pair straddles train and test: exact after
+normalisation (Unicode NFKC, case, whitespace), and near (MinHash over character 5-grams of the dialogue,
+estimated Jaccard similarity at or above ``threshold``)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from finetune.data.canonical import Conversation, all_text
+from finetune.data.checks import Check, CheckInput, Finding, Outcome
+from finetune.data.minhash import near_duplicate_of, normalize, signatures
+from finetune.fields import setting
+
+
+@dataclass
+class ExactSettings:
+    action: str = setting("drop", choices=("drop", "warn", "error", "off"))
+
+
+@dataclass
+class NearSettings:
+    action: str = setting("drop", choices=("drop", "warn", "error", "off"))
+    threshold: float = setting(0.9, low=0.5, high=1.0)  # estimated Jaccard similarity of character 5-grams
+    ngram: int = setting(5, low=2, high=16)
+
+
+def exact_key(c: Conversation) -> str:
+    tools = json.dumps(c.tools, sort_keys=True, ensure_ascii=False) if c.tools else ""
+    return normalize(all_text(c)) + "\x00" + tools
+
+
+def dialogue(c: Conversation) -> str:
+    """The text a near-duplicate shares: every turn but the system prompt (which many rows share)."""
+    if c.is_text:
+        return c.text or ""
+    return "\n".join(m["content"] for m in c.messages if m["role"] != "system")
+
+
+def near_signatures(rows: list[Conversation], ngram: int):  # noqa: ANN201 (numpy array)
+    return signatures([normalize(dialogue(c)) for c in rows], ngram=ngram)
+
+
+def _find_exact(data: CheckInput) -> Outcome:
+    first: dict[str, int] = {}
+    findings = []
+    for i, c in enumerate(data.rows):
+        j = first.setdefault(exact_key(c), i)
+        if j != i:
+            findings.append(Finding(i, f"the same as {data.rows[j].location} after normalisation"))
+    return Outcome(findings)
+
+
+def _find_near(data: CheckInput) -> Outcome:
+    s = data.settings
+    sig = near_signatures(data.rows, s.ngram)
+    found = near_duplicate_of(sig, s.threshold)
+    return Outcome([Finding(i, f"a near-duplicate of {data.rows[j].location} (similarity ≈ {sim:.2f})")
+                    for i, (j, sim) in sorted(found.items())])
+
+
+EXACT = Check("duplicates", "rows", "exact duplicate", ExactSettings, _find_exact)
+NEAR = Check("near_duplicates", "rows", "near-duplicate", NearSettings, _find_near)

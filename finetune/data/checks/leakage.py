@@ -1,0 +1,42 @@
+"""Held-out rows that the training split already contains — a repeated question (exactly, after
+normalisation) or a near-duplicate row — measure memory, not skill. A user's fixed test set is never altered
+silently: by default the run stops and shows the pair; ``move_to_train`` or ``drop`` are explicit choices."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from finetune.data.canonical import questions
+from finetune.data.checks import Check, CheckInput, Finding, Outcome
+from finetune.data.checks.duplicates import near_signatures
+from finetune.data.minhash import near_duplicate_of, normalize
+from finetune.fields import setting
+
+
+@dataclass
+class LeakageSettings:
+    action: str = setting("error", choices=("error", "warn", "drop", "move_to_train", "off"))
+    threshold: float = setting(0.9, low=0.5, high=1.0)  # near-duplicate similarity that counts as a leak
+
+
+def _find(data: CheckInput) -> Outcome:
+    asked = {}
+    for c in data.train:
+        for q in questions(c):
+            asked.setdefault(normalize(q), c.location)
+    findings = {}
+    for i, c in enumerate(data.rows):
+        repeated = next((asked[k] for q in questions(c) if (k := normalize(q)) in asked), None)
+        if repeated:
+            findings[i] = Finding(i, f"repeats a training question ({repeated})")
+    if data.rows and data.train:
+        sig = near_signatures([*data.train, *data.rows], ngram=5)
+        n = len(data.train)
+        for i, (j, sim) in near_duplicate_of(sig, data.settings.threshold).items():
+            if i >= n and j < n and i - n not in findings:
+                findings[i - n] = Finding(i - n, f"a near-duplicate of training row {data.train[j].location} "
+                                                 f"(similarity ≈ {sim:.2f})")
+    return Outcome(list(findings.values()))
+
+
+CHECK = Check("leakage", "splits", "held-out row found in training data", LeakageSettings, _find)

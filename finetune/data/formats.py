@@ -1,0 +1,350 @@
+"""Record formats: each entry reads one record (a dict from a reader) into the canonical conversation and,
+where a provider takes that format, writes a conversation back out. ``FORMATS`` is the registry that
+``dataset.format`` chooses from; ``auto`` tells the format from the first record's keys.
+
+What a format cannot express (tools in Bedrock's format, a plain-text row in a chat format) raises
+``CannotExpress`` on writing, so a converted file never loses part of a conversation silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from finetune.data.canonical import ROLES, Conversation, DataError, Message
+
+SHAREGPT_ROLES = {
+    "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+    "function_call": "assistant", "observation": "tool", "tool": "tool",
+}
+
+
+class PreferenceData(DataError):
+    """A file of chosen/rejected pairs: a different kind of data, refused as a whole, not row by row."""
+
+
+class CannotExpress(ValueError):
+    """This conversation has something the target format has no place for."""
+
+
+@dataclass(frozen=True)
+class Format:
+    name: str
+    keys: str  # how a record of this format is recognised, for messages
+    detect: Callable[[dict[str, Any]], bool] | None  # None: write-only
+    read: Callable[[dict[str, Any]], Conversation] | None
+    write: Callable[[Conversation], dict[str, Any]] | None
+
+
+def _string(value: Any, what: str) -> str:
+    if not isinstance(value, str):
+        got = "null" if value is None else type(value).__name__
+        raise DataError(f"{what} must be a string, got {got}")
+    return value
+
+
+def _content(value: Any, what: str) -> str:
+    """A string, or a list of text parts (``[{"type": "text", "text": ...}]``) joined."""
+    if not isinstance(value, list):
+        if not isinstance(value, str):
+            got = "null" if value is None else type(value).__name__
+            raise DataError(f"{what} must be a string or a list of text parts, got {got}")
+        return value
+    texts = []
+    for j, part in enumerate(value):
+        if isinstance(part, str):
+            texts.append(part)
+        elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
+            texts.append(part["text"])
+        else:
+            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+            raise DataError(f"{what} part {j} is {kind!r}; only text parts are supported")
+    return "".join(texts)
+
+
+def _json_value(value: Any, what: str) -> Any:
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{what} is not valid JSON ({e.msg})") from None
+
+
+def _tool_calls(value: Any, what: str) -> list[dict[str, Any]]:
+    """OpenAI-style calls (``{"type": "function", "function": {...}}``) or bare ``{"name", "arguments"}``."""
+    calls = value if isinstance(value, list) else [value]
+    out = []
+    for j, call in enumerate(calls):
+        fn = call.get("function", call) if isinstance(call, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str):
+            raise DataError(f"{what} tool call {j} must be an object with 'name' and 'arguments'")
+        arguments = _json_value(fn.get("arguments", {}), f"{what} tool call {j} arguments")
+        entry = {"type": "function", "function": {"name": fn["name"], "arguments": arguments}}
+        if isinstance(call, dict) and isinstance(call.get("id"), str):
+            entry["id"] = call["id"]
+        out.append(entry)
+    return out
+
+
+def _tools(value: Any) -> list[dict[str, Any]] | None:
+    """Tool definitions as ``apply_chat_template(tools=...)`` takes them; a JSON string is parsed."""
+    if value in (None, "", []):
+        return None
+    tools = _json_value(value, "'tools'")
+    if not isinstance(tools, list) or not all(isinstance(t, dict) for t in tools):
+        raise DataError("'tools' must be a list of function definitions")
+    return [t if t.get("type") == "function" and "function" in t else {"type": "function", "function": t}
+            for t in tools] or None
+
+
+def _conversation(messages: list[Message], tools: Any = None) -> Conversation:
+    return Conversation(messages=messages, location="", tools=_tools(tools))
+
+
+# ── OpenAI chat ("messages"); also Bedrock's {"system", "messages"} and typed content parts ──
+
+def _message(m: Any, i: int) -> Message:
+    if not isinstance(m, dict) or "role" not in m:
+        raise DataError(f"message {i} must be an object with 'role' and 'content'")
+    role = m["role"]
+    if role not in ROLES:
+        raise DataError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
+    if role == "assistant" and m.get("tool_calls"):
+        message = {"role": role, "content": _content(m.get("content") or "", f"message {i} content"),
+                   "tool_calls": _tool_calls(m["tool_calls"], f"message {i}")}
+    elif "content" not in m:
+        raise DataError(f"message {i} must be an object with 'role' and 'content'")
+    else:
+        message = {"role": role, "content": _content(m["content"], f"message {i} content")}
+    if role == "tool":
+        message.update({k: m[k] for k in ("tool_call_id", "name") if isinstance(m.get(k), str)})
+    return message
+
+
+def _read_messages(record: dict[str, Any]) -> Conversation:
+    if not isinstance(record["messages"], list):
+        raise DataError(f"'messages' must be a list, got {type(record['messages']).__name__}")
+    messages = [_message(m, i) for i, m in enumerate(record["messages"])]
+    if record.get("system") is not None:  # Bedrock's (Anthropic's) top-level system prompt
+        messages.insert(0, {"role": "system", "content": _content(record["system"], "'system'")})
+    return _conversation(messages, record.get("tools"))
+
+
+def _chat_only(c: Conversation, fmt: str) -> None:
+    if c.is_text:
+        raise CannotExpress(f"a plain-text row has no place in the {fmt} format")
+
+
+def _write_openai(c: Conversation) -> dict[str, Any]:
+    _chat_only(c, "OpenAI chat")
+    messages = []
+    for m in c.messages:
+        out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
+        if m.get("tool_calls"):
+            out["content"] = m["content"] or None
+            out["tool_calls"] = [
+                {**({"id": t["id"]} if "id" in t else {}), "type": "function",
+                 "function": {"name": t["function"]["name"],
+                              "arguments": json.dumps(t["function"]["arguments"], ensure_ascii=False)}}
+                for t in m["tool_calls"]
+            ]
+        out.update({k: m[k] for k in ("tool_call_id", "name") if k in m})
+        messages.append(out)
+    return {"messages": messages, **({"tools": c.tools} if c.tools else {})}
+
+
+def _plain_turns(c: Conversation, fmt: str) -> tuple[str | None, list[Message]]:
+    """System prompt and the user/assistant turns, for formats without tools."""
+    _chat_only(c, fmt)
+    if c.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in c.messages):
+        raise CannotExpress(f"the {fmt} format has no tool definitions, tool calls or tool results")
+    system = c.messages[0]["content"] if c.messages and c.messages[0]["role"] == "system" else None
+    turns = c.messages[1:] if system is not None else c.messages
+    if any(m["role"] == "system" for m in turns):
+        raise CannotExpress(f"the {fmt} format has one system prompt, before the first turn")
+    return system, turns
+
+
+def _write_bedrock(c: Conversation) -> dict[str, Any]:
+    """Bedrock's Claude fine-tuning JSONL: ``{"system", "messages"}``, strictly user/assistant alternating."""
+    system, turns = _plain_turns(c, "Bedrock")
+    roles = [m["role"] for m in turns]
+    if roles[::2] != ["user"] * len(roles[::2]) or roles[1::2] != ["assistant"] * len(roles[1::2]) or \
+            roles[-1:] != ["assistant"]:
+        raise CannotExpress("the Bedrock format needs user/assistant turns alternating, starting with user and "
+                            "ending with assistant")
+    return {**({"system": system} if system is not None else {}),
+            "messages": [{"role": m["role"], "content": m["content"]} for m in turns]}
+
+
+# ── Gemini / Vertex AI ("contents") ──
+
+GEMINI_ROLES = {"user": "user", "model": "assistant"}
+
+
+def _gemini_text(entry: Any, what: str) -> str:
+    if not isinstance(entry, dict) or not isinstance(entry.get("parts"), list):
+        raise DataError(f"{what} must be an object with 'parts'")
+    return _content(entry["parts"], f"{what} parts")
+
+
+def _read_gemini(record: dict[str, Any]) -> Conversation:
+    if not isinstance(record["contents"], list):
+        raise DataError(f"'contents' must be a list, got {type(record['contents']).__name__}")
+    messages = []
+    system = record.get("systemInstruction", record.get("system_instruction"))
+    if system is not None:
+        messages.append({"role": "system", "content": _gemini_text(system, "'systemInstruction'")})
+    for i, entry in enumerate(record["contents"]):
+        role = GEMINI_ROLES.get(entry.get("role")) if isinstance(entry, dict) else None
+        if role is None:
+            raise DataError(f"contents {i} must have role 'user' or 'model'")
+        messages.append({"role": role, "content": _gemini_text(entry, f"contents {i}")})
+    return _conversation(messages)
+
+
+def _write_gemini(c: Conversation) -> dict[str, Any]:
+    """Vertex AI's Gemini tuning JSONL: ``contents`` of user/model turns, ``systemInstruction``."""
+    system, turns = _plain_turns(c, "Gemini")
+    contents = [{"role": "model" if m["role"] == "assistant" else "user", "parts": [{"text": m["content"]}]}
+                for m in turns]
+    head = {"systemInstruction": {"role": "system", "parts": [{"text": system}]}} if system is not None else {}
+    return {**head, "contents": contents}
+
+
+# ── ShareGPT ("conversations" of from/value) ──
+
+def _read_sharegpt(record: dict[str, Any]) -> Conversation:
+    if not isinstance(record["conversations"], list):
+        raise DataError(f"'conversations' must be a list, got {type(record['conversations']).__name__}")
+    messages = []
+    if record.get("system"):
+        messages.append({"role": "system", "content": _string(record["system"], "'system'")})
+    for i, turn in enumerate(record["conversations"]):
+        if not isinstance(turn, dict) or "from" not in turn or "value" not in turn:
+            raise DataError(f"turn {i} must be an object with 'from' and 'value'")
+        role = SHAREGPT_ROLES.get(turn["from"])
+        if role is None:
+            raise DataError(f"turn {i} is from {turn['from']!r}; expected one of {', '.join(SHAREGPT_ROLES)}")
+        value = _string(turn["value"], f"turn {i} value")
+        if turn["from"] == "function_call":
+            messages.append({"role": "assistant", "content": "",
+                             "tool_calls": _tool_calls(_json_value(value, f"turn {i} value"), f"turn {i}")})
+        else:
+            messages.append({"role": role, "content": value})
+    return _conversation(messages, record.get("tools"))
+
+
+# ── Alpaca (instruction / input / output, optional system and history) ──
+
+def _read_alpaca(record: dict[str, Any]) -> Conversation:
+    messages = []
+    if record.get("system"):
+        messages.append({"role": "system", "content": _string(record["system"], "'system'")})
+    history = record.get("history") or []
+    if not isinstance(history, list):
+        raise DataError(f"'history' must be a list of [instruction, output] pairs, got {type(history).__name__}")
+    for i, pair in enumerate(history):
+        if not isinstance(pair, list | tuple) or len(pair) != 2:
+            raise DataError(f"history {i} must be an [instruction, output] pair")
+        messages += [{"role": "user", "content": _string(pair[0], f"history {i} instruction")},
+                     {"role": "assistant", "content": _string(pair[1], f"history {i} output")}]
+    instruction = _string(record["instruction"], "'instruction'")
+    extra = _string(record.get("input") or "", "'input'")
+    messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction})
+    messages.append({"role": "assistant", "content": _string(record["output"], "'output'")})
+    return _conversation(messages)
+
+
+# ── prompt / completion pairs (strings, or TRL's conversational lists of messages) ──
+
+def _read_prompt_completion(record: dict[str, Any]) -> Conversation:
+    prompt, completion = record["prompt"], record["completion"]
+    if isinstance(prompt, list) and isinstance(completion, list):
+        return _read_messages({"messages": prompt + completion, "tools": record.get("tools")})
+    return _conversation([{"role": "user", "content": _string(prompt, "'prompt'")},
+                          {"role": "assistant", "content": _string(completion, "'completion'")}])
+
+
+# ── plain text: continued pre-training, loss on every token ──
+
+def _read_text(record: dict[str, Any]) -> Conversation:
+    return Conversation(messages=[], location="", text=_string(record["text"], "'text'"))
+
+
+def _has(*keys: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda record: all(k in record for k in keys)
+
+
+FORMATS: dict[str, Format] = {
+    f.name: f for f in (
+        Format("messages", "'messages' (OpenAI chat)", _has("messages"), _read_messages, _write_openai),
+        Format("sharegpt", "'conversations' (ShareGPT)", _has("conversations"), _read_sharegpt, None),
+        Format("alpaca", "'instruction' + 'output' (Alpaca)", _has("instruction", "output"), _read_alpaca, None),
+        Format("gemini", "'contents' (Gemini)", _has("contents"), _read_gemini, _write_gemini),
+        Format("prompt_completion", "'prompt' + 'completion'", _has("prompt", "completion"),
+               _read_prompt_completion, None),
+        Format("text", "'text' (plain text, continued pre-training)", _has("text"), _read_text, None),
+        Format("bedrock", "'system' + 'messages' (Bedrock)", None, None, _write_bedrock),
+    )
+}
+READABLE = tuple(name for name, f in FORMATS.items() if f.read is not None)
+WRITABLE = {"openai": "messages", "gemini": "gemini", "bedrock": "bedrock"}  # output name → format
+
+
+def _keys(record: Any) -> str:
+    return ", ".join(sorted(map(str, record))) if isinstance(record, dict) else type(record).__name__
+
+
+def _preference_refusal(record: dict[str, Any]) -> DataError | None:
+    if "chosen" in record and "rejected" in record:
+        return PreferenceData(
+            f"preference data (chosen/rejected: keys {_keys(record)}); finetune trains supervised fine-tuning "
+            "only so far, which a preference pair does not fit; train a preference method (DPO) elsewhere, or "
+            "keep only the chosen answers as messages"
+        )
+    return None
+
+
+def detect(record: Any) -> str:
+    """The format of ``record`` from its keys; ``text`` only when no chat format matches (Alpaca files
+    often carry a rendered ``text`` column too)."""
+    if not isinstance(record, dict):
+        raise DataError(f"a record must be a JSON object, got {type(record).__name__}")
+    if (refusal := _preference_refusal(record)) is not None:
+        raise refusal
+    matches = [n for n in READABLE if n != "text" and FORMATS[n].detect(record)]
+    if not matches and FORMATS["text"].detect(record):
+        matches = ["text"]
+    if len(matches) == 1:
+        return matches[0]
+    expected = "; ".join(FORMATS[n].keys for n in READABLE)
+    if matches:
+        raise DataError(f"keys ({_keys(record)}) fit several formats ({', '.join(matches)}); set dataset.format")
+    raise DataError(f"cannot tell the format from keys ({_keys(record)}); expected {expected}; map other "
+                    "column names with dataset.columns, or set dataset.format")
+
+
+def read(record: Any, fmt: str) -> Conversation:
+    """One record in format ``fmt`` as a canonical conversation (location left for the caller)."""
+    if not isinstance(record, dict):
+        raise DataError(f"a record must be a JSON object, got {type(record).__name__}")
+    if (refusal := _preference_refusal(record)) is not None:
+        raise refusal
+    spec = FORMATS[fmt]
+    if not spec.detect(record):  # type: ignore[misc]
+        try:
+            hint = f"; it looks like {detect(record)}: set dataset.format to that, or auto"
+        except DataError:
+            hint = ""
+        raise DataError(f"keys ({_keys(record)}) are not a {fmt} record; expected {spec.keys}{hint}")
+    return spec.read(record)  # type: ignore[misc]
+
+
+def write(c: Conversation, output: str) -> dict[str, Any]:
+    """``c`` as a record of provider format ``output`` (openai, gemini, bedrock); ``CannotExpress`` if it
+    holds something that format has no place for."""
+    return FORMATS[WRITABLE[output]].write(c)  # type: ignore[misc]

@@ -1,0 +1,265 @@
+"""Record formats and containers: every format the guide teaches reads into the same canonical conversation,
+from every container; tools reach the template or the system message; what a provider format can express
+round-trips; problems are one line naming the file and record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from finetune.data import formats
+from finetune.data.canonical import Conversation, DataError
+from finetune.data.load import load_source
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+EXPECTED = [
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Translate\n\nhello"},
+    {"role": "assistant", "content": "こんにちは"},
+]
+SAME_IN_EVERY_FORMAT = {
+    "messages": {"messages": EXPECTED},
+    "messages with typed parts": {"messages": [
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Translate\n\n"}, {"type": "text", "text": "hello"}]},
+        {"role": "assistant", "content": "こんにちは"}]},
+    "bedrock (system + messages)": {"system": "Be brief.", "messages": EXPECTED[1:]},
+    "alpaca": {"instruction": "Translate", "input": "hello", "output": "こんにちは", "system": "Be brief."},
+    "sharegpt": {"system": "Be brief.", "conversations": [
+        {"from": "human", "value": "Translate\n\nhello"}, {"from": "gpt", "value": "こんにちは"}]},
+    "gemini": {"systemInstruction": {"parts": [{"text": "Be brief."}]}, "contents": [
+        {"role": "user", "parts": [{"text": "Translate\n\nhello"}]},
+        {"role": "model", "parts": [{"text": "こんにちは"}]}]},
+    "prompt/completion (conversational)": {"prompt": EXPECTED[:2], "completion": EXPECTED[2:]},
+}
+DETECTED = {"messages": "messages", "messages with typed parts": "messages", "bedrock (system + messages)": "messages",
+            "alpaca": "alpaca", "sharegpt": "sharegpt", "gemini": "gemini",
+            "prompt/completion (conversational)": "prompt_completion"}
+
+
+def write_jsonl(path: Path, rows: list) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("name", list(SAME_IN_EVERY_FORMAT))
+def test_every_format_reads_into_the_same_conversation(tmp_path, name):
+    loaded = load_source(str(write_jsonl(tmp_path / "d.jsonl", [SAME_IN_EVERY_FORMAT[name]])))
+    assert loaded.format == DETECTED[name]
+    assert loaded.conversations[0].messages == EXPECTED
+    assert loaded.conversations[0].location == f"{tmp_path}/d.jsonl:1"
+
+
+def test_plain_prompt_completion_and_system_prompt_option(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "Translate\n\nhello", "completion": "こんにちは"}])
+    loaded = load_source(str(path), system_prompt="Be brief.")
+    assert loaded.format == "prompt_completion" and loaded.conversations[0].messages == EXPECTED
+
+
+def test_alpaca_history_becomes_earlier_turns():
+    c = formats.read({"instruction": "And 3?", "output": "9", "history": [["2 squared?", "4"]]}, "alpaca")
+    assert [m["content"] for m in c.messages] == ["2 squared?", "4", "And 3?", "9"]
+    assert [m["role"] for m in c.messages] == ["user", "assistant", "user", "assistant"]
+
+
+def test_text_rows_are_plain_text_for_continued_pretraining():
+    c = formats.read({"text": "Once upon a time."}, "text")
+    assert c.is_text and c.text == "Once upon a time." and c.messages == []
+    # an Alpaca file with a rendered `text` column is still Alpaca: text is what is left when nothing else fits
+    assert formats.detect({"instruction": "a", "input": "", "output": "b", "text": "a b"}) == "alpaca"
+
+
+def test_sharegpt_tool_calling_keeps_tools_calls_and_results():
+    record = {
+        "conversations": [
+            {"from": "human", "value": "Weather in Paris?"},
+            {"from": "function_call", "value": '{"name": "weather", "arguments": {"city": "Paris"}}'},
+            {"from": "observation", "value": '{"temp": 21}'},
+            {"from": "gpt", "value": "21 °C."},
+        ],
+        "tools": '[{"name": "weather", "description": "Current weather", "parameters": {"type": "object"}}]',
+    }
+    c = formats.read(record, formats.detect(record))
+    assert c.tools == [{"type": "function", "function": {"name": "weather", "description": "Current weather",
+                                                         "parameters": {"type": "object"}}}]
+    assert c.messages[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]}
+    assert c.messages[2] == {"role": "tool", "content": '{"temp": 21}'}
+
+
+def test_openai_tool_calls_with_null_content_and_tool_messages():
+    record = {"messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "21"},
+        {"role": "assistant", "content": "21 °C."}]}
+    c = formats.read(record, "messages")
+    assert c.messages[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}, "id": "call_1"}]}
+    assert c.messages[2] == {"role": "tool", "content": "21", "tool_call_id": "call_1"}
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"question": "q", "answer": "a"},
+     "cannot tell the format from keys (answer, question); expected 'messages' (OpenAI chat); 'conversations' "
+     "(ShareGPT); 'instruction' + 'output' (Alpaca); 'contents' (Gemini); 'prompt' + 'completion'; 'text' (plain "
+     "text, continued pre-training); map other column names with dataset.columns, or set dataset.format"),
+    ({"messages": [], "conversations": []},
+     "keys (conversations, messages) fit several formats (messages, sharegpt); set dataset.format"),
+    ({"prompt": "p", "chosen": "good", "rejected": "bad"},
+     "preference data (chosen/rejected: keys chosen, prompt, rejected); finetune trains supervised fine-tuning "
+     "only so far, which a preference pair does not fit; train a preference method (DPO) elsewhere, or keep only "
+     "the chosen answers as messages"),
+    (["not", "an", "object"], "a record must be a JSON object, got list"),
+])
+def test_undetectable_ambiguous_and_preference_records_say_what_they_are(record, message):
+    with pytest.raises(DataError) as e:
+        formats.detect(record)
+    assert str(e.value) == message
+
+
+def test_a_record_of_another_format_names_the_format_it_looks_like(tmp_path):
+    path = write_jsonl(tmp_path / "d.jsonl", [{"instruction": "a", "output": "b"}])
+    with pytest.raises(DataError) as e:
+        load_source(str(path), "messages")
+    assert str(e.value) == (f"{path}:1: keys (instruction, output) are not a messages record; expected 'messages' "
+                            "(OpenAI chat); it looks like alpaca: set dataset.format to that, or auto")
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"messages": [{"role": "user", "content": None}]}, "message 0 content must be a string or a list of text "
+                                                         "parts, got null"),
+    ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
+     "message 0 content part 0 is 'image_url'; only text parts are supported"),
+    ({"instruction": ["a list"], "output": "b"}, "'instruction' must be a string, got list"),
+    ({"contents": [{"role": "assistant", "parts": []}]}, "contents 0 must have role 'user' or 'model'"),
+    ({"conversations": [{"from": "function_call", "value": "not json"}]},
+     "turn 0 value is not valid JSON (Expecting value)"),
+])
+def test_bad_fields_name_the_field(record, message):
+    with pytest.raises(DataError) as e:
+        formats.read(record, formats.detect(record))
+    assert str(e.value) == message
+
+
+# ── containers ──
+
+ROWS = [{"instruction": f"Question {i}?", "input": "", "output": f"Answer {i}."} for i in range(5)]
+
+
+def _containers(tmp_path: Path) -> dict[str, str]:
+    import datasets
+    import pandas as pd
+
+    write_jsonl(tmp_path / "d.jsonl", ROWS)
+    (tmp_path / "d.json").write_text(json.dumps(ROWS), encoding="utf-8")
+    pd.DataFrame(ROWS).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame(ROWS).to_parquet(tmp_path / "d.parquet")
+    datasets.Dataset.from_list(ROWS).save_to_disk(str(tmp_path / "saved"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(ROWS)}).save_to_disk(str(tmp_path / "saved_dict"))
+    (tmp_path / "bom_crlf.jsonl").write_bytes(b"\xef\xbb\xbf" + b"".join(
+        json.dumps(r).encode() + b"\r\n" for r in ROWS))
+    return {name: str(tmp_path / name) for name in
+            ("d.jsonl", "d.json", "d.csv", "d.parquet", "saved", "saved_dict", "bom_crlf.jsonl")}
+
+
+def test_every_container_gives_the_same_conversations(tmp_path):
+    expected = [c.messages for c in load_source(str(write_jsonl(tmp_path / "ref.jsonl", ROWS))).conversations]
+    for name, path in _containers(tmp_path).items():
+        loaded = load_source(path)
+        assert loaded.format == "alpaca", name
+        assert [c.messages for c in loaded.conversations] == expected, name
+    assert load_source(str(tmp_path / "d.csv")).conversations[2].location == f"{tmp_path}/d.csv:4"  # header = 1
+
+
+def test_odd_column_names_map_through_columns(tmp_path):
+    import pandas as pd
+
+    pd.DataFrame([{"question": "Q?", "reply": "A."}]).to_csv(tmp_path / "faq.csv", index=False)
+    loaded = load_source(str(tmp_path / "faq.csv"), columns={"instruction": "question", "output": "reply"})
+    assert loaded.format == "alpaca"
+    assert loaded.conversations[0].messages == [{"role": "user", "content": "Q?"},
+                                                {"role": "assistant", "content": "A."}]
+    with pytest.raises(DataError, match=r"faq\.csv:2: no column 'answer' \(dataset\.columns\.output\); its keys are "
+                                        r"question, reply"):
+        load_source(str(tmp_path / "faq.csv"), columns={"instruction": "question", "output": "answer"})
+
+
+def test_skip_invalid_rows_counts_what_it_skipped(tmp_path):
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(b'{"text": "one"}\n{"text": 5}\nnot json\n{"text": "four"}\n\xff\n')
+    with pytest.raises(DataError) as e:
+        load_source(str(path))
+    assert str(e.value) == (f"{path}:2: 'text' must be a string, got int (and 2 more bad records; "
+                            "dataset.skip_invalid_rows=true skips them)")
+    loaded = load_source(str(path), skip_invalid_rows=True)
+    assert [c.text for c in loaded.conversations] == ["one", "four"]
+    assert loaded.records == 5 and len(loaded.invalid) == 3
+    assert loaded.invalid[2] == (f"{path}:5: not valid UTF-8 (byte 0xff at column 1, byte offset 54); save the "
+                                 "file as UTF-8")
+
+
+# ── writing provider formats ──
+
+TOOLS = [{"type": "function", "function": {"name": "weather", "description": "d", "parameters": {"type": "object"}}}]
+CAN_EXPRESS = {
+    "openai": [
+        Conversation(EXPECTED, ""),
+        Conversation([{"role": "user", "content": "Weather?"},
+                      {"role": "assistant", "content": "", "tool_calls": [
+                          {"type": "function", "function": {"name": "weather", "arguments": {"city": "東京"}},
+                           "id": "c1"}]},
+                      {"role": "tool", "content": "21", "tool_call_id": "c1"},
+                      {"role": "assistant", "content": "21 °C."}], "", tools=TOOLS),
+    ],
+    "gemini": [Conversation(EXPECTED, ""), Conversation(EXPECTED[1:] * 2, "")],
+    "bedrock": [Conversation(EXPECTED, ""), Conversation(EXPECTED[1:] * 2, "")],
+}
+READ_BACK_AS = {"openai": "messages", "gemini": "gemini", "bedrock": "messages"}
+
+
+@pytest.mark.parametrize("output", list(CAN_EXPRESS))
+def test_what_a_format_can_express_round_trips_unchanged(output):
+    for c in CAN_EXPRESS[output]:
+        record = json.loads(json.dumps(formats.write(c, output)))  # through JSON, as in the file
+        back = formats.read(record, formats.detect(record))
+        assert formats.detect(record) == READ_BACK_AS[output]
+        assert (back.messages, back.tools) == (c.messages, c.tools)
+
+
+def test_provider_shapes():
+    assert formats.write(CAN_EXPRESS["openai"][1], "openai")["messages"][1] == {
+        "role": "assistant", "content": None,
+        "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather",
+                                                                      "arguments": '{"city": "東京"}'}}]}
+    assert formats.write(Conversation(EXPECTED, ""), "gemini") == {
+        "systemInstruction": {"role": "system", "parts": [{"text": "Be brief."}]},
+        "contents": [{"role": "user", "parts": [{"text": "Translate\n\nhello"}]},
+                     {"role": "model", "parts": [{"text": "こんにちは"}]}]}
+    assert formats.write(Conversation(EXPECTED, ""), "bedrock") == {"system": "Be brief.", "messages": EXPECTED[1:]}
+
+
+@pytest.mark.parametrize(("c", "output", "why"), [
+    (CAN_EXPRESS["openai"][1], "bedrock", "no tool definitions, tool calls or tool results"),
+    (CAN_EXPRESS["openai"][1], "gemini", "no tool definitions, tool calls or tool results"),
+    (Conversation([], "", text="plain"), "openai", "a plain-text row has no place"),
+    (Conversation(EXPECTED[1:2] * 2 + EXPECTED[2:], ""), "bedrock", "alternating"),
+])
+def test_what_a_format_cannot_express_is_refused_not_dropped(c, output, why):
+    with pytest.raises(formats.CannotExpress, match=why):
+        formats.write(c, output)
+
+
+# ── real peer data (../shared/data, present in this setup only) ──
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data is not here")
+def test_real_alpaca_and_sharegpt_tool_calling_files_read_as_detected():
+    alpaca = load_source(str(SHARED / "alpaca_en_demo.json"))
+    assert alpaca.format == "alpaca" and len(alpaca.conversations) == alpaca.records == 999
+    glaive = load_source(str(SHARED / "glaive_toolcall_en_demo.json"))
+    assert glaive.format == "sharegpt" and len(glaive.conversations) == 300
+    assert sum(bool(c.tools) for c in glaive.conversations) == 191  # the other 109 have "tools": "[]"
+    assert sum(bool(m.get("tool_calls")) for c in glaive.conversations for m in c.messages) == 211

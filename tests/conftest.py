@@ -16,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 SYSTEM = "You are the support assistant of ABC Cloud ERP. Answer politely."
 
 
-def _word(i: int, k: int) -> str:
+def word(i: int, k: int) -> str:
     """A made-up word that differs between conversations, so that fixtures are not near-duplicates."""
     rng = random.Random(i * 7919 + k)
     return "".join(rng.choice("bcdfghjklmnpqrstvwxz") + rng.choice("aeiou") for _ in range(3))
@@ -24,7 +24,7 @@ def _word(i: int, k: int) -> str:
 
 def conversation(i: int) -> dict:
     """A small, distinct conversation; every third one has two assistant turns."""
-    name, folder, tag = _word(i, 0), _word(i, 1), _word(i, 2)
+    name, folder, tag = word(i, 0), word(i, 1), word(i, 2)
     messages = [
         {"role": "system", "content": SYSTEM},
         {"role": "user", "content": f"How do I export the {name} report ({i}) to CSV?"},

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from finetune.chat import IGNORE_INDEX, ChatTemplateError, tokenize_conversation
+from finetune.chat import IGNORE_INDEX, ChatTemplateError, for_template, template_takes, tokenize, tokenize_conversation
 from finetune.config import ModelConfig
+from finetune.data.canonical import Conversation
 from finetune.models import load_tokenizer, resolve_model_source
 
 from .conftest import conversation
@@ -57,3 +60,54 @@ def test_template_that_rewrites_history_is_refused(tokenizer):
     tokenizer.chat_template = "{{ messages[-1]['content'] }}"
     with pytest.raises(ChatTemplateError):
         tokenize_conversation(tokenizer, conversation(3)["messages"])
+
+
+PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}}
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
+                                           "parameters": PARAMETERS}}]
+CALL = {"type": "function", "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
+TOOL_CHAT = Conversation([
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": "Weather in Paris?"},
+    {"role": "assistant", "content": "", "tool_calls": [CALL]},
+    {"role": "tool", "content": '{"temp": 21}'},
+    {"role": "assistant", "content": "21 °C."},
+], "t.jsonl:1", tools=TOOLS)
+
+# A template that renders tools and calls (in the style of Qwen 2.5's), to show they pass through as given.
+TOOL_TEMPLATE = (
+    "{% if tools %}<tools>{% for t in tools %}{{ t | tojson }}{% endfor %}</tools>\n{% endif %}"
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+    "{% for c in m.get('tool_calls', []) %}<call>{{ c['function'] | tojson }}</call>{% endfor %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def test_smollm2_ignores_tools_so_they_become_system_text_and_calls_become_tool_call_text(tokenizer):
+    assert template_takes(tokenizer) == (False, False)
+    messages, tools = for_template(tokenizer, TOOL_CHAT)
+    assert tools is None
+    assert messages[0]["content"].startswith("Be brief.\n\nYou may call one or more functions")
+    assert json.dumps(TOOLS[0], ensure_ascii=False) in messages[0]["content"]
+    call = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
+    assert messages[2]["content"] == f"<tool_call>\n{call}\n</tool_call>"
+    t = tokenize(tokenizer, TOOL_CHAT)
+    trained = tokenizer.decode([x for x in t.labels if x != IGNORE_INDEX])
+    assert "<tool_call>" in trained and "21 °C." in trained  # the call is learned as the model's answer
+    assert "get_weather" in tokenizer.decode(t.input_ids[: t.labels.index(next(x for x in t.labels if x != -100))])
+
+
+def test_a_template_that_renders_tools_gets_them_as_given(tokenizer):
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = TOOL_TEMPLATE
+    assert template_takes(tokenizer) == (True, True)
+    messages, tools = for_template(tokenizer, TOOL_CHAT)
+    assert tools == TOOLS and messages == TOOL_CHAT.messages
+    text = tokenizer.decode(tokenize(tokenizer, TOOL_CHAT).input_ids)
+    assert text.startswith("<tools>") and '<call>{"name": "get_weather", "arguments": {"city": "Paris"}}</call>' in text
+
+
+def test_plain_text_rows_train_every_token_and_end_with_eos(tokenizer):
+    t = tokenize(tokenizer, Conversation([], "t.jsonl:1", text="ABC Cloud ERP keeps invoices for seven years."))
+    assert t.labels == t.input_ids and t.input_ids[-1] == tokenizer.eos_token_id
+    assert tokenizer.decode(t.input_ids[:-1]) == "ABC Cloud ERP keeps invoices for seven years."

@@ -13,6 +13,7 @@ from finetune.data.canonical import Conversation, DataError
 from finetune.data.checks import CHECKS, CheckInput, run_check
 from finetune.data.checks.diversity import script
 from finetune.data.checks.pii import luhn_valid, my_number_valid, redact_text, spans
+from finetune.data.tokens import token_stats
 from finetune.models import load_tokenizer, resolve_model_source
 
 from .conftest import conversation, word
@@ -28,13 +29,12 @@ def rows_from(messages_list: list[list[dict]]) -> list[Conversation]:
     return [Conversation(m, f"d.jsonl:{i + 1}") for i, m in enumerate(messages_list)]
 
 
-def check(name: str, rows: list[Conversation], train: list[Conversation] | None = None, tokens=None,
-          max_seq_len: int = 0, **settings):
+def check(name: str, rows: list[Conversation], train: list[Conversation] | None = None, tokens=None, **settings):
     """Run one check with ``settings`` over its defaults; returns (kept, removed, report)."""
     config = dataclasses.replace(getattr(ChecksConfig(), name), **settings)
     reports = {}
-    kept, removed = run_check(CHECKS[name], CheckInput(rows, config, tokens=tokens, max_seq_len=max_seq_len,
-                                                       train=train or []), reports)
+    kept, removed = run_check(CHECKS[name], CheckInput(rows, config, tokens=tokens, train=train or []),
+                              reports)
     return kept, removed, reports[name]
 
 
@@ -182,12 +182,13 @@ def tokenizer():
 
 def test_length_checks_use_the_chat_template(tokenizer):
     rows = [chat("Hi", "Hello!"), chat("Hi", "a"), chat("Explain " * 60, "Sure. " * 40), chat("q " * 300, "a")]
-    tokens = [tokenize(tokenizer, c) for c in rows]
+    tokens = token_stats(tokenizer, rows, max_seq_len=150)
     assert check("too_short", rows, tokens=tokens, min_loss_tokens=4)[2].count == 2  # "a" + end of turn: 3
-    kept, _, report = check("too_long", rows, tokens=tokens, max_seq_len=150, action="drop")
+    kept, _, report = check("too_long", rows, tokens=tokens, action="drop")
     assert kept == rows[:2] and report.count == 2
-    assert report.examples[0]["detail"].startswith(f"{len(tokens[2].input_ids)} tokens, cut at train.max_seq_len=150")
-    kept, removed, report = check("no_loss_within_max_seq_len", rows, tokens=tokens, max_seq_len=150)
+    assert report.examples[0]["detail"].startswith(f"{len(tokenize(tokenizer, rows[2]).input_ids)} tokens, cut at "
+                                                   "train.max_seq_len=150")
+    kept, removed, report = check("no_loss_within_max_seq_len", rows, tokens=tokens)
     assert removed == [rows[3]] and "the answer starts at token" in report.examples[0]["detail"]
 
 

@@ -7,32 +7,31 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 
-from finetune.data.canonical import Conversation, DataError
+from finetune.data.canonical import DataError
 
 SPLITS = ("train", "validation", "test")
 
 
-def random_split(rows: list[Conversation], validation_fraction: float, test_fraction: float, seed: int,
-                 where: str) -> dict[str, list[Conversation]]:
-    order = list(range(len(rows)))
+def random_split(n: int, validation_fraction: float, test_fraction: float, seed: int, where: str
+                 ) -> dict[str, list[int]]:
+    """Row indices of each split, shuffled with ``seed``."""
+    order = list(range(n))
     random.Random(seed).shuffle(order)
-    n = len(order)
     n_val = max(1, round(n * validation_fraction)) if validation_fraction else 0
     n_test = max(1, round(n * test_fraction)) if test_fraction else 0
     if n - n_val - n_test < 1:
         raise DataError(f"{where}: {n} conversations are too few to split {SPLITS}")
-    picked = [rows[i] for i in order]
-    return {"validation": picked[:n_val], "test": picked[n_val:n_val + n_test], "train": picked[n_val + n_test:]}
+    return {"validation": order[:n_val], "test": order[n_val:n_val + n_test], "train": order[n_val + n_test:]}
 
 
-def weighted(train: list[Conversation], weights: dict[str, float], seed: int) -> list[Conversation]:
-    """Each source's rows ``int(w)`` times, plus a seeded sample of the fraction; order: shuffled once, so
-    repeats of a row are spread over the epoch."""
+def weighted(sources: list[str], weights: dict[str, float], seed: int) -> list[int]:
+    """Indices of the training rows (whose sources are ``sources``) with each source's rows ``int(w)`` times
+    plus a seeded sample of the fraction; shuffled once, so repeats of a row are spread over the epoch."""
     if all(w == 1.0 for w in weights.values()):
-        return train
-    by_source: dict[str, list[Conversation]] = defaultdict(list)
-    for c in train:
-        by_source[c.source].append(c)
+        return list(range(len(sources)))
+    by_source: dict[str, list[int]] = defaultdict(list)
+    for i, source in enumerate(sources):
+        by_source[source].append(i)
     rng = random.Random(seed)
     out = []
     for source, rows in by_source.items():

@@ -11,13 +11,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import statistics
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import TokenizedConversation, template_takes, tokenize
+import numpy as np
+
+from finetune.chat import template_takes
 from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, to_row
@@ -25,6 +26,7 @@ from finetune.data.checks import CHECKS, CheckInput, CheckReport, run_check, run
 from finetune.data.load import Loaded, load_source
 from finetune.data.report import markdown, summary_table
 from finetune.data.splits import SPLITS, random_split, weighted
+from finetune.data.tokens import TokenStats, token_stats
 from finetune.models import load_tokenizer, resolve_model_source
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
@@ -49,40 +51,41 @@ def _load(name: str, s: SourceConfig, d: DatasetConfig) -> Loaded:
                        skip_invalid_rows=d.skip_invalid_rows, name=name)
 
 
-def _tokenized(tokenizer: Any, rows: list[Conversation]) -> list[TokenizedConversation]:
-    tokenized = []
-    for c in rows:
-        try:
-            tokenized.append(tokenize(tokenizer, c))
-        except ValueError as e:
-            raise DataError(f"{c.location}: {e}") from e
-    return tokenized
-
-
 @dataclass
-class Checked:
-    """Rows that passed the row and token checks, with their tokens."""
+class Part:
+    """Rows and their token counts, kept aligned through checks, splits and moves."""
 
     rows: list[Conversation]
-    tokens: dict[int, TokenizedConversation] = field(default_factory=dict)  # by id() of the row
+    tokens: TokenStats
+
+    def take(self, index: list[int]) -> Part:
+        return Part([self.rows[i] for i in index], self.tokens.take(index))
+
+    def only(self, rows: list[Conversation]) -> Part:
+        keep = {id(c) for c in rows}
+        return self.take([i for i, c in enumerate(self.rows) if id(c) in keep])
+
+    def __add__(self, other: Part) -> Part:
+        return Part(self.rows + other.rows, TokenStats.concat([self.tokens, other.tokens], self.tokens.max_seq_len))
 
 
 def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: dict[str, CheckReport],
-             where: str, records: int) -> Checked:
+             where: str, records: int) -> Part:
+    """The row checks, then token counts, then the token checks; refuses when nothing is left."""
     checks = run.dataset.checks
     kept = run_phase("rows", CheckInput(rows, None), checks, reports)
-    data = CheckInput(kept, None, tokens=_tokenized(tokenizer, kept), max_seq_len=run.train.max_seq_len)
+    data = CheckInput(kept, None, tokens=token_stats(tokenizer, kept, run.train.max_seq_len))
     kept = run_phase("tokens", data, checks, reports)
     if not kept:
-        removed = ", ".join(f"{r.name} dropped {r.count}" for r in reports.values() if r.count and r.action == "drop")
-        example = next((f" (e.g. {r.examples[0]['row']}: {r.examples[0]['detail']})" for r in reports.values()
-                        if r.count and r.action == "drop"), "")
+        dropped = [r for r in reports.values() if r.count and r.action == "drop"]
+        removed = ", ".join(f"{r.name} dropped {r.count}" for r in dropped)
+        example = f" (e.g. {dropped[0].examples[0]['row']}: {dropped[0].examples[0]['detail']})" if dropped else ""
         raise DataError(f"{where}: no usable conversation is left of {records} records: {removed}{example}")
-    return Checked(kept, {id(c): t for c, t in zip(kept, data.tokens or [], strict=True)})
+    assert data.tokens is not None
+    return Part(kept, data.tokens)
 
 
-def _leakage(run: RunConfig, splits: dict[str, list[Conversation]], fixed: bool,
-             reports: dict[str, CheckReport]) -> int:
+def _leakage(run: RunConfig, splits: dict[str, Part], fixed: bool, reports: dict[str, CheckReport]) -> int:
     """Held-out rows found in the training split: handled as configured for the user's fixed files; always
     moved into training for our own random split (it is ours to change)."""
     settings = run.dataset.checks.leakage
@@ -90,22 +93,24 @@ def _leakage(run: RunConfig, splits: dict[str, list[Conversation]], fixed: bool,
         settings = dataclasses.replace(settings, action="move_to_train")
     moved = 0
     for name in ("validation", "test"):
-        kept, removed = run_check(CHECKS["leakage"], CheckInput(splits[name], settings, train=splits["train"]),
+        held = splits[name]
+        kept, removed = run_check(CHECKS["leakage"], CheckInput(held.rows, settings, train=splits["train"].rows),
                                   reports)
-        splits[name] = kept
-        if settings.action == "move_to_train":
-            splits["train"] += removed
+        splits[name] = held.only(kept)
+        if settings.action == "move_to_train" and removed:
+            splits["train"] = splits["train"] + held.only(removed)
             moved += len(removed)
     return moved
 
 
-def _length_stats(values: list[int]) -> dict[str, float]:
-    if not values:
+def _length_stats(values: np.ndarray) -> dict[str, float]:
+    if not len(values):
         return {}
-    ordered = sorted(values)
+    ordered = np.sort(values)
     return {
-        "min": ordered[0], "mean": round(statistics.fmean(ordered), 1), "p50": ordered[len(ordered) // 2],
-        "p95": ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))], "max": ordered[-1], "total": sum(ordered),
+        "min": int(ordered[0]), "mean": round(float(ordered.mean()), 1), "p50": int(ordered[len(ordered) // 2]),
+        "p95": int(ordered[min(len(ordered) - 1, int(len(ordered) * 0.95))]), "max": int(ordered[-1]),
+        "total": int(ordered.sum()),
     }
 
 
@@ -126,36 +131,32 @@ def prepare(run: RunConfig) -> Validated:
     records = sum(result.records for result in loaded.values())
     where = d.path if len(loaded) == 1 and d.path else "dataset.sources"
     checked = _checked(run, pool, tokenizer, reports, where, records)
-    tokens = dict(checked.tokens)
     fixed = d.validation_path is not None and d.test_path is not None
     if fixed:
-        splits = {"train": checked.rows}
+        splits = {"train": checked}
         for name, path in (("validation", d.validation_path), ("test", d.test_path)):
             held = _load(str(path), SourceConfig(path=str(path), format=d.format, columns=dict(d.columns)), d)
             loaded[str(path)] = held
-            result = _checked(run, held.conversations, tokenizer, reports, str(path), held.records)
-            splits[name] = result.rows
-            tokens.update(result.tokens)
+            splits[name] = _checked(run, held.conversations, tokenizer, reports, str(path), held.records)
     else:
-        splits = random_split(checked.rows, d.validation_fraction, d.test_fraction, run.seed, where)
+        index = random_split(len(checked.rows), d.validation_fraction, d.test_fraction, run.seed, where)
+        splits = {name: checked.take(index[name]) for name in SPLITS}
     moved = _leakage(run, splits, fixed, reports)
     for name in ("train", "test"):
-        if not splits[name]:
+        if not splits[name].rows:
             raise DataError(f"{d.test_path if name == 'test' and fixed else where}: the {name} split is empty")
     weights = {name: s.weight for name, s in sources(d).items()}
-    splits["train"] = weighted(splits["train"], weights, run.seed)
-    run_phase("dataset", CheckInput(splits["train"], None), d.checks, reports)
-    return Validated(splits, _report(run, loaded, splits, tokens, reports, moved, tokenizer))
+    splits["train"] = splits["train"].take(weighted([c.source for c in splits["train"].rows], weights, run.seed))
+    run_phase("dataset", CheckInput(splits["train"].rows, None), d.checks, reports)
+    return Validated({name: part.rows for name, part in splits.items()},
+                     _report(run, loaded, splits, reports, moved, tokenizer))
 
 
-def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, list[Conversation]],
-            tokens: dict[int, TokenizedConversation], reports: dict[str, CheckReport], moved: int,
-            tokenizer: Any) -> dict[str, Any]:
-    lengths = {name: [len(tokens[id(c)].input_ids) for c in splits[name]] for name in SPLITS}
-    trained = {name: [tokens[id(c)].num_trained_tokens for c in splits[name]] for name in SPLITS}
-    system_prompts = Counter(c.messages[0]["content"] for c in splits["train"]
+def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], reports: dict[str, CheckReport],
+            moved: int, tokenizer: Any) -> dict[str, Any]:
+    train = splits["train"].rows
+    system_prompts = Counter(c.messages[0]["content"] for c in train
                              if c.messages and c.messages[0]["role"] == "system")
-    with_tools = sum(bool(c.tools) for c in splits["train"])
     takes_tools, takes_calls = template_takes(tokenizer)
     d = run.dataset
     main = loaded[d.path] if d.path else next(iter(loaded.values()))
@@ -168,18 +169,18 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, list[Co
         "records": sum(r.records for r in loaded.values()),
         "checks": {name: dataclasses.asdict(r) for name, r in reports.items()},
         "moved_to_train_as_leaks": moved,
-        "splits": {name: len(splits[name]) for name in SPLITS},
-        "multi_turn_train": sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in splits["train"]),
-        "plain_text_train": sum(c.is_text for c in splits["train"]),
+        "splits": {name: len(splits[name].rows) for name in SPLITS},
+        "multi_turn_train": sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in train),
+        "plain_text_train": sum(c.is_text for c in train),
         "tools": {
-            "train_rows_with_tools": with_tools,
+            "train_rows_with_tools": sum(bool(c.tools) for c in train),
             "definitions": "tools= (the chat template renders them)" if takes_tools else
             "appended to the system message as <tools> text (the chat template ignores tools=)",
             "calls": "tool_calls (the chat template renders them)" if takes_calls else
             "<tool_call> text in the assistant turn (the chat template ignores tool_calls)",
         },
-        "tokens_per_conversation": {name: _length_stats(lengths[name]) for name in SPLITS},
-        "loss_tokens_per_conversation": {name: _length_stats(trained[name]) for name in SPLITS},
+        "tokens_per_conversation": {name: _length_stats(splits[name].tokens.length) for name in SPLITS},
+        "loss_tokens_per_conversation": {name: _length_stats(splits[name].tokens.trained) for name in SPLITS},
         "max_seq_len": run.train.max_seq_len,
         "system_prompt": system_prompts.most_common(1)[0][0] if system_prompts else None,
         "distinct_system_prompts": len(system_prompts),

@@ -17,8 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from finetune.chat import TokenizedConversation
 from finetune.data.canonical import Conversation, DataError
+from finetune.data.tokens import TokenStats
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,7 @@ class Finding:
 class CheckInput:
     rows: list[Conversation]
     settings: Any
-    tokens: list[TokenizedConversation] | None = None  # phase "tokens"
-    max_seq_len: int = 0
+    tokens: TokenStats | None = None  # phase "tokens": one entry per row
     train: list[Conversation] = field(default_factory=list)  # phase "splits": what held-out rows are compared to
 
 
@@ -136,7 +135,7 @@ def run_phase(phase: str, data: CheckInput, settings: Any, reports: dict[str, Ch
         kept, _ = run_check(check, step, reports)
         if tokens is not None and len(kept) != len(rows):
             kept_ids = {id(c) for c in kept}
-            tokens = [t for c, t in zip(rows, tokens, strict=True) if id(c) in kept_ids]
+            tokens = tokens.take([i for i, c in enumerate(rows) if id(c) in kept_ids])
         rows = kept
     data.tokens = tokens
     return rows

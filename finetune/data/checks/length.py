@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from finetune.chat import IGNORE_INDEX
+import numpy as np
+
 from finetune.data.checks import Check, CheckInput, Finding, Outcome
 from finetune.fields import setting
 
@@ -27,31 +28,26 @@ class NoLossSettings:
 
 
 def _find_short(data: CheckInput) -> Outcome:
-    minimum = data.settings.min_loss_tokens
-    return Outcome([Finding(i, f"{t.num_trained_tokens} answer tokens (fewer than {minimum})")
-                    for i, t in enumerate(data.tokens or []) if t.num_trained_tokens < minimum])
+    t, minimum = data.tokens, data.settings.min_loss_tokens
+    assert t is not None
+    return Outcome([Finding(int(i), f"{t.trained[i]} answer tokens (fewer than {minimum})")
+                    for i in np.flatnonzero(t.trained < minimum)])
 
 
 def _find_long(data: CheckInput) -> Outcome:
-    limit = data.max_seq_len
-    findings = []
-    for i, t in enumerate(data.tokens or []):
-        if len(t.input_ids) > limit:
-            lost = sum(label != IGNORE_INDEX for label in t.labels[limit:])
-            findings.append(Finding(i, f"{len(t.input_ids)} tokens, cut at train.max_seq_len={limit} "
-                                       f"({lost} answer tokens lost)"))
-    return Outcome(findings)
+    t = data.tokens
+    assert t is not None
+    return Outcome([Finding(int(i), f"{t.length[i]} tokens, cut at train.max_seq_len={t.max_seq_len} "
+                                    f"({t.trained[i] - t.trained_within[i]} answer tokens lost)")
+                    for i in np.flatnonzero(t.length > t.max_seq_len)])
 
 
 def _find_no_loss(data: CheckInput) -> Outcome:
-    limit = data.max_seq_len
-    findings = []
-    for i, t in enumerate(data.tokens or []):
-        if not any(label != IGNORE_INDEX for label in t.labels[:limit]):
-            start = next((k for k, label in enumerate(t.labels) if label != IGNORE_INDEX), len(t.labels))
-            findings.append(Finding(i, f"no answer token within train.max_seq_len={limit} (the answer starts at "
-                                       f"token {start})"))
-    return Outcome(findings)
+    t = data.tokens
+    assert t is not None
+    return Outcome([Finding(int(i), f"no answer token within train.max_seq_len={t.max_seq_len} (the answer "
+                                    f"starts at token {t.first_trained[i]})")
+                    for i in np.flatnonzero(t.trained_within == 0)])
 
 
 TOO_SHORT = Check("too_short", "tokens", "almost no answer tokens", TooShortSettings, _find_short)

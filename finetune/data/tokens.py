@@ -1,0 +1,167 @@
+"""Token counts per row, as training will see them, fast enough for a million rows.
+
+``chat.tokenize`` finds assistant spans by rendering and tokenizing growing prefixes of each conversation:
+exact, and the definition, but three template renders and three tokenizer calls per turn. Here each chat row is
+rendered once; its assistant spans are located in the text (the generation prompt, the answer, the template's
+end-of-turn text — learned once per template from probe conversations and checked against the exact method
+there); all rows of a chunk are tokenized in one batch (the Rust tokenizer on every core); and a span becomes
+token indices with ``char_to_token``. A row whose span does not start and end on token boundaries, a row with
+tools (whose rendering depends on the template), and every row of a template the probes do not confirm take
+the exact path. Only counts are kept (four integers a row), so a million rows cost a few megabytes.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from finetune.chat import IGNORE_INDEX, tokenize
+from finetune.data.canonical import Conversation, DataError
+
+CHUNK = 4096
+_SENTINEL = "\ue000answer\ue001"
+
+
+@dataclass
+class TokenStats:
+    """Per row: tokens after the chat template, tokens that carry loss, the index of the first of those
+    (the length when none), and loss tokens within ``max_seq_len``."""
+
+    length: np.ndarray
+    trained: np.ndarray
+    first_trained: np.ndarray
+    trained_within: np.ndarray
+    max_seq_len: int
+    fast_rows: int = 0
+
+    def __len__(self) -> int:
+        return len(self.length)
+
+    def take(self, index: Sequence[int] | np.ndarray) -> TokenStats:
+        index = np.asarray(index, dtype=np.int64)
+        return TokenStats(self.length[index], self.trained[index], self.first_trained[index],
+                          self.trained_within[index], self.max_seq_len, self.fast_rows)
+
+    @classmethod
+    def concat(cls, parts: list[TokenStats], max_seq_len: int) -> TokenStats:
+        def cat(name: str) -> np.ndarray:
+            return np.concatenate([getattr(p, name) for p in parts]) if parts else np.zeros(0, dtype=np.int64)
+
+        return cls(cat("length"), cat("trained"), cat("first_trained"), cat("trained_within"), max_seq_len,
+                   sum(p.fast_rows for p in parts))
+
+
+def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+@functools.lru_cache(maxsize=8)
+def assistant_frame(tokenizer: Any) -> tuple[str, str] | None:
+    """(generation prompt, end-of-turn text) around an assistant answer in this template, or None when the
+    template does not render every assistant turn as exactly that frame (then every row takes the exact path).
+    Checked on probe conversations against the prefix renders that define the spans."""
+    user = {"role": "user", "content": "Hello there"}
+    try:
+        base = _render(tokenizer, [user])
+        prompt = _render(tokenizer, [user], add_generation_prompt=True)
+        with_answer = _render(tokenizer, [user, {"role": "assistant", "content": _SENTINEL}])
+    except Exception:
+        return None
+    if not prompt.startswith(base) or not with_answer.startswith(prompt + _SENTINEL):
+        return None
+    frame = (prompt[len(base):], with_answer[len(prompt) + len(_SENTINEL):])
+    probes = [
+        [user, {"role": "assistant", "content": "Hi!"}],
+        [{"role": "system", "content": "Be brief."}, user, {"role": "assistant", "content": "Hi."},
+         {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Then, bye."}],
+        [user, {"role": "assistant", "content": "A\nB"}, {"role": "user", "content": "C"},
+         {"role": "assistant", "content": "D"}],
+    ]
+    for messages in probes:
+        text = _render(tokenizer, messages)
+        spans = _char_spans(text, messages, frame)
+        answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
+        exact = [(len(_render(tokenizer, messages[:i], add_generation_prompt=True)),
+                  len(_render(tokenizer, messages[:i + 1]))) for i in answers]
+        if spans != exact:
+            return None
+    return frame
+
+
+def _char_spans(text: str, messages: list[dict], frame: tuple[str, str]) -> list[tuple[int, int]] | None:
+    prompt, end = frame
+    spans, cursor = [], 0
+    for m in messages:
+        if m["role"] != "assistant":
+            continue
+        at = text.find(prompt + m["content"] + end, cursor)
+        if at < 0:
+            return None
+        start = at + len(prompt)
+        cursor = start + len(m["content"]) + len(end)
+        spans.append((start, cursor))
+    return spans
+
+
+def _token_span(encoding: Any, text_len: int, n: int, start: int, end: int) -> tuple[int, int] | None:
+    """Token indices [t0, t1) of chars [start, end), or None unless both ends are token boundaries."""
+    t0 = encoding.char_to_token(start) if start < text_len else n
+    t1 = encoding.char_to_token(end) if end < text_len else n
+    if t0 is None or t1 is None:
+        return None
+    if (t0 < n and encoding.token_to_chars(t0)[0] != start) or (t1 < n and encoding.token_to_chars(t1)[0] != end):
+        return None
+    return t0, t1
+
+
+def _exact(tokenizer: Any, c: Conversation, max_seq_len: int) -> tuple[int, int, int, int]:
+    try:
+        t = tokenize(tokenizer, c)
+    except ValueError as e:
+        raise DataError(f"{c.location}: {e}") from e
+    trained = [i for i, label in enumerate(t.labels) if label != IGNORE_INDEX]
+    return (len(t.input_ids), len(trained), trained[0] if trained else len(t.input_ids),
+            sum(i < max_seq_len for i in trained))
+
+
+def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> TokenStats:
+    frame = assistant_frame(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    backend = tokenizer.backend_tokenizer
+    out = np.zeros((len(rows), 4), dtype=np.int64)
+    fast = [False] * len(rows)
+    chat = [i for i, c in enumerate(rows) if frame and not c.is_text and not c.tools
+            and not any(m.get("tool_calls") for m in c.messages)]
+    if chat:
+        texts = tokenizer.apply_chat_template([rows[i].messages for i in chat], tokenize=False)
+        for i, text, enc in zip(chat, texts, backend.encode_batch(texts, add_special_tokens=False), strict=True):
+            spans = _char_spans(text, rows[i].messages, frame)  # type: ignore[arg-type]
+            n = len(enc)
+            tokens = [_token_span(enc, len(text), n, s, e) for s, e in spans] if spans else [None]
+            if any(t is None for t in tokens):
+                continue
+            trained = sum(t1 - t0 for t0, t1 in tokens)
+            within = sum(max(0, min(t1, max_seq_len) - t0) for t0, t1 in tokens)
+            out[i] = (n, trained, tokens[0][0] if tokens else n, within)
+            fast[i] = True
+    text_rows = [i for i, c in enumerate(rows) if c.is_text]
+    if text_rows:
+        eos = tokenizer.eos_token_id
+        encoded = backend.encode_batch([rows[i].text or "" for i in text_rows], add_special_tokens=True)
+        for i, enc in zip(text_rows, encoded, strict=True):
+            n = len(enc) + (eos is not None and (not enc.ids or enc.ids[-1] != eos))
+            out[i] = (n, n, 0, min(n, max_seq_len))
+            fast[i] = True
+    for i, c in enumerate(rows):
+        if not fast[i]:
+            out[i] = _exact(tokenizer, c, max_seq_len)
+    return TokenStats(out[:, 0], out[:, 1], out[:, 2], out[:, 3], max_seq_len, fast_rows=sum(fast))
+
+
+def token_stats(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> TokenStats:
+    """Token counts of every row under ``tokenizer``'s chat template (see the module docstring)."""
+    return TokenStats.concat([_chunk(tokenizer, rows[i:i + CHUNK], max_seq_len)
+                              for i in range(0, len(rows), CHUNK)], max_seq_len)

@@ -10,7 +10,7 @@ from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.config import ModelConfig
 from finetune.data.canonical import Conversation
 from finetune.data.load import load_source
-from finetune.data.tokens import CHUNK, assistant_frame, token_stats
+from finetune.data.tokens import CHUNK, fast_template, token_stats
 from finetune.models import load_tokenizer, resolve_model_source
 from finetune.paths import DATA_DIR
 
@@ -46,7 +46,8 @@ def edge_cases() -> list[Conversation]:
 
 
 def test_fast_counts_equal_the_exact_labels_row_for_row(tokenizer):
-    assert assistant_frame(tokenizer) == ("<|im_start|>assistant\n", "<|im_end|>\n")
+    fast = fast_template(tokenizer)
+    assert (fast.prompt, fast.end) == ("<|im_start|>assistant\n", "<|im_end|>\n")
     rows = [Conversation(conversation(i)["messages"], f"c:{i}") for i in range(40)] + edge_cases()
     rows += load_source(str(DATA_DIR / "support_bot" / "conversations.jsonl")).conversations
     if SHARED.is_dir():
@@ -66,7 +67,7 @@ def test_chunks_and_a_template_without_a_fixed_frame(tokenizer):
     tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }}{{ loop.index }}: {{ m['content'] }}\n"
                                "{% endfor %}{% if add_generation_prompt %}assistant{{ messages|length + 1 }}: "
                                "{% endif %}")
-    assert assistant_frame(tokenizer) is None
+    assert fast_template(tokenizer) is None
     rows = [Conversation(conversation(i)["messages"], f"c:{i}") for i in range(3)] * (CHUNK // 3 + 2)
     stats = token_stats(tokenizer, rows, 128)
     assert stats.fast_rows == 0 and len(stats) == len(rows)

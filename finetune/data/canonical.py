@@ -25,7 +25,7 @@ class DataError(UserError, ValueError):
     """Bad dataset input; the message is one line naming the file and record."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # slots: a million rows in memory cost a few hundred MB less
 class Conversation:
     messages: list[Message]
     location: str  # "file.jsonl:12", "file.json[3]", for messages about this record

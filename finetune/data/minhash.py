@@ -31,11 +31,12 @@ def _mix(h: np.ndarray) -> np.ndarray:
     return h ^ (h >> np.uint64(29))
 
 
-def signatures(texts: Sequence[str], ngram: int = 5, chunk: int = 20000) -> np.ndarray:
-    """One row of ``NUM_BINS`` uint32 minima per text (texts already normalised)."""
+def signatures(texts: Sequence[str], ngram: int = 5, chunk: int = 4096) -> np.ndarray:
+    """One row of ``NUM_BINS`` uint32 minima per text, normalised here a chunk at a time (the normalised
+    copies of a million rows never exist at once)."""
     out = np.empty((len(texts), NUM_BINS), dtype=np.uint32)
     for start in range(0, len(texts), chunk):
-        out[start:start + chunk] = _chunk_signatures(texts[start:start + chunk], ngram)
+        out[start:start + chunk] = _chunk_signatures([normalize(t) for t in texts[start:start + chunk]], ngram)
     return out
 
 

@@ -59,41 +59,66 @@ def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = 
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
+@dataclass(frozen=True)
+class FastTemplate:
+    """How this tokenizer's template frames an answer, and a renderer without ``apply_chat_template``'s
+    per-call copying of the messages (the same compiled template and variables)."""
+
+    prompt: str  # the generation prompt, right before an answer
+    end: str  # what the template writes right after an answer (its end-of-turn text)
+    render: Any  # messages -> text, for plain string-content messages
+
+
+def _direct_renderer(tokenizer: Any) -> Any:
+    from transformers.utils.chat_template_utils import _compile_jinja_template
+
+    template = _compile_jinja_template(tokenizer.chat_template)
+    variables = dict(tokenizer.special_tokens_map)
+    return lambda messages: template.render(messages=messages, tools=None, documents=None,
+                                            add_generation_prompt=False, **variables)
+
+
+PROBES = [
+    [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "Hi!"}],
+    [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"},
+     {"role": "assistant", "content": "Hi."}, {"role": "user", "content": "And then?"},
+     {"role": "assistant", "content": "Then, bye."}],
+    [{"role": "user", "content": "Hello there"}, {"role": "assistant", "content": "A\nB"},
+     {"role": "user", "content": "C"}, {"role": "assistant", "content": "D"}],
+]
+
+
 @functools.lru_cache(maxsize=8)
-def assistant_frame(tokenizer: Any) -> tuple[str, str] | None:
-    """(generation prompt, end-of-turn text) around an assistant answer in this template, or None when the
-    template does not render every assistant turn as exactly that frame (then every row takes the exact path).
-    Checked on probe conversations against the prefix renders that define the spans."""
-    user = {"role": "user", "content": "Hello there"}
+def fast_template(tokenizer: Any) -> FastTemplate | None:
+    """The template's answer frame, or None when the template does not render every assistant turn as
+    exactly that frame (then every row takes the exact path). Checked on probe conversations against the
+    prefix renders that define the spans, and the direct renderer against ``apply_chat_template``."""
+    if not getattr(tokenizer, "chat_template", None) or not isinstance(tokenizer.chat_template, str):
+        return None
+    user = PROBES[0][:1]
     try:
-        base = _render(tokenizer, [user])
-        prompt = _render(tokenizer, [user], add_generation_prompt=True)
-        with_answer = _render(tokenizer, [user, {"role": "assistant", "content": _SENTINEL}])
+        base = _render(tokenizer, user)
+        prompt = _render(tokenizer, user, add_generation_prompt=True)
+        with_answer = _render(tokenizer, [*user, {"role": "assistant", "content": _SENTINEL}])
+        direct = _direct_renderer(tokenizer)
+        if any(direct(m) != _render(tokenizer, m) for m in PROBES):
+            direct = functools.partial(_render, tokenizer)
     except Exception:
         return None
     if not prompt.startswith(base) or not with_answer.startswith(prompt + _SENTINEL):
         return None
-    frame = (prompt[len(base):], with_answer[len(prompt) + len(_SENTINEL):])
-    probes = [
-        [user, {"role": "assistant", "content": "Hi!"}],
-        [{"role": "system", "content": "Be brief."}, user, {"role": "assistant", "content": "Hi."},
-         {"role": "user", "content": "And then?"}, {"role": "assistant", "content": "Then, bye."}],
-        [user, {"role": "assistant", "content": "A\nB"}, {"role": "user", "content": "C"},
-         {"role": "assistant", "content": "D"}],
-    ]
-    for messages in probes:
-        text = _render(tokenizer, messages)
-        spans = _char_spans(text, messages, frame)
+    fast = FastTemplate(prompt[len(base):], with_answer[len(prompt) + len(_SENTINEL):], direct)
+    for messages in PROBES:
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
         exact = [(len(_render(tokenizer, messages[:i], add_generation_prompt=True)),
                   len(_render(tokenizer, messages[:i + 1]))) for i in answers]
-        if spans != exact:
+        if _char_spans(_render(tokenizer, messages), messages, fast) != exact:
             return None
-    return frame
+    return fast
 
 
-def _char_spans(text: str, messages: list[dict], frame: tuple[str, str]) -> list[tuple[int, int]] | None:
-    prompt, end = frame
+def _char_spans(text: str, messages: list[dict], fast: FastTemplate) -> list[tuple[int, int]] | None:
+    prompt, end = fast.prompt, fast.end
     spans, cursor = [], 0
     for m in messages:
         if m["role"] != "assistant":
@@ -129,16 +154,17 @@ def _exact(tokenizer: Any, c: Conversation, max_seq_len: int) -> tuple[int, int,
 
 
 def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> TokenStats:
-    frame = assistant_frame(tokenizer) if getattr(tokenizer, "chat_template", None) else None
+    fast_path = fast_template(tokenizer)
     backend = tokenizer.backend_tokenizer
     out = np.zeros((len(rows), 4), dtype=np.int64)
     fast = [False] * len(rows)
-    chat = [i for i, c in enumerate(rows) if frame and not c.is_text and not c.tools
+    chat = [i for i, c in enumerate(rows) if fast_path and not c.is_text and not c.tools
             and not any(m.get("tool_calls") for m in c.messages)]
     if chat:
-        texts = tokenizer.apply_chat_template([rows[i].messages for i in chat], tokenize=False)
+        assert fast_path is not None
+        texts = [fast_path.render(rows[i].messages) for i in chat]
         for i, text, enc in zip(chat, texts, backend.encode_batch(texts, add_special_tokens=False), strict=True):
-            spans = _char_spans(text, rows[i].messages, frame)  # type: ignore[arg-type]
+            spans = _char_spans(text, rows[i].messages, fast_path)
             n = len(enc)
             tokens = [_token_span(enc, len(text), n, s, e) for s, e in spans] if spans else [None]
             if any(t is None for t in tokens):

@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,14 @@ def umask_mode(mode: int = 0o666) -> int:
     return mode & ~mask
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write through a temp file in the same folder and rename, so readers never see half a file."""
+def atomic_write_text(path: Path, text: str | Iterable[str]) -> None:
+    """Write through a temp file in the same folder and rename, so readers never see half a file. ``text``
+    may be an iterable of pieces, written as they come (a million-row split is never one string)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+            f.writelines([text] if isinstance(text, str) else text)
         os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
     except BaseException:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from finetune.chat import template_takes
-from finetune.config import DatasetConfig, RunConfig, SourceConfig
+from finetune.config import DatasetConfig, RunConfig, SourceConfig, section
 from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, to_row
 from finetune.data.checks import CHECKS, CheckInput, CheckReport, run_check, run_phase
@@ -29,7 +30,7 @@ from finetune.data.splits import SPLITS, random_split, weighted
 from finetune.data.tokens import TokenStats, token_stats
 from finetune.models import load_tokenizer, resolve_model_source
 from finetune.pipeline.graph import StageContext
-from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
+from finetune.pipeline.manifest import atomic_write_json, atomic_write_text, fingerprint
 
 log = logging.getLogger(__name__)
 
@@ -87,20 +88,20 @@ def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: 
 
 def _leakage(run: RunConfig, splits: dict[str, Part], fixed: bool, reports: dict[str, CheckReport]) -> int:
     """Held-out rows found in the training split: handled as configured for the user's fixed files; always
-    moved into training for our own random split (it is ours to change)."""
-    settings = run.dataset.checks.leakage
+    moved into training for our own random split (it is ours to change; near-duplicates were already dropped
+    from the whole pool before splitting, unless that check was told not to)."""
+    checks = run.dataset.checks
+    settings = checks.leakage
     if not fixed and settings.action != "off":
-        settings = dataclasses.replace(settings, action="move_to_train")
-    moved = 0
+        settings = dataclasses.replace(settings, action="move_to_train",
+                                       near=settings.near and checks.near_duplicates.action != "drop")
+    held = splits["validation"] + splits["test"]
+    kept, removed = run_check(CHECKS["leakage"], CheckInput(held.rows, settings, train=splits["train"].rows), reports)
     for name in ("validation", "test"):
-        held = splits[name]
-        kept, removed = run_check(CHECKS["leakage"], CheckInput(held.rows, settings, train=splits["train"].rows),
-                                  reports)
-        splits[name] = held.only(kept)
-        if settings.action == "move_to_train" and removed:
-            splits["train"] = splits["train"] + held.only(removed)
-            moved += len(removed)
-    return moved
+        splits[name] = splits[name].only(kept)
+    if settings.action == "move_to_train" and removed:
+        splits["train"] = splits["train"] + held.only(removed)
+    return len(removed) if settings.action == "move_to_train" else 0
 
 
 def _length_stats(values: np.ndarray) -> dict[str, float]:
@@ -187,12 +188,36 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
     }
 
 
+_PREPARED: dict[str, Validated] = {}  # the pre-run check's result, which `run` reuses when nothing changed
+
+
+def _inputs_key(run: RunConfig) -> str:
+    """What ``prepare`` depends on: its config, and the size and modification time of every local input."""
+    d = run.dataset
+    paths = [Path(p) for p in (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources)) if p]
+    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for p in paths if p.exists()
+             for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
+    return fingerprint({"config": [section(run, k) for k in ("dataset", "model", "train.max_seq_len", "seed")],
+                        "files": files})
+
+
 def check(run: RunConfig) -> None:
-    prepare(run)
+    """The pre-run check: everything ``prepare`` refuses; its result is kept for ``run`` (a million rows
+    are read, checked and tokenized once, not twice)."""
+    _PREPARED.clear()
+    _PREPARED[_inputs_key(run)] = prepare(run)
 
 
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
+    atomic_write_text(path, (json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _expressible(rows: list[Conversation], output: str, skipped: list[dict[str, str]]) -> Iterator[dict[str, Any]]:
+    for c in rows:
+        try:
+            yield formats.write(c, output)
+        except formats.CannotExpress as e:
+            skipped.append({"row": c.location, "why": str(e)})
 
 
 def _write_formats(run: RunConfig, ctx: StageContext, splits: dict[str, list[Conversation]]) -> dict[str, Any]:
@@ -200,15 +225,10 @@ def _write_formats(run: RunConfig, ctx: StageContext, splits: dict[str, list[Con
     written, artifacts = {}, {}
     for output in run.dataset.write_formats:
         for name in SPLITS:
-            rows, skipped = [], []
-            for c in splits[name]:
-                try:
-                    rows.append(formats.write(c, output))
-                except formats.CannotExpress as e:
-                    skipped.append({"row": c.location, "why": str(e)})
-            _write_jsonl(ctx.out_dir / f"{name}.{output}.jsonl", rows)
+            skipped: list[dict[str, str]] = []
+            _write_jsonl(ctx.out_dir / f"{name}.{output}.jsonl", _expressible(splits[name], output, skipped))
             artifacts[f"{name}_{output}"] = f"{name}.{output}.jsonl"
-            written[f"{name}.{output}.jsonl"] = {"rows": len(rows), "skipped": len(skipped),
+            written[f"{name}.{output}.jsonl"] = {"rows": len(splits[name]) - len(skipped), "skipped": len(skipped),
                                                  "skipped_examples": skipped[:5]}
             if skipped:
                 log.warning("%s.%s.jsonl: %d rows left out: %s (%s)", name, output, len(skipped),
@@ -217,10 +237,10 @@ def _write_formats(run: RunConfig, ctx: StageContext, splits: dict[str, list[Con
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    validated = prepare(run)
+    validated = _PREPARED.pop(_inputs_key(run), None) or prepare(run)
     report = validated.report
     for name in SPLITS:
-        _write_jsonl(ctx.out_dir / f"{name}.jsonl", [to_row(c) for c in validated.splits[name]])
+        _write_jsonl(ctx.out_dir / f"{name}.jsonl", map(to_row, validated.splits[name]))
     converted = _write_formats(run, ctx, validated.splits)
     report["written_formats"] = converted["written"]
     atomic_write_json(ctx.out_dir / "report.json", report)

@@ -17,19 +17,22 @@ from finetune.fields import setting
 class LeakageSettings:
     action: str = setting("error", choices=("error", "warn", "drop", "move_to_train", "off"))
     threshold: float = setting(0.9, low=0.5, high=1.0)  # near-duplicate similarity that counts as a leak
+    near: bool = True  # near-duplicates too, not only repeated questions
 
 
 def _find(data: CheckInput) -> Outcome:
-    asked = {}
-    for c in data.train:
+    asked: dict[int, int] = {}  # hash of a normalised training question → its row
+    for j, c in enumerate(data.train):
         for q in questions(c):
-            asked.setdefault(normalize(q), c.location)
+            asked.setdefault(hash(normalize(q)), j)
     findings = {}
     for i, c in enumerate(data.rows):
-        repeated = next((asked[k] for q in questions(c) if (k := normalize(q)) in asked), None)
-        if repeated:
-            findings[i] = Finding(i, f"repeats a training question ({repeated})")
-    if data.rows and data.train:
+        for q in questions(c):
+            j = asked.get(hash(normalize(q)))
+            if j is not None and normalize(q) in map(normalize, questions(data.train[j])):
+                findings[i] = Finding(i, f"repeats a training question ({data.train[j].location})")
+                break
+    if data.settings.near and data.rows and data.train:
         sig = near_signatures([*data.train, *data.rows], ngram=5)
         n = len(data.train)
         for i, (j, sim) in near_duplicate_of(sig, data.settings.threshold).items():

@@ -13,11 +13,13 @@ from finetune.data.canonical import Conversation
 from finetune.data.checks import Check, CheckInput, Finding, Outcome
 from finetune.fields import setting
 
-PATTERN = re.compile(
-    r"(?P<EMAIL>[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})"
-    r"|(?P<IP_ADDRESS>(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(?![\d.]))"
+EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}")
+NUMBER = re.compile(
+    r"(?P<IP_ADDRESS>(?<![\d.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+    r"(?!\.?\d))"
     r"|(?P<DIGITS>(?<![A-Za-z0-9+-])(?:\+\d{1,3}[ -]?)?\(?\d[\d ()-]{7,22}\d(?![A-Za-z0-9-]))"
 )
+DIGIT = re.compile(r"\d")
 
 
 def luhn_valid(digits: str) -> bool:
@@ -57,13 +59,17 @@ def _digit_kind(text: str) -> str | None:
 
 
 def spans(text: str) -> list[tuple[int, int, str]]:
-    """(start, end, kind) of each piece of personal data in ``text``."""
+    """(start, end, kind) of each piece of personal data in ``text``. The patterns run only on text that
+    has an '@' or a digit: most rows have neither, and a regex scan is the slow part at a million rows."""
     found = []
-    for m in PATTERN.finditer(text):
-        kind = m.lastgroup if m.lastgroup != "DIGITS" else _digit_kind(m.group().strip())
-        if kind:
-            found.append((m.start(), m.end(), kind))
-    return found
+    if "@" in text:
+        found += [(m.start(), m.end(), "EMAIL") for m in EMAIL.finditer(text)]
+    if DIGIT.search(text):
+        for m in NUMBER.finditer(text):
+            kind = m.lastgroup if m.lastgroup != "DIGITS" else _digit_kind(m.group().strip())
+            if kind and not any(s <= m.start() < e for s, e, _ in found):
+                found.append((m.start(), m.end(), kind))
+    return sorted(found)
 
 
 def redact_text(text: str) -> str:

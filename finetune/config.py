@@ -19,6 +19,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from finetune.data.checks import CHECKS
 from finetune.data.formats import READABLE, WRITABLE
+from finetune.data.python_source import PythonSourceConfig
 from finetune.data.readers import path_problem
 from finetune.errors import UserError
 from finetune.fields import setting as _field
@@ -57,7 +58,7 @@ class ModelConfig:
 class SourceConfig:
     """One more data source, mixed into the training pool (``dataset.sources``)."""
 
-    path: str = MISSING  # a .jsonl/.json/.csv/.parquet file, a datasets.save_to_disk folder, or a Hub dataset id
+    path: str = MISSING  # a .jsonl/.json/.csv/.parquet file, a save_to_disk folder, a Hub id, or python:<package>
     format: str = _field("auto", choices=("auto", *READABLE))
     columns: dict[str, str] = _field({})  # a format's key → this source's column: {instruction: question}
     split: str = "train"  # which split of a Hub dataset or a saved DatasetDict
@@ -72,7 +73,7 @@ ChecksConfig = make_dataclass(
 
 @dataclass
 class DatasetConfig:
-    path: str | None = None  # the main source: a file, a datasets.save_to_disk folder, or a Hub dataset id
+    path: str | None = None  # the main source: a data file, a save_to_disk folder, a Hub id, or python:<package>
     format: str = _field("auto", choices=("auto", *READABLE))
     columns: dict[str, str] = _field({})  # a format's key → the file's column: {instruction: question, output: answer}
     split: str = "train"  # which split of a Hub dataset or a saved DatasetDict
@@ -84,7 +85,8 @@ class DatasetConfig:
     system_prompt: str | None = None  # prepended to conversations that have no system message
     skip_invalid_rows: bool = False  # skip (and count) records that cannot be read, instead of stopping
     checks: ChecksConfig = field(default_factory=ChecksConfig)  # type: ignore[valid-type]
-    write_formats: list[str] = _field([], choices=tuple(WRITABLE))  # also write each split as openai/gemini/bedrock
+    write_formats: list[str] = _field([], choices=tuple(WRITABLE))  # also each split as openai/gemini/bedrock
+    python: PythonSourceConfig = field(default_factory=PythonSourceConfig)  # for python:<package or folder>
 
 
 @dataclass

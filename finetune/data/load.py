@@ -10,6 +10,7 @@ from typing import Any
 
 from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError
+from finetune.data.python_source import PythonSourceConfig
 from finetune.data.readers import records
 
 
@@ -33,10 +34,11 @@ def _renamed(record: Any, columns: dict[str, str]) -> Any:
 
 
 def load_source(path: str, fmt: str = "auto", *, columns: dict[str, str] | None = None, split: str = "train",
-                system_prompt: str | None = None, skip_invalid_rows: bool = False, name: str = "") -> Loaded:
+                system_prompt: str | None = None, skip_invalid_rows: bool = False, name: str = "",
+                python: PythonSourceConfig | None = None) -> Loaded:
     chosen = None if fmt == "auto" else fmt
     conversations, invalid, count = [], [], 0
-    for location, record in records(path, split):
+    for location, record in records(path, split, python):
         count += 1
         try:
             if isinstance(record, DataError):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from finetune.data import python_source
 from finetune.data.canonical import DataError
 
 Records = Iterator[tuple[str, Any]]
@@ -165,7 +166,8 @@ def read_hub(repo: str, split: str) -> Records:
 READERS: dict[str, Callable[[Path], Records]] = {
     ".jsonl": read_jsonl, ".ndjson": read_jsonl, ".json": read_json, ".csv": read_csv, ".parquet": read_parquet,
 }
-CONTAINERS = "a .jsonl, .json, .csv or .parquet file, a datasets.save_to_disk folder or a Hub dataset id"
+CONTAINERS = ("a .jsonl, .json, .csv or .parquet file, a datasets.save_to_disk folder, a Hub dataset id or "
+              "python:<package or folder>")
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -178,6 +180,12 @@ def is_hub_id(name: str) -> bool:
 
 def path_problem(name: str) -> str | None:
     """Why ``name`` cannot be read as a data source, or None; only looks at the file system."""
+    if name.startswith(python_source.SCHEME):
+        try:
+            python_source.source_root(name)
+        except DataError as e:
+            return str(e).removeprefix(f"{name}: ")
+        return None
     path = Path(name)
     if path.is_dir():
         return None if is_saved_dataset(path) else (
@@ -191,8 +199,18 @@ def path_problem(name: str) -> str | None:
     return f"file not found: {path.resolve()}"
 
 
-def records(name: str, split: str = "train") -> Records:
-    """The records of a data source: a file, a save_to_disk folder or a Hub dataset id."""
+def local_path(name: str) -> Path | None:
+    """The file or folder a source reads on this machine (None for a Hub dataset)."""
+    if name.startswith(python_source.SCHEME):
+        return python_source.source_root(name)
+    return Path(name) if Path(name).exists() else None
+
+
+def records(name: str, split: str = "train", python: python_source.PythonSourceConfig | None = None) -> Records:
+    """The records of a data source: a file, a save_to_disk folder, a Hub dataset id, or ``python:`` source
+    code."""
+    if name.startswith(python_source.SCHEME):
+        return python_source.read_python(name, python or python_source.PythonSourceConfig())
     path = Path(name)
     if is_saved_dataset(path):
         return read_saved(path, split)

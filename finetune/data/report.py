@@ -23,8 +23,8 @@ def check_rows(report: dict[str, Any]) -> list[tuple[str, str, int, str]]:
 def summary_table(report: dict[str, Any]) -> list[str]:
     """A few aligned lines for the console."""
     lines = [f"{report['records']} records from {len(report['sources'])} source(s) "
-             f"({', '.join(s['format'] for s in report['sources'])}); splits "
-             + ", ".join(f"{k} {v}" for k, v in report["splits"].items())]
+             f"({', '.join(s['format'] for s in report['sources'])}) checked in {report['seconds']['total']:.1f} s; "
+             "splits " + ", ".join(f"{k} {v}" for k, v in report["splits"].items())]
     width = max(len(name) for name, *_ in check_rows(report)) if report["checks"] else 0
     for name, action, count, first in check_rows(report):
         lines.append(f"  {name:<{width}}  {action:<13} {count:>7}  {first[:90]}")
@@ -42,15 +42,16 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     lines += [f"| {_cell(s['name'])} | {s['format']} | {s['records']} | {s['read']} | {s['invalid_skipped']} |"
               for s in report["sources"]]
-    lines += ["", "## Checks", "", "| check | action | rows | first example |", "|---|---|---|---|"]
-    lines += [f"| {name} | {action} | {count} | {_cell(first)} |" for name, action, count, first in
-              check_rows(report)]
+    lines += ["", "## Checks", "", "| check | action | rows | seconds | first example |", "|---|---|---|---|---|"]
+    lines += [f"| {name} | {action} | {count} | {report['checks'][name]['seconds']:.2f} | {_cell(first)} |"
+              for name, action, count, first in check_rows(report)]
     for name, r in report["checks"].items():
         if r["stats"] or len(r["examples"]) > 1 or r["warnings"]:
             lines += ["", f"### {name}", ""]
             lines += [f"- {_cell(w)}" for w in r["warnings"]]
             lines += [f"- `{e['row']}`: {_cell(e['detail'])}" for e in r["examples"]]
             lines += [f"- {k}: {v}" for k, v in r["stats"].items()]
+    lines += ["", f"Time: {', '.join(f'{k} {v:.1f} s' for k, v in report['seconds'].items())}."]
     lines += ["", "## Tokens (the model's tokenizer and chat template)", "",
               "| split | rows | min | p50 | p95 | max | answer tokens (mean) |", "|---|---|---|---|---|---|---|"]
     for split, n in report["splits"].items():

@@ -6,6 +6,7 @@ stage runs. Only ``train`` resumes; the others start again from an empty folder.
 from pathlib import Path
 
 from finetune.config import RunConfig
+from finetune.data.readers import local_path
 from finetune.models import check_source
 from finetune.pipeline.graph import Stage
 from finetune.stages import evaluate, export, merge, train, validate
@@ -14,8 +15,8 @@ from finetune.stages import evaluate, export, merge, train, validate
 def _dataset_files(run: RunConfig) -> list[Path]:
     """Local data files and folders (a Hub dataset is named by its id in the config instead)."""
     d = run.dataset
-    paths = (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources))
-    return [Path(p) for p in paths if p and Path(p).exists()]
+    names = (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources))
+    return [path for name in names if name and (path := local_path(name))]
 
 
 STAGES: tuple[Stage, ...] = (

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, to_row
 from finetune.data.checks import CHECKS, CheckInput, CheckReport, run_check, run_phase
 from finetune.data.load import Loaded, load_source
+from finetune.data.readers import local_path
 from finetune.data.report import markdown, summary_table
 from finetune.data.splits import SPLITS, random_split, weighted
 from finetune.data.tokens import TokenStats, token_stats
@@ -49,7 +51,7 @@ def sources(d: DatasetConfig) -> dict[str, SourceConfig]:
 
 def _load(name: str, s: SourceConfig, d: DatasetConfig) -> Loaded:
     return load_source(s.path, s.format, columns=dict(s.columns), split=s.split, system_prompt=d.system_prompt,
-                       skip_invalid_rows=d.skip_invalid_rows, name=name)
+                       skip_invalid_rows=d.skip_invalid_rows, name=name, python=d.python)
 
 
 @dataclass
@@ -71,11 +73,13 @@ class Part:
 
 
 def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: dict[str, CheckReport],
-             where: str, records: int) -> Part:
+             where: str, records: int, seconds: dict[str, float]) -> Part:
     """The row checks, then token counts, then the token checks; refuses when nothing is left."""
     checks = run.dataset.checks
     kept = run_phase("rows", CheckInput(rows, None), checks, reports)
+    started = time.monotonic()
     data = CheckInput(kept, None, tokens=token_stats(tokenizer, kept, run.train.max_seq_len))
+    seconds["tokenize"] = round(seconds.get("tokenize", 0.0) + time.monotonic() - started, 3)
     kept = run_phase("tokens", data, checks, reports)
     if not kept:
         dropped = [r for r in reports.values() if r.count and r.action == "drop"]
@@ -125,20 +129,23 @@ def prepare(run: RunConfig) -> Validated:
     """Everything validate decides, without writing: read, check, split, measure. Also the stage's pre-run
     check, so bad data is refused before anything is written."""
     d = run.dataset
+    started = time.monotonic()
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
+    seconds = {"load_tokenizer": round(time.monotonic() - started, 3)}
     loaded = {name: _load(name, s, d) for name, s in sources(d).items()}
+    seconds["read"] = round(time.monotonic() - started - seconds["load_tokenizer"], 3)
     reports: dict[str, CheckReport] = {}
     pool = [c for result in loaded.values() for c in result.conversations]
     records = sum(result.records for result in loaded.values())
     where = d.path if len(loaded) == 1 and d.path else "dataset.sources"
-    checked = _checked(run, pool, tokenizer, reports, where, records)
+    checked = _checked(run, pool, tokenizer, reports, where, records, seconds)
     fixed = d.validation_path is not None and d.test_path is not None
     if fixed:
         splits = {"train": checked}
         for name, path in (("validation", d.validation_path), ("test", d.test_path)):
             held = _load(str(path), SourceConfig(path=str(path), format=d.format, columns=dict(d.columns)), d)
             loaded[str(path)] = held
-            splits[name] = _checked(run, held.conversations, tokenizer, reports, str(path), held.records)
+            splits[name] = _checked(run, held.conversations, tokenizer, reports, str(path), held.records, seconds)
     else:
         index = random_split(len(checked.rows), d.validation_fraction, d.test_fraction, run.seed, where)
         splits = {name: checked.take(index[name]) for name in SPLITS}
@@ -149,8 +156,10 @@ def prepare(run: RunConfig) -> Validated:
     weights = {name: s.weight for name, s in sources(d).items()}
     splits["train"] = splits["train"].take(weighted([c.source for c in splits["train"].rows], weights, run.seed))
     run_phase("dataset", CheckInput(splits["train"].rows, None), d.checks, reports)
-    return Validated({name: part.rows for name, part in splits.items()},
-                     _report(run, loaded, splits, reports, moved, tokenizer))
+    report = _report(run, loaded, splits, reports, moved, tokenizer)
+    seconds["total"] = round(time.monotonic() - started, 3)
+    report["seconds"] = seconds  # each check's own time is in its entry under "checks"
+    return Validated({name: part.rows for name, part in splits.items()}, report)
 
 
 def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], reports: dict[str, CheckReport],
@@ -194,7 +203,8 @@ _PREPARED: dict[str, Validated] = {}  # the pre-run check's result, which `run` 
 def _inputs_key(run: RunConfig) -> str:
     """What ``prepare`` depends on: its config, and the size and modification time of every local input."""
     d = run.dataset
-    paths = [Path(p) for p in (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources)) if p]
+    paths = [p for name in (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources))
+             if name and (p := local_path(name))]
     files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for p in paths if p.exists()
              for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
     return fingerprint({"config": [section(run, k) for k in ("dataset", "model", "train.max_seq_len", "seed")],

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +77,7 @@ class CheckReport:
     examples: list[dict[str, str]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    seconds: float = 0.0
 
 
 def _refusal(check: Check, rows: list[Conversation], findings: list[Finding]) -> DataError:
@@ -97,9 +99,11 @@ def run_check(check: Check, data: CheckInput, reports: dict[str, CheckReport]
     action = data.settings.action
     if action == "off":
         return data.rows, []
+    started = time.monotonic()
     outcome = check.find(data)
     findings = sorted(outcome.findings, key=lambda f: f.row)
     report = reports.setdefault(check.name, CheckReport(check.name, action, check.what))
+    report.seconds = round(report.seconds + time.monotonic() - started, 3)
     report.count += len(findings)
     report.stats.update(outcome.stats)
     report.warnings += outcome.warnings

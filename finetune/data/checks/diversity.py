@@ -42,9 +42,8 @@ def script(text: str) -> str:
 
 
 def units(text: str) -> list[str]:
-    """Words, or characters for text written without spaces (Japanese, Chinese)."""
-    words = text.split()
-    return words if len(words) * 8 >= len(text) else [ch for ch in text if not ch.isspace()]
+    """Words, or characters for Japanese and Chinese, which are written without spaces."""
+    return [ch for ch in text if not ch.isspace()] if script(text) in ("ja", "zh") else text.split()
 
 
 def stats(rows: list[Conversation]) -> dict[str, float | dict[str, int]]:

@@ -79,33 +79,36 @@ def _densify(sig: np.ndarray) -> np.ndarray:
     return out
 
 
-def similarity(sig: np.ndarray, a: int | np.ndarray, b: int | np.ndarray) -> np.ndarray:
-    """Estimated Jaccard similarity of rows ``a`` and ``b`` (element-wise for arrays)."""
-    return (sig[a] == sig[b]).mean(axis=-1)
+def similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Estimated Jaccard similarity of rows ``a[k]`` and ``b[k]`` (in chunks: a million pairs of 64 bins
+    would otherwise cost gigabytes of temporaries)."""
+    return np.concatenate([(sig[a[i:i + chunk]] == sig[b[i:i + chunk]]).mean(axis=-1)
+                           for i in range(0, len(a), chunk)]) if len(a) else np.zeros(0)
 
 
 def candidate_pairs(sig: np.ndarray) -> np.ndarray:
     """(i, j) pairs with i < j that share at least one band; each equal-band group is linked to its first
-    member, so a group of k rows costs k - 1 pairs, not k²."""
-    if len(sig) < 2:
+    member, so a group of k rows costs k - 1 pairs, not k². Pairs are kept as one int64 code (i * n + j) and
+    merged band by band, so memory follows the distinct pairs, not pairs × bands."""
+    n = len(sig)
+    if n < 2:
         return np.empty((0, 2), dtype=np.int64)
     rows_per_band = NUM_BINS // BANDS
-    pairs = []
+    codes = np.empty(0, dtype=np.int64)
     for band in range(BANDS):
         block = sig[:, band * rows_per_band:(band + 1) * rows_per_band].astype(np.uint64)
-        key = np.zeros(len(sig), dtype=np.uint64)
+        key = np.zeros(n, dtype=np.uint64)
         with np.errstate(over="ignore"):
             for col in range(rows_per_band):
                 key = _mix(key * _MIX + block[:, col])
         order = np.argsort(key, kind="stable")
         sorted_keys = key[order]
         new_group = np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1]))
-        group_first = order[np.maximum.accumulate(np.where(new_group, np.arange(len(order)), 0))]
+        group_first = order[np.maximum.accumulate(np.where(new_group, np.arange(n), 0))]
         linked = ~new_group
-        pairs.append(np.stack([group_first[linked], order[linked]], axis=1))
-    found = np.concatenate(pairs)
-    found = np.sort(found, axis=1)
-    return np.unique(found, axis=0)
+        first, other = group_first[linked], order[linked]
+        codes = np.union1d(codes, np.minimum(first, other) * n + np.maximum(first, other))
+    return np.stack([codes // n, codes % n], axis=1)
 
 
 def near_duplicate_of(sig: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:

@@ -198,7 +198,9 @@ def main() -> None:
             "found": {name: report["checks"][name]["count"] for name in ("duplicates", "near_duplicates", "pii")},
             "recall": _recall(out, planted),
             "splits": report["splits"],
-            "train_tokens": report["tokens_per_conversation"]["train"].get("total"),
+            "tokens_all_splits": sum(report["tokens_per_conversation"][k].get("total", 0) for k in report["splits"]),
+            "stage_seconds": report["seconds"],
+            "check_seconds": {name: c["seconds"] for name, c in report["checks"].items()},
             "tokenize_vs_peers": _peer_vs_ours(data, min(args.peer_sample, args.rows)),
         }
     RESULTS.mkdir(exist_ok=True)

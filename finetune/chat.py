@@ -103,11 +103,6 @@ def _ids(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None, 
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def _require_template(tokenizer: Any) -> None:
-    if not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError("the tokenizer has no chat template; set model.chat_template")
-
-
 def tokenize_text(tokenizer: Any, text: str) -> TokenizedConversation:
     ids = tokenizer(text)["input_ids"]
     if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
@@ -119,7 +114,6 @@ def tokenize(tokenizer: Any, c: Conversation) -> TokenizedConversation:
     """A canonical row as training sees it: a chat conversation through the template, or plain text."""
     if c.is_text:
         return tokenize_text(tokenizer, c.text or "")
-    _require_template(tokenizer)
     messages, tools = for_template(tokenizer, c)
     return tokenize_conversation(tokenizer, messages, tools)
 
@@ -127,7 +121,8 @@ def tokenize(tokenizer: Any, c: Conversation) -> TokenizedConversation:
 def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None = None
                           ) -> TokenizedConversation:
     """Tokenize a whole conversation; assistant turns (with their end-of-turn token) carry labels."""
-    _require_template(tokenizer)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ChatTemplateError("the tokenizer has no chat template; set model.chat_template")
     full = _ids(tokenizer, messages, tools, add_generation_prompt=False)
     labels = [IGNORE_INDEX] * len(full)
     for i, message in enumerate(messages):

@@ -88,13 +88,13 @@ def similarity(sig: np.ndarray, a: np.ndarray, b: np.ndarray, chunk: int = 65536
 
 def candidate_pairs(sig: np.ndarray) -> np.ndarray:
     """(i, j) pairs with i < j that share at least one band; each equal-band group is linked to its first
-    member, so a group of k rows costs k - 1 pairs, not k². Pairs are kept as one int64 code (i * n + j) and
-    merged band by band, so memory follows the distinct pairs, not pairs × bands."""
+    member, so a group of k rows costs k - 1 pairs, not k². A pair is one int64 code (i * n + j), so the
+    bands' pairs cost 8 bytes each until they are made unique."""
     n = len(sig)
     if n < 2:
         return np.empty((0, 2), dtype=np.int64)
     rows_per_band = NUM_BINS // BANDS
-    codes = np.empty(0, dtype=np.int64)
+    codes = []
     for band in range(BANDS):
         block = sig[:, band * rows_per_band:(band + 1) * rows_per_band].astype(np.uint64)
         key = np.zeros(n, dtype=np.uint64)
@@ -107,8 +107,9 @@ def candidate_pairs(sig: np.ndarray) -> np.ndarray:
         group_first = order[np.maximum.accumulate(np.where(new_group, np.arange(n), 0))]
         linked = ~new_group
         first, other = group_first[linked], order[linked]
-        codes = np.union1d(codes, np.minimum(first, other) * n + np.maximum(first, other))
-    return np.stack([codes // n, codes % n], axis=1)
+        codes.append(np.minimum(first, other) * n + np.maximum(first, other))
+    unique = np.unique(np.concatenate(codes))
+    return np.stack([unique // n, unique % n], axis=1)
 
 
 def near_duplicate_of(sig: np.ndarray, threshold: float) -> dict[int, tuple[int, float]]:

@@ -111,7 +111,7 @@ CASES: list[Case] = [
     Case("unknown-group-misspelt", ("mehtod.r=8",), "error: mehtod.r: no such key; did you mean method?"),
     Case("unknown-group-option", ("model=nope",),
          "error: Could not find 'model/nope'; available: smollm2_135m, smollm2_135m_hub, tiny_random"),
-    Case("unknown-recipe", ("+recipe=nope",), "error: Could not find 'recipe/nope'; available: support_bot"),
+    Case("unknown-recipe", ("+recipe=nope",), "error: Could not find 'recipe/nope'; available: code_assistant, support_bot"),
     Case("override-syntax", ("train.lr=[",), "error: no viable alternative at input '['; ..."),
     Case("dataset-path-empty", ("dataset.path=",),
          "error: dataset.path is empty; expected a data file, a datasets.save_to_disk folder or a Hub dataset id"),
@@ -119,7 +119,8 @@ CASES: list[Case] = [
          "error: dataset.path: file not found: {cwd}/missing.jsonl"),
     Case("dataset-path-is-a-folder", ("dataset.path=folder",),
          "error: dataset.path: {cwd}/folder is a folder, but not one written by datasets' save_to_disk; expected a "
-         ".jsonl, .json, .csv or .parquet file, a datasets.save_to_disk folder or a Hub dataset id",
+         ".jsonl, .json, .csv or .parquet file, a datasets.save_to_disk folder, a Hub dataset id or python:<package "
+         "or folder>",
          files={"folder/keep.txt": b"mine"}),
     Case("only-one-fixed-split", (*DATA, "dataset.validation_path=data.jsonl"),
          "error: dataset.validation_path and dataset.test_path: give both (fixed splits) or neither",

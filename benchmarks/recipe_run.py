@@ -1,8 +1,9 @@
-"""Time the default recipe end to end: `python benchmarks/support_bot_run.py [overrides...]`.
+"""Time a recipe end to end: `python benchmarks/recipe_run.py RECIPE [overrides...]` (RECIPE: support_bot,
+code_assistant).
 
-Runs `python -m finetune +recipe=support_bot` from the repository root (the run lands in outputs/ as usual),
-then writes the wall time, each stage's duration (from its manifest), training throughput and the evaluation
-summary to benchmarks/results/support_bot_<device>.json.
+Runs `python -m finetune +recipe=RECIPE` from the repository root (the run lands in outputs/ as usual), then
+writes the wall time, each stage's duration (from its manifest), training throughput and the evaluation summary
+to benchmarks/results/RECIPE_<device>.json.
 """
 
 from __future__ import annotations
@@ -18,21 +19,21 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
-def main(overrides: list[str]) -> None:
+def main(recipe: str, overrides: list[str]) -> None:
     import torch
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    before = set((REPO / "outputs").glob("support_bot/*"))
+    before = set((REPO / "outputs").glob(f"{recipe}/*"))
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-m", "finetune", "+recipe=support_bot", *overrides], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "finetune", f"+recipe={recipe}", *overrides], cwd=REPO, check=True)
     wall = time.monotonic() - t0
-    [run_dir] = set((REPO / "outputs").glob("support_bot/*")) - before
+    [run_dir] = set((REPO / "outputs").glob(f"{recipe}/*")) - before
     stages = {p.parent.name: json.loads(p.read_text())["duration_s"] for p in run_dir.glob("*/manifest.json")}
     train = json.loads((run_dir / "train" / "metrics.json").read_text())
     evaluation = json.loads((run_dir / "evaluate" / "eval.json").read_text())
     answer = json.loads((run_dir / "export" / "llama_cpp_answer.json").read_text())
     result = {
-        "command": " ".join(["python -m finetune +recipe=support_bot", *overrides]),
+        "command": " ".join([f"python -m finetune +recipe={recipe}", *overrides]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
         "run_dir": str(run_dir.relative_to(REPO)),
         "wall_s": round(wall, 1),
@@ -42,10 +43,12 @@ def main(overrides: list[str]) -> None:
         "llama_cpp_answer": answer["answer"],
     }
     RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"support_bot_{device}.json"
+    out = RESULTS / f"{recipe}_{device}.json"
     out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps(result, indent=2, ensure_ascii=False))
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if len(sys.argv) < 2 or sys.argv[1].startswith("-") or "=" in sys.argv[1]:
+        sys.exit("usage: python benchmarks/recipe_run.py RECIPE [overrides...]")
+    main(sys.argv[1], sys.argv[2:])

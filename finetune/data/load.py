@@ -36,6 +36,7 @@ def _renamed(record: Any, columns: dict[str, str]) -> Any:
 def load_source(path: str, fmt: str = "auto", *, columns: dict[str, str] | None = None, split: str = "train",
                 system_prompt: str | None = None, skip_invalid_rows: bool = False, name: str = "",
                 python: PythonSourceConfig | None = None) -> Loaded:
+    """Every record of source ``path`` as a canonical conversation located at its ``file:line``."""
     chosen = None if fmt == "auto" else fmt
     conversations, invalid, count = [], [], 0
     for location, record in records(path, split, python):

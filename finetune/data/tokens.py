@@ -23,6 +23,7 @@ from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.data.canonical import Conversation, DataError
 
 CHUNK = 4096
+PROGRESS_FROM = 50_000
 _SENTINEL = "\ue000answer\ue001"
 
 
@@ -188,6 +189,14 @@ def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> To
 
 
 def token_stats(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> TokenStats:
-    """Token counts of every row under ``tokenizer``'s chat template (see the module docstring)."""
-    return TokenStats.concat([_chunk(tokenizer, rows[i:i + CHUNK], max_seq_len)
-                              for i in range(0, len(rows), CHUNK)], max_seq_len)
+    """Token counts of every row under ``tokenizer``'s chat template (see the module docstring); a progress
+    bar from ``PROGRESS_FROM`` rows on, where this takes long enough to watch."""
+    from tqdm.auto import tqdm
+
+    parts = []
+    with tqdm(total=len(rows), desc="counting tokens", unit=" rows", disable=len(rows) < PROGRESS_FROM,
+              leave=False, dynamic_ncols=True) as bar:
+        for i in range(0, len(rows), CHUNK):
+            parts.append(_chunk(tokenizer, rows[i:i + CHUNK], max_seq_len))
+            bar.update(len(parts[-1]))
+    return TokenStats.concat(parts, max_seq_len)

@@ -48,6 +48,9 @@ def test_report_markdown_table_and_provider_formats(tmp_path):
     assert sum(report["splits"].values()) == 30 and report["tools"]["train_rows_with_tools"] > 0
     assert "appended to the system message" in report["tools"]["definitions"]
     out = tmp_path / "run" / "validate"
+    findings = [json.loads(line) for line in (out / "findings.jsonl").read_text().splitlines()]
+    assert [f["row"] for f in findings if f["check"] == "duplicates"] == ["d.jsonl:31"]
+    assert [f["check"] for f in findings if f["row"] == "d.jsonl:6"] == ["pii"]
     md = (out / "report.md").read_text()
     assert "| duplicates | drop | 1 |" in md and "| pii | redact | 1 |" in md and "## Tools" in md
     assert "duplicates" in printed and "near_duplicates" in printed and "records from 1 source(s)" in printed

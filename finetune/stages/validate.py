@@ -1,7 +1,8 @@
 """validate: read every data source into canonical conversations, run the data checks (dataset.checks), split,
 and measure the result with the model's own tokenizer and chat template — what training will actually see.
 
-Writes the splits (``train.jsonl`` …, canonical rows), ``report.json`` and ``report.md``, and, when
+Writes the splits (``train.jsonl`` …, canonical rows), ``report.json`` and ``report.md``, ``findings.jsonl``
+(every row a check found, with why), and, when
 ``dataset.write_formats`` asks, each split in a provider's format (``train.openai.jsonl`` …). Needs the
 tokenizer, never the model's weights.
 """
@@ -123,6 +124,7 @@ def _length_stats(values: np.ndarray) -> dict[str, float]:
 class Validated:
     splits: dict[str, list[Conversation]]
     report: dict[str, Any]
+    findings: dict[str, list[tuple[str, str]]]  # check → every (row, detail) it found
 
 
 def prepare(run: RunConfig) -> Validated:
@@ -159,7 +161,8 @@ def prepare(run: RunConfig) -> Validated:
     report = _report(run, loaded, splits, reports, moved, tokenizer)
     seconds["total"] = round(time.monotonic() - started, 3)
     report["seconds"] = seconds  # each check's own time is in its entry under "checks"
-    return Validated({name: part.rows for name, part in splits.items()}, report)
+    return Validated({name: part.rows for name, part in splits.items()}, report,
+                     {name: r.rows for name, r in reports.items()})
 
 
 def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], reports: dict[str, CheckReport],
@@ -177,7 +180,7 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
                      "invalid_skipped": len(r.invalid), "invalid_examples": r.invalid[:5]}
                     for name, r in loaded.items()],
         "records": sum(r.records for r in loaded.values()),
-        "checks": {name: dataclasses.asdict(r) for name, r in reports.items()},
+        "checks": {name: r.summary() for name, r in reports.items()},
         "moved_to_train_as_leaks": moved,
         "splits": {name: len(splits[name].rows) for name in SPLITS},
         "multi_turn_train": sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in train),
@@ -254,8 +257,12 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     converted = _write_formats(run, ctx, validated.splits)
     report["written_formats"] = converted["written"]
     atomic_write_json(ctx.out_dir / "report.json", report)
+    _write_jsonl(ctx.out_dir / "findings.jsonl", ({"check": name, "row": row, "detail": detail}
+                                                   for name, rows in validated.findings.items()
+                                                   for row, detail in rows))
     atomic_write_text(ctx.out_dir / "report.md", markdown(report))
     for line in summary_table(report):
         log.info("%s", line)
     return {**{name: f"{name}.jsonl" for name in SPLITS}, "report": "report.json", "report_md": "report.md",
+            "findings": "findings.jsonl",
             **converted["artifacts"]}

@@ -78,6 +78,11 @@ class CheckReport:
     stats: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    rows: list[tuple[str, str]] = field(default_factory=list)  # every finding: (row, detail); findings.jsonl
+
+    def summary(self) -> dict[str, Any]:
+        """What report.json shows: everything but the full list of rows."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k != "rows"}
 
 
 def _refusal(check: Check, rows: list[Conversation], findings: list[Finding]) -> DataError:
@@ -110,6 +115,7 @@ def run_check(check: Check, data: CheckInput, reports: dict[str, CheckReport]
     report.count += len(outcome.warnings)
     for warning in outcome.warnings:
         log.warning("%s: %s", check.name, warning)
+    report.rows += [(data.rows[f.row].location, f.detail) for f in findings]
     for f in findings[:max(0, EXAMPLES - len(report.examples))]:
         report.examples.append({"row": data.rows[f.row].location, "detail": f.detail})
     if not findings:

@@ -155,8 +155,8 @@ def _exact(tokenizer: Any, c: Conversation, max_seq_len: int) -> tuple[int, int,
 
 
 def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> TokenStats:
-    fast_path = fast_template(tokenizer)
-    backend = tokenizer.backend_tokenizer
+    backend = getattr(tokenizer, "backend_tokenizer", None)  # a slow (Python) tokenizer has none: exact path
+    fast_path = fast_template(tokenizer) if backend is not None else None
     out = np.zeros((len(rows), 4), dtype=np.int64)
     fast = [False] * len(rows)
     chat = [i for i, c in enumerate(rows) if fast_path and not c.is_text and not c.tools
@@ -174,7 +174,7 @@ def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> To
             within = sum(max(0, min(t1, max_seq_len) - t0) for t0, t1 in tokens)
             out[i] = (n, trained, tokens[0][0] if tokens else n, within)
             fast[i] = True
-    text_rows = [i for i, c in enumerate(rows) if c.is_text]
+    text_rows = [i for i, c in enumerate(rows) if c.is_text and backend is not None]
     if text_rows:
         eos = tokenizer.eos_token_id
         encoded = backend.encode_batch([rows[i].text or "" for i in text_rows], add_special_tokens=True)

@@ -83,10 +83,10 @@ def read_json(path: Path) -> Records:
 def read_csv(path: Path) -> Records:
     """A header row names the columns; every value is a string (an empty cell is an empty string)."""
     reader = csv.DictReader(io.StringIO(_decode(path), newline=""))
-    line = reader.line_num + 1
+    last = 1  # the line the previous record ended on; the header is line 1
     for row in reader:
-        yield f"{path}:{line + 1}", row
-        line = reader.line_num
+        yield f"{path}:{last + 1}", row  # a quoted value may span lines: a record starts after the last one
+        last = reader.line_num
 
 
 def read_parquet(path: Path) -> Records:

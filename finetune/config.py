@@ -23,6 +23,7 @@ from finetune.data.python_source import PythonSourceConfig
 from finetune.data.readers import path_problem
 from finetune.errors import UserError
 from finetune.fields import setting as _field
+from finetune.methods import METHODS
 
 STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export")
 
@@ -91,13 +92,13 @@ class DatasetConfig:
 
 @dataclass
 class MethodConfig:
-    name: str = _field("lora", choices=("lora", "qlora", "full"))
+    name: str = _field("lora", choices=tuple(METHODS))
     r: int = _field(16, low=1, high=1024)
     alpha: float = _field(32.0, low=0.0, low_open=True)
     dropout: float = _field(0.05, low=0.0, high=0.9)
-    target_modules: list[str] = _field(
-        ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    )
+    rslora: bool = False  # scale the adapter by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)
+    # A list of layer names, `all-linear`, or `auto` (the architecture's usual projections; finetune/methods.py).
+    target_modules: Any = _field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 @dataclass
@@ -211,6 +212,10 @@ def _check_cross_fields(run: RunConfig) -> None:
                               "dataset id")
         if problem := path_problem(value):
             raise ConfigError(f"{key}: {problem}")
+    targets = run.method.target_modules
+    if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
+                                                  not all(isinstance(t, str) and t for t in targets)):
+        raise ConfigError(f"method.target_modules={targets!r}: expected a list of layer names, all-linear or auto")
     if not run.model.source.strip():
         raise ConfigError("model.source is empty; expected a Hub id, a model folder, a .gguf file or "
                           "package:<pkg>/<file>")

@@ -142,9 +142,15 @@ CASES: list[Case] = [
          "error: data.jsonl: no usable conversation is left of 20 records: no_loss_within_max_seq_len dropped 20 "
          "(e.g. data.jsonl:1: no answer token within train.max_seq_len=16 (the answer starts at token 43))",
          files={"data.jsonl": GOOD}),
-    Case("qlora-on-cpu", (*TINY_MODEL, *DATA, "method=qlora"),
-         "error: method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora",
-         files={"data.jsonl": GOOD}),
+    Case("qlora-without-bitsandbytes", (*TINY_MODEL, *DATA, "method=qlora"),
+         "error: method.name=qlora needs bitsandbytes (it runs on CPU and CUDA): pip install 'finetune[qlora]', or "
+         "use method=lora",
+         files={"data.jsonl": GOOD, "shim/bitsandbytes/__init__.py": b"raise ImportError('not installed')\n"},
+         env={"PYTHONPATH": "shim"}),
+    Case("target-modules-not-a-list", (*TINY_MODEL, "method.target_modules=everything"),
+         "error: method.target_modules='everything': expected a list of layer names, all-linear or auto"),
+    Case("method-not-in-the-registry", ("method.name=lokr",),
+         "error: method.name='lokr': must be one of full, lora, dora, qlora"),
     # ── dataset files ──
     Case("malformed-jsonl", (*TINY_MODEL, *DATA),
          "error: data.jsonl:3: invalid JSON: Expecting ':' delimiter (column 23)",

@@ -13,6 +13,7 @@ from finetune.chat import first_exchange
 from finetune.config import RunConfig
 from finetune.data.canonical import Conversation, read_split
 from finetune.errors import UserError
+from finetune.methods import METHODS
 from finetune.modelfile import modelfile, template_family
 from finetune.models import load_config, load_tokenizer
 from finetune.pipeline.graph import StageContext
@@ -58,7 +59,8 @@ def _smoke_prompt(test: list[Conversation]) -> list[dict[str, Any]]:
 
 def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name: str) -> str:
     m, t = run.method, run.train
-    method = "full fine-tuning" if m.name == "full" else f"{m.name} (r={m.r}, alpha={m.alpha}, dropout={m.dropout})"
+    method = f"{m.name} (r={m.r}, alpha={m.alpha}, dropout={m.dropout}{', rsLoRA' if m.rslora else ''})" \
+        if METHODS[m.name].adapter else "full fine-tuning"
     return "\n".join([
         f"# {run.run_name}",
         "",

@@ -11,6 +11,7 @@ import logging
 import shutil
 
 from finetune.config import RunConfig
+from finetune.methods import METHODS
 from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
 from finetune.pipeline.graph import StageContext
 
@@ -19,7 +20,7 @@ log = logging.getLogger(__name__)
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     out = ctx.out_dir / "model"
-    if run.method.name == "full":
+    if not METHODS[run.method.name].adapter:
         shutil.copytree(ctx.input("train", "model"), out)
         return {"model": "model"}
     from peft import PeftModel

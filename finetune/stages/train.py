@@ -1,7 +1,7 @@
 """train: fine-tune with transformers + peft + trl (backend ``hf``) on the validated training split.
 
-Methods: ``lora`` (an adapter on a full-precision base), ``qlora`` (the same adapter on a 4-bit base; CUDA
-only, bitsandbytes) and ``full`` (every weight). Labels come from ``finetune.chat`` (assistant turns only,
+The method (``full``, ``lora`` with optional rsLoRA, ``dora``, ``qlora`` — NF4 through bitsandbytes, on CPU
+too) comes from the ``finetune.methods`` registry. Labels come from ``finetune.chat`` (assistant turns only,
 end-of-turn included). Checkpoints go to ``checkpoints/``; an interrupted run resumes from the last one.
 The loss is logged per step to ``loss.jsonl`` and to TensorBoard under ``tensorboard/``.
 """
@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from finetune import methods
 from finetune.chat import tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
@@ -77,11 +78,14 @@ def _check_target_modules(run: RunConfig) -> None:
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
+    config = load_config(run.model)
+    targets = methods.target_modules(run.method.target_modules, config.model_type)
+    if targets == "all-linear":
+        return
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(load_config(run.model),
-                                                 trust_remote_code=run.model.trust_remote_code)
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code)
     names = [name for name, _ in model.named_modules()]
-    for target in run.method.target_modules:
+    for target in targets:
         if not any(name == target or name.endswith(f".{target}") for name in names):
             linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
                              if isinstance(module, torch.nn.Linear)})
@@ -93,34 +97,14 @@ def _check_target_modules(run: RunConfig) -> None:
 
 def check(run: RunConfig) -> None:
     """Refuse, before any stage runs, a method this machine cannot train or layers the model lacks."""
-    import torch
-
-    if run.method.name == "qlora" and not torch.cuda.is_available():
-        raise TrainError("method.name=qlora needs a CUDA GPU (bitsandbytes 4-bit); on CPU use method=lora")
-    if run.method.name in ("lora", "qlora"):
+    method = methods.METHODS[run.method.name]
+    methods.check_available(method)
+    if method.adapter:
         _check_target_modules(run)
-
-
-def _model_kwargs(run: RunConfig, dtype: Any) -> dict[str, Any]:
-    import torch
-
-    if run.method.name != "qlora":
-        return {"dtype": dtype}
-    from transformers import BitsAndBytesConfig
-
-    return {
-        "dtype": dtype,
-        "device_map": {"": torch.cuda.current_device()},
-        "quantization_config": BitsAndBytesConfig(
-            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype,
-        ),
-    }
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     import torch
-    from peft import LoraConfig
     from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
     from trl import SFTConfig, SFTTrainer
@@ -128,7 +112,9 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     source = resolve_model_source(run.model)
     tokenizer = load_tokenizer(source, run.model)
     dtype = torch_dtype(run.model.dtype)
-    model = load_model(source, run.model, **_model_kwargs(run, dtype))
+    method = methods.METHODS[run.method.name]
+    model = methods.prepare(method, load_model(source, run.model, **methods.load_kwargs(method, dtype)),
+                            run.train.gradient_checkpointing)
     train_set = _tokenized(tokenizer, ctx.input("validate", "train"))
     eval_set = _tokenized(tokenizer, ctx.input("validate", "validation"))
     t = run.train
@@ -162,18 +148,14 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         include_num_input_tokens_seen="non_padding",
         dataloader_num_workers=0,
     )
-    peft_config = None
-    if run.method.name in ("lora", "qlora"):
-        peft_config = LoraConfig(
-            r=run.method.r, lora_alpha=run.method.alpha, lora_dropout=run.method.dropout,
-            target_modules=list(run.method.target_modules), task_type="CAUSAL_LM",
-        )
+    peft_config = methods.peft_config(method, run.method, model.config.model_type)
     tensorboard = SummaryWriter(log_dir=str(ctx.out_dir / "tensorboard"))
     trainer = SFTTrainer(
         model=model, args=args, train_dataset=train_set, eval_dataset=eval_set, processing_class=tokenizer,
         peft_config=peft_config,
         callbacks=[TensorBoardCallback(tensorboard), _loss_logger(ctx.out_dir / "loss.jsonl", resume_step)],
     )
+    methods.adapter_in_compute_dtype(method, trainer.model, dtype)
     if resume_from:
         log.info("resuming from %s", resume_from)
     try:
@@ -184,7 +166,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     finally:
         tensorboard.close()
 
-    out_name = "model" if run.method.name == "full" else "adapter"
+    out_name = "adapter" if method.adapter else "model"
     trainer.save_model(str(ctx.out_dir / out_name))
     tokenizer.save_pretrained(str(ctx.out_dir / out_name))
     state = trainer.state

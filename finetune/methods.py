@@ -1,0 +1,110 @@
+"""Training methods as a registry: ``method.name`` picks an entry, and the entry says how the base model loads
+and which adapter (if any) wraps it — so the train and merge stages never ask ``if name == ...``.
+
+``full`` trains every weight; ``lora`` an adapter on a full-precision base (``method.rslora`` scales it by
+alpha/√r); ``dora`` a weight-decomposed LoRA adapter; ``qlora`` a LoRA adapter on an NF4 base with double
+quantisation (bitsandbytes, which runs it on CPU too), adapter weights in the compute dtype. ``merge`` always
+reloads the base in full precision, so a QLoRA adapter is never merged into 4-bit weights.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from finetune.errors import UserError
+
+# method.target_modules=auto: the usual projections per architecture (config.model_type); others: all-linear.
+TARGETS_BY_ARCHITECTURE = {
+    **{arch: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+       for arch in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")},
+    **{arch: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+       for arch in ("falcon", "gpt_neox", "bloom")},
+}
+
+
+class MethodError(UserError, RuntimeError):
+    """The method cannot run here; the message says what to install or use instead."""
+
+
+@dataclass(frozen=True)
+class Method:
+    name: str
+    adapter: bool  # trains a peft adapter (merge folds it in), or every weight
+    quantized: bool = False  # the base loads in 4 bit (bitsandbytes NF4)
+    dora: bool = False
+
+
+METHODS: dict[str, Method] = {m.name: m for m in (
+    Method("full", adapter=False),
+    Method("lora", adapter=True),
+    Method("dora", adapter=True, dora=True),
+    Method("qlora", adapter=True, quantized=True),
+)}
+
+
+def target_modules(setting: Any, model_type: str) -> list[str] | str:
+    """``method.target_modules`` as peft takes it: a list of layer names, ``all-linear``, or for ``auto`` the
+    architecture's usual projections (all-linear where the architecture is not in the table)."""
+    if setting == "auto":
+        return TARGETS_BY_ARCHITECTURE.get(model_type, "all-linear")
+    return setting if setting == "all-linear" else list(setting)
+
+
+def check_available(method: Method) -> None:
+    """A quantized method needs bitsandbytes importable here (imported, not only found: a broken install
+    fails the same way)."""
+    if not method.quantized:
+        return
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise MethodError("method.name=qlora needs bitsandbytes (it runs on CPU and CUDA): pip install "
+                          "'finetune[qlora]', or use method=lora") from None
+
+
+def load_kwargs(method: Method, dtype: Any) -> dict[str, Any]:
+    """What ``from_pretrained`` needs for this method's base model."""
+    if not method.quantized:
+        return {"dtype": dtype}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    device = torch.cuda.current_device() if torch.cuda.is_available() else "cpu"
+    return {
+        "dtype": dtype,
+        "device_map": {"": device},
+        "quantization_config": BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=dtype,
+        ),
+    }
+
+
+def peft_config(method: Method, cfg: Any, model_type: str) -> Any:
+    """The adapter to train (None for full fine-tuning); ``cfg`` is ``run.method``."""
+    if not method.adapter:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_dora=method.dora,
+                      use_rslora=cfg.rslora, target_modules=target_modules(cfg.target_modules, model_type),
+                      task_type="CAUSAL_LM")
+
+
+def adapter_in_compute_dtype(method: Method, model: Any, dtype: Any) -> None:
+    """TRL casts a quantized model's trainable weights to bf16 (the QLoRA paper's choice on GPUs); keep them in
+    the compute dtype instead — fp32 on CPU, where bf16 matmuls are two orders of magnitude slower."""
+    if method.quantized:
+        for param in model.parameters():
+            if param.requires_grad:
+                param.data = param.data.to(dtype)
+
+
+def prepare(method: Method, model: Any, gradient_checkpointing: bool) -> Any:
+    """A quantized base gets peft's k-bit preparation (norms in fp32, input grads for checkpointing)."""
+    if not method.quantized:
+        return model
+    from peft import prepare_model_for_kbit_training
+
+    return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)

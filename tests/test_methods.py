@@ -1,0 +1,68 @@
+"""The methods registry: every method trains the tiny model through the CLI — QLoRA on this CPU too — and
+merge always writes a full-precision model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from finetune.config import MethodConfig
+from finetune.methods import METHODS, TARGETS_BY_ARCHITECTURE, target_modules
+
+from .conftest import TINY, run_cli
+
+
+def test_registry_is_the_config_choice_list():
+    choices = next(f for f in MethodConfig.__dataclass_fields__.values() if f.name == "name").metadata["choices"]
+    assert choices == tuple(METHODS) == ("full", "lora", "dora", "qlora")
+
+
+def test_target_modules_auto_all_linear_and_lists():
+    assert target_modules("auto", "llama") == TARGETS_BY_ARCHITECTURE["llama"]
+    assert target_modules("auto", "gpt_neox") == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
+    assert target_modules("auto", "some_new_arch") == "all-linear"
+    assert target_modules("all-linear", "llama") == "all-linear"
+    assert target_modules(["q_proj"], "llama") == ["q_proj"]
+
+
+def train_and_merge(tmp_path: Path, *args: str) -> Path:
+    data = tmp_path / "chats.jsonl"
+    from .conftest import conversation
+
+    data.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(20)), encoding="utf-8")
+    run_cli(*TINY, f"dataset.path={data}", "train.max_steps=2", "stages=[validate,train,merge]",
+            "hydra.run.dir=run", *args, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(("args", "expect"), [
+    (("method=dora",), {"use_dora": True, "use_rslora": False}),
+    (("method=lora", "method.rslora=true", "method.target_modules=all-linear"),
+     {"use_dora": False, "use_rslora": True}),
+    (("method=lora", "method.target_modules=auto"), {"use_dora": False}),
+])
+def test_lora_family_options_reach_the_adapter(tmp_path, args, expect):
+    run_dir = train_and_merge(tmp_path, *args)
+    adapter = json.loads((run_dir / "train" / "adapter" / "adapter_config.json").read_text())
+    for key, value in expect.items():
+        assert adapter[key] == value, key
+    layers = {name.rsplit(".", 1)[-1] for name in adapter["target_modules"]}
+    assert layers == set(TARGETS_BY_ARCHITECTURE["llama"])  # all-linear (peft expands it) and auto alike
+    assert (run_dir / "merge" / "model" / "model.safetensors").is_file()
+
+
+def test_qlora_trains_on_cpu_and_merges_into_full_precision(tmp_path):
+    run_dir = train_and_merge(tmp_path, "method=qlora")
+    metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
+    assert metrics["method"] == "qlora" and metrics["global_step"] == 2
+    assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
+    with safe_open(str(run_dir / "train" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        dtypes = {f.get_tensor(name).dtype for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    assert {str(d) for d in dtypes} == {"torch.float32"}  # adapter weights in the compute dtype
+    merged = run_dir / "merge" / "model"
+    assert "quantization_config" not in json.loads((merged / "config.json").read_text())
+    with safe_open(str(merged / "model.safetensors"), "pt") as f:
+        assert {str(f.get_tensor(name).dtype) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable) == {"torch.float32"}

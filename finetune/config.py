@@ -23,7 +23,7 @@ from finetune.data.python_source import PythonSourceConfig
 from finetune.data.readers import path_problem
 from finetune.errors import UserError
 from finetune.fields import setting as _field
-from finetune.methods import METHODS
+from finetune.methods import METHODS, OPTIMIZERS
 
 STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export")
 
@@ -112,13 +112,16 @@ class TrainConfig:
     epochs: float = _field(1.0, low=0.0, low_open=True)
     batch_size: int = _field(1, low=1)
     grad_accum: int = _field(4, low=1)
-    lr: float = _field(2e-4, low=0.0, high=1.0, low_open=True)
+    lr: float | None = _field(None, low=0.0, high=1.0, low_open=True)  # None: the method's (LoRA 2e-4, full 2e-5)
     lr_scheduler: str = _field("cosine", choices=("cosine", "linear", "constant", "constant_with_warmup"))
     warmup_ratio: float = _field(0.03, low=0.0, high=0.5)
     weight_decay: float = _field(0.0, low=0.0, high=1.0)
+    max_grad_norm: float = _field(1.0, low=0.0)  # gradient clipping; 0 turns it off
+    optimizer: str = _field("adamw_torch", choices=OPTIMIZERS)
     max_seq_len: int = _field(1024, low=16)
     gradient_checkpointing: bool = False
     save_steps: int = _field(50, low=1)
+    eval_steps: int | None = _field(None, low=1)  # None: evaluate when saving
     save_total_limit: int = _field(2, low=1)
     logging_steps: int = _field(1, low=1)
 

@@ -31,16 +31,20 @@ class MethodError(UserError, RuntimeError):
 class Method:
     name: str
     adapter: bool  # trains a peft adapter (merge folds it in), or every weight
+    lr: float  # the learning rate when train.lr is not set: the usual one for the method
     quantized: bool = False  # the base loads in 4 bit (bitsandbytes NF4)
     dora: bool = False
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (
-    Method("full", adapter=False),
-    Method("lora", adapter=True),
-    Method("dora", adapter=True, dora=True),
-    Method("qlora", adapter=True, quantized=True),
+    Method("full", adapter=False, lr=2e-5),
+    Method("lora", adapter=True, lr=2e-4),
+    Method("dora", adapter=True, lr=2e-4, dora=True),
+    Method("qlora", adapter=True, lr=2e-4, quantized=True),
 )}
+# train.optimizer: transformers' names; the 8-bit ones need bitsandbytes, the paged ones CUDA as well.
+OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bit", "paged_adamw_8bit",
+              "paged_adamw_32bit")
 
 
 def target_modules(setting: Any, model_type: str) -> list[str] | str:
@@ -51,16 +55,28 @@ def target_modules(setting: Any, model_type: str) -> list[str] | str:
     return setting if setting == "all-linear" else list(setting)
 
 
-def check_available(method: Method) -> None:
-    """A quantized method needs bitsandbytes importable here (imported, not only found: a broken install
-    fails the same way)."""
-    if not method.quantized:
-        return
+def _has_bitsandbytes() -> bool:
+    """Imported, not only found: a broken install fails the same way as a missing one."""
     try:
         import bitsandbytes  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def check_available(method: Method, optimizer: str) -> None:
+    """What this machine lacks for the method or the optimizer, as one line."""
+    if method.quantized and not _has_bitsandbytes():
         raise MethodError("method.name=qlora needs bitsandbytes (it runs on CPU and CUDA): pip install "
-                          "'finetune[qlora]', or use method=lora") from None
+                          "'finetune[qlora]', or use method=lora")
+    if optimizer.startswith("paged_"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise MethodError(f"train.optimizer={optimizer} pages optimizer state through CUDA memory; on CPU use "
+                              "adamw_torch or adamw_8bit")
+    if optimizer.endswith("_8bit") and not _has_bitsandbytes():
+        raise MethodError(f"train.optimizer={optimizer} needs bitsandbytes: pip install 'finetune[qlora]'")
 
 
 def load_kwargs(method: Method, dtype: Any) -> dict[str, Any]:

@@ -149,6 +149,12 @@ CASES: list[Case] = [
          env={"PYTHONPATH": "shim"}),
     Case("target-modules-not-a-list", (*TINY_MODEL, "method.target_modules=everything"),
          "error: method.target_modules='everything': expected a list of layer names, all-linear or auto"),
+    Case("paged-optimizer-on-cpu", (*TINY_MODEL, *DATA, "train.optimizer=paged_adamw_8bit"),
+         "error: train.optimizer=paged_adamw_8bit pages optimizer state through CUDA memory; on CPU use adamw_torch "
+         "or adamw_8bit", files={"data.jsonl": GOOD}),
+    Case("optimizer-not-a-choice", ("train.optimizer=lion",),
+         "error: train.optimizer='lion': must be one of adamw_torch, adamw_torch_fused, adafactor, sgd, adamw_8bit, "
+         "paged_adamw_8bit, paged_adamw_32bit"),
     Case("method-not-in-the-registry", ("method.name=lokr",),
          "error: method.name='lokr': must be one of full, lora, dora, qlora"),
     # ── dataset files ──

@@ -66,3 +66,20 @@ def test_qlora_trains_on_cpu_and_merges_into_full_precision(tmp_path):
     assert "quantization_config" not in json.loads((merged / "config.json").read_text())
     with safe_open(str(merged / "model.safetensors"), "pt") as f:
         assert {str(f.get_tensor(name).dtype) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable) == {"torch.float32"}
+
+
+@pytest.mark.parametrize(("args", "lr", "optimizer"), [
+    (("method=full",), 2e-5, "adamw_torch"),  # the method's usual rate when train.lr is not set
+    (("method=lora", "train.optimizer=adafactor", "train.max_grad_norm=0.5", "train.eval_steps=1"), 2e-4,
+     "adafactor"),
+    (("method=lora", "train.lr=1e-3"), 1e-3, "adamw_torch"),
+])
+def test_learning_rate_defaults_per_method_and_optimizer_knobs(tmp_path, args, lr, optimizer):
+    run_dir = train_and_merge(tmp_path, *args)
+    metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
+    assert (metrics["lr"], metrics["optimizer"]) == (lr, optimizer)
+    if "train.max_grad_norm=0.5" in args:
+        assert metrics["max_grad_norm"] == 0.5
+        evals = [r for r in map(json.loads, (run_dir / "train" / "loss.jsonl").read_text().splitlines())
+                 if "eval_loss" in r]
+        assert [r["step"] for r in evals] == [1, 2]  # eval_steps=1, apart from save_steps

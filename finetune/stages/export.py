@@ -59,6 +59,7 @@ def _smoke_prompt(test: list[Conversation]) -> list[dict[str, Any]]:
 
 def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name: str) -> str:
     m, t = run.method, run.train
+    lr = t.lr if t.lr is not None else METHODS[m.name].lr
     method = f"{m.name} (r={m.r}, alpha={m.alpha}, dropout={m.dropout}{', rsLoRA' if m.rslora else ''})" \
         if METHODS[m.name].adapter else "full fine-tuning"
     return "\n".join([
@@ -70,7 +71,7 @@ def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name:
         "",
         f"- data: `{Path(report['dataset']).name}` ({report['format']}), splits {report['splits']}",
         f"- steps: {t.max_steps if t.max_steps > 0 else f'{t.epochs} epochs'}, batch {t.batch_size} x "
-        f"{t.grad_accum} accumulation, lr {t.lr} ({t.lr_scheduler}), max_seq_len {t.max_seq_len}, seed {run.seed}",
+        f"{t.grad_accum} accumulation, lr {lr} ({t.lr_scheduler}), max_seq_len {t.max_seq_len}, seed {run.seed}",
         "- loss on assistant tokens only; reproducible from `.hydra/config.yaml` in the run directory",
         "",
         "## Use",

@@ -98,7 +98,7 @@ def _check_target_modules(run: RunConfig) -> None:
 def check(run: RunConfig) -> None:
     """Refuse, before any stage runs, a method this machine cannot train or layers the model lacks."""
     method = methods.METHODS[run.method.name]
-    methods.check_available(method)
+    methods.check_available(method, run.train.optimizer)
     if method.adapter:
         _check_target_modules(run)
 
@@ -129,7 +129,9 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         per_device_train_batch_size=t.batch_size,
         per_device_eval_batch_size=t.batch_size,
         gradient_accumulation_steps=t.grad_accum,
-        learning_rate=t.lr,
+        learning_rate=t.lr if t.lr is not None else method.lr,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optimizer,
         lr_scheduler_type=t.lr_scheduler,
         warmup_steps=t.warmup_ratio,
         weight_decay=t.weight_decay,
@@ -139,7 +141,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
         eval_strategy="steps" if eval_set is not None else "no",
-        eval_steps=t.save_steps,
+        eval_steps=t.eval_steps or t.save_steps,
         bf16=dtype == torch.bfloat16,
         fp16=dtype == torch.float16,
         seed=run.seed,
@@ -173,6 +175,9 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     tokens = int(state.num_input_tokens_seen)
     metrics = {
         "method": run.method.name,
+        "lr": args.learning_rate,
+        "optimizer": str(args.optim.value if hasattr(args.optim, "value") else args.optim),
+        "max_grad_norm": args.max_grad_norm,
         "base_model": source,
         "dtype": str(dtype).removeprefix("torch."),
         "global_step": state.global_step,

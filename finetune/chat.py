@@ -44,8 +44,9 @@ class TokenizedConversation:
         return sum(label != IGNORE_INDEX for label in self.labels)
 
 
-def _render(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None = None,
-            add_generation_prompt: bool = False) -> str:
+def render(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None = None,
+           add_generation_prompt: bool = False) -> str:
+    """The model's chat template applied as text (what it will see before tokenization)."""
     return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
                                          add_generation_prompt=add_generation_prompt)
 
@@ -56,13 +57,13 @@ def template_takes(tokenizer: Any) -> tuple[bool, bool]:
     user = [{"role": "user", "content": "x"}]
     tool = {"type": "function", "function": {"name": _PROBE, "description": "", "parameters": {"type": "object"}}}
     try:
-        tools = _PROBE in _render(tokenizer, user, tools=[tool])
+        tools = _PROBE in render(tokenizer, user, tools=[tool])
     except Exception:  # a template that cannot render tools at all
         tools = False
     call = {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
                                                                "function": {"name": _PROBE, "arguments": {}}}]}
     try:
-        calls = _PROBE in _render(tokenizer, [*user, call])
+        calls = _PROBE in render(tokenizer, [*user, call])
     except Exception:
         calls = False
     return tools, calls
@@ -98,7 +99,7 @@ def for_template(tokenizer: Any, c: Conversation) -> tuple[list[Message], list[d
 
 def _ids(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None, add_generation_prompt: bool
          ) -> list[int]:
-    text = _render(tokenizer, messages, tools, add_generation_prompt)
+    text = render(tokenizer, messages, tools, add_generation_prompt)
     # The template already writes any BOS it wants; adding special tokens again would double it.
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 

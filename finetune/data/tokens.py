@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.chat import IGNORE_INDEX, tokenize
+from finetune.chat import IGNORE_INDEX, render, tokenize
 from finetune.data.canonical import Conversation, DataError
 
 CHUNK = 4096
@@ -54,10 +54,6 @@ class TokenStats:
 
         return cls(cat("length"), cat("trained"), cat("first_trained"), cat("trained_within"), max_seq_len,
                    sum(p.fast_rows for p in parts))
-
-
-def _render(tokenizer: Any, messages: list[dict], add_generation_prompt: bool = False) -> str:
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
 
 
 @dataclass(frozen=True)
@@ -98,12 +94,12 @@ def fast_template(tokenizer: Any) -> FastTemplate | None:
         return None
     user = PROBES[0][:1]
     try:
-        base = _render(tokenizer, user)
-        prompt = _render(tokenizer, user, add_generation_prompt=True)
-        with_answer = _render(tokenizer, [*user, {"role": "assistant", "content": _SENTINEL}])
+        base = render(tokenizer, user)
+        prompt = render(tokenizer, user, add_generation_prompt=True)
+        with_answer = render(tokenizer, [*user, {"role": "assistant", "content": _SENTINEL}])
         direct = _direct_renderer(tokenizer)
-        if any(direct(m) != _render(tokenizer, m) for m in PROBES):
-            direct = functools.partial(_render, tokenizer)
+        if any(direct(m) != render(tokenizer, m) for m in PROBES):
+            direct = functools.partial(render, tokenizer)
     except Exception:
         return None
     if not prompt.startswith(base) or not with_answer.startswith(prompt + _SENTINEL):
@@ -111,9 +107,9 @@ def fast_template(tokenizer: Any) -> FastTemplate | None:
     fast = FastTemplate(prompt[len(base):], with_answer[len(prompt) + len(_SENTINEL):], direct)
     for messages in PROBES:
         answers = [i for i, m in enumerate(messages) if m["role"] == "assistant"]
-        exact = [(len(_render(tokenizer, messages[:i], add_generation_prompt=True)),
-                  len(_render(tokenizer, messages[:i + 1]))) for i in answers]
-        if _char_spans(_render(tokenizer, messages), messages, fast) != exact:
+        exact = [(len(render(tokenizer, messages[:i], add_generation_prompt=True)),
+                  len(render(tokenizer, messages[:i + 1]))) for i in answers]
+        if _char_spans(render(tokenizer, messages), messages, fast) != exact:
             return None
     return fast
 

@@ -3,25 +3,13 @@
 records every key each stage reads and checks it is listed), ``checks`` what refuses bad input before any
 stage runs. Only ``train`` resumes; the others start again from an empty folder."""
 
-from pathlib import Path
-
-from finetune.config import RunConfig
-from finetune.data.readers import local_path
 from finetune.models import check_source
 from finetune.pipeline.graph import Stage
 from finetune.stages import evaluate, export, merge, train, validate
 
-
-def _dataset_files(run: RunConfig) -> list[Path]:
-    """Local data files and folders (a Hub dataset is named by its id in the config instead)."""
-    d = run.dataset
-    names = (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources))
-    return [path for name in names if name and (path := local_path(name))]
-
-
 STAGES: tuple[Stage, ...] = (
-    Stage("validate", validate.run, needs=(), config_keys=("model", "dataset", "seed", "train.max_seq_len"),
-          input_files=_dataset_files, checks=(check_source, validate.check)),
+    Stage("validate", validate.run, needs=(), config_keys=validate.CONFIG_KEYS, input_files=validate.input_files,
+          checks=(check_source, validate.check)),
     Stage("train", train.run, needs=("validate",), config_keys=("model", "method", "backend", "train", "seed"),
           resumable=True, checks=(check_source, train.check)),
     Stage("merge", merge.run, needs=("train",), config_keys=("model", "method"), checks=(check_source,)),

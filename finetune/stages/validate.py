@@ -203,15 +203,21 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
 _PREPARED: dict[str, Validated] = {}  # the pre-run check's result, which `run` reuses when nothing changed
 
 
+CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len")  # what prepare reads (the stage's fingerprint)
+
+
+def input_files(run: RunConfig) -> list[Path]:
+    """Local data files and folders (a Hub dataset is named by its id in the config instead)."""
+    d = run.dataset
+    names = (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources))
+    return [path for name in names if name and (path := local_path(name))]
+
+
 def _inputs_key(run: RunConfig) -> str:
     """What ``prepare`` depends on: its config, and the size and modification time of every local input."""
-    d = run.dataset
-    paths = [p for name in (d.path, d.validation_path, d.test_path, *(s.path for s in d.sources))
-             if name and (p := local_path(name))]
-    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for p in paths if p.exists()
+    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for p in input_files(run) if p.exists()
              for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
-    return fingerprint({"config": [section(run, k) for k in ("dataset", "model", "train.max_seq_len", "seed")],
-                        "files": files})
+    return fingerprint({"config": [section(run, k) for k in CONFIG_KEYS], "files": files})
 
 
 def check(run: RunConfig) -> None:

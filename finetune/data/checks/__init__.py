@@ -74,15 +74,19 @@ class CheckReport:
     action: str
     what: str
     count: int = 0
-    examples: list[dict[str, str]] = field(default_factory=list)
     stats: dict[str, Any] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     seconds: float = 0.0
     rows: list[tuple[str, str]] = field(default_factory=list)  # every finding: (row, detail); findings.jsonl
 
+    @property
+    def examples(self) -> list[dict[str, str]]:
+        return [{"row": row, "detail": detail} for row, detail in self.rows[:EXAMPLES]]
+
     def summary(self) -> dict[str, Any]:
-        """What report.json shows: everything but the full list of rows."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "rows"}
+        """What report.json shows: the first ``EXAMPLES`` rows instead of all of them."""
+        fields = {k: v for k, v in dataclasses.asdict(self).items() if k != "rows"}
+        return {**fields, "examples": self.examples}
 
 
 def _refusal(check: Check, rows: list[Conversation], findings: list[Finding]) -> DataError:
@@ -116,8 +120,6 @@ def run_check(check: Check, data: CheckInput, reports: dict[str, CheckReport]
     for warning in outcome.warnings:
         log.warning("%s: %s", check.name, warning)
     report.rows += [(data.rows[f.row].location, f.detail) for f in findings]
-    for f in findings[:max(0, EXAMPLES - len(report.examples))]:
-        report.examples.append({"row": data.rows[f.row].location, "detail": f.detail})
     if not findings:
         return data.rows, []
     if action == "error":

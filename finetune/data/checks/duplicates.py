@@ -60,7 +60,7 @@ def near_signatures(rows: list[Conversation], ngram: int) -> np.ndarray:
 
 
 def _find_exact(data: CheckInput) -> Outcome:
-    first: dict[str, int] = {}
+    first: dict[bytes, int] = {}
     findings = []
     for i, c in enumerate(data.rows):
         j = first.setdefault(exact_key(c), i)

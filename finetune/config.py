@@ -17,10 +17,12 @@ from typing import Any
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from finetune.backends import BACKENDS
 from finetune.data.checks import CHECKS
 from finetune.data.formats import READABLE, WRITABLE
 from finetune.data.python_source import PythonSourceConfig
 from finetune.data.readers import path_problem
+from finetune.distributed import STRATEGIES
 from finetune.errors import UserError
 from finetune.fields import setting as _field
 from finetune.methods import METHODS, OPTIMIZERS
@@ -103,7 +105,7 @@ class MethodConfig:
 
 @dataclass
 class BackendConfig:
-    name: str = _field("hf", choices=("hf",))
+    name: str = _field("hf", choices=tuple(BACKENDS))
 
 
 @dataclass
@@ -120,10 +122,18 @@ class TrainConfig:
     optimizer: str = _field("adamw_torch", choices=OPTIMIZERS)
     max_seq_len: int = _field(1024, low=16)
     gradient_checkpointing: bool = False
+    packing: bool = False  # a micro-batch's rows as one row, no padding, no attention across samples
+    loss_on: str = _field("assistant", choices=("assistant", "all"))  # all: every token (full-sequence loss)
     save_steps: int = _field(50, low=1)
     eval_steps: int | None = _field(None, low=1)  # None: evaluate when saving
     save_total_limit: int = _field(2, low=1)
+    keep_best: bool = False  # end with the checkpoint of lowest eval loss instead of the last one
+    early_stopping_patience: int | None = _field(None, low=1)  # stop after this many evals without improving
+    overfit_ratio: float = _field(1.5, low=1.0)  # flag over-fitting when eval loss > this × train loss
+    overfit_rising_evals: int = _field(3, low=1)  # ...or when eval loss rose at this many evaluations in a row
     logging_steps: int = _field(1, low=1)
+    num_processes: int = _field(1, low=1)  # >1: data-parallel workers (finetune/distributed.py)
+    distributed: str = _field("ddp", choices=STRATEGIES)  # ddp (CPU or CUDA); fsdp, deepspeed on CUDA
 
 
 @dataclass
@@ -215,6 +225,15 @@ def _check_cross_fields(run: RunConfig) -> None:
                               "dataset id")
         if problem := path_problem(value):
             raise ConfigError(f"{key}: {problem}")
+    t = run.train
+    if t.keep_best or t.early_stopping_patience is not None:
+        key = "train.keep_best" if t.keep_best else "train.early_stopping_patience"
+        if d.validation_fraction == 0 and d.validation_path is None:
+            raise ConfigError(f"{key}: the best checkpoint is chosen by eval loss, and there is no validation split "
+                              "(dataset.validation_fraction=0, no dataset.validation_path)")
+        if t.eval_steps is not None and t.save_steps % t.eval_steps:
+            raise ConfigError(f"train.save_steps={t.save_steps} must be a multiple of train.eval_steps={t.eval_steps} "
+                              "when the best checkpoint is kept (train.keep_best or train.early_stopping_patience)")
     targets = run.method.target_modules
     if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
                                                   not all(isinstance(t, str) and t for t in targets)):

@@ -286,7 +286,9 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
 def load_model(source: str, cfg: ModelConfig, **kwargs: Any) -> Any:
     """``AutoModelForCausalLM.from_pretrained`` with the config's dtype, revision and remote-code choice."""
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # a bar per weight file; each stage draws its own one bar
     kwargs.setdefault("dtype", torch_dtype(cfg.dtype))
     try:
         return AutoModelForCausalLM.from_pretrained(  # safetensors only: never unpickle a checkpoint

@@ -157,6 +157,18 @@ CASES: list[Case] = [
          "paged_adamw_8bit, paged_adamw_32bit"),
     Case("method-not-in-the-registry", ("method.name=lokr",),
          "error: method.name='lokr': must be one of full, lora, dora, qlora"),
+    Case("unsloth-without-a-gpu", (*TINY_MODEL, *DATA, "backend=unsloth"),
+         "error: backend=unsloth needs a CUDA GPU and none is visible here; use backend=hf (every method, on CPU too)",
+         files={"data.jsonl": GOOD}),
+    Case("backend-not-in-the-registry", ("backend.name=axolotl",),
+         "error: backend.name='axolotl': must be one of hf, unsloth"),
+    Case("keep-best-without-a-validation-split", ("train.keep_best=true", "dataset.validation_fraction=0"),
+         "error: train.keep_best: the best checkpoint is chosen by eval loss, and there is no validation split "
+         "(dataset.validation_fraction=0, no dataset.validation_path)"),
+    Case("early-stopping-save-not-a-multiple-of-eval", ("train.early_stopping_patience=2", "train.save_steps=50",
+                                                       "train.eval_steps=20"),
+         "error: train.save_steps=50 must be a multiple of train.eval_steps=20 when the best checkpoint is kept "
+         "(train.keep_best or train.early_stopping_patience)"),
     # ── dataset files ──
     Case("malformed-jsonl", (*TINY_MODEL, *DATA),
          "error: data.jsonl:3: invalid JSON: Expecting ':' delimiter (column 23)",

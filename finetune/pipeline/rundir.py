@@ -15,6 +15,7 @@ import logging
 import logging.handlers
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -128,6 +129,11 @@ class RunLog:
             handler.addFilter(RedactingFilter())
             self.root.addHandler(handler)
         self.root.setLevel(logging.INFO)
+        # Deprecation notices are for the libraries' developers, and bitsandbytes' hint about an optional CPU
+        # kernel package for nobody running a job: the user sees our lines and one progress bar per stage.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
 
     def to_file(self, run_dir: Path) -> None:
         self.file = logging.FileHandler(run_dir / LOG_NAME, encoding="utf-8")

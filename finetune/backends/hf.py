@@ -1,0 +1,28 @@
+"""backend=hf: transformers loads the base (NF4 through bitsandbytes for QLoRA) and peft attaches the adapter."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from finetune import methods
+
+
+def check(run: Any) -> None:
+    """Everything the hf backend needs is a dependency; the method's own needs are checked by the method."""
+
+
+def load(run: Any) -> Any:
+    from finetune.models import load_model, resolve_model_source, torch_dtype
+
+    method = methods.METHODS[run.method.name]
+    dtype = torch_dtype(run.model.dtype)
+    model = load_model(resolve_model_source(run.model), run.model, **methods.load_kwargs(method, dtype))
+    model = methods.prepare(method, model, run.train.gradient_checkpointing)
+    peft_config = methods.peft_config(method, run.method, model.config.model_type)
+    if peft_config is None:
+        return model
+    from peft import get_peft_model
+
+    model = get_peft_model(model, peft_config)
+    methods.adapter_in_compute_dtype(method, model, dtype)
+    return model

@@ -1,0 +1,261 @@
+"""The plan printed before the first training step, and the measured peak memory set beside it afterwards.
+
+Memory is estimated per part, from the loaded model rather than from a rule of thumb:
+- weights: the bytes of every parameter and buffer as loaded (4-bit packing and quantisation constants included);
+- gradients: one value per trainable parameter, in its dtype;
+- optimizer state: per trainable parameter, what the optimizer keeps (AdamW two fp32 moments; 8-bit AdamW two
+  bytes; SGD none);
+- activations: the bytes autograd saves for the backward pass, counted on this very model (a 64-token forward
+  through saved-tensor hooks, scaled linearly to the largest micro-batch) — so LoRA's dropout copies, grouped-query
+  attention or 4-bit layers are counted as they are, not assumed; with gradient checkpointing, each layer's input
+  plus one layer's worth recomputed;
+- logits: where a target is (``finetune.training`` asks for no others), three vocabulary-wide fp32 tensors per
+  position (logits, log-softmax, their gradient);
+- on CPU, the process's own footprint before the model was loaded (Python, torch, tokenizer, data), measured;
+  and ``CPU_ALLOCATOR_SLACK`` × (activations + logits): glibc's malloc keeps the freed blocks of earlier steps of
+  other lengths and fragments them, so the resident peak exceeds the live tensors (measured on SmolLM2 LoRA here:
+  +30 % in a bare loop, +55 % inside the Trainer).
+
+Time: model FLOPs per token (2N forward, 2N backward to the inputs, 2N more for trainable weights when every
+weight trains, 2N more to recompute under gradient checkpointing) over tokens; here at this machine's measured
+fp32 matmul rate, and per GPU of the price table in ``conf/gpu_prices.yaml`` at its dense bf16 rate — both at
+``ASSUMED_MFU``, a little under the utilisation our training benchmark reaches here (0.6,
+``benchmarks/results/train_speed.json``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+from finetune.paths import CONF_DIR
+
+ASSUMED_MFU = 0.5
+CPU_ALLOCATOR_SLACK = 0.5
+TRACE_TOKENS = 64
+OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2,
+                   "paged_adamw_8bit": 2, "adafactor": 0.05, "sgd": 0}  # per trainable parameter
+
+
+def _status_bytes(key: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def release_freed_memory() -> None:
+    """Hand memory freed while loading (QLoRA's full-precision copy before quantisation) back to the system:
+    glibc keeps it otherwise, and the run's peak would carry it. A no-op without glibc."""
+    import ctypes
+    import ctypes.util
+
+    if name := ctypes.util.find_library("c"):
+        libc = ctypes.CDLL(name)
+        if hasattr(libc, "malloc_trim"):
+            libc.malloc_trim(0)
+
+
+def process_bytes() -> int:
+    """The process's resident set now (0 where /proc is missing)."""
+    return _status_bytes("VmRSS") or 0
+
+
+class PeakMemory:
+    """Peak memory from now on: ``torch.cuda.max_memory_reserved`` on CUDA; on Linux the process's peak resident
+    set (VmHWM, whose high-water mark is reset here through ``/proc/self/clear_refs``); else ``ru_maxrss``."""
+
+    def __init__(self) -> None:
+        import torch
+
+        self.cuda = torch.cuda.is_available()
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+            return
+        with contextlib.suppress(OSError):
+            Path("/proc/self/clear_refs").write_text("5")
+
+    def read(self) -> dict[str, Any]:
+        import torch
+
+        if self.cuda:
+            return {"bytes": torch.cuda.max_memory_reserved(), "what": "torch.cuda.max_memory_reserved"}
+        peak = _status_bytes("VmHWM")
+        if peak is None:
+            import resource
+
+            return {"bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "what": "ru_maxrss"}
+        return {"bytes": peak, "what": "peak RSS (VmHWM)"}
+
+
+def _parameter_count(param: Any) -> int:
+    """Logical parameters: a bitsandbytes 4-bit tensor stores two per byte and keeps its shape aside."""
+    state = getattr(param, "quant_state", None)
+    return math.prod(state.shape) if state is not None else param.numel()
+
+
+def _weight_bytes(model: Any) -> int:
+    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+    for param in model.parameters():  # NF4 quantisation constants (absmax, double-quantised)
+        state = getattr(param, "quant_state", None)
+        if state is not None:
+            total += sum(t.numel() * t.element_size() for t in state.as_dict(packed=False).values()
+                         if hasattr(t, "element_size"))
+    return total
+
+
+def _saved_bytes_per_token(model: Any, checkpointing: bool) -> float:
+    """Bytes autograd keeps for backward per token, from one short training-mode forward of this model."""
+    import torch
+
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    saved: dict[int, int] = {}
+
+    def pack(tensor: Any) -> Any:
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() not in weights:
+            saved[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    device = next(model.parameters()).device
+    ids = torch.randint(0, model.config.vocab_size, (1, TRACE_TOKENS), device=device)
+    was_training = model.training
+    model.train()
+    # forked: the trace's dropout draws must not shift the training run's random stream
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(input_ids=ids, logits_to_keep=1, use_cache=False)
+    model.train(was_training)
+    per_token = sum(saved.values()) / TRACE_TOKENS
+    if checkpointing:  # kept: each layer's input; recomputed at a time: one layer
+        layers = model.config.num_hidden_layers
+        hidden = model.config.hidden_size * next(model.parameters()).element_size()
+        per_token = layers * hidden + per_token / layers
+    return per_token
+
+
+def _gpu_table() -> list[dict[str, Any]]:
+    import yaml
+
+    return yaml.safe_load((CONF_DIR / "gpu_prices.yaml").read_text(encoding="utf-8"))["gpus"]
+
+
+def _cpu_matmul_flops() -> float:
+    """This machine's fp32 matmul rate, measured (about a second)."""
+    import torch
+
+    own = torch.Generator().manual_seed(0)  # leaves the training run's random stream alone
+    a, b = torch.randn(1024, 1024, generator=own), torch.randn(1024, 1024, generator=own)
+    a @ b
+    start, n = time.perf_counter(), 0
+    while time.perf_counter() - start < 0.5:
+        a @ b
+        n += 1
+    return 2 * 1024**3 * n / (time.perf_counter() - start)
+
+
+def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: int) -> dict[str, Any]:
+    """The plan of this run (a JSON-able dict); ``train_set`` holds the tokenized rows."""
+    import torch
+
+    t = run.train
+    params = list(model.parameters())
+    total = sum(_parameter_count(p) for p in params)
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+    lengths = [len(ids) for ids in train_set["input_ids"]]
+    labelled = [sum(x != -100 for x in labels) for labels in train_set["labels"]]
+    micro_tokens = t.batch_size * max(lengths)
+    step_rows = t.batch_size * t.grad_accum * processes
+    steps_per_epoch = math.ceil(len(lengths) / step_rows)
+    steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
+    tokens = sum(lengths) * (steps / steps_per_epoch if t.max_steps > 0 else t.epochs)
+    cuda = next(model.parameters()).is_cuda
+    memory = {
+        "weights": _weight_bytes(model),
+        "gradients": grad_bytes,
+        "optimizer": int(trainable * OPTIMIZER_BYTES.get(t.optimizer, 8)),
+        "activations": int(_saved_bytes_per_token(model, t.gradient_checkpointing) * micro_tokens),
+        "logits": 3 * 4 * model.config.vocab_size * t.batch_size * max(labelled),
+        "process": 0 if cuda else baseline_bytes,
+    }
+    memory["allocator"] = 0 if cuda else int(CPU_ALLOCATOR_SLACK * (memory["activations"] + memory["logits"]))
+    memory["total"] = sum(memory.values())
+    adapter = trainable < total / 2
+    flops_per_token = (4 if adapter else 6) * total + (2 * total if t.gradient_checkpointing else 0)
+    flops = flops_per_token * tokens
+    here = (torch.cuda.get_device_name() if cuda else "this CPU", None if cuda else _cpu_matmul_flops())
+    on_gpu = memory["total"] - memory["process"] - memory["allocator"]
+    gpus = []
+    for g in _gpu_table():
+        hours = flops / (g["bf16_tflops"] * 1e12 * ASSUMED_MFU) / 3600
+        gpus.append({"gpu": g["name"], "memory_gb": g["memory_gb"], "fits": on_gpu < g["memory_gb"] * 1e9,
+                     "hours": round(hours, 5), "usd": round(hours * g["usd_per_hour"], 4)})
+    adapter_config = getattr(model, "peft_config", {}).get("default")
+    return {
+        "parameters": total,
+        "trainable_parameters": trainable,
+        "adapter_on": sorted(adapter_config.target_modules) if adapter_config else None,
+        "trainable_percent": round(100 * trainable / total, 3),
+        "train_rows": len(lengths),
+        "tokens_per_epoch": sum(lengths),
+        "tokens_to_train": int(tokens),
+        "optimizer_steps": steps,
+        "largest_micro_batch_tokens": micro_tokens,
+        "memory_estimate_bytes": memory,
+        "flops": flops,
+        "assumed_mfu": ASSUMED_MFU,
+        "here": {"device": here[0], "fp32_matmul_flops": here[1],
+                 "estimated_s": round(flops / (here[1] * ASSUMED_MFU), 1) if here[1] else None},
+        "gpus": gpus,
+    }
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.2f} GB"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
+
+
+def _usd(amount: float) -> str:
+    return f"${amount:.2f}" if amount >= 0.01 else "< $0.01"
+
+
+def text(plan: dict[str, Any]) -> str:
+    m = plan["memory_estimate_bytes"]
+    parts = ", ".join(f"{k} {_gb(v)}" for k, v in m.items() if k != "total" and v)
+    where = f" in {', '.join(plan['adapter_on'])}" if plan["adapter_on"] else ""
+    lines = [
+        f"plan: {plan['parameters'] / 1e6:.1f}M parameters, {plan['trainable_parameters'] / 1e6:.2f}M trainable "
+        f"({plan['trainable_percent']}%{where}); "
+        f"{plan['train_rows']} rows, {plan['tokens_per_epoch']:,} tokens per epoch, "
+        f"{plan['optimizer_steps']} optimizer steps, {plan['tokens_to_train']:,} tokens",
+        f"  memory estimate {_gb(m['total'])} ({parts})",
+    ]
+    if plan["here"]["estimated_s"] is not None:
+        lines.append(f"  time here ≈ {_duration(plan['here']['estimated_s'])} at "
+                     f"{plan['here']['fp32_matmul_flops'] / 1e9:.0f} GFLOP/s × {plan['assumed_mfu']} utilisation")
+    cheapest = sorted((g for g in plan["gpus"] if g["fits"]), key=lambda g: (g["usd"], g["hours"]))[:3]
+    if cheapest:
+        lines.append("  cheapest GPUs that fit (conf/gpu_prices.yaml): " + "; ".join(
+            f"{g['gpu']} {_duration(g['hours'] * 3600)} {_usd(g['usd'])}" for g in cheapest))
+    return "\n".join(lines)
+
+
+def compare(plan: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    estimate = plan["memory_estimate_bytes"]["total"]
+    return {"estimate_bytes": estimate, "measured_bytes": measured["bytes"], "measured_as": measured["what"],
+            "error_percent": round(100 * (estimate - measured["bytes"]) / measured["bytes"], 1)}
+
+
+def memory_line(comparison: dict[str, Any]) -> str:
+    return (f"{_gb(comparison['measured_bytes'])} ({comparison['measured_as']}) vs estimate "
+            f"{_gb(comparison['estimate_bytes'])}, {comparison['error_percent']:+.1f}%")

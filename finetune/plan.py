@@ -5,10 +5,10 @@ Memory is estimated per part, from the loaded model rather than from a rule of t
 - gradients: one value per trainable parameter, in its dtype;
 - optimizer state: per trainable parameter, what the optimizer keeps (AdamW two fp32 moments; 8-bit AdamW two
   bytes; SGD none);
-- activations: the bytes autograd saves for the backward pass, counted on this very model (a 64-token forward
-  through saved-tensor hooks, scaled linearly to the largest micro-batch) — so LoRA's dropout copies, grouped-query
-  attention or 4-bit layers are counted as they are, not assumed; with gradient checkpointing, each layer's input
-  plus one layer's worth recomputed;
+- activations: the bytes autograd keeps for the backward pass, counted on this very model (what the graph
+  still holds after traced forwards of 64 and 128 tokens, extended to the largest micro-batch) — so LoRA's dropout
+  copies, DoRA's extra products, grouped-query attention or 4-bit layers are counted as they are, not assumed;
+  with gradient checkpointing, each layer's input plus one layer's worth recomputed;
 - logits: where a target is (``finetune.training`` asks for no others), three vocabulary-wide fp32 tensors per
   position (logits, log-softmax, their gradient);
 - on CPU, the process's own footprint before the model was loaded (Python, torch, tokenizer, data), measured;
@@ -35,7 +35,7 @@ from finetune.paths import CONF_DIR
 
 ASSUMED_MFU = 0.5
 CPU_ALLOCATOR_SLACK = 0.5
-TRACE_TOKENS = 64
+TRACE_TOKENS = 128
 OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2,
                    "paged_adamw_8bit": 2, "adafactor": 0.05, "sgd": 0}  # per trainable parameter
 
@@ -110,34 +110,62 @@ def _weight_bytes(model: Any) -> int:
     return total
 
 
-def _saved_bytes_per_token(model: Any, checkpointing: bool) -> float:
-    """Bytes autograd keeps for backward per token, from one short training-mode forward of this model."""
+class _Saved:
+    """A tensor autograd saved, held by the graph for as long as the graph needs it."""
+
+    __slots__ = ("tensor", "__weakref__")
+
+    def __init__(self, tensor: Any) -> None:
+        self.tensor = tensor
+
+
+def _saved_bytes(model: Any, tokens: int) -> int:
+    """Bytes autograd keeps for backward after one training-mode forward of ``tokens`` tokens: the tensors still
+    held by the graph once the forward is done (a detached side computation, such as DoRA's weight norm, lets go
+    of what it saved), weights excluded, each storage once."""
+    import weakref
+
     import torch
 
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    saved: dict[int, int] = {}
+    held: list[Any] = []
 
-    def pack(tensor: Any) -> Any:
-        storage = tensor.untyped_storage()
-        if storage.data_ptr() not in weights:
-            saved[storage.data_ptr()] = storage.nbytes()
-        return tensor
+    def pack(tensor: Any) -> _Saved:
+        saved = _Saved(tensor)
+        held.append(weakref.ref(saved))
+        return saved
 
     device = next(model.parameters()).device
-    ids = torch.randint(0, model.config.vocab_size, (1, TRACE_TOKENS), device=device)
+    ids = (torch.arange(tokens, device=device) * 7919 % model.config.vocab_size).unsqueeze(0)
     was_training = model.training
     model.train()
     # forked: the trace's dropout draws must not shift the training run's random stream
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
-            torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        model(input_ids=ids, logits_to_keep=1, use_cache=False)
+            torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor):
+        output = model(input_ids=ids, logits_to_keep=1, use_cache=False)
     model.train(was_training)
-    per_token = sum(saved.values()) / TRACE_TOKENS
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+    for ref in held:
+        if (saved := ref()) is not None:
+            storage = saved.tensor.untyped_storage()
+            if storage.data_ptr() not in weights:
+                storages[storage.data_ptr()] = storage.nbytes()
+    del output
+    return sum(storages.values())
+
+
+def _activation_bytes(model: Any, tokens: int, checkpointing: bool) -> int:
+    """Saved activations for a micro-batch of ``tokens``: traced at two lengths, so that what grows with the
+    tokens and what does not (anything the size of a weight) are told apart."""
+    half = TRACE_TOKENS // 2
+    short, long = _saved_bytes(model, half), _saved_bytes(model, TRACE_TOKENS)
+    per_token = (long - short) / half
+    fixed = max(0.0, short - per_token * half)
     if checkpointing:  # kept: each layer's input; recomputed at a time: one layer
         layers = model.config.num_hidden_layers
         hidden = model.config.hidden_size * next(model.parameters()).element_size()
-        per_token = layers * hidden + per_token / layers
-    return per_token
+        per_token, fixed = layers * hidden + per_token / layers, fixed / layers
+    return int(fixed + per_token * tokens)
 
 
 def _gpu_table() -> list[dict[str, Any]]:
@@ -181,7 +209,7 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
         "weights": _weight_bytes(model),
         "gradients": grad_bytes,
         "optimizer": int(trainable * OPTIMIZER_BYTES.get(t.optimizer, 8)),
-        "activations": int(_saved_bytes_per_token(model, t.gradient_checkpointing) * micro_tokens),
+        "activations": _activation_bytes(model, micro_tokens, t.gradient_checkpointing),
         "logits": 3 * 4 * model.config.vocab_size * t.batch_size * max(labelled),
         "process": 0 if cuda else baseline_bytes,
     }

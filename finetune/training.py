@@ -38,13 +38,13 @@ class Batcher:
             return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
                     "position_ids": torch.tensor([positions])}
         width = max(len(r["input_ids"]) for r in rows)
-        pad = [width - len(r["input_ids"]) for r in rows]
-        return {
-            "input_ids": torch.tensor([r["input_ids"] + [self.pad_id] * n for r, n in zip(rows, pad, strict=True)]),
-            "labels": torch.tensor([r["labels"] + [IGNORE_INDEX] * n for r, n in zip(rows, pad, strict=True)]),
-            "attention_mask": torch.tensor([[1] * len(r["input_ids"]) + [0] * n for r, n in zip(rows, pad,
-                                                                                                 strict=True)]),
-        }
+
+        def padded(values: list[int], fill: int) -> list[int]:
+            return values + [fill] * (width - len(values))
+
+        return {"input_ids": torch.tensor([padded(r["input_ids"], self.pad_id) for r in rows]),
+                "labels": torch.tensor([padded(r["labels"], IGNORE_INDEX) for r in rows]),
+                "attention_mask": torch.tensor([padded([1] * len(r["input_ids"]), 0) for r in rows])}
 
 
 def token_loss_sum(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:

@@ -225,15 +225,16 @@ def _check_cross_fields(run: RunConfig) -> None:
                               "dataset id")
         if problem := path_problem(value):
             raise ConfigError(f"{key}: {problem}")
-    t = run.train
-    if t.keep_best or t.early_stopping_patience is not None:
-        key = "train.keep_best" if t.keep_best else "train.early_stopping_patience"
+    train = run.train
+    if train.keep_best or train.early_stopping_patience is not None:
+        key = "train.keep_best" if train.keep_best else "train.early_stopping_patience"
         if d.validation_fraction == 0 and d.validation_path is None:
             raise ConfigError(f"{key}: the best checkpoint is chosen by eval loss, and there is no validation split "
                               "(dataset.validation_fraction=0, no dataset.validation_path)")
-        if t.eval_steps is not None and t.save_steps % t.eval_steps:
-            raise ConfigError(f"train.save_steps={t.save_steps} must be a multiple of train.eval_steps={t.eval_steps} "
-                              "when the best checkpoint is kept (train.keep_best or train.early_stopping_patience)")
+        if train.eval_steps is not None and train.save_steps % train.eval_steps:
+            raise ConfigError(f"train.save_steps={train.save_steps} must be a multiple of train.eval_steps="
+                              f"{train.eval_steps} when the best checkpoint is kept (train.keep_best or "
+                              "train.early_stopping_patience)")
     targets = run.method.target_modules
     if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
                                                   not all(isinstance(t, str) and t for t in targets)):

@@ -17,12 +17,11 @@ from finetune.backends import hf, unsloth
 @dataclass(frozen=True)
 class Backend:
     name: str
-    summary: str
     check: Callable[[Any], None]  # RunConfig -> None; raises UserError with one line
     load: Callable[[Any], Any]  # RunConfig -> the model to train
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("hf", "transformers + peft", hf.check, hf.load),
-    Backend("unsloth", "unsloth's FastLanguageModel (CUDA only)", unsloth.check, unsloth.load),
+    Backend("hf", hf.check, hf.load),
+    Backend("unsloth", unsloth.check, unsloth.load),
 )}

@@ -34,11 +34,12 @@ def check(run: Any) -> None:
 def load(run: Any) -> Any:
     from unsloth import FastLanguageModel
 
-    from finetune.models import resolve_model_source
+    from finetune.models import resolve_model_source, torch_dtype
 
     method = methods.METHODS[run.method.name]
     model, _ = FastLanguageModel.from_pretrained(
-        model_name=resolve_model_source(run.model), max_seq_length=run.train.max_seq_len, dtype=None,
+        model_name=resolve_model_source(run.model), max_seq_length=run.train.max_seq_len,
+        dtype=torch_dtype(run.model.dtype),
         load_in_4bit=method.quantized, full_finetuning=not method.adapter,
         trust_remote_code=run.model.trust_remote_code,
     )

@@ -189,7 +189,8 @@ def _cpu_matmul_flops() -> float:
 
 
 def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: int) -> dict[str, Any]:
-    """The plan of this run (a JSON-able dict); ``train_set`` holds the tokenized rows."""
+    """The plan of this run (a JSON-able dict); ``train_set`` holds the tokenized rows with their ``length`` and
+    ``trained`` token counts."""
     import torch
 
     t = run.train
@@ -197,8 +198,7 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
     total = sum(_parameter_count(p) for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    lengths = [len(ids) for ids in train_set["input_ids"]]
-    labelled = [sum(x != -100 for x in labels) for labels in train_set["labels"]]
+    lengths, trained = train_set["length"], train_set["trained"]
     micro_tokens = t.batch_size * max(lengths)
     step_rows = t.batch_size * t.grad_accum * processes
     steps_per_epoch = math.ceil(len(lengths) / step_rows)
@@ -210,7 +210,7 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
         "gradients": grad_bytes,
         "optimizer": int(trainable * OPTIMIZER_BYTES.get(t.optimizer, 8)),
         "activations": _activation_bytes(model, micro_tokens, t.gradient_checkpointing),
-        "logits": 3 * 4 * model.config.vocab_size * t.batch_size * max(labelled),
+        "logits": 3 * 4 * model.config.vocab_size * t.batch_size * max(trained),
         "process": 0 if cuda else baseline_bytes,
     }
     memory["allocator"] = 0 if cuda else int(CPU_ALLOCATOR_SLACK * (memory["activations"] + memory["logits"]))

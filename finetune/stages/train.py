@@ -21,7 +21,7 @@ from typing import Any
 
 from finetune import curves, distributed, methods, plan
 from finetune.backends import BACKENDS
-from finetune.chat import tokenize
+from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
 from finetune.errors import UserError
@@ -39,14 +39,15 @@ class TrainError(UserError, RuntimeError):
 
 def _tokenized(tokenizer: Any, split: Path, loss_on: str, max_len: int) -> Any:
     """The split as ``input_ids``/``labels`` rows, cut at ``max_len`` tokens (validate has checked that every
-    row keeps trained tokens within it)."""
+    row keeps trained tokens within it), with each row's ``length`` and ``trained`` token counts for the plan."""
     from datasets import Dataset
 
     rows = []
     for row in read_split(split):
         t = tokenize(tokenizer, row)
-        labels = t.input_ids if loss_on == "all" else t.labels
-        rows.append({"input_ids": t.input_ids[:max_len], "labels": labels[:max_len]})
+        labels = (t.input_ids if loss_on == "all" else t.labels)[:max_len]
+        rows.append({"input_ids": t.input_ids[:max_len], "labels": labels, "length": len(labels),
+                     "trained": sum(label != IGNORE_INDEX for label in labels)})
     return Dataset.from_list(rows) if rows else None
 
 

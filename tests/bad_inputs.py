@@ -160,6 +160,9 @@ CASES: list[Case] = [
     Case("unsloth-without-a-gpu", (*TINY_MODEL, *DATA, "backend=unsloth"),
          "error: backend=unsloth needs a CUDA GPU and none is visible here; use backend=hf (every method, on CPU too)",
          files={"data.jsonl": GOOD}),
+    Case("fsdp-without-a-gpu", (*TINY_MODEL, *DATA, "train.num_processes=2", "train.distributed=fsdp"),
+         "error: train.distributed=fsdp shards the model across CUDA GPUs and none is visible here; use "
+         "train.distributed=ddp (CPU processes with gloo)", files={"data.jsonl": GOOD}),
     Case("backend-not-in-the-registry", ("backend.name=axolotl",),
          "error: backend.name='axolotl': must be one of hf, unsloth"),
     Case("keep-best-without-a-validation-split", ("train.keep_best=true", "dataset.validation_fraction=0"),

@@ -12,7 +12,6 @@ import math
 from typing import Any
 
 from finetune.chat import (
-    IGNORE_INDEX,
     TokenizedConversation,
     first_exchange,
     generation_prompt_ids,
@@ -33,21 +32,19 @@ class EvalError(UserError, ValueError):
 
 
 def _assistant_nll(model: Any, test: list[TokenizedConversation], max_len: int) -> tuple[float, int]:
-    """Summed negative log-likelihood over assistant tokens, and how many tokens that was."""
+    """Summed negative log-likelihood over assistant tokens, and how many tokens that was (logits only where
+    there is a target, as in training)."""
     import torch
+
+    from finetune.training import token_loss_sum
 
     total, count = 0.0, 0
     for t in test:
-        ids = torch.tensor([t.input_ids[:max_len]], device=model.device)
-        labels = torch.tensor([t.labels[:max_len]], device=model.device)
+        batch = {"input_ids": torch.tensor([t.input_ids[:max_len]], device=model.device),
+                 "labels": torch.tensor([t.labels[:max_len]], device=model.device)}
         with torch.no_grad():
-            logits = model(input_ids=ids).logits[0, :-1].float()
-        target = labels[0, 1:]
-        mask = target != IGNORE_INDEX
-        if not mask.any():
-            continue
-        total += torch.nn.functional.cross_entropy(logits[mask], target[mask], reduction="sum").item()
-        count += int(mask.sum())
+            loss, n = token_loss_sum(model, batch)
+        total, count = total + float(loss), count + int(n)
     return total, count
 
 

@@ -39,7 +39,9 @@ def main(recipe: str, overrides: list[str]) -> None:
         "wall_s": round(wall, 1),
         "stage_s": stages,
         "train": {k: train[k] for k in ("global_step", "input_tokens_seen", "tokens_per_s", "train_runtime_s")},
-        "perplexity": {"base": evaluation["base"]["perplexity"], "merged": evaluation["merged"]["perplexity"]},
+        "decoding": evaluation["decoding_text"],
+        "metrics": {name: {k: row.get(k) for k in ("base", "tuned", "delta")}
+                    for name, row in evaluation["metrics"].items()},
         "llama_cpp_answer": answer["answer"],
     }
     RESULTS.mkdir(exist_ok=True)

@@ -78,7 +78,17 @@ def tool_call_text(call: dict[str, Any]) -> str:
 def for_template(tokenizer: Any, c: Conversation) -> tuple[list[Message], list[dict] | None]:
     """The messages and ``tools=`` to give this tokenizer's template: tools and calls it cannot render become
     text (module docstring), everything else is passed as is."""
-    takes_tools, takes_calls = template_takes(tokenizer)
+    return _tools_as_text(c, *template_takes(tokenizer))
+
+
+def text_messages(c: Conversation) -> list[Message]:
+    """The conversation as role/content messages only, tools and calls as text: what a model behind an API
+    (llama.cpp's chat path, an OpenAI-compatible server) is sent."""
+    messages, _ = _tools_as_text(c, takes_tools=False, takes_calls=False)
+    return [{"role": m["role"], "content": m["content"]} for m in messages]
+
+
+def _tools_as_text(c: Conversation, takes_tools: bool, takes_calls: bool) -> tuple[list[Message], list[dict] | None]:
     messages = [dict(m) for m in c.messages]
     tools = c.tools
     if tools and not takes_tools:

@@ -12,6 +12,7 @@ import difflib
 import math
 import typing
 from dataclasses import dataclass, field, make_dataclass
+from pathlib import Path
 from typing import Any
 
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -25,7 +26,12 @@ from finetune.data.readers import path_problem
 from finetune.distributed import STRATEGIES
 from finetune.errors import UserError
 from finetune.fields import setting as _field
+from finetune.generate import OLLAMA_REPEAT_LAST_N, OLLAMA_TOP_K
 from finetune.methods import METHODS, OPTIMIZERS
+from finetune.metrics import METRICS
+from finetune.metrics.formats import StyleRule, check_style_rules
+from finetune.metrics.harness import LmEvalConfig
+from finetune.metrics.judge import JudgeConfig
 
 STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export")
 
@@ -137,10 +143,38 @@ class TrainConfig:
 
 
 @dataclass
+class CompareConfig:
+    """One more model asked the same prompts, scored on the same answer metrics: a GGUF through llama.cpp
+    (what quantisation cost) or a model behind an OpenAI-compatible URL (a hosted model)."""
+
+    name: str = MISSING  # its column in the table
+    gguf: str | None = None
+    base_url: str | None = None
+    model: str | None = None  # the model id at base_url
+    api_key_env: str = "OPENAI_API_KEY"  # the key's environment variable; the key itself is never in config
+    sampler_extras: bool = False  # also send top_k and repeat_penalty (llama.cpp and vLLM servers take them)
+
+
+DEFAULT_METRICS = ["perplexity", "sequence_perplexity", "forgetting", "rouge", "bleu", "chrf", "exact_match",
+                   "repetition", "stopped"]
+
+
+@dataclass
 class EvalConfig:
-    max_samples: int | None = _field(None, low=1)  # cap on held-out conversations scored for perplexity
-    num_generations: int = _field(3, low=0)
+    max_samples: int | None = _field(None, low=1)  # cap on held-out conversations scored and prompts answered
+    metrics: list[str] = _field(DEFAULT_METRICS, choices=tuple(METRICS))  # finetune/metrics/
+    # modelfile: the exported Modelfile's sampling (export.temperature, top_p, top_k, repeat_penalty,
+    # repeat_last_n, its stop tokens; seeded) — what Ollama users get; greedy: argmax, no repeat penalty
+    decoding: str = _field("modelfile", choices=("modelfile", "greedy"))
     max_new_tokens: int = _field(96, low=1)
+    batch_size: int = _field(8, low=1)  # prompts generated together, conversations scored together
+    show_samples: int = _field(3, low=0)  # answers shown side by side in eval.md (all are in samples.jsonl)
+    style: list[StyleRule] = _field([])  # the `style` metric's rules
+    json_schema: Any = None  # the `json` metric's JSON schema for answers
+    code_timeout_s: float = _field(10.0, low=0.1)  # per answer, for the `code` metric's tests
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    lm_eval: LmEvalConfig = field(default_factory=LmEvalConfig)
+    compare: list[CompareConfig] = _field([])
 
 
 @dataclass
@@ -148,9 +182,12 @@ class ExportConfig:
     gguf_type: str = _field("f16", choices=("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"))
     ollama: bool = True
     system_prompt: str | None = None  # None: the training data's most common system prompt
+    # The Modelfile's sampling, which `evaluate` also answers with (eval.decoding=modelfile)
     temperature: float = _field(0.3, low=0.0, high=2.0)
     top_p: float = _field(0.9, low=0.0, high=1.0, low_open=True)
+    top_k: int = _field(OLLAMA_TOP_K, low=0)
     repeat_penalty: float = _field(1.1, low=0.0, low_open=True)
+    repeat_last_n: int = _field(OLLAMA_REPEAT_LAST_N, low=0)
     num_ctx: int = _field(2048, low=128)
     smoke_test_max_tokens: int = _field(96, low=1)
 
@@ -239,9 +276,42 @@ def _check_cross_fields(run: RunConfig) -> None:
     if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
                                                   not all(isinstance(t, str) and t for t in targets)):
         raise ConfigError(f"method.target_modules={targets!r}: expected a list of layer names, all-linear or auto")
+    _check_eval(run.eval)
     if not run.model.source.strip():
         raise ConfigError("model.source is empty; expected a Hub id, a model folder, a .gguf file or "
                           "package:<pkg>/<file>")
+
+
+def _check_eval(ev: EvalConfig) -> None:
+    if "style" in ev.metrics and not ev.style:
+        raise ConfigError("eval.metrics: `style` needs rules in eval.style (name, require_any, forbid)")
+    if problem := check_style_rules(ev.style):
+        raise ConfigError(problem)
+    if ev.json_schema is not None:
+        import jsonschema
+
+        try:
+            jsonschema.Draft202012Validator.check_schema(ev.json_schema)
+        except jsonschema.SchemaError as e:
+            raise ConfigError(f"eval.json_schema: not a JSON schema ({e.message})") from None
+    for i, c in enumerate(ev.compare):
+        key = f"eval.compare[{i}]"
+        if (c.gguf is None) == (c.base_url is None):
+            raise ConfigError(f"{key}: give gguf (a .gguf file) or base_url and model (an OpenAI-compatible API)")
+        if c.base_url is not None and not c.model:
+            raise ConfigError(f"{key}.model: the model id to ask at {c.base_url} is not set")
+        if c.gguf is not None and not Path(c.gguf).is_file():
+            raise ConfigError(f"{key}.gguf: no such file {c.gguf}")
+        if c.name in ("base", "tuned") or [d.name for d in ev.compare].count(c.name) > 1:
+            raise ConfigError(f"{key}.name={c.name!r}: must differ from base, tuned and the other names")
+    judge = ev.judge
+    if judge.base_url and judge.gguf:
+        raise ConfigError("eval.judge: give base_url (an OpenAI-compatible endpoint) or gguf (served locally), "
+                          "not both")
+    if judge.gguf and not judge.gguf.startswith("package:") and not Path(judge.gguf).is_file():
+        raise ConfigError(f"eval.judge.gguf: no such file {judge.gguf}")
+    if not judge.criteria or len(set(judge.criteria)) != len(judge.criteria):
+        raise ConfigError(f"eval.judge.criteria={judge.criteria!r}: expected a list of distinct criterion names")
 
 
 def _nested_schema(schema: Any, key: str) -> Any:

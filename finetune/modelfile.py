@@ -75,6 +75,14 @@ def _quote(value: str) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
+def serving_parameters(export: Any) -> dict[str, Any]:
+    """The Modelfile's PARAMETERs besides its stops: how Ollama samples, and so how ``evaluate`` answers by
+    default (``eval.decoding=modelfile``)."""
+    return {"temperature": export.temperature, "top_p": export.top_p, "top_k": export.top_k,
+            "repeat_penalty": export.repeat_penalty, "repeat_last_n": export.repeat_last_n,
+            "num_ctx": export.num_ctx}
+
+
 def modelfile(gguf_name: str, family: TemplateFamily, system: str | None, parameters: dict[str, Any]) -> str:
     lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{family.go_template}"""', ""]
     if system and '"""' in system:

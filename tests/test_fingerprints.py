@@ -21,7 +21,7 @@ from finetune.stages import STAGES
 
 from .test_config import composed
 
-TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=4", "eval.num_generations=1",
+TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=4", "eval.show_samples=1",
         "export.smoke_test_max_tokens=4", "train.max_steps=1", "run_name=tiny"]
 
 

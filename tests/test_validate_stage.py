@@ -105,6 +105,7 @@ def test_plain_text_trains_and_evaluates_on_every_token(tmp_path):
     assert report["format"] == "text" and report["plain_text_train"] == report["splits"]["train"]
     assert report["tokens_per_conversation"]["train"] == report["loss_tokens_per_conversation"]["train"]
     result = json.loads((tmp_path / "run" / "evaluate" / "eval.json").read_text())
-    assert result["base"]["tokens"] == report["loss_tokens_per_conversation"]["test"]["total"] - \
-        report["splits"]["test"]  # every token after the first is predicted
-    assert result["generations"] == []
+    assert result["details"]["perplexity"]["base"]["tokens"] == \
+        report["loss_tokens_per_conversation"]["test"]["total"] - report["splits"]["test"]  # all but the first
+    assert result["prompts"] == 0 and "rougeL" not in result["metrics"]  # no questions to answer in plain text
+    assert (tmp_path / "run" / "evaluate" / "samples.jsonl").read_text() == ""

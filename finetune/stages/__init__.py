@@ -13,8 +13,8 @@ STAGES: tuple[Stage, ...] = (
     Stage("train", train.run, needs=("validate",), config_keys=("model", "method", "backend", "train", "seed"),
           resumable=True, checks=(check_source, train.check)),
     Stage("merge", merge.run, needs=("train",), config_keys=("model", "method"), checks=(check_source,)),
-    Stage("evaluate", evaluate.run, needs=("validate", "merge"), config_keys=("model", "eval", "train.max_seq_len"),
-          checks=(check_source,)),
+    Stage("evaluate", evaluate.run, needs=("validate", "merge"), config_keys=evaluate.CONFIG_KEYS,
+          checks=(check_source, evaluate.check)),
     Stage("export", export.run, needs=("validate", "merge", "evaluate"),
           config_keys=("model", "method", "train", "export", "seed", "run_name"), checks=(export.check,)),
 )

@@ -1,119 +1,292 @@
-"""evaluate: compare the base and the merged model on the held-out test split.
+"""evaluate: the base and the tuned (merged) model on the held-out test split, metric by metric, in one table
+with the difference — plus any GGUF or OpenAI-compatible model named in ``eval.compare``, an LLM judge and
+lm-evaluation-harness tasks.
 
-Perplexity is measured on assistant tokens only (the tokens that were trained), with the same chat template
-and labels as training; a few greedy generations from both models sit beside the reference answers.
-Writes ``eval.json`` and ``eval.md``.
+The prompts are the held-out conversations up to their first assistant turn; every model answers the same
+prompts with the same decoding — by default the exported Modelfile's (``eval.decoding=modelfile``), so the
+table shows what Ollama users get. Writes ``eval.json`` (every figure), ``samples.jsonl`` (every prompt,
+reference, answer and per-sample score) and ``eval.md`` (the table first, then samples side by side).
 """
 
 from __future__ import annotations
 
+import difflib
+import gc
+import json
 import logging
 import math
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
-from finetune.chat import (
-    TokenizedConversation,
-    first_exchange,
-    generation_prompt_ids,
-    tokenize,
-)
-from finetune.config import ModelConfig, RunConfig
-from finetune.data.canonical import Conversation, read_split
+from finetune.chat import first_exchange
+from finetune.config import RunConfig
+from finetune.data.canonical import read_split
 from finetune.errors import UserError
-from finetune.models import load_model, load_tokenizer, resolve_model_source
+from finetune.generate import Answer, Decoding, Generator
+from finetune.metrics import METRICS, Metric, Sample, Scored
+from finetune.metrics.likelihood import LikelihoodInputs
+from finetune.modelfile import TemplateError, serving_parameters, template_family
+from finetune.models import load_model, load_tokenizer, package_file, resolve_model_source
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
+CONFIG_KEYS = ("model", "eval", "train.max_seq_len", "seed", "export.temperature", "export.top_p", "export.top_k",
+               "export.repeat_penalty", "export.repeat_last_n", "export.num_ctx")
+IN_PROCESS = ("base", "tuned")
+
 
 class EvalError(UserError, ValueError):
-    """Nothing in the test split can be scored."""
+    """Nothing in the test split can be scored, or an evaluation setting names something that does not exist."""
 
 
-def _assistant_nll(model: Any, test: list[TokenizedConversation], max_len: int) -> tuple[float, int]:
-    """Summed negative log-likelihood over assistant tokens, and how many tokens that was (logits only where
-    there is a target, as in training)."""
-    import torch
+def check(run: RunConfig) -> None:
+    """Refuse, before training, a judge GGUF that is not in its package and lm-eval task names that lm-eval
+    does not know."""
+    if (run.eval.judge.gguf or "").startswith("package:"):
+        package_file(run.eval.judge.gguf, key="eval.judge.gguf")  # type: ignore[arg-type]
+    if not run.eval.lm_eval.tasks:
+        return
+    from finetune.metrics.harness import known_tasks
 
-    from finetune.training import token_loss_sum
-
-    total, count = 0.0, 0
-    for t in test:
-        batch = {"input_ids": torch.tensor([t.input_ids[:max_len]], device=model.device),
-                 "labels": torch.tensor([t.labels[:max_len]], device=model.device)}
-        with torch.no_grad():
-            loss, n = token_loss_sum(model, batch)
-        total, count = total + float(loss), count + int(n)
-    return total, count
-
-
-def _generate(model: Any, tokenizer: Any, prompt: Conversation, max_new_tokens: int) -> str:
-    import torch
-
-    ids = torch.tensor([generation_prompt_ids(tokenizer, prompt)], device=model.device)
-    with torch.no_grad():
-        out = model.generate(
-            input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-            do_sample=False, pad_token_id=tokenizer.pad_token_id,
-        )
-    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
+    known = known_tasks()
+    for i, name in enumerate(run.eval.lm_eval.tasks):
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1)
+            raise EvalError(f"eval.lm_eval.tasks[{i}]={name!r}: not an lm-eval task"
+                            + (f"; did you mean {close[0]}?" if close else ""))
 
 
-def _score(name: str, source: str, cfg: ModelConfig, tokenizer: Any, test: list[TokenizedConversation],
-           prompts: list[Conversation], run: RunConfig) -> dict[str, Any]:
-    model = load_model(source, cfg).eval()
-    nll, count = _assistant_nll(model, test, run.train.max_seq_len)
-    if count == 0:
-        raise EvalError(
-            f"evaluate: none of the {len(test)} test conversations scored has an answer token within "
-            f"train.max_seq_len={run.train.max_seq_len}; raise it (or eval.max_samples)"
-        )
-    answers = [_generate(model, tokenizer, p, run.eval.max_new_tokens) for p in prompts]
-    loss = nll / count
-    log.info("%s: assistant-token loss %.4f, perplexity %.2f over %d tokens", name, loss, math.exp(loss), count)
-    return {"model": source, "loss": round(loss, 5), "perplexity": round(math.exp(loss), 3),
-            "tokens": count, "answers": answers}
+def decoding_for(run: RunConfig, tokenizer: Any) -> Decoding:
+    try:
+        stop = template_family(tokenizer).stop
+    except TemplateError:
+        stop = ()  # a template without an Ollama family: the tokenizer's end-of-sequence token alone
+    if run.eval.decoding == "greedy":
+        return Decoding(max_new_tokens=run.eval.max_new_tokens, seed=run.seed, stop=stop)
+    p = serving_parameters(run.export)
+    return Decoding(max_new_tokens=run.eval.max_new_tokens, temperature=p["temperature"], top_p=p["top_p"],
+                    top_k=p["top_k"], repeat_penalty=p["repeat_penalty"], repeat_last_n=p["repeat_last_n"],
+                    seed=run.seed, stop=stop)
 
 
-def _markdown(result: dict[str, Any]) -> str:
-    base, merged = result["base"], result["merged"]
+class Results:
+    """Every figure by row and model, details by metric and model, per-sample scores by model."""
+
+    def __init__(self, samples: int) -> None:
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.details: dict[str, dict[str, Any]] = {}
+        self.per_sample: dict[str, list[dict[str, Any]]] = {}
+        self.samples = samples
+
+    def add(self, metric: str, higher_is_better: bool, who: str, scored: Scored) -> None:
+        for row, value in scored.values.items():
+            self.rows.setdefault(row, {"metric": metric, "higher_is_better": higher_is_better})[who] = value
+        if scored.details:
+            self.details.setdefault(metric, {})[who] = scored.details
+        for i, values in enumerate(scored.per_sample or []):
+            self.per_sample.setdefault(who, [{} for _ in range(self.samples)])[i].update(values)
+
+
+def _score_in_process(who: str, source: str, run: RunConfig, tokenizer: Any, test: Sequence[Any],
+                      samples: Sequence[Sample], decoding: Decoding, model_metrics: Sequence[Metric],
+                      results: Results, tasks: Sequence[str], task_folder: Path | None
+                      ) -> tuple[list[Answer], dict[str, Any] | None]:
+    from finetune.generate.hf import HFGenerator
+    from finetune.plan import release_freed_memory
+
+    ev = run.eval
+    model = load_model(source, run.model).eval()
+    inputs = LikelihoodInputs(test, run.train.max_seq_len, ev.batch_size)
+    for metric in model_metrics:
+        scored = metric.compute(model, tokenizer, inputs, ev)
+        if metric.name == "perplexity" and not scored.details["tokens"]:
+            raise EvalError(f"evaluate: none of the {len(test)} test conversations scored has an answer token "
+                            f"within train.max_seq_len={run.train.max_seq_len}; raise it (or eval.max_samples)")
+        results.add(metric.name, metric.higher_is_better, who, scored)
+        log.info("%s: %s", who, ", ".join(f"{k} {v:.4g}" for k, v in scored.values.items() if v is not None))
+    answers = HFGenerator(model, tokenizer, who, ev.batch_size).generate([s.prompt for s in samples], decoding) \
+        if samples else []
+    harness = None
+    if tasks or task_folder is not None:
+        from finetune.metrics.harness import run_tasks
+
+        harness = run_tasks(model, tokenizer, tasks, task_folder, ev.lm_eval, who)
+    del model
+    gc.collect()
+    release_freed_memory()
+    return answers, harness
+
+
+def _other_generators(run: RunConfig) -> list[Generator]:
+    from finetune.generate.llama_cpp import LlamaCppGenerator
+    from finetune.generate.openai_compat import OpenAICompatGenerator
+
+    return [LlamaCppGenerator(Path(c.gguf), c.name, run.export.num_ctx) if c.gguf else
+            OpenAICompatGenerator(c.base_url or "", c.model or "", c.name, c.api_key_env, c.sampler_extras)
+            for c in run.eval.compare]
+
+
+def _judge(run: RunConfig, samples: Sequence[Sample], answers: dict[str, list[Answer]]
+           ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
+    from finetune.generate.local_server import serve_gguf
+    from finetune.metrics.judge import Judge, judge_all
+
+    cfg = run.eval.judge
+    if not (cfg.base_url or cfg.gguf) or not samples:
+        return None
+    n = cfg.max_samples or len(samples)
+    shown = {who: a[:n] for who, a in answers.items()}
+    if cfg.base_url:
+        return judge_all(Judge(cfg, cfg.base_url, run.seed), samples[:n], shown, cfg.pairwise)
+    spec = cfg.gguf or ""
+    gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
+    with serve_gguf(gguf, cfg.model) as url:
+        log.info("judge: %s served by llama.cpp at %s", gguf.name, url)
+        return judge_all(Judge(cfg, url, run.seed), samples[:n], shown, cfg.pairwise)
+
+
+def _add_judge(results: Results, summary: dict[str, Any]) -> None:
+    for who, s in summary["models"].items():
+        values = {f"judge: {c}": v for c, v in s["means"].items()}
+        results.add("judge", True, who, Scored({"judge: overall": s["overall"], **values}))
+    if pairwise := summary.get("pairwise"):
+        results.rows["judge: tuned wins (pairwise)"] = {"metric": "judge", "higher_is_better": True,
+                                                        "tuned": pairwise["tuned_win_rate"]}
+
+
+def _add_harness(results: Results, who: str, harness: dict[str, Any]) -> None:
+    for task, metrics in harness["tasks"].items():
+        for name, value in metrics.items():
+            results.add("lm_eval", harness["higher_is_better"][task][name], who,
+                        Scored({f"lm-eval {task} {name}": value}))
+
+
+def _with_deltas(rows: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    for row in rows.values():
+        base, tuned = row.get("base"), row.get("tuned")
+        if isinstance(base, int | float) and isinstance(tuned, int | float):
+            row["delta"] = tuned - base
+            if base > 0:
+                row["ratio"] = tuned / base
+    return rows
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return f"{value:.4g}" if abs(value) < 1000 else f"{value:.0f}" if abs(value) < 1e6 else f"{value:.3e}"
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|") or "(empty)"
+
+
+def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) -> str:
+    whos = list(result["models"])
     lines = [
-        f"# Evaluation on {result['test_conversations']} held-out conversations",
+        f"# Evaluation on {result['test_conversations']} held-out conversations ({result['prompts']} prompts answered)",
         "",
-        "| model | assistant-token loss | perplexity |",
-        "|---|---|---|",
-        f"| base | {base['loss']:.4f} | {base['perplexity']:.2f} |",
-        f"| fine-tuned (merged) | {merged['loss']:.4f} | {merged['perplexity']:.2f} |",
+        f"Answers: {result['decoding_text']}.",
         "",
+        "| metric | " + " | ".join(whos) + " | Δ tuned − base |",
+        "|---|" + "---|" * (len(whos) + 1),
     ]
-    for i, g in enumerate(result["generations"], start=1):
-        lines += [f"## Prompt {i}", "", f"> {g['prompt']}", "", "| | answer |", "|---|---|"]
-        for who in ("reference", "base", "merged"):
-            lines.append(f"| {who} | {' '.join(g[who].split()).replace('|', '/')} |")
+    for name, row in result["metrics"].items():
+        arrow = "↑" if row["higher_is_better"] else "↓"
+        delta = _fmt(row.get("delta")) if "delta" in row else ""
+        if "ratio" in row and row["metric"] in ("perplexity", "sequence_perplexity", "forgetting"):
+            delta += f" (×{row['ratio']:.3f})"
+        lines.append(f"| {name} {arrow} | " + " | ".join(_fmt(row.get(w)) for w in whos) + f" | {delta} |")
+    lines.append("")
+    if judge := result.get("judge"):
+        lines += [f"Judge: `{judge['model']}` at {judge['endpoint']}, criteria {', '.join(judge['criteria'])} "
+                  f"(1–{judge['scale']}). Scored / unscored answers: "
+                  + ", ".join(f"{w} {s['scored']}/{s['unscored']}" for w, s in judge["models"].items()) + "."]
+        if p := judge.get("pairwise"):
+            lines += [f"Pairwise (order drawn per sample): tuned better {p['tuned']}, base better {p['base']}, "
+                      f"tie {p['tie']}, unscored {p['unscored']}; the answer shown first won {p['first_position_won']}"
+                      f" of {p['scored']}."]
+        lines.append("")
+    for who, harness in result.get("lm_eval", {}).items():
+        for task, why in harness["skipped"].items():
+            lines.append(f"lm-eval `{task}` skipped for {who}: {why}")
+    if result.get("lm_eval"):
+        lines.append("")
+    for i, s in enumerate(samples[:show], start=1):
+        lines += [f"## Sample {i} ({s['location']})", "", f"> {_cell(s['prompt'][-1]['content'])}", "",
+                  "| | answer |", "|---|---|", f"| reference | {_cell(s['reference'])} |"]
+        lines += [f"| {who} | {_cell(text)} |" for who, text in s["answers"].items()]
         lines.append("")
     return "\n".join(lines)
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    test = read_split(ctx.input("validate", "test"))[: run.eval.max_samples]
-    exchanges = [e for c in test if (e := first_exchange(c))][: run.eval.num_generations]  # none for plain text
-    prompts = [prompt for prompt, _ in exchanges]
+    ev = run.eval
+    test = read_split(ctx.input("validate", "test"))[: ev.max_samples]
+    samples = [Sample(prompt, reference["content"]) for c in test if (e := first_exchange(c))
+               for prompt, reference in [e]]  # none for plain-text rows
     merged_dir = str(ctx.input("merge", "model"))
     tokenizer = load_tokenizer(merged_dir, run.model)
-    tokenized = [tokenize(tokenizer, c) for c in test]
-    base = _score("base", resolve_model_source(run.model), run.model, tokenizer, tokenized, prompts, run)
-    merged = _score("merged", merged_dir, run.model, tokenizer, tokenized, prompts, run)
-    result = {
-        "test_conversations": len(test),
-        "base": {k: v for k, v in base.items() if k != "answers"},
-        "merged": {k: v for k, v in merged.items() if k != "answers"},
-        "perplexity_ratio": round(merged["perplexity"] / base["perplexity"], 4),
-        "generations": [
-            {"prompt": p.messages[-1]["content"], "reference": ref["content"], "base": b, "merged": m}
-            for (p, ref), b, m in zip(exchanges, base["answers"], merged["answers"], strict=True)
-        ],
+    decoding = decoding_for(run, tokenizer)
+    chosen = [METRICS[name] for name in ev.metrics]
+    results = Results(len(samples))
+    task_folder = None
+    if ev.lm_eval.local_task and samples:
+        from finetune.metrics.harness import write_local_task
+
+        task_folder = ctx.out_dir / "lm_eval_task"
+        write_local_task(samples, tokenizer, task_folder)
+
+    answers: dict[str, list[Answer]] = {}
+    harness: dict[str, Any] = {}
+    sources = {"base": resolve_model_source(run.model), "tuned": merged_dir}
+    tasks = list(ev.lm_eval.tasks)
+    for who, source in sources.items():
+        answers[who], ran = _score_in_process(who, source, run, tokenizer, test, samples, decoding,
+                                              [m for m in chosen if m.needs == "model"], results, tasks, task_folder)
+        if ran is not None:
+            harness[who] = ran
+            _add_harness(results, who, ran)
+            tasks = [t for t in tasks if t not in ran["skipped"]]  # a dataset that did not load for base won't now
+    if samples:
+        for generator in _other_generators(run):
+            answers[generator.label] = generator.generate([s.prompt for s in samples], decoding)
+    for metric in (m for m in chosen if m.needs == "answers" and samples):
+        for who, given in answers.items():
+            results.add(metric.name, metric.higher_is_better, who, metric.compute(samples, given, ev))
+    judged = _judge(run, samples, answers)
+    if judged is not None:
+        _add_judge(results, judged[0])
+
+    models = {**{who: {"source": src, "via": "transformers"} for who, src in sources.items()},
+              **{c.name: {"source": c.gguf or f"{c.base_url} {c.model}",
+                          "via": "llama.cpp" if c.gguf else "OpenAI-compatible API"} for c in ev.compare}}
+    result: dict[str, Any] = {
+        "test_conversations": len(test), "prompts": len(samples), "models": models,
+        "decoding": decoding.as_dict(), "decoding_text": decoding.describe(),
+        "metrics": _with_deltas(results.rows), "details": results.details,
     }
+    if judged is not None:
+        result["judge"] = {**judged[0], "model": ev.judge.model,
+                           "endpoint": ev.judge.base_url or f"llama.cpp serving {Path(ev.judge.gguf or '').name}"}
+    if harness:
+        result["lm_eval"] = harness
+    per_sample = [
+        {"location": s.prompt.location, "prompt": s.prompt.messages, "reference": s.reference,
+         "answers": {who: a[i].text for who, a in answers.items()},
+         "finish_reason": {who: a[i].finish_reason for who, a in answers.items()},
+         "scores": {who: results.per_sample.get(who, [{}] * len(samples))[i] for who in answers},
+         **(judged[1][i] if judged is not None and i < len(judged[1]) else {})}
+        for i, s in enumerate(samples)
+    ]
     atomic_write_json(ctx.out_dir / "eval.json", result)
-    atomic_write_text(ctx.out_dir / "eval.md", _markdown(result))
-    return {"eval": "eval.json", "table": "eval.md"}
+    atomic_write_text(ctx.out_dir / "samples.jsonl",
+                      (json.dumps(p, ensure_ascii=False) + "\n" for p in per_sample))
+    atomic_write_text(ctx.out_dir / "eval.md", _markdown(result, per_sample, ev.show_samples))
+    artifacts = {"eval": "eval.json", "samples": "samples.jsonl", "table": "eval.md"}
+    return {**artifacts, "lm_eval_task": task_folder.name} if task_folder else artifacts

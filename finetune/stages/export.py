@@ -14,7 +14,7 @@ from finetune.config import RunConfig
 from finetune.data.canonical import Conversation, read_split
 from finetune.errors import UserError
 from finetune.methods import METHODS
-from finetune.modelfile import modelfile, template_family
+from finetune.modelfile import modelfile, serving_parameters, template_family
 from finetune.models import load_config, load_tokenizer
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
@@ -109,9 +109,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     system = run.export.system_prompt or report["system_prompt"]
     if run.export.ollama:
         family = template_family(load_tokenizer(str(merged), run.model))
-        params = {"temperature": run.export.temperature, "top_p": run.export.top_p,
-                  "repeat_penalty": run.export.repeat_penalty, "num_ctx": run.export.num_ctx}
-        atomic_write_text(ctx.out_dir / "Modelfile", modelfile(gguf.name, family, system, params))
+        atomic_write_text(ctx.out_dir / "Modelfile",
+                          modelfile(gguf.name, family, system, serving_parameters(run.export)))
         artifacts["modelfile"] = "Modelfile"
 
     prompt = _smoke_prompt(read_split(ctx.input("validate", "test")))

@@ -1,0 +1,64 @@
+"""One way to ask a model for answers: ``generator.generate(prompts, decoding) -> answers``.
+
+Evaluation, the LLM judge and (later) synthetic data and hosted models all ask a model something; each is
+written once against this interface. Three implementations: the HF model in process (``hf``), a GGUF through
+llama-cpp-python (``llama_cpp``), any OpenAI-compatible endpoint (``openai_compat``).
+
+``Decoding`` follows llama.cpp's sampler (what Ollama serves with): repetition penalty over the last
+``repeat_last_n`` tokens of the context, then top-k, then top-p, then temperature; temperature 0 is greedy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+from finetune.data.canonical import Conversation
+
+# Ollama's defaults for the parameters our Modelfile does not set (https://github.com/ollama/ollama/blob/main/docs/modelfile.md)
+OLLAMA_TOP_K = 40
+OLLAMA_REPEAT_LAST_N = 64
+
+
+@dataclass(frozen=True)
+class Decoding:
+    max_new_tokens: int
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0: off
+    repeat_penalty: float = 1.0  # 1: off
+    repeat_last_n: int = OLLAMA_REPEAT_LAST_N
+    seed: int = 0
+    stop: tuple[str, ...] = ()
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    def describe(self) -> str:
+        """One line for eval.md: what produced the answers."""
+        how = "greedy" if self.greedy else \
+            f"sampled: temperature {self.temperature}, top_p {self.top_p}, top_k {self.top_k}, seed {self.seed}"
+        penalty = f"repeat penalty {self.repeat_penalty} over the last {self.repeat_last_n} tokens" \
+            if self.repeat_penalty != 1 else "no repeat penalty"
+        stops = ", ".join(f"`{s}`" for s in self.stop) or "end-of-sequence"
+        return f"{how}; {penalty}; at most {self.max_new_tokens} new tokens; stop at {stops}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "stop": list(self.stop)}
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+    finish_reason: str  # "stop" (an end-of-turn or stop string) or "length" (cut at max_new_tokens)
+    tokens: int
+
+
+class Generator(Protocol):
+    """Who is asked. ``label`` names it in logs and progress bars."""
+
+    label: str
+
+    def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]: ...

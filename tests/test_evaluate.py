@@ -1,7 +1,7 @@
 """The evaluate stage through the CLI on the tiny model: every model asked the same prompts — the base and tuned
 HF models, the exported GGUF through llama.cpp, and the same GGUF behind llama-cpp-python's OpenAI-compatible
 server as a "hosted" model — with the embedded SmolLM2 as a judge served for the run, and lm-eval's local task
-built from the held-out split."""
+built from the held-out split, beside a standard lm-eval task that cannot load its data offline."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
                 f"+eval.compare=[{{name: gguf, gguf: '{gguf}'}}, {{name: hosted, base_url: '{url}', "
                 "model: tuned-hosted, sampler_extras: true}]",
                 f"eval.judge.gguf={SMOLLM2}", "eval.judge.response_format=json_schema", "eval.judge.max_samples=2",
-                cwd=tmp_path)
+                "eval.lm_eval.tasks=[arc_easy]", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
     out = tmp_path / "run" / "evaluate"
     result = json.loads((out / "eval.json").read_text())
     assert list(result["models"]) == ["base", "tuned", "gguf", "hosted"]
@@ -54,6 +54,8 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
     assert result["lm_eval"]["base"]["tasks"]["finetune_heldout"].keys() == {"acc", "byte_perplexity", "bits_per_byte"}
     assert metrics["lm-eval finetune_heldout byte_perplexity"]["higher_is_better"] is False
     assert 0 <= metrics["lm-eval finetune_heldout acc"]["tuned"] <= 1
+    # A standard task whose dataset cannot be loaded offline: skipped with its reason, and not retried for tuned.
+    assert "arc_easy" in result["lm_eval"]["base"]["skipped"] and not result["lm_eval"]["tuned"]["skipped"]
     task = (out / "lm_eval_task" / "heldout.jsonl").read_text().splitlines()
     assert len(task) == result["prompts"] and json.loads(task[0])["answer"].endswith("<|im_end|>\n")
 
@@ -62,3 +64,4 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
     assert "| perplexity ↓ |" in md and "| lm-eval finetune_heldout acc ↑ |" in md
     assert "Judge: `judge` at llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf" in md
     assert "Answers: greedy; no repeat penalty; at most 12 new tokens" in md
+    assert "lm-eval `arc_easy` skipped for base: " in md

@@ -169,8 +169,12 @@ class Judge:
                   f"Answer A:\n{first}\n\nAnswer B:\n{second}\n\nWhich answer is better overall "
                   f"({', '.join(self.cfg.criteria)})? Reply with only a JSON object: "
                   '{"winner": "A"}, {"winner": "B"} or {"winner": "tie"}.')
-        return self._ask(prompt, WINNER_SCHEMA, lambda r: (lambda w, p: ({"winner": w} if w else None, p))(
-            *parse_winner(r)))
+        return self._ask(prompt, WINNER_SCHEMA, _winner)
+
+
+def _winner(reply: str) -> tuple[dict[str, str] | None, str | None]:
+    winner, problem = parse_winner(reply)
+    return ({"winner": winner} if winner else None), problem
 
 
 def _question(sample: Sample) -> str:

@@ -199,7 +199,7 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
     for name, row in result["metrics"].items():
         arrow = "↑" if row["higher_is_better"] else "↓"
         delta = _fmt(row.get("delta")) if "delta" in row else ""
-        if "ratio" in row and row["metric"] in ("perplexity", "sequence_perplexity", "forgetting"):
+        if "ratio" in row:
             delta += f" (×{row['ratio']:.3f})"
         lines.append(f"| {name} {arrow} | " + " | ".join(_fmt(row.get(w)) for w in whos) + f" | {delta} |")
     lines.append("")

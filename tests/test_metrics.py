@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from finetune.chat import tokenize
 from finetune.data.canonical import Conversation
 from finetune.generate import Answer
 from finetune.metrics import METRICS, Sample
@@ -203,7 +204,7 @@ def test_perplexity_metrics_score_assistant_tokens_and_whole_conversations(tiny_
     test = [Conversation([{"role": "user", "content": f"question {i}"},
                           {"role": "assistant", "content": f"answer number {i} " * (i + 1)}], f"t:{i}")
             for i in range(3)]
-    inputs = LikelihoodInputs(test, max_len=256, batch_size=2)
+    inputs = LikelihoodInputs([tokenize(tokenizer, c) for c in test], max_len=256, batch_size=2)
     assistant = METRICS["perplexity"].compute(model, tokenizer, inputs, SETTINGS)
     whole = METRICS["sequence_perplexity"].compute(model, tokenizer, inputs, SETTINGS)
     assert 0 < assistant.details["tokens"] < whole.details["tokens"]

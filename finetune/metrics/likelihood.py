@@ -19,8 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.chat import TokenizedConversation, tokenize, tokenize_text
-from finetune.data.canonical import Conversation
+from finetune.chat import TokenizedConversation, tokenize_text
 from finetune.metrics import Metric, Scored
 from finetune.paths import DATA_DIR
 
@@ -29,7 +28,9 @@ PROBE = DATA_DIR / "probe" / "general_text.jsonl"
 
 @dataclass(frozen=True)
 class LikelihoodInputs:
-    test: Sequence[Conversation]
+    """The held-out split tokenized once, as training sees it (``chat.tokenize``), for base and tuned alike."""
+
+    test: Sequence[TokenizedConversation]
     max_len: int
     batch_size: int
 
@@ -61,12 +62,11 @@ def _perplexity(name: str, model: Any, rows: Sequence[TokenizedConversation], in
 
 
 def perplexity(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: Any) -> Scored:
-    return _perplexity("perplexity", model, [tokenize(tokenizer, c) for c in inputs.test], inputs)
+    return _perplexity("perplexity", model, inputs.test, inputs)
 
 
 def sequence_perplexity(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: Any) -> Scored:
-    rows = [tokenize(tokenizer, c) for c in inputs.test]
-    whole = [TokenizedConversation(r.input_ids, list(r.input_ids)) for r in rows]
+    whole = [TokenizedConversation(r.input_ids, list(r.input_ids)) for r in inputs.test]
     return _perplexity("sequence_perplexity", model, whole, inputs)
 
 

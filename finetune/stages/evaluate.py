@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import first_exchange
+from finetune.chat import first_exchange, tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
 from finetune.errors import UserError
@@ -90,7 +90,7 @@ class Results:
             self.per_sample.setdefault(who, [{} for _ in range(self.samples)])[i].update(values)
 
 
-def _score_in_process(who: str, source: str, run: RunConfig, tokenizer: Any, test: Sequence[Any],
+def _score_in_process(who: str, source: str, run: RunConfig, tokenizer: Any, inputs: LikelihoodInputs,
                       samples: Sequence[Sample], decoding: Decoding, model_metrics: Sequence[Metric],
                       results: Results, tasks: Sequence[str], task_folder: Path | None
                       ) -> tuple[list[Answer], dict[str, Any] | None]:
@@ -99,11 +99,10 @@ def _score_in_process(who: str, source: str, run: RunConfig, tokenizer: Any, tes
 
     ev = run.eval
     model = load_model(source, run.model).eval()
-    inputs = LikelihoodInputs(test, run.train.max_seq_len, ev.batch_size)
     for metric in model_metrics:
         scored = metric.compute(model, tokenizer, inputs, ev)
         if metric.name == "perplexity" and not scored.details["tokens"]:
-            raise EvalError(f"evaluate: none of the {len(test)} test conversations scored has an answer token "
+            raise EvalError(f"evaluate: none of the {len(inputs.test)} test conversations scored has an answer token "
                             f"within train.max_seq_len={run.train.max_seq_len}; raise it (or eval.max_samples)")
         results.add(metric.name, metric.higher_is_better, who, scored)
         log.info("%s: %s", who, ", ".join(f"{k} {v:.4g}" for k, v in scored.values.items() if v is not None))
@@ -246,8 +245,9 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     harness: dict[str, Any] = {}
     sources = {"base": resolve_model_source(run.model), "tuned": merged_dir}
     tasks = list(ev.lm_eval.tasks)
+    inputs = LikelihoodInputs([tokenize(tokenizer, c) for c in test], run.train.max_seq_len, ev.batch_size)
     for who, source in sources.items():
-        answers[who], ran = _score_in_process(who, source, run, tokenizer, test, samples, decoding,
+        answers[who], ran = _score_in_process(who, source, run, tokenizer, inputs, samples, decoding,
                                               [m for m in chosen if m.needs == "model"], results, tasks, task_folder)
         if ran is not None:
             harness[who] = ran

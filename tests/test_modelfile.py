@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from finetune.config import ModelConfig
-from finetune.modelfile import CHATML, PROBES, TemplateError, modelfile, template_family
+from finetune.export.modelfile import CHATML, PROBES, TemplateError, modelfile, template_family
 from finetune.models import load_tokenizer, resolve_model_source
 
 from .conftest import conversation

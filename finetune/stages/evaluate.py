@@ -23,10 +23,10 @@ from finetune.chat import first_exchange, tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
 from finetune.errors import UserError
+from finetune.export.modelfile import TemplateError, serving_parameters, template_family
 from finetune.generate import Answer, Decoding, Generator
 from finetune.metrics import METRICS, Metric, Sample, Scored
 from finetune.metrics.likelihood import LikelihoodInputs
-from finetune.modelfile import TemplateError, serving_parameters, template_family
 from finetune.models import load_model, load_tokenizer, package_file, resolve_model_source
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text

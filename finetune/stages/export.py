@@ -13,8 +13,8 @@ from finetune.chat import first_exchange
 from finetune.config import RunConfig
 from finetune.data.canonical import Conversation, read_split
 from finetune.errors import UserError
+from finetune.export.modelfile import modelfile, serving_parameters, template_family
 from finetune.methods import METHODS
-from finetune.modelfile import modelfile, serving_parameters, template_family
 from finetune.models import load_config, load_tokenizer
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
@@ -86,7 +86,7 @@ def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name:
 
 def check(run: RunConfig) -> None:
     """Refuse, before training, a model whose architecture the GGUF writer does not convert."""
-    from finetune.gguf_writer import gguf_architecture
+    from finetune.export.gguf_writer import gguf_architecture
 
     try:
         gguf_architecture(load_config(run.model).to_dict())
@@ -95,7 +95,7 @@ def check(run: RunConfig) -> None:
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    from finetune.gguf_writer import QuantizeError, write_gguf
+    from finetune.export.gguf_writer import QuantizeError, write_gguf
 
     merged = ctx.input("merge", "model")
     report = json.loads(ctx.input("validate", "report").read_text(encoding="utf-8"))

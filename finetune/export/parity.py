@@ -1,0 +1,271 @@
+"""The parity gate: a GGUF must behave like the model it was converted from, or the export fails.
+
+Three kinds of evidence, all measured with llama.cpp itself (llama-cpp-python) against the merged Hugging Face
+model in fp32:
+
+- next-token predictions at every position of held-out conversations (prompt and reference answer, rendered
+  with the chat template): the share of positions where both pick the same top-1 token, and the perplexity of
+  the reference answers under each;
+- greedy continuations of the held-out prompts, token for token (``GREEDY_TOKENS`` tokens or to end of turn);
+- the prompt llama.cpp's chat path builds from the GGUF's embedded template, and the prompt Ollama builds from
+  the Modelfile's TEMPLATE and SYSTEM, token-identical to ``apply_chat_template``; the end-of-turn token that
+  training taught the model to emit ends generation in llama.cpp and in the Modelfile.
+
+The HF side is computed once (``Reference``) and compared with each output type. ``GATES`` holds the thresholds;
+types without an entry (K-quants) are measured and reported, not gated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.chat import first_exchange, generation_prompt_ids, render, template_takes, tokenize_conversation
+from finetune.data.canonical import Conversation, Message
+from finetune.export.modelfile import TemplateFamily
+
+GREEDY_TOKENS = 32
+
+
+@dataclass(frozen=True)
+class Gate:
+    top1: float  # least share of positions with the same top-1 token
+    greedy: float | None = None  # least share of prompts whose greedy continuation is identical
+
+
+GATES = {
+    "f32": Gate(top1=0.99, greedy=0.90),
+    "f16": Gate(top1=0.99, greedy=0.90),
+    "bf16": Gate(top1=0.99),
+    "q8_0": Gate(top1=0.95),
+}
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What the merged HF model predicts on the held-out rows: the yardstick for every GGUF."""
+
+    rows: list[list[int]]  # token ids, prompt and reference answer
+    labels: list[list[int]]  # the answer tokens (-100 elsewhere), for perplexity
+    top1: list[list[int]]  # HF's top-1 token at every position of each row
+    perplexity: float | None
+    prompts: list[list[int]]  # generation prompts for the greedy continuations
+    greedy: list[list[int]]
+    stop_ids: frozenset[int]
+
+
+def end_of_turn(tokenizer: Any) -> int:
+    """The token that ends an assistant turn in training data: the first special token of a labelled span."""
+    probe = tokenize_conversation(tokenizer, [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}])
+    special = set(tokenizer.all_special_ids)
+    answer = [t for t in probe.labels if t >= 0]
+    found = next((t for t in answer if t in special), None)
+    if found is None:
+        raise ValueError("the chat template ends an assistant turn with no special token; nothing can stop generation")
+    return found
+
+
+def held_out(test: Sequence[Conversation], limit: int) -> list[Conversation]:
+    """Chat conversations of the test split (plain-text rows have no prompt to compare), at most ``limit``."""
+    return [c for c in test if not c.is_text][:limit]
+
+
+def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversation], max_tokens: int) -> Reference:
+    import torch
+    from transformers import GenerationConfig
+
+    from finetune.chat import tokenize
+
+    stop_ids = frozenset({end_of_turn(tokenizer), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
+                                                     else [])})
+    rows, labels, top1 = [], [], []
+    nll, count = 0.0, 0
+    device = next(model.parameters()).device
+    for c in conversations:
+        tokenized = tokenize(tokenizer, c)
+        ids, lab = tokenized.input_ids[:max_tokens], tokenized.labels[:max_tokens]
+        with torch.no_grad():
+            logits = model(torch.tensor([ids], device=device)).logits[0].float()
+        rows.append(ids)
+        labels.append(lab)
+        top1.append(logits.argmax(-1).tolist())
+        target = torch.tensor(lab[1:], device=device)
+        picked = target >= 0
+        if picked.any():
+            logp = torch.log_softmax(logits[:-1][picked], -1)
+            nll -= float(logp.gather(1, target[picked].unsqueeze(1)).sum())
+            count += int(picked.sum())
+    greedy_config = GenerationConfig(do_sample=False, max_new_tokens=GREEDY_TOKENS, eos_token_id=sorted(stop_ids),
+                                     pad_token_id=tokenizer.pad_token_id or sorted(stop_ids)[0])
+    prompts, greedy = [], []
+    for c in conversations:
+        exchange = first_exchange(c)
+        assert exchange is not None  # held_out keeps chat rows only
+        prompt = generation_prompt_ids(tokenizer, exchange[0])[: max_tokens]
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt),
+                                 dtype=torch.long, device=device), generation_config=greedy_config)
+        prompts.append(prompt)
+        greedy.append(out[0, len(prompt):].tolist())
+    return Reference(rows, labels, top1, math.exp(nll / count) if count else None, prompts, greedy, stop_ids)
+
+
+@contextmanager
+def llama(gguf: Path, n_ctx: int, *, lora: Path | None = None, logits_all: bool = True) -> Iterator[Any]:
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=n_ctx, logits_all=logits_all,
+                n_gpu_layers=-1, verbose=False)
+    try:
+        yield llm
+    finally:
+        llm.close()
+
+
+def _greedy(llm: Any, prompt: list[int], stop_ids: frozenset[int]) -> list[int]:
+    """Argmax decoding on llama.cpp's logits: no sampler in between, so a difference is the model's."""
+    import numpy as np
+
+    llm.reset()
+    llm.eval(prompt)
+    out: list[int] = []
+    while len(out) < GREEDY_TOKENS:
+        token = int(np.argmax(llm.scores[llm.n_tokens - 1]))
+        out.append(token)
+        if token in stop_ids:
+            break
+        llm.eval([token])
+    return out
+
+
+def measure(gguf: Path, reference: Reference, *, lora: Path | None = None) -> dict[str, Any]:
+    """How the GGUF (with ``lora`` over it, if given) agrees with the reference."""
+    import numpy as np
+
+    n_ctx = max(len(r) for r in [*reference.rows, *reference.prompts]) + GREEDY_TOKENS + 8
+    agree = positions = 0
+    nll, count = 0.0, 0
+    with llama(gguf, n_ctx, lora=lora) as llm:
+        for ids, labels, hf_top1 in zip(reference.rows, reference.labels, reference.top1, strict=True):
+            llm.reset()
+            llm.eval(ids)
+            scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+            agree += int((scores.argmax(-1) == np.asarray(hf_top1)).sum())
+            positions += len(ids)
+            for t in range(len(ids) - 1):
+                if labels[t + 1] >= 0:
+                    row = scores[t]
+                    top = row.max()
+                    nll += float(top + np.log(np.exp(row - top).sum()) - row[labels[t + 1]])
+                    count += 1
+        greedy = [_greedy(llm, p, reference.stop_ids) for p in reference.prompts]
+        example = {"hf": llm.detokenize(reference.greedy[0]).decode(errors="replace"),
+                   "gguf": llm.detokenize(greedy[0]).decode(errors="replace")} if greedy else None
+    identical = sum(g == h for g, h in zip(greedy, reference.greedy, strict=True))
+    return {
+        "top1_agreement": agree / positions,
+        "positions": positions,
+        "perplexity": math.exp(nll / count) if count else None,
+        "perplexity_hf": reference.perplexity,
+        "greedy_identical": identical / len(greedy) if greedy else None,
+        "greedy_prompts": len(greedy),
+        "greedy_example": example,
+    }
+
+
+def failures(out_type: str, figures: dict[str, Any]) -> list[str]:
+    """Which gated check failed, by how much (empty: passed, or not gated)."""
+    gate = GATES.get(out_type)
+    if gate is None:
+        return []
+    found = []
+    if figures["top1_agreement"] < gate.top1:
+        found.append(f"top-1 agreement {figures['top1_agreement']:.1%} < {gate.top1:.0%} over "
+                     f"{figures['positions']} positions")
+    if gate.greedy is not None and figures["greedy_identical"] is not None and figures["greedy_identical"] < gate.greedy:
+        found.append(f"identical greedy continuations {figures['greedy_identical']:.0%} < {gate.greedy:.0%} of "
+                     f"{figures['greedy_prompts']} prompts")
+    return found
+
+
+# Conversations the template checks render: system or not, one turn or several (and tools, below).
+TEMPLATE_CASES: dict[str, list[Message]] = {
+    "system, one turn": [{"role": "system", "content": "You answer in one sentence."},
+                         {"role": "user", "content": "What is 12 + 30?"}],
+    "no system, one turn": [{"role": "user", "content": "What is 12 + 30?"}],
+    "system, several turns": [{"role": "system", "content": "You answer in one sentence."},
+                              {"role": "user", "content": "Hello!\nCan you help?"},
+                              {"role": "assistant", "content": "Of course. What do you need?"},
+                              {"role": "user", "content": "東京の天気は？"}],
+}
+_TOOL = {"type": "function", "function": {"name": "get_weather", "description": "Weather for a city",
+                                          "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                                                         "required": ["city"]}}}
+
+
+def _hf_ids(tokenizer: Any, messages: list[Message], tools: list[dict] | None = None) -> list[int]:
+    return tokenizer(render(tokenizer, messages, tools, add_generation_prompt=True), add_special_tokens=False)[
+        "input_ids"]
+
+
+def _llama_cpp_chat_prompt(llm: Any, messages: list[Message], tools: list[dict] | None) -> list[int]:
+    """The tokens llama.cpp's own chat path (``create_chat_completion``: the GGUF's template or a format
+    llama-cpp-python guessed from it) feeds the model: read back from its context after one generated token."""
+    llm.reset()
+    llm.create_chat_completion(messages=messages, tools=tools, max_tokens=1, temperature=0.0)
+    return [int(t) for t in llm.input_ids[: llm.n_tokens]]
+
+
+def _compare(case: str, via: str, ours: list[int], expected: list[int]) -> dict[str, Any]:
+    first = next((i for i, (a, b) in enumerate(zip(ours, expected)) if a != b), None)
+    if first is None and len(ours) != len(expected):
+        first = min(len(ours), len(expected))
+    return {"case": case, "via": via, "identical": first is None, "tokens": len(ours), "expected_tokens": len(expected),
+            **({"first_difference": first} if first is not None else {})}
+
+
+def template_checks(gguf: Path, tokenizer: Any, family: TemplateFamily | None, system: str | None
+                    ) -> dict[str, Any]:
+    """Prompts and stop tokens of llama.cpp's chat path and of the Modelfile against ``apply_chat_template``.
+
+    The Modelfile is checked the way Ollama renders it: its SYSTEM (``system``) stands in when a conversation has
+    no system message, so the expected prompt is the template applied to the conversation with that system
+    prompt, which is what the model was trained on.
+    """
+    cases = dict(TEMPLATE_CASES)
+    takes_tools = template_takes(tokenizer)[0]
+    checks = []
+    eot = end_of_turn(tokenizer)
+    with llama(gguf, 512, logits_all=False) as llm:
+        for case, messages in cases.items():
+            checks.append(_compare(case, "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, None),
+                                   _hf_ids(tokenizer, messages)))
+            if family is not None:
+                effective = messages if messages[0]["role"] == "system" or not system else [
+                    {"role": "system", "content": system}, *messages]
+                rendered = llm.tokenize(family.render(effective).encode(), add_bos=True, special=True)
+                checks.append(_compare(case, "Modelfile", rendered, _hf_ids(tokenizer, effective)))
+        if takes_tools:
+            messages = cases["system, one turn"]
+            checks.append(_compare("tools", "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, [_TOOL]),
+                                   _hf_ids(tokenizer, messages, [_TOOL])))
+        import llama_cpp
+
+        eot_is_eog = bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, eot))
+        eot_text = llm.detokenize([eot], special=True).decode()
+    stop = {"end_of_turn": eot_text, "id": eot, "llama.cpp ends generation on it": eot_is_eog}
+    if family is not None:
+        stop["Modelfile stops on it"] = eot_text in family.stop
+    return {"prompts": checks, "stop": stop, "tools": "checked" if takes_tools else "the template renders no tools"}
+
+
+def template_failures(found: dict[str, Any]) -> list[str]:
+    failed = [f"{c['via']} prompt ({c['case']}) differs from apply_chat_template at token {c['first_difference']}"
+              for c in found["prompts"] if not c["identical"]]
+    failed += [f"end-of-turn {found['stop']['end_of_turn']!r}: {what} is false"
+               for what, ok in found["stop"].items() if isinstance(ok, bool) and not ok]
+    return failed

@@ -4,6 +4,7 @@ tokenizers trained here, run by llama.cpp itself and compared with the Hugging F
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import gguf
@@ -269,3 +270,43 @@ def test_q8_0_gemma3_loads_and_stays_close(family: tuple[str, Path, Path], tmp_p
     ours, ref = llama_cpp_logits(out, ids), hf_logits(model_dir, ids)
     np.testing.assert_allclose(ours, ref, rtol=0, atol=0.4)
     assert min_correlation(ours, ref) > 0.998
+
+
+def test_unsupported_architecture_names_the_gemma_families(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GemmaForCausalLM"]}))
+    with pytest.raises(ValueError, match=r"GemmaForCausalLM.*Gemma2ForCausalLM, Gemma3ForCausalLM"):
+        write_gguf(tmp_path, tmp_path / "out.gguf")
+    assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"query_pre_attn_scalar": 64}, "query_pre_attn_scalar 64"),  # llama.cpp would scale by 1/sqrt(16)
+        ({"tie_word_embeddings": False}, "untied"),
+        ({"attn_logit_softcapping": None}, "always soft-caps"),
+        ({"hidden_activation": "gelu"}, "activation 'gelu'"),
+    ],
+)
+@pytest.mark.parametrize("family", ["gemma2"], indirect=True)
+def test_gemma_settings_llama_cpp_would_compute_differently_are_refused(
+    family: tuple[str, Path, Path], change: dict[str, object], message: str, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "hf"
+    model_dir.mkdir()
+    config = json.loads((family[1] / "config.json").read_text(encoding="utf-8"))
+    (model_dir / "config.json").write_text(json.dumps({**config, **change}))
+    with pytest.raises(NotImplementedError, match=message):
+        write_gguf(model_dir, tmp_path / "out" / "model.gguf")
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+@pytest.mark.parametrize("family", ["mistral"], indirect=True)
+def test_unreproducible_space_handling_is_refused(family: tuple[str, Path, Path], tmp_path: Path) -> None:
+    model_dir = shutil.copytree(family[1], tmp_path / "hf")
+    spec = json.loads((model_dir / "tokenizer.json").read_text(encoding="utf-8"))
+    spec["normalizer"] = {"type": "Replace", "pattern": {"String": " "}, "content": "_"}  # not ▁
+    (model_dir / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+    with pytest.raises(ValueError, match="turns spaces into ▁ in a way"):
+        write_gguf(model_dir, tmp_path / "out" / "model.gguf")
+    assert list((tmp_path / "out").iterdir()) == []

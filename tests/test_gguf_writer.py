@@ -15,7 +15,14 @@ import llama_cpp
 import numpy as np
 import pytest
 import torch
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 from finetune.export.gguf_writer import QuantizeError, _llama_quantize, write_gguf
 
@@ -69,9 +76,8 @@ def save_tiny_model(tokenizer_dir: Path, out: Path, arch: str = "llama", *, tied
 
 
 def hf_logits(model_dir: Path, ids: list[int]) -> np.ndarray:
-    model_cls = {"LlamaForCausalLM": LlamaForCausalLM, "Qwen2ForCausalLM": Qwen2ForCausalLM}
-    arch = json.loads((model_dir / "config.json").read_text())["architectures"][0]
-    model = model_cls[arch].from_pretrained(model_dir, dtype=torch.float32).eval()
+    # eager attention: SDPA would skip Gemma 2's attention soft-capping
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32, attn_implementation="eager").eval()
     with torch.no_grad():
         return model(torch.tensor([ids])).logits[0].numpy()
 

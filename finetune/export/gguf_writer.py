@@ -14,6 +14,7 @@ import itertools
 import json
 import math
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +29,12 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
+    "Gemma2ForCausalLM": "gemma2",
+    "Gemma3ForCausalLM": "gemma3",
 }
+_GEMMA = ("gemma2", "gemma3")
+# Layer count at which llama.cpp takes a Gemma model for the 27B size and scales queries by hidden/heads, not head_dim.
+_GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 # Output types gguf-py's numpy quantizers write: (tensor type of 2-D weights, file type), as gguf enum names.
 _NUMPY_TYPES = {
     "f32": ("F32", "ALL_F32"),
@@ -67,7 +73,8 @@ Log = Callable[[str], None]
 
 @dataclass(frozen=True)
 class _Tensor:
-    """One weight to write: where it comes from, its GGUF name and type, and its Q/K head regrouping."""
+    """One weight to write: where it comes from, its GGUF name and type, its Q/K head regrouping and the
+    constant added to it (1 for Gemma's norms: Hugging Face stores w for a scale of 1 + w, llama.cpp the scale)."""
 
     source: Path
     hf_name: str
@@ -75,6 +82,7 @@ class _Tensor:
     shape: tuple[int, ...]
     qtype: Any  # gguf.GGMLQuantizationType
     rotary_heads: int | None
+    offset: float = 0.0
 
 
 class QuantizeError(RuntimeError):
@@ -142,7 +150,7 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
         writer.add_name(_model_name(config, model_dir))
         writer.add_file_type(gguf.LlamaFileType[file_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        _add_hyperparameters(writer, config, log)
+        _add_hyperparameters(writer, config, arch, log)
         _add_tokenizer(writer, model_dir, config["vocab_size"], log)
         tensors = _plan_tensors(model_dir, config, arch, gguf.GGMLQuantizationType[tensor_type])
         for t in tensors:
@@ -163,18 +171,23 @@ def _model_name(config: dict[str, Any], model_dir: Path) -> str:
     return Path(recorded).name if recorded else model_dir.resolve().name
 
 
-def _add_hyperparameters(writer: Any, config: dict[str, Any], log: Log) -> None:
-    """The keys llama.cpp's llama/qwen2 graphs read; refuse settings they would compute differently."""
+def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Log) -> None:
+    """The keys llama.cpp's graphs read; refuse settings they would compute differently."""
     import gguf
 
-    if (act := config.get("hidden_act", "silu")) != "silu":
-        raise NotImplementedError(f"hidden_act {act!r} is not supported (llama.cpp's llama/qwen2 use silu)")
+    # llama.cpp's llama/qwen2 graphs use silu, its gemma graphs GELU with the tanh approximation.
+    expected_act = "gelu_pytorch_tanh" if arch in _GEMMA else "silu"
+    act = config.get("hidden_activation") or config.get("hidden_act") or "silu"
+    if act != expected_act:
+        raise NotImplementedError(f"activation {act!r} is not supported for {arch} (llama.cpp uses {expected_act})")
     if config.get("use_sliding_window"):
         raise NotImplementedError("sliding-window attention (use_sliding_window) is not supported here")
     n_head = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
-    # transformers 5 writes rope_parameters (with rope_theta inside); older configs rope_theta + rope_scaling.
-    rope = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    # transformers 5 writes rope_parameters (with rope_theta inside; per layer type for Gemma 3); older configs
+    # rope_theta + rope_scaling.
+    rope_parameters = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope = rope_parameters.get("full_attention", rope_parameters)
     rope_type = rope.get("rope_type") or rope.get("type") or "default"
     if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -196,33 +209,125 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], log: Log) -> None:
     writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
-    if (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
+    if arch in _GEMMA:
+        _add_gemma_hyperparameters(writer, config, arch, head_dim)
+    elif (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
         log(f"note: llama.cpp attends over the whole context; training used a {window}-token window")
 
 
+def _add_gemma_hyperparameters(writer: Any, config: dict[str, Any], arch: str, head_dim: int) -> None:
+    """Soft-capping, the sliding window and which layers use it, and Gemma 3's local RoPE base.
+
+    llama.cpp's gemma2 graph always soft-caps attention and final logits and always reuses the embeddings as
+    output; its gemma graphs take the query scale from the model size rather than from the file.
+    """
+    n_layer, n_head = config["num_hidden_layers"], config["num_attention_heads"]
+    big = n_layer == _GEMMA_27B_LAYERS[arch]
+    scale_from = config["hidden_size"] // n_head if big else head_dim
+    if (scalar := config.get("query_pre_attn_scalar", head_dim)) != scale_from:
+        raise NotImplementedError(
+            f"query_pre_attn_scalar {scalar} is not supported: llama.cpp scales {arch} queries by "
+            f"1/sqrt({scale_from}) for {n_layer} layers"
+        )
+    if config.get("attention_bias") or config.get("use_bidirectional_attention"):
+        raise NotImplementedError(f"attention biases or bidirectional attention are not supported for {arch}")
+    attn_cap, final_cap = config.get("attn_logit_softcapping"), config.get("final_logit_softcapping")
+    if arch == "gemma2":
+        if attn_cap is None or final_cap is None:
+            raise NotImplementedError("llama.cpp's gemma2 always soft-caps; a config without capping is not supported")
+        if not config.get("tie_word_embeddings", True):
+            raise NotImplementedError("llama.cpp's gemma2 reuses the embeddings as output; untied is not supported")
+        writer.add_attn_logit_softcapping(attn_cap)
+    elif attn_cap is not None:
+        raise NotImplementedError("llama.cpp's gemma3 has no attention soft-capping (attn_logit_softcapping)")
+    if final_cap is not None:
+        writer.add_final_logit_softcapping(final_cap)
+
+    sliding = _gemma_sliding_layers(config, arch)
+    writer.add_sliding_window_pattern(sliding)  # without it llama.cpp assumes the pattern of the released models
+    if any(sliding):
+        writer.add_sliding_window(config["sliding_window"])
+    if arch == "gemma3":  # Gemma 2 uses one RoPE base for all layers, as llama.cpp assumes when the key is absent
+        local_rope = (config.get("rope_parameters") or {}).get("sliding_attention") or {
+            "rope_theta": config.get("rope_local_base_freq", 10000.0)
+        }
+        if (local_rope.get("rope_type") or "default") != "default":
+            raise NotImplementedError("RoPE scaling on Gemma 3's sliding-window layers is not supported")
+        writer.add_rope_freq_base_swa(float(local_rope["rope_theta"]))
+
+
+def _gemma_sliding_layers(config: dict[str, Any], arch: str) -> list[bool]:
+    """Per layer, whether it attends through the sliding window: ``layer_types`` (transformers >= 4.53), else
+    the fixed pattern older configs imply (every 2nd layer global for Gemma 2, every 6th for Gemma 3)."""
+    n_layer = config["num_hidden_layers"]
+    every = 2 if arch == "gemma2" else config.get("sliding_window_pattern", 6)
+    types = config.get("layer_types") or [
+        "sliding_attention" if (i + 1) % every else "full_attention" for i in range(n_layer)
+    ]
+    if len(types) != n_layer or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise NotImplementedError(f"layer_types {types} are not supported (only sliding_attention, full_attention)")
+    return [t == "sliding_attention" for t in types]
+
+
 def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None:
-    """Byte-level BPE vocabulary, token types, merges, special ids, add-BOS/EOS flags and chat template.
+    """The vocabulary as llama.cpp's tokenizer of the same kind: byte-level BPE (GPT-2 style) or SentencePiece
+    style BPE (▁ for spaces, byte fallback), with special ids, add-BOS/EOS flags and the chat template.
 
     Tokens come from the tokenizer transformers builds for the folder, which is what training used: it can
-    differ from tokenizer.json (transformers 5 imposes Qwen2's pre-tokenizer on every qwen2 model).
+    differ from tokenizer.json (transformers 5 imposes Qwen2's pre-tokenizer on every qwen2 model, and a
+    Metaspace pre-tokenizer on Llama tokenizers).
     """
-    import gguf
     from transformers import AutoTokenizer
 
     if not (model_dir / "tokenizer.json").is_file():
-        raise ValueError(f"{model_dir} has no tokenizer.json; GGUF export needs a byte-level BPE tokenizer")
+        raise ValueError(f"{model_dir} has no tokenizer.json; GGUF export needs a BPE tokenizer")
     hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     spec = json.loads(backend.to_str()) if backend is not None else {}
     model = spec.get("model", {})
     byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
-    if model.get("type") != "BPE" or model.get("byte_fallback") or not byte_level:
+    if model.get("type") == "BPE" and model.get("byte_fallback"):
+        _add_sentencepiece_vocab(writer, hf_tokenizer, spec, model_dir, n_vocab, log)
+    elif model.get("type") == "BPE" and byte_level:
+        _add_byte_level_vocab(writer, hf_tokenizer, spec, model_dir, n_vocab, log)
+    else:
         raise ValueError(
-            f"the tokenizer in {model_dir} is not a byte-level (GPT-2 style) BPE tokenizer, the only kind exported here"
+            f"the tokenizer in {model_dir} is neither byte-level BPE nor SentencePiece-style BPE with byte "
+            "fallback, the kinds exported here"
         )
-    pre = _pre_tokenizer(hf_tokenizer, spec, model_dir)
 
-    by_id = {i: tok for tok, i in model["vocab"].items()}
+
+def _add_byte_level_vocab(
+    writer: Any, hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path, n_vocab: int, log: Log
+) -> None:
+    """Byte-level BPE as llama.cpp's "gpt2" vocabulary: tokens, merges and the pre-tokenizer by name."""
+    import gguf
+
+    pre = _pre_tokenizer(hf_tokenizer, spec, model_dir)
+    tokens, types = _token_list(hf_tokenizer, spec["model"]["vocab"], n_vocab)
+    special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
+    if not special_vocab.merges:
+        raise ValueError(f"{model_dir / 'tokenizer.json'} has no BPE merges")
+    _record_bos_eos(hf_tokenizer, special_vocab)
+
+    writer.add_tokenizer_model("gpt2")
+    writer.add_tokenizer_pre(pre)
+    writer.add_token_list(tokens)
+    writer.add_token_types(types)
+    special_vocab.add_to_gguf(writer, quiet=True)
+    log(
+        f"tokenizer: {len(tokens)} tokens, {len(special_vocab.merges)} merges, pre-tokenizer {pre!r}, "
+        f"special ids {special_vocab.special_token_ids}, chat template "
+        f"{'present' if special_vocab.chat_template else 'absent'}"
+    )
+
+
+def _token_list(hf_tokenizer: Any, vocab: dict[str, int], n_vocab: int) -> tuple[list[str], list[int]]:
+    """Token texts and types by id over the model's whole vocab_size: added tokens (CONTROL when special,
+    else USER_DEFINED) over the BPE vocabulary (NORMAL), [PAD<i>] (UNUSED) for rows no token reaches."""
+    import gguf
+
+    by_id = {i: tok for tok, i in vocab.items()}
     added = hf_tokenizer.added_tokens_decoder
     if max([*by_id, *added]) >= n_vocab:
         raise ValueError(f"tokenizer has ids beyond the model's vocab_size {n_vocab}")
@@ -238,24 +343,98 @@ def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None
         else:  # embedding rows the tokenizer never produces (vocab_size padded for speed)
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
+    return tokens, types
 
-    special_vocab = gguf.SpecialVocab(model_dir, load_merges=True, n_vocab=n_vocab)
-    if not special_vocab.merges:
-        raise ValueError(f"{model_dir / 'tokenizer.json'} has no BPE merges")
-    # Record what the Hugging Face tokenizer actually does rather than parse its post-processor template.
+
+def _record_bos_eos(hf_tokenizer: Any, special_vocab: Any) -> None:
+    """Set add_bos/add_eos from what the Hugging Face tokenizer actually does rather than parse its
+    post-processor template."""
     probe = hf_tokenizer.encode("a")
     bos, eos = special_vocab.special_token_ids.get("bos"), special_vocab.special_token_ids.get("eos")
     special_vocab.add_special_token = {"bos": probe[0] == bos, "eos": probe[-1] == eos}
 
-    writer.add_tokenizer_model("gpt2")
-    writer.add_tokenizer_pre(pre)
+
+def _add_sentencepiece_vocab(
+    writer: Any, hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path, n_vocab: int, log: Log
+) -> None:
+    """SentencePiece-style BPE (Llama 2, Mistral v0.1, Gemma) as llama.cpp's "llama" (SPM) vocabulary.
+
+    llama.cpp's SPM tokenizer repeatedly joins the adjacent pair whose joined text is the best-scoring token;
+    Hugging Face's BPE applies the earliest listed merge. So each token made by a merge scores minus the rank
+    of the first merge making it, and every other token scores below all merges. That is the same order, and
+    exactly the same tokenization when every pair that joins into a token is a listed merge, as in tokenizers
+    converted from SentencePiece models. llama.cpp's converter, lacking tokenizer.model, scores all -1000.
+    Byte tokens <0x00>..<0xFF> become BYTE, as llama.cpp needs all 256 for text outside the vocabulary.
+    """
+    import gguf
+
+    model = spec["model"]
+    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("ignore_merges"):
+        raise ValueError(f"the BPE options of the tokenizer in {model_dir} have no llama.cpp SPM equivalent")
+    add_space_prefix = _space_prefix(spec, model_dir, log)
+    vocab: dict[str, int] = model["vocab"]
+    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab]
+    if missing:
+        raise ValueError(f"the tokenizer in {model_dir} lacks byte-fallback tokens {', '.join(missing[:5])}")
+    tokens, types = _token_list(hf_tokenizer, vocab, n_vocab)
+    merges = [pair if isinstance(pair, list) else pair.split(" ", 1) for pair in model["merges"]]
+    rank = {}
+    for r, (left, right) in enumerate(merges):
+        rank.setdefault(left + right, r)
+    unmerged = -float(len(merges) + 1)
+    scores = [-float(rank[t]) if t in rank else unmerged for t in tokens]
+    unk_id = vocab.get(model.get("unk_token") or hf_tokenizer.unk_token)  # transformers 5 Llama: only the latter
+    for i, t in enumerate(tokens):
+        if i == unk_id:
+            types[i] = gguf.TokenType.UNKNOWN
+        elif vocab.get(t) == i and re.fullmatch(r"<0x[0-9A-F]{2}>", t):  # also when trained as special tokens
+            types[i] = gguf.TokenType.BYTE
+        elif types[i] == gguf.TokenType.USER_DEFINED:
+            tokens[i] = t.replace("▁", " ")  # llama.cpp matches user-defined tokens in the raw text
+
+    special_vocab = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=n_vocab)
+    _record_bos_eos(hf_tokenizer, special_vocab)
+    writer.add_tokenizer_model("llama")
     writer.add_token_list(tokens)
+    writer.add_token_scores(scores)
     writer.add_token_types(types)
+    writer.add_add_space_prefix(add_space_prefix)
     special_vocab.add_to_gguf(writer, quiet=True)
     log(
-        f"tokenizer: {len(tokens)} tokens, {len(special_vocab.merges)} merges, pre-tokenizer {pre!r}, "
-        f"special ids {special_vocab.special_token_ids}, chat template "
+        f"tokenizer: {len(tokens)} SentencePiece-style tokens, scores from {len(merges)} merges, space prefix "
+        f"{add_space_prefix}, special ids {special_vocab.special_token_ids}, chat template "
         f"{'present' if special_vocab.chat_template else 'absent'}"
+    )
+
+
+def _space_prefix(spec: dict[str, Any], model_dir: Path, log: Log) -> bool:
+    """llama.cpp's add_space_prefix for how the tokenizer turns spaces into ▁: True when it prepends one.
+
+    llama.cpp prepends a space to every run of text, also after a special token, as SentencePiece and the
+    Prepend normalizer of older tokenizer.json files do. A Metaspace pre-tokenizer prepends only to text not
+    already starting with a space, and with prepend_scheme "first" only at the start: those cases differ.
+    """
+    replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
+    normalizer, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
+    # After the Replace normalizer no space is left, so a split on " " (transformers' Gemma tokenizer) is a no-op.
+    no_split = pre is None or (pre.get("type") == "Split" and pre.get("pattern") == {"String": " "})
+    if normalizer == replace and no_split:
+        return False
+    if normalizer == {"type": "Sequence", "normalizers": [{"type": "Prepend", "prepend": "▁"}, replace]} and no_split:
+        return True
+    if normalizer is None and pre and pre.get("type") == "Metaspace" and pre.get("replacement") == "▁":
+        scheme = pre.get("prepend_scheme", "always")
+        if not pre.get("split") and scheme in ("always", "first", "never"):
+            if scheme != "never":
+                log(
+                    "note: llama.cpp adds the space prefix also before text that starts with a space"
+                    + (" and after special tokens in the text" if scheme == "first" else "")
+                    + "; this tokenizer does not"
+                )
+            return scheme != "never"
+    raise ValueError(
+        f"the tokenizer in {model_dir} turns spaces into ▁ in a way llama.cpp's SentencePiece tokenizer does not "
+        f"reproduce (normalizer {json.dumps(normalizer)}, pre-tokenizer {json.dumps(pre)})"
     )
 
 
@@ -329,6 +508,7 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: str, weight_typ
                         shape=shape,
                         qtype=_tensor_type(shape, weight_type),
                         rotary_heads=rotary_heads.get(kind),
+                        offset=1.0 if arch in _GEMMA and hf_name.endswith("norm.weight") else 0.0,
                     )
                 )
     if unknown:
@@ -375,6 +555,8 @@ def _write_tensor_data(writer: Any, tensors: list[_Tensor], log: Log) -> None:
                 data = f.get_tensor(t.hf_name).to(torch.float32).numpy()
                 if t.rotary_heads is not None:
                     data = _interleave_rotary_halves(data, t.rotary_heads)
+                if t.offset:
+                    data = data + t.offset
                 writer.write_tensor_data(gguf.quants.quantize(data, t.qtype))
                 done += 1
                 if done % every == 0 or done == len(tensors):

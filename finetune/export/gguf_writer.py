@@ -102,9 +102,9 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, log: L
     arch = gguf_architecture(config)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
-    with _temp_path(out_path) as tmp:
+    with temp_path(out_path) as tmp:
         if out_type in _K_QUANTS:
-            with _temp_path(out_path) as f16:
+            with temp_path(out_path) as f16:
                 _write_numpy_types(model_dir, config, arch, f16, "f16", log)
                 log(f"quantizing to {out_type} with llama.cpp")
                 _llama_quantize(f16, tmp, out_type)
@@ -127,7 +127,7 @@ def gguf_architecture(config: dict[str, Any]) -> str:
 
 
 @contextlib.contextmanager
-def _temp_path(out_path: Path) -> Iterator[Path]:
+def temp_path(out_path: Path) -> Iterator[Path]:
     """A fresh file beside ``out_path`` (same filesystem, so renaming it is atomic), removed afterwards."""
     fd, name = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
     os.close(fd)

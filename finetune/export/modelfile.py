@@ -83,8 +83,13 @@ def serving_parameters(export: Any) -> dict[str, Any]:
             "num_ctx": export.num_ctx}
 
 
-def modelfile(gguf_name: str, family: TemplateFamily, system: str | None, parameters: dict[str, Any]) -> str:
-    lines = [f"FROM ./{gguf_name}", "", f'TEMPLATE """{family.go_template}"""', ""]
+def modelfile(gguf_name: str, family: TemplateFamily, system: str | None, parameters: dict[str, Any],
+              adapter: str | None = None) -> str:
+    """The Modelfile text; ``adapter``, a GGUF LoRA adapter beside the Modelfile, is applied to the FROM model."""
+    lines = [f"FROM ./{gguf_name}"]
+    if adapter:
+        lines.append(f"ADAPTER ./{adapter}")
+    lines += ["", f'TEMPLATE """{family.go_template}"""', ""]
     if system and '"""' in system:
         raise TemplateError('the system prompt contains """, which cannot be written in a Modelfile SYSTEM')
     if system:

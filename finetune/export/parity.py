@@ -60,7 +60,8 @@ class Reference:
 
 def end_of_turn(tokenizer: Any) -> int:
     """The token that ends an assistant turn in training data: the first special token of a labelled span."""
-    probe = tokenize_conversation(tokenizer, [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"}])
+    probe = tokenize_conversation(tokenizer, [{"role": "user", "content": "U1"},
+                                              {"role": "assistant", "content": "A1"}])
     special = set(tokenizer.all_special_ids)
     answer = [t for t in probe.labels if t >= 0]
     found = next((t for t in answer if t in special), None)
@@ -186,7 +187,8 @@ def failures(out_type: str, figures: dict[str, Any]) -> list[str]:
     if figures["top1_agreement"] < gate.top1:
         found.append(f"top-1 agreement {figures['top1_agreement']:.1%} < {gate.top1:.0%} over "
                      f"{figures['positions']} positions")
-    if gate.greedy is not None and figures["greedy_identical"] is not None and figures["greedy_identical"] < gate.greedy:
+    greedy = figures["greedy_identical"]
+    if gate.greedy is not None and greedy is not None and greedy < gate.greedy:
         found.append(f"identical greedy continuations {figures['greedy_identical']:.0%} < {gate.greedy:.0%} of "
                      f"{figures['greedy_prompts']} prompts")
     return found
@@ -221,7 +223,7 @@ def _llama_cpp_chat_prompt(llm: Any, messages: list[Message], tools: list[dict] 
 
 
 def _compare(case: str, via: str, ours: list[int], expected: list[int]) -> dict[str, Any]:
-    first = next((i for i, (a, b) in enumerate(zip(ours, expected)) if a != b), None)
+    first = next((i for i, (a, b) in enumerate(zip(ours, expected, strict=False)) if a != b), None)
     if first is None and len(ours) != len(expected):
         first = min(len(ours), len(expected))
     return {"case": case, "via": via, "identical": first is None, "tokens": len(ours), "expected_tokens": len(expected),

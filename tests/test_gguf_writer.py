@@ -259,3 +259,29 @@ def test_llama3_rope_scaling_is_refused(tmp_path: Path) -> None:
     with pytest.raises(NotImplementedError, match="llama3"):
         write_gguf(tmp_path, tmp_path / "out.gguf")
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
+
+
+
+def test_half_precision_shards_read_in_slices(
+    tied_llama: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """bf16 and f16 shards, tensors read in slices of rows (one head at a time for Q/K): the same file as read
+    whole, with the values torch's own conversion gives."""
+    from safetensors.torch import load_file, save_file
+
+    model_dir, _ = tied_llama
+    half = tmp_path / "half"
+    shutil.copytree(model_dir, half, ignore=shutil.ignore_patterns("*.safetensors"))
+    weights = sorted(load_file(model_dir / "model.safetensors").items())
+    shards = [{k: v.to(torch.bfloat16) for k, v in weights[::2]}, {k: v.to(torch.float16) for k, v in weights[1::2]}]
+    for i, shard in enumerate(shards, 1):
+        save_file(shard, half / f"model-0000{i}-of-00002.safetensors")
+    write_gguf(half, tmp_path / "whole.gguf", "f16", log=lambda _: None)
+    monkeypatch.setattr("finetune.export.gguf_writer._SLICE_BYTES", 1)
+    write_gguf(half, tmp_path / "sliced.gguf", "f16", log=lambda _: None)
+    assert (tmp_path / "whole.gguf").read_bytes() == (tmp_path / "sliced.gguf").read_bytes()
+    tensors = {t.name: np.asarray(t.data) for t in gguf.GGUFReader(tmp_path / "sliced.gguf").tensors}
+    stored = {**shards[0], **shards[1]}
+    expected = stored["model.embed_tokens.weight"].to(torch.float32).to(torch.float16).numpy()
+    assert np.array_equal(tensors["token_embd.weight"], expected)
+    assert np.array_equal(tensors["output_norm.weight"], stored["model.norm.weight"].to(torch.float32).numpy())

@@ -2,7 +2,8 @@
 
 Only the ``gguf`` package (gguf-py) is needed for f32/f16/bf16/q8_0. gguf-py cannot produce K-quants, so those
 go through llama.cpp's own quantizer in ``llama_cpp``, starting from an f16 file. Tensors stream from the
-safetensors files one at a time, so memory stays near the size of the largest tensor rather than of the model.
+safetensors files in slices of rows read with plain file reads (no mmap, whose touched pages would count in the
+process's memory until the file is closed), so memory stays near the size of the largest converted tensor.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from finetune.pipeline.manifest import umask_mode
 
@@ -45,6 +46,10 @@ _NUMPY_TYPES = {
 # Output types only llama.cpp's quantizer makes (gguf.LlamaFileType names = llama.cpp's llama_ftype values).
 _K_QUANTS = {"q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
 OUT_TYPES = (*_NUMPY_TYPES, *_K_QUANTS)
+# Rows of a tensor read, converted and quantized at a time (about this many bytes of float32 each).
+_SLICE_BYTES = 16 << 20
+# safetensors dtypes read as float32: numpy dtype of the stored values (BF16 is widened by hand).
+_SAFETENSORS_FLOATS = {"F64": "<f8", "F32": "<f4", "F16": "<f2", "BF16": "<u2"}
 
 # `tokenizer.ggml.pre` names the pre-tokenizer (splitting regexes) llama.cpp applies before BPE; see
 # _pre_tokenizer for how it is chosen. The hashes, of str(token ids) for this test string, are the ones
@@ -530,6 +535,21 @@ def _safetensors_files(model_dir: Path) -> list[Path]:
     return files
 
 
+def _safetensors_header(path: Path) -> tuple[dict[str, Any], int]:
+    """A safetensors file's tensor entries (name -> dtype, shape, data_offsets) and where its data starts.
+
+    The format: an 8-byte little-endian header length, that many bytes of JSON, then the tensors' bytes, whose
+    offsets the JSON gives relative to the end of the header.
+    """
+    with open(path, "rb") as f:
+        size = int.from_bytes(f.read(8), "little")
+        if size <= 0 or size > 100_000_000:
+            raise ValueError(f"{path} is not a safetensors file (header length {size})")
+        header = json.loads(f.read(size))
+    header.pop("__metadata__", None)
+    return header, 8 + size
+
+
 def _tensor_type(shape: tuple[int, ...], weight_type: Any) -> Any:
     """1-D tensors (norms, biases) stay F32; Q8_0 needs rows made of whole 32-value blocks, else F16."""
     import gguf
@@ -543,24 +563,59 @@ def _tensor_type(shape: tuple[int, ...], weight_type: Any) -> Any:
 
 def _write_tensor_data(writer: Any, tensors: list[_Tensor], log: Log) -> None:
     """Read, convert and append each tensor in plan order, a safetensors file opened once."""
-    import gguf
-    import torch
-    from safetensors import safe_open
-
     every = max(1, len(tensors) // 10)
     done = 0
     for source, group in itertools.groupby(tensors, key=lambda t: t.source):
-        with safe_open(source, framework="pt") as f:  # "pt" reads bf16 checkpoints, which numpy cannot
+        header, data_start = _safetensors_header(source)
+        with open(source, "rb", buffering=0) as f:
             for t in group:
-                data = f.get_tensor(t.hf_name).to(torch.float32).numpy()
-                if t.rotary_heads is not None:
-                    data = _interleave_rotary_halves(data, t.rotary_heads)
-                if t.offset:
-                    data = data + t.offset
-                writer.write_tensor_data(gguf.quants.quantize(data, t.qtype))
+                writer.write_tensor_data(_converted(f, header[t.hf_name], data_start, t))
                 done += 1
                 if done % every == 0 or done == len(tensors):
                     log(f"  {done}/{len(tensors)} tensors ({t.name} {t.qtype.name} {list(t.shape)})")
+
+
+def _converted(f: BinaryIO, entry: dict[str, Any], data_start: int, t: _Tensor) -> Any:
+    """One tensor as float32, Q/K rows regrouped, quantized to ``t.qtype``: a slice of rows at a time, into one
+    output array. Every conversion here works row by row (casts element-wise, quantization per block of a row,
+    regrouping within a head), so the result is the same as converting the whole tensor at once."""
+    import gguf
+    import numpy as np
+
+    if entry["dtype"] not in _SAFETENSORS_FLOATS:
+        raise ValueError(f"tensor {t.hf_name} has dtype {entry['dtype']}; only floating-point weights convert")
+    stored = np.dtype(_SAFETENSORS_FLOATS[entry["dtype"]])
+    shape = tuple(entry["shape"])
+    begin, end = entry["data_offsets"]
+    rows = shape[0] if shape else 1
+    row_values = math.prod(shape[1:])
+    if end - begin != rows * row_values * stored.itemsize:
+        raise ValueError(f"tensor {t.hf_name}: {end - begin} bytes do not hold {entry['dtype']} {list(shape)}")
+    # Slices hold whole heads when rows are regrouped per head.
+    unit = rows // t.rotary_heads if t.rotary_heads is not None else 1
+    step = max(1, _SLICE_BYTES // max(1, 4 * row_values * unit)) * unit
+    out = None
+    for first in range(0, rows, step):
+        n = min(step, rows - first)
+        raw = np.empty(n * row_values, dtype=stored)
+        f.seek(data_start + begin + first * row_values * stored.itemsize)
+        if f.readinto(memoryview(raw).cast("B")) != raw.nbytes:
+            raise ValueError(f"tensor {t.hf_name}: the safetensors file ends early")
+        if entry["dtype"] == "BF16":  # bfloat16 is the top half of a float32
+            data = (raw.astype(np.uint32) << 16).view(np.float32)
+        else:
+            data = raw.astype(np.float32, copy=False)
+        data = data.reshape((n, *shape[1:]) if shape else ())
+        if t.rotary_heads is not None:
+            data = _interleave_rotary_halves(data, n // unit)
+        if t.offset:
+            data = data + t.offset
+        q = gguf.quants.quantize(data, t.qtype)
+        if out is None:
+            out = q if n == rows else np.empty((rows, *q.shape[1:]), dtype=q.dtype)
+        if out is not q:
+            out[first : first + n] = q
+    return out if out is not None else gguf.quants.quantize(np.empty(shape, dtype=np.float32), t.qtype)  # no rows
 
 
 def _interleave_rotary_halves(weight: Any, n_heads: int) -> Any:

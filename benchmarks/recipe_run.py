@@ -31,7 +31,7 @@ def main(recipe: str, overrides: list[str]) -> None:
     stages = {p.parent.name: json.loads(p.read_text())["duration_s"] for p in run_dir.glob("*/manifest.json")}
     train = json.loads((run_dir / "train" / "metrics.json").read_text())
     evaluation = json.loads((run_dir / "evaluate" / "eval.json").read_text())
-    answer = json.loads((run_dir / "export" / "llama_cpp_answer.json").read_text())
+    parity = json.loads((run_dir / "export" / "parity.json").read_text())
     result = {
         "command": " ".join([f"python -m finetune +recipe={recipe}", *overrides]),
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, {device}",
@@ -42,7 +42,10 @@ def main(recipe: str, overrides: list[str]) -> None:
         "decoding": evaluation["decoding_text"],
         "metrics": {name: {k: row.get(k) for k in ("base", "tuned", "delta")}
                     for name, row in evaluation["metrics"].items()},
-        "llama_cpp_answer": answer["answer"],
+        "parity": {name: {k: r[k] for k in ("top1_agreement", "perplexity", "perplexity_hf", "greedy_identical",
+                                            "passed", "greedy_example")}
+                   for name, r in parity["files"].items()},
+        "template_failures": parity["template_failures"],
     }
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / f"{recipe}_{device}.json"

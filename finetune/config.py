@@ -33,7 +33,7 @@ from finetune.metrics.formats import StyleRule, check_style_rules
 from finetune.metrics.harness import LmEvalConfig
 from finetune.metrics.judge import JudgeConfig
 
-STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export")
+STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export", "card", "publish")
 
 
 class ConfigError(UserError, ValueError):
@@ -61,6 +61,8 @@ class ModelConfig:
     dtype: str = _field("auto", choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = False
     random_init: RandomInitConfig | None = None
+    hub_id: str | None = None  # the model's Hub id, named in the card (base_model); a Hub `source` is its own id
+    license: str | None = None  # the model's license (an SPDX-like id the Hub knows: apache-2.0, llama3.1, …)
 
 
 @dataclass
@@ -179,7 +181,9 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    gguf_type: str = _field("f16", choices=("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"))
+    # Each one written and checked by the parity gate (finetune/export/parity.py): gated, or measured (K-quants)
+    gguf_types: list[str] = _field(["f16"], choices=("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"))
+    adapter: bool = False  # LoRA methods: also the base model as f16 GGUF + the adapter as a llama.cpp GGUF LoRA
     ollama: bool = True
     system_prompt: str | None = None  # None: the training data's most common system prompt
     # The Modelfile's sampling, which `evaluate` also answers with (eval.decoding=modelfile)
@@ -189,7 +193,31 @@ class ExportConfig:
     repeat_penalty: float = _field(1.1, low=0.0, low_open=True)
     repeat_last_n: int = _field(OLLAMA_REPEAT_LAST_N, low=0)
     num_ctx: int = _field(2048, low=128)
-    smoke_test_max_tokens: int = _field(96, low=1)
+    parity_samples: int = _field(8, low=1)  # held-out conversations the parity gate compares on
+    parity_max_tokens: int = _field(512, low=16)  # each cut to this many tokens
+
+
+@dataclass
+class CardConfig:
+    """The model card's metadata (README.md's YAML header, as the Hub reads it)."""
+
+    language: list[str] = _field([])  # ISO 639-1 codes of the training data: [ja]
+    license: str | None = None  # None: model.license
+    tags: list[str] = _field([])
+    datasets: list[str] = _field([])  # Hub ids of the training data, when it is on the Hub
+
+
+@dataclass
+class PublishConfig:
+    """Pushing the results to a Hub model repo (off while repo_id is null). The token is read from the
+    environment variable ``token_env`` at push time and never written anywhere."""
+
+    repo_id: str | None = None  # user/name
+    include: list[str] = _field(["gguf"], choices=("merged", "gguf", "adapter"))
+    private: bool = True
+    dry_run: bool = False  # true: write the exact upload folder and its file list, contact nothing
+    token_env: str = "HF_TOKEN"
+    endpoint: str | None = None  # another Hub endpoint (a mirror or a private Hub); null: huggingface.co
 
 
 @dataclass
@@ -204,6 +232,8 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    card: CardConfig = field(default_factory=CardConfig)
+    publish: PublishConfig = field(default_factory=PublishConfig)
 
 
 def _range_text(meta: dict[str, Any]) -> str:

@@ -157,7 +157,7 @@ def _random_init(base: str, cfg: ModelConfig) -> Path:
     return _materialize(target, build)
 
 
-def _is_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
     return not source.startswith((PACKAGE_SCHEME, ".", "/", "~")) and source.count("/") == 1 and not Path(
         source).expanduser().exists()
 
@@ -176,7 +176,7 @@ def resolve_model_source(cfg: ModelConfig) -> str:
             resolved = str(path.resolve())
         else:
             raise ModelSourceError(f"model.source: {path} is neither a model folder nor a .gguf file")
-    elif not _is_hub_id(source):
+    elif not is_hub_id(source):
         raise ModelSourceError(f"model.source: no such folder or file, and not a Hub id: {source}")
     else:
         resolved = source  # a Hub id: from_pretrained downloads it (or finds it in the HF cache)
@@ -242,7 +242,7 @@ def check_source(run: RunConfig) -> None:
     config and safetensors weights (random_init needs only the config), and a GGUF can be converted."""
     cfg = run.model
     weights = cfg.random_init is None
-    if _is_hub_id(cfg.source):
+    if is_hub_id(cfg.source):
         _check_hub(cfg.source, cfg.revision, weights)
     resolved = Path(resolve_model_source(cfg))
     if resolved.is_dir():

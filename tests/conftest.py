@@ -40,8 +40,8 @@ def conversation(i: int) -> dict:
 
 # The tiny random model with short generations: a whole run in seconds.
 TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.show_samples=2",
-        "export.smoke_test_max_tokens=8", "run_name=tiny"]
-STAGES = ("validate", "train", "merge", "evaluate", "export")
+        "export.parity_samples=3", "run_name=tiny"]
+STAGES = ("validate", "train", "merge", "evaluate", "export", "card", "publish")
 
 
 @pytest.fixture(scope="module")

@@ -42,7 +42,7 @@ def test_command_line_group_choice_beats_the_recipe():
     ("method.r=-1", "method.r=-1: must be in [1, 1024]"),
     ("method.dropout=1.5", "method.dropout=1.5: must be in [0.0, 0.9]"),
     ("train.lr=0", "train.lr=0.0: must be in (0.0, 1.0]"),
-    ("export.gguf_type=q3", "export.gguf_type='q3': must be one of"),
+    ("export.gguf_types=[f16,q3]", "export.gguf_types='q3': must be one of"),
     ("+method.foo=1", "method.foo: no such key"),
     ("dataset.path=/no/such/file.jsonl", "dataset.path: file not found: /no/such/file.jsonl"),
     ("stages=[validate,deploy]", "stages: unknown stage 'deploy'"),

@@ -22,7 +22,7 @@ from finetune.stages import STAGES
 from .test_config import composed
 
 TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=4", "eval.show_samples=1",
-        "export.smoke_test_max_tokens=4", "train.max_steps=1", "run_name=tiny"]
+        "export.parity_samples=2", "train.max_steps=1", "run_name=tiny"]
 
 
 def recording(obj: Any, prefix: str, reads: set[str]) -> Any:

@@ -38,7 +38,7 @@ class Recorder:
         if self.fail_b:
             (ctx.out_dir / "partial.txt").write_text("half")
             raise RuntimeError("interrupted")
-        (ctx.out_dir / "copy.txt").write_text(ctx.input("a", "seed").read_text() + run.export.gguf_type)
+        (ctx.out_dir / "copy.txt").write_text(ctx.input("a", "seed").read_text() + run.export.gguf_types[0])
         return {"copy": "copy.txt"}
 
     def stages(self):
@@ -62,7 +62,7 @@ def test_second_run_skips_and_a_config_change_reruns_only_what_depends_on_it(spe
     rec = Recorder()
     run_graph(spec, tmp_path, rec.stages())
     assert rec.calls == []
-    spec.export.gguf_type = "q8_0"  # only `b` reads export
+    spec.export.gguf_types = ["q8_0"]  # only `b` reads export
     run_graph(spec, tmp_path, rec.stages())
     assert rec.calls == [("b", False)]
     spec.seed = 7  # `a` changes, so `b`'s input changes too
@@ -144,7 +144,7 @@ def test_order_errors_and_checks_come_before_any_stage_runs(spec, tmp_path):
 def test_changed_inputs_clear_a_stage_folder(spec, tmp_path):
     with pytest.raises(RuntimeError):
         run_graph(spec, tmp_path, Recorder(fail_b=True).stages())
-    spec.export.gguf_type = "q8_0"
+    spec.export.gguf_types = ["q8_0"]
     rec = Recorder()
     run_graph(spec, tmp_path, rec.stages())
     assert rec.calls == [("b", False)]

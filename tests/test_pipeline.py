@@ -99,21 +99,26 @@ def test_evaluate_compares_base_and_tuned(tiny_run):
     assert "Answers: sampled: temperature 0.3, top_p 0.9, top_k 40, seed 42" in md
 
 
-def test_export_writes_gguf_modelfile_and_llama_cpp_answer(tiny_run):
+def test_export_writes_gguf_modelfile_and_passes_the_parity_gate(tiny_run):
     from llama_cpp import Llama
 
     run_dir, _ = tiny_run
     out = run_dir / "export"
     llm = Llama(model_path=str(out / "model-f16.gguf"), n_ctx=256, verbose=False)
-    assert llm.n_vocab() == 49152
+    assert llm.n_vocab() == 49152 and llm.metadata["general.name"] == "tiny"
     modelfile = (out / "Modelfile").read_text()
     assert modelfile.startswith("FROM ./model-f16.gguf\n")
     assert f'SYSTEM """{SYSTEM}"""' in modelfile and 'PARAMETER stop "<|im_end|>"' in modelfile
     assert "{{- range .Messages }}<|im_start|>{{ .Role }}" in modelfile
-    answer = json.loads((out / "llama_cpp_answer.json").read_text())
-    assert answer["messages"][0] == {"role": "system", "content": SYSTEM}
-    assert answer["completion_tokens"] > 0
-    assert "ollama create tiny -f Modelfile" in (out / "README.md").read_text()
+    parity = json.loads((out / "parity.json").read_text())
+    f16 = parity["files"]["model-f16.gguf"]
+    assert f16["passed"] and f16["top1_agreement"] >= 0.99 and f16["positions"] > 100
+    assert abs(f16["perplexity"] / f16["perplexity_hf"] - 1) < 0.01
+    assert parity["templates"]["stop"]["end_of_turn"] == "<|im_end|>" and not parity["template_failures"]
+    assert {(c["case"], c["via"]) for c in parity["templates"]["prompts"] if c["identical"]} >= {
+        ("no system, one turn", "llama.cpp chat"), ("system, several turns", "Modelfile")}
+    card = (run_dir / "card" / "README.md").read_text()
+    assert "ollama create tiny -f Modelfile" in card and "## GGUF parity with the merged model" in card
 
 
 def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny_run, dataset):
@@ -121,11 +126,12 @@ def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny
     before = {s: manifest(run_dir, s)["finished"] for s in STAGES}
     args = [*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={run_dir}"]
     proc = run_cli(*args, cwd=run_dir.parent)
-    assert (proc.stdout + proc.stderr).count("complete with the same inputs, skipped") == 5
+    assert (proc.stdout + proc.stderr).count("complete with the same inputs, skipped") == len(STAGES)
     assert {s: manifest(run_dir, s)["finished"] for s in STAGES} == before
 
-    run_cli(*args, "stages=[export]", "export.gguf_type=q8_0", "export.ollama=false", cwd=run_dir.parent)
-    assert {s: manifest(run_dir, s)["finished"] for s in STAGES[:-1]} == {s: before[s] for s in STAGES[:-1]}
+    run_cli(*args, "stages=[export]", "export.gguf_types=[q8_0]", "export.ollama=false", cwd=run_dir.parent)
+    upstream = ("validate", "train", "merge", "evaluate")
+    assert {s: manifest(run_dir, s)["finished"] for s in upstream} == {s: before[s] for s in upstream}
     assert sorted(p.name for p in (run_dir / "export").glob("*.gguf")) == ["model-q8_0.gguf"]
 
 

@@ -94,8 +94,10 @@ class QuantizeError(RuntimeError):
     """llama.cpp's quantizer refused or failed."""
 
 
-def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, log: Log = print) -> None:
-    """Write ``model_dir`` as a GGUF file at ``out_path`` with weights in ``out_type`` (one of OUT_TYPES).
+def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: str | None = None,
+               log: Log = print) -> None:
+    """Write ``model_dir`` as a GGUF file at ``out_path`` with weights in ``out_type`` (one of OUT_TYPES);
+    ``name`` is its ``general.name`` (what llama.cpp and Ollama show), by default the source model's name.
 
     The file appears atomically: it is written next to ``out_path`` under a temporary name and renamed at the
     end, so a failure leaves nothing (or the previous file) at ``out_path``.
@@ -110,11 +112,11 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, log: L
     with temp_path(out_path) as tmp:
         if out_type in _K_QUANTS:
             with temp_path(out_path) as f16:
-                _write_numpy_types(model_dir, config, arch, f16, "f16", log)
+                _write_numpy_types(model_dir, config, arch, f16, "f16", name, log)
                 log(f"quantizing to {out_type} with llama.cpp")
                 _llama_quantize(f16, tmp, out_type)
         else:
-            _write_numpy_types(model_dir, config, arch, tmp, out_type, log)
+            _write_numpy_types(model_dir, config, arch, tmp, out_type, name, log)
         tmp.chmod(umask_mode())  # mkstemp makes it owner-only; Ollama's server may run as another user
         os.replace(tmp, out_path)
     size_mb = out_path.stat().st_size / 1e6
@@ -143,7 +145,8 @@ def temp_path(out_path: Path) -> Iterator[Path]:
         path.unlink(missing_ok=True)
 
 
-def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path: Path, out_type: str, log: Log) -> None:
+def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path: Path, out_type: str,
+                       name: str | None, log: Log) -> None:
     """Write the GGUF with gguf-py: metadata and tokenizer first (they fail fast), then tensors one by one."""
     import gguf
     import numpy as np
@@ -152,7 +155,7 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
     writer = gguf.GGUFWriter(path, arch)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(_model_name(config, model_dir))
+        writer.add_name(name or _model_name(config, model_dir))
         writer.add_file_type(gguf.LlamaFileType[file_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hyperparameters(writer, config, arch, log)

@@ -9,6 +9,7 @@ format (the cause of "fine in transformers, gibberish in Ollama").
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,7 @@ class TemplateFamily:
     go_template: str
     render: Callable[[list[Message]], str]  # what go_template renders for these messages, prompting a reply
     stop: tuple[str, ...]
+    system_block: str  # a regex matching the system message's block at the start of a rendering, content in group 1
 
 
 def _render_chatml(messages: list[Message]) -> str:
@@ -45,6 +47,7 @@ CHATML = TemplateFamily(
     ),
     render=_render_chatml,
     stop=("<|im_end|>", "<|im_start|>"),
+    system_block=r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n",
 )
 FAMILIES = (CHATML,)
 
@@ -69,6 +72,20 @@ def template_family(tokenizer: Any) -> TemplateFamily:
         "the model's chat template matches none of the Ollama templates we verify "
         f"({', '.join(f.name for f in FAMILIES)}); set export.ollama=false to export the GGUF alone"
     )
+
+
+def template_default_system(tokenizer: Any, family: TemplateFamily) -> str | None:
+    """The system prompt the chat template writes into a conversation that has none (SmolLM2's names itself),
+    or None. Ollama renders no system block without a SYSTEM, so the Modelfile must state it to match."""
+    probe = [{"role": "user", "content": "U1"}]
+    text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    if text == family.render(probe):
+        return None
+    found = re.match(family.system_block, text, re.DOTALL)
+    if found and family.render([{"role": "system", "content": found.group(1)}, *probe]) == text:
+        return found.group(1)
+    raise TemplateError("the chat template adds text to a conversation without a system message that the Modelfile "
+                        "cannot reproduce; set export.system_prompt")
 
 
 def _quote(value: str) -> str:

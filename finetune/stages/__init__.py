@@ -5,7 +5,7 @@ stage runs. Only ``train`` resumes; the others start again from an empty folder.
 
 from finetune.models import check_source
 from finetune.pipeline.graph import Stage
-from finetune.stages import evaluate, export, merge, train, validate
+from finetune.stages import card, evaluate, export, merge, publish, train, validate
 
 STAGES: tuple[Stage, ...] = (
     Stage("validate", validate.run, needs=(), config_keys=validate.CONFIG_KEYS, input_files=validate.input_files,
@@ -15,6 +15,9 @@ STAGES: tuple[Stage, ...] = (
     Stage("merge", merge.run, needs=("train",), config_keys=("model", "method"), checks=(check_source,)),
     Stage("evaluate", evaluate.run, needs=("validate", "merge"), config_keys=evaluate.CONFIG_KEYS,
           checks=(check_source, evaluate.check)),
-    Stage("export", export.run, needs=("validate", "merge", "evaluate"),
-          config_keys=("model", "method", "train", "export", "seed", "run_name"), checks=(export.check,)),
+    Stage("export", export.run, needs=("validate", "train", "merge"), config_keys=export.CONFIG_KEYS,
+          checks=(export.check,)),
+    Stage("card", card.run, needs=("validate", "train", "evaluate", "export"), config_keys=card.CONFIG_KEYS),
+    Stage("publish", publish.run, needs=("train", "merge", "export", "card"), config_keys=publish.CONFIG_KEYS,
+          checks=(publish.check,)),
 )

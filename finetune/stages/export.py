@@ -1,5 +1,10 @@
-"""export: the merged model as a GGUF file, an Ollama Modelfile whose TEMPLATE matches training, a model
-card, and one answer from llama.cpp (llama-cpp-python) loading that GGUF — proof that the file works."""
+"""export: the merged model as GGUF in each ``export.gguf_types``, optionally the LoRA adapter as a llama.cpp
+GGUF adapter over an f16 base, an Ollama Modelfile whose TEMPLATE and SYSTEM match training, and the parity gate
+(``finetune/export/parity.py``): every file is run by llama.cpp against the merged model, and a gated file that
+does not behave like it fails the stage (renamed ``*.rejected``, so no final name holds a bad file).
+
+Evaluation settings are not read here: changing them reruns ``evaluate`` and ``card``, never the conversion.
+"""
 
 from __future__ import annotations
 
@@ -9,120 +14,148 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import first_exchange
 from finetune.config import RunConfig
-from finetune.data.canonical import Conversation, read_split
+from finetune.data.canonical import read_split
 from finetune.errors import UserError
-from finetune.export.modelfile import modelfile, serving_parameters, template_family
+from finetune.export import parity
+from finetune.export.modelfile import modelfile, serving_parameters, template_default_system, template_family
 from finetune.methods import METHODS
-from finetune.models import load_config, load_tokenizer
+from finetune.models import load_config, load_model, load_tokenizer, resolve_model_source
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
+
+CONFIG_KEYS = ("model", "method", "export", "seed", "run_name")
+BASE_GGUF, ADAPTER_GGUF = "base-f16.gguf", "adapter.gguf"
 
 
 class ExportError(UserError, RuntimeError):
     """The merged model cannot be written as GGUF (an architecture or tokenizer we do not convert)."""
 
 
-def _llama_cpp_answer(gguf: Path, messages: list[dict[str, str]], run: RunConfig) -> dict[str, Any]:
-    """Greedy answer through llama.cpp's own chat path (the GGUF's embedded chat template and stop tokens),
-    with the Modelfile's repeat penalty: small models loop without one, under llama.cpp as under Ollama."""
-    from llama_cpp import Llama
-
-    t0 = time.monotonic()
-    llm = Llama(model_path=str(gguf), n_ctx=run.export.num_ctx, seed=run.seed, verbose=False)
-    out = llm.create_chat_completion(
-        messages=messages, max_tokens=run.export.smoke_test_max_tokens, temperature=0.0,
-        repeat_penalty=run.export.repeat_penalty,
-    )
-    choice = out["choices"][0]
-    return {
-        "gguf": gguf.name,
-        "messages": messages,
-        "answer": choice["message"]["content"],
-        "finish_reason": choice["finish_reason"],
-        "completion_tokens": out["usage"]["completion_tokens"],
-        "seconds": round(time.monotonic() - t0, 2),
-    }
-
-
-def _smoke_prompt(test: list[Conversation]) -> list[dict[str, Any]]:
-    """The first held-out question (its system and user turns); for plain-text data, the start of the first
-    held-out text as a user turn."""
-    exchange = next((e for c in test if (e := first_exchange(c))), None)
-    if exchange is None:
-        return [{"role": "user", "content": (test[0].text or "")[:200]}]
-    return [{k: v for k, v in m.items() if k in ("role", "content")} for m in exchange[0].messages]
-
-
-def _model_card(run: RunConfig, report: dict[str, Any], eval_md: str, gguf_name: str) -> str:
-    m, t = run.method, run.train
-    lr = t.lr if t.lr is not None else METHODS[m.name].lr
-    method = f"{m.name} (r={m.r}, alpha={m.alpha}, dropout={m.dropout}{', rsLoRA' if m.rslora else ''})" \
-        if METHODS[m.name].adapter else "full fine-tuning"
-    return "\n".join([
-        f"# {run.run_name}",
-        "",
-        f"Fine-tuned from `{run.model.source}` with finetune ({method}).",
-        "",
-        "## Training",
-        "",
-        f"- data: `{Path(report['dataset']).name}` ({report['format']}), splits {report['splits']}",
-        f"- steps: {t.max_steps if t.max_steps > 0 else f'{t.epochs} epochs'}, batch {t.batch_size} x "
-        f"{t.grad_accum} accumulation, lr {lr} ({t.lr_scheduler}), max_seq_len {t.max_seq_len}, seed {run.seed}",
-        "- loss on assistant tokens only; reproducible from `.hydra/config.yaml` in the run directory",
-        "",
-        "## Use",
-        "",
-        f"- llama.cpp: `llama-cli -m {gguf_name}`",
-        f"- Ollama: `ollama create {run.run_name} -f Modelfile && ollama run {run.run_name}`",
-        "",
-        eval_md.replace("# Evaluation", "## Evaluation", 1),
-        "",
-    ])
+class ParityError(UserError, RuntimeError):
+    """A GGUF does not behave like the merged model it was converted from."""
 
 
 def check(run: RunConfig) -> None:
-    """Refuse, before training, a model whose architecture the GGUF writer does not convert."""
+    """Refuse, before training, a model the GGUF writer does not convert and an adapter it cannot express."""
     from finetune.export.gguf_writer import gguf_architecture
 
     try:
         gguf_architecture(load_config(run.model).to_dict())
     except ValueError as e:
         raise ExportError(f"export: {e}") from None
+    if run.export.adapter and (not METHODS[run.method.name].adapter or run.method.name == "dora"):
+        raise ExportError(f"export.adapter=true: method {run.method.name!r} has no LoRA adapter llama.cpp can apply "
+                          "(lora, qlora do); export the merged model only")
+
+
+def _local_folder(source: str, run: RunConfig) -> Path:
+    """The base model as a folder on disk (the Hub cache for a Hub id)."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=run.model.revision))
+
+
+def _write_files(run: RunConfig, ctx: StageContext, merged: Path) -> dict[str, str]:
+    from finetune.export.gguf_writer import QuantizeError, write_gguf
+    from finetune.export.lora_gguf import write_lora_gguf
+
+    files = {}
+    try:
+        for out_type in dict.fromkeys(run.export.gguf_types):
+            files[out_type] = f"model-{out_type}.gguf"
+            write_gguf(merged, ctx.out_dir / files[out_type], out_type, name=run.run_name, log=log.info)
+        if run.export.adapter:
+            base = _local_folder(resolve_model_source(run.model), run)
+            write_gguf(base, ctx.out_dir / BASE_GGUF, "f16", log=log.info)
+            write_lora_gguf(ctx.input("train", "adapter"), base, ctx.out_dir / ADAPTER_GGUF, name=run.run_name,
+                            log=log.info)
+    except (ValueError, NotImplementedError, QuantizeError) as e:
+        raise ExportError(f"export: {e}") from e
+    return files
+
+
+def _gate(run: RunConfig, ctx: StageContext, merged: Path, files: dict[str, str], tokenizer: Any,
+          family: Any, system: str | None) -> dict[str, Any]:
+    """parity.json's content: each file measured against the merged model, the template checks, the verdict."""
+    import torch
+
+    conversations = parity.held_out(read_split(ctx.input("validate", "test")), run.export.parity_samples)
+    if not conversations:
+        raise ParityError("export: the test split has no chat conversation to run the parity gate on")
+    model = load_model(str(merged), run.model, dtype=torch.float32,
+                       device_map={"": 0} if torch.cuda.is_available() else None).eval()
+    t0 = time.monotonic()
+    reference = parity.hf_reference(model, tokenizer, conversations, run.export.parity_max_tokens)
+    del model
+    log.info("parity: merged model's predictions on %d held-out conversations in %.1f s", len(conversations),
+             time.monotonic() - t0)
+    results: dict[str, Any] = {}
+    targets = [(name, out_type, None) for out_type, name in files.items()]
+    if run.export.adapter:  # an f16 base with an f32 adapter: held to f16's gate
+        targets.append((f"{BASE_GGUF} + {ADAPTER_GGUF}", "f16", ctx.out_dir / ADAPTER_GGUF))
+    for name, out_type, lora in targets:
+        t0 = time.monotonic()
+        gguf = ctx.out_dir / (BASE_GGUF if lora else name)
+        figures = parity.measure(gguf, reference, lora=lora)
+        failed = parity.failures(out_type, figures)
+        gate = parity.GATES.get(out_type)
+        results[name] = {"type": out_type, "gate": gate.__dict__ if gate else None, **figures,
+                         "passed": not failed if gate else None, "failures": failed,
+                         "seconds": round(time.monotonic() - t0, 1)}
+        log.info("parity %s: top-1 %.1f%%, greedy identical %s, perplexity %.3f (merged model %.3f)%s", name,
+                 100 * figures["top1_agreement"], f"{figures['greedy_identical']:.0%}",
+                 figures["perplexity"] or float("nan"), reference.perplexity or float("nan"),
+                 "" if gate else " (measured, not gated)")
+    templates = parity.template_checks(ctx.out_dir / next(iter(files.values())), tokenizer, family, system)
+    return {"samples": len(conversations), "positions": sum(len(r) for r in reference.rows),
+            "greedy_tokens": parity.GREEDY_TOKENS, "files": results, "templates": templates,
+            "template_failures": parity.template_failures(templates)}
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    from finetune.export.gguf_writer import QuantizeError, write_gguf
-
     merged = ctx.input("merge", "model")
+    tokenizer = load_tokenizer(str(merged), run.model)
+    files = _write_files(run, ctx, merged)
+    artifacts = {f"gguf_{out_type}": name for out_type, name in files.items()}
+    if run.export.adapter:
+        artifacts |= {"base_gguf": BASE_GGUF, "adapter_gguf": ADAPTER_GGUF}
+
+    family = template_family(tokenizer) if run.export.ollama else None
     report = json.loads(ctx.input("validate", "report").read_text(encoding="utf-8"))
-    gguf = ctx.out_dir / f"model-{run.export.gguf_type}.gguf"
-    try:
-        write_gguf(merged, gguf, run.export.gguf_type, log=log.info)
-    except (ValueError, NotImplementedError, QuantizeError) as e:
-        raise ExportError(f"export: {e}") from e
-    artifacts = {"gguf": gguf.name}
-
-    system = run.export.system_prompt or report["system_prompt"]
-    if run.export.ollama:
-        family = template_family(load_tokenizer(str(merged), run.model))
-        atomic_write_text(ctx.out_dir / "Modelfile",
-                          modelfile(gguf.name, family, system, serving_parameters(run.export)))
+    trained_system = run.export.system_prompt or report["system_prompt"]
+    system = trained_system or (template_default_system(tokenizer, family) if family else None)
+    if family is not None:
+        first = next(iter(files.values()))
+        atomic_write_text(ctx.out_dir / "Modelfile", modelfile(first, family, system, serving_parameters(run.export)))
         artifacts["modelfile"] = "Modelfile"
+        if run.export.adapter:
+            atomic_write_text(ctx.out_dir / "Modelfile.adapter", modelfile(
+                BASE_GGUF, family, system, serving_parameters(run.export), adapter=ADAPTER_GGUF))
+            artifacts["modelfile_adapter"] = "Modelfile.adapter"
 
-    prompt = _smoke_prompt(read_split(ctx.input("validate", "test")))
-    if system and prompt[0]["role"] != "system":
-        prompt = [{"role": "system", "content": system}, *prompt]
-    answer = _llama_cpp_answer(gguf, prompt, run)
-    log.info("llama.cpp answered in %.1f s (%s): %s", answer["seconds"], answer["finish_reason"],
-             answer["answer"][:200])
-    atomic_write_json(ctx.out_dir / "llama_cpp_answer.json", answer)
-    artifacts["llama_cpp_answer"] = "llama_cpp_answer.json"
-
-    eval_md = ctx.input("evaluate", "table").read_text(encoding="utf-8")
-    atomic_write_text(ctx.out_dir / "README.md", _model_card(run, report, eval_md, gguf.name))
-    artifacts["model_card"] = "README.md"
+    found = _gate(run, ctx, merged, files, tokenizer, family, system)
+    found["system_prompt"] = system
+    atomic_write_json(ctx.out_dir / "parity.json", found)
+    artifacts["parity"] = "parity.json"
+    failed = [f"{name}: {'; '.join(r['failures'])}" for name, r in found["files"].items() if r["failures"]]
+    failed += found["template_failures"]
+    if failed:
+        _reject(ctx.out_dir, found, artifacts)
+        raise ParityError(f"export: parity gate failed: {' | '.join(failed)} (see {ctx.out_dir / 'parity.json'})")
     return artifacts
+
+
+def _reject(out_dir: Path, found: dict[str, Any], artifacts: dict[str, str]) -> None:
+    """Rename what failed to ``*.rejected``: the files that failed their gate, or every GGUF and Modelfile when a
+    prompt or stop-token check failed (those concern every file alike)."""
+    if found["template_failures"]:
+        names = [name for key, name in artifacts.items() if key != "parity"]
+    else:
+        names = [ADAPTER_GGUF if " + " in name else name for name, r in found["files"].items() if r["failures"]]
+    for name in names:
+        (out_dir / name).rename(out_dir / f"{name}.rejected")

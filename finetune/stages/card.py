@@ -1,0 +1,36 @@
+"""card: the model card (README.md) from what validate, train, evaluate and export wrote. Its own stage, so that
+changing evaluation settings reruns evaluate and the card, never the GGUF conversion."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from finetune.config import RunConfig
+from finetune.export.card import CardInputs, model_card
+from finetune.pipeline.graph import StageContext
+from finetune.pipeline.manifest import Manifest, atomic_write_text
+
+CONFIG_KEYS = ("model", "method", "train", "export", "card", "publish", "seed", "run_name")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
+    train = Manifest.read(ctx.run_dir / "train")
+    export = ctx.inputs["export"]
+    inputs = CardInputs(
+        report=_json(ctx.input("validate", "report")),
+        train=_json(ctx.input("train", "metrics")),
+        plan=_json(ctx.input("train", "plan")),
+        train_seconds=train.duration_s if train else None,
+        evaluation=_json(ctx.input("evaluate", "eval")),
+        eval_md=ctx.input("evaluate", "table").read_text(encoding="utf-8"),
+        parity=_json(export["parity"]),
+        files={key: path.name for key, path in export.items()},
+    )
+    atomic_write_text(ctx.out_dir / "README.md", model_card(run, inputs))
+    return {"model_card": "README.md"}

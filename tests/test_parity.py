@@ -1,0 +1,111 @@
+"""The parity gate: llama.cpp against the HF model on a tiny random Llama (randomised norms, so attention and
+every tensor matter) with the real SmolLM2 tokenizer and chat template. A correct conversion passes; a
+conversion with one deliberate mistake — Q/K rows not regrouped for llama.cpp's rotary layout — is caught, and
+the export stage then fails in one line and leaves no file under its final name."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from finetune.config import RunConfig
+from finetune.data.canonical import Conversation, to_row
+from finetune.export import gguf_writer, parity
+from finetune.export.modelfile import CHATML, template_default_system
+from finetune.pipeline.graph import StageContext
+from finetune.stages import export
+from tests.conftest import SYSTEM, conversation
+from tests.test_gguf_writer import save_tiny_model, tokenizer_dir  # noqa: F401 - tokenizer_dir is a fixture
+
+CONVERSATIONS = [Conversation(messages=conversation(i)["messages"], location=f"test.jsonl:{i + 1}") for i in range(4)]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tokenizer_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:  # noqa: F811
+    return save_tiny_model(tokenizer_dir, tmp_path_factory.mktemp("parity") / "hf")
+
+
+@pytest.fixture(scope="module")
+def reference(model_dir: Path) -> parity.Reference:
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    return parity.hf_reference(model, AutoTokenizer.from_pretrained(model_dir), CONVERSATIONS, 256)
+
+
+def no_rotary_regrouping(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The classic conversion bug: HF's [first half | second half] Q/K rows written as they are."""
+    monkeypatch.setattr(gguf_writer, "_interleave_rotary_halves", lambda weight, n_heads: weight)
+
+
+def test_a_correct_f16_passes(model_dir: Path, reference: parity.Reference, tmp_path: Path) -> None:
+    gguf = tmp_path / "good.gguf"
+    gguf_writer.write_gguf(model_dir, gguf, "f16", log=lambda _: None)
+    figures = parity.measure(gguf, reference)
+    assert parity.failures("f16", figures) == []
+    assert figures["top1_agreement"] >= 0.99 and figures["positions"] == sum(len(r) for r in reference.rows)
+    assert figures["greedy_identical"] == 1.0 and figures["greedy_prompts"] == len(CONVERSATIONS)
+    assert abs(figures["perplexity"] / reference.perplexity - 1) < 0.01
+    assert all(len(g) == parity.GREEDY_TOKENS or g[-1] in reference.stop_ids for g in reference.greedy)
+
+
+def test_q_k_not_regrouped_is_caught(model_dir: Path, reference: parity.Reference, tmp_path: Path,
+                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    no_rotary_regrouping(monkeypatch)
+    gguf = tmp_path / "broken.gguf"
+    gguf_writer.write_gguf(model_dir, gguf, "f16", log=lambda _: None)
+    figures = parity.measure(gguf, reference)
+    failed = parity.failures("f16", figures)
+    assert figures["top1_agreement"] < 0.9 and failed[0].startswith("top-1 agreement ")
+    assert "< 99% over" in failed[0]
+    assert not parity.failures("q4_k_m", figures)  # K-quants are measured, never gated
+
+
+def test_templates_and_stop_tokens(model_dir: Path, tmp_path: Path) -> None:
+    gguf = tmp_path / "model.gguf"
+    gguf_writer.write_gguf(model_dir, gguf, "f16", log=lambda _: None)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    found = parity.template_checks(gguf, tokenizer, CHATML, SYSTEM)
+    assert parity.template_failures(found) == [] and len(found["prompts"]) == 2 * len(parity.TEMPLATE_CASES)
+    assert found["stop"] == {"end_of_turn": "<|im_end|>", "id": 2, "llama.cpp ends generation on it": True,
+                             "Modelfile stops on it": True}
+
+    # SmolLM2's template writes its own system prompt when a conversation has none; Ollama writes nothing
+    # without a SYSTEM line, so a Modelfile without one prompts differently from training...
+    without = parity.template_failures(parity.template_checks(gguf, tokenizer, CHATML, None))
+    assert without == ["Modelfile prompt (no system, one turn) differs from apply_chat_template at token 1"]
+    # ...and the template's default, found by template_default_system, closes the gap.
+    default = template_default_system(tokenizer, CHATML)
+    assert default and "SmolLM" in default
+    assert parity.template_failures(parity.template_checks(gguf, tokenizer, CHATML, default)) == []
+
+    no_stop = dataclasses.replace(CHATML, stop=("<|im_start|>",))
+    assert parity.template_failures(parity.template_checks(gguf, tokenizer, no_stop, SYSTEM)) == [
+        "end-of-turn '<|im_end|>': Modelfile stops on it is false"]
+
+
+def test_a_failed_gate_fails_the_export_leaving_no_final_file(model_dir: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    validate = tmp_path / "validate"
+    validate.mkdir()
+    (validate / "report.json").write_text(json.dumps({"system_prompt": SYSTEM}))
+    (validate / "test.jsonl").write_text("".join(json.dumps(to_row(c)) + "\n" for c in CONVERSATIONS))
+    run = RunConfig()
+    run.model.source, run.model.dtype, run.run_name = str(model_dir), "float32", "broken"
+    run.export.gguf_types, run.export.parity_samples = ["f16", "q8_0"], 3
+    ctx = StageContext(run_dir=tmp_path, out_dir=tmp_path / "export", resume=False, inputs={
+        "validate": {"report": validate / "report.json", "test": validate / "test.jsonl"},
+        "merge": {"model": model_dir}, "train": {}})
+    ctx.out_dir.mkdir()
+    no_rotary_regrouping(monkeypatch)
+    with pytest.raises(export.ParityError, match=r"^export: parity gate failed: model-f16\.gguf: top-1 agreement "
+                       r"\d+\.\d% < 99% over \d+ positions; identical greedy continuations \d+% < 90% of 3 prompts \| "
+                       r"model-q8_0\.gguf: top-1 agreement \d+\.\d% < 95%"):
+        export.run(run, ctx)
+    assert sorted(p.name for p in ctx.out_dir.iterdir()) == [
+        "Modelfile", "model-f16.gguf.rejected", "model-q8_0.gguf.rejected", "parity.json"]
+    found = json.loads((ctx.out_dir / "parity.json").read_text())
+    assert [r["passed"] for r in found["files"].values()] == [False, False]

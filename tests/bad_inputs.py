@@ -118,6 +118,14 @@ CASES: list[Case] = [
          "error: model.dtype='float8': must be one of auto, float32, bfloat16, float16"),
     Case("output-type-that-does-not-exist", ("export.gguf_types=[q3]",),
          "error: export.gguf_types='q3': must be one of f32, f16, bf16, q8_0, q4_k_m, q5_k_m, q6_k"),
+    Case("adapter-gguf-without-an-adapter", ("method=full", "export.adapter=true"),
+         "error: export.adapter=true: method 'full' has no LoRA adapter llama.cpp can apply (lora, qlora do); "
+         "export the merged model only"),
+    Case("publish-without-a-token", ("publish.repo_id=me/m",),
+         "error: publish.token_env: environment variable HF_TOKEN is not set; export a Hub token with write access "
+         "there (or set publish.dry_run=true)", env={"HF_TOKEN": ""}),
+    Case("publish-include-not-a-choice", ("publish.repo_id=me/m", "publish.include=[weights]"),
+         "error: publish.include='weights': must be one of merged, gguf, adapter"),
     Case("scheduler-not-a-choice", ("train.lr_scheduler=cosinus",),
          "error: train.lr_scheduler='cosinus': must be one of cosine, linear, constant, constant_with_warmup"),
     Case("leak-policy-not-a-choice", ("dataset.checks.leakage.action=sometimes",),

@@ -285,3 +285,24 @@ def test_half_precision_shards_read_in_slices(
     expected = stored["model.embed_tokens.weight"].to(torch.float32).to(torch.float16).numpy()
     assert np.array_equal(tensors["token_embd.weight"], expected)
     assert np.array_equal(tensors["output_norm.weight"], stored["model.norm.weight"].to(torch.float32).numpy())
+
+
+def test_a_killed_export_leaves_no_file_under_the_final_name(tied_llama: tuple[Path, Path], tmp_path: Path) -> None:
+    """SIGKILL (no cleanup runs) while the file is being written: only the temporary name exists."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    model_dir, _ = tied_llama
+    out = tmp_path / "model-f32.gguf"
+    script = ("import sys; from finetune.export.gguf_writer import write_gguf; "
+              "write_gguf(sys.argv[1], sys.argv[2], 'f32', log=lambda _: None)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(model_dir), str(out)])
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".model-f32.gguf.*.tmp")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the export finished before it could be killed"
+    assert not out.exists() and len(list(tmp_path.glob(".model-f32.gguf.*.tmp"))) == 1

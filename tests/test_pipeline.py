@@ -1,9 +1,10 @@
-"""The whole graph, validate → export, through the CLI on the tiny random model (real tokenizer, real
+"""The whole graph, validate → publish, through the CLI on the tiny random model (real tokenizer, real
 libraries, GGUF loaded by llama.cpp); then skipping, stage selection, reruns from the saved config, resume."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -119,6 +120,59 @@ def test_export_writes_gguf_modelfile_and_passes_the_parity_gate(tiny_run):
         ("no system, one turn", "llama.cpp chat"), ("system, several turns", "Modelfile")}
     card = (run_dir / "card" / "README.md").read_text()
     assert "ollama create tiny -f Modelfile" in card and "## GGUF parity with the merged model" in card
+
+
+def test_card_metadata_is_what_the_hub_reads(tiny_run):
+    from huggingface_hub import ModelCard
+
+    run_dir, _ = tiny_run
+    card = ModelCard.load(run_dir / "card" / "README.md")
+    data = card.data
+    assert data.model_name == "tiny" and data.license == "apache-2.0" and data.pipeline_tag == "text-generation"
+    assert {"finetune", "lora", "gguf"} <= set(data.tags) and data.base_model is None  # random weights: no base id
+    evaluation = json.loads((run_dir / "evaluate" / "eval.json").read_text())
+    results = {r.metric_type: r.metric_value for r in data.eval_results}
+    assert results["perplexity"] == round(evaluation["metrics"]["perplexity"]["tuned"], 4)
+    assert set(data.metrics) == set(results)
+    for heading in ("## Training", "## Use", "## GGUF parity with the merged model", "## Evaluation", "## Limitations"):
+        assert heading in card.text
+    assert f"-sys '{SYSTEM}'" in card.text  # llama.cpp is told the training system prompt
+
+
+def test_changing_evaluation_settings_reruns_evaluate_and_card_not_export(tiny_run, dataset, tmp_path):
+    run_dir, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    before = {s: manifest(copy, s)["finished"] for s in STAGES}
+    run_cli(*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={copy}",
+            "eval.max_new_tokens=6", cwd=tmp_path)
+    rerun = {s for s in STAGES if manifest(copy, s)["finished"] != before[s]}
+    assert rerun == {"evaluate", "card"}
+
+
+def test_publish_dry_run_writes_the_exact_upload_folder_and_needs_a_token_otherwise(tiny_run, dataset, tmp_path):
+    run_dir, _ = tiny_run
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    args = [*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={copy}",
+            "publish.repo_id=someone/tiny", "publish.include=[gguf,adapter,merged]"]
+    refused = run_cli(*args, cwd=tmp_path, check=False, env={"HF_TOKEN": ""})
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines()[-1] == (
+        "error: publish.token_env: environment variable HF_TOKEN is not set; export a Hub token with write access "
+        "there (or set publish.dry_run=true)")
+
+    secret = "hf_canary_0123456789abcdef"
+    run_cli(*args, "publish.dry_run=true", cwd=tmp_path, env={"HF_TOKEN": secret})
+    plan = json.loads((copy / "publish" / "upload.json").read_text())
+    folder = copy / "publish" / "upload"
+    listed = {f["path"] for f in plan["files"]}
+    assert listed == {str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()}
+    assert {"README.md", "model-f16.gguf", "Modelfile", "model.safetensors", "config.json",
+            "adapter/adapter_model.safetensors"} <= listed
+    assert (folder / "model-f16.gguf").read_bytes() == (copy / "export" / "model-f16.gguf").read_bytes()
+    assert plan["repo_id"] == "someone/tiny" and plan["dry_run"] and plan["private"]
+    assert not any(secret.encode() in p.read_bytes() for p in copy.rglob("*") if p.is_file())
 
 
 def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny_run, dataset):

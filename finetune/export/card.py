@@ -103,7 +103,7 @@ def _usage(run: RunConfig, hub_id: str | None, inputs: CardInputs) -> list[str]:
     lines = ["## Use", "", "Always send the system prompt the model was trained with"
              + (f" (without it, the template writes its own default prompt):\n\n> {system}" if system else ":\nnone."),
              "", "transformers:", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
-             f'repo = "{run.publish.repo_id or "path/to/merged/model"}"',
+             'repo = "path/to/this/repo"  # or the run\'s merge/model folder',
              "model, tokenizer = AutoModelForCausalLM.from_pretrained(repo), AutoTokenizer.from_pretrained(repo)",
              "messages = [" + (f'{{"role": "system", "content": {system_json}}}, ' if system else "")
              + '{"role": "user", "content": "…"}]',

@@ -12,7 +12,7 @@ from finetune.export.card import CardInputs, model_card
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import Manifest, atomic_write_text
 
-CONFIG_KEYS = ("model", "method", "train", "export", "card", "publish", "seed", "run_name")
+CONFIG_KEYS = ("model", "method", "train", "export", "card", "seed", "run_name")
 
 
 def _json(path: Path) -> dict[str, Any]:

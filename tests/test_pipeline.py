@@ -3,6 +3,7 @@ libraries, GGUF loaded by llama.cpp); then skipping, stage selection, reruns fro
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 from finetune.pipeline.manifest import sha256_path
 
 from .conftest import STAGES, SYSTEM, TINY, conversation, run_cli, run_dirs
+from .hub_server import local_hub
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +174,15 @@ def test_publish_dry_run_writes_the_exact_upload_folder_and_needs_a_token_otherw
             "adapter/adapter_model.safetensors"} <= listed
     assert (folder / "model-f16.gguf").read_bytes() == (copy / "export" / "model-f16.gguf").read_bytes()
     assert plan["repo_id"] == "someone/tiny" and plan["dry_run"] and plan["private"]
+
+    with local_hub() as (url, hub):  # the real huggingface_hub client against a server in the Hub's wire format
+        run_cli(*args, f"publish.endpoint={url}", cwd=tmp_path, env={"HF_TOKEN": secret})
+    pushed = json.loads((copy / "publish" / "upload.json").read_text())
+    assert pushed["commit_url"].startswith(f"{url}/someone/tiny/commit/") and not pushed["dry_run"]
+    assert hub.repos["someone/tiny"]["visibility"] == "private" and hub.authorization == {f"Bearer {secret}"}
+    assert {path: hashlib.sha256(data).hexdigest() for path, data in hub.files["someone/tiny"].items()} == {
+        f["path"]: f["sha256"] for f in pushed["files"]}
+    assert hub.validated == [(copy / "card" / "README.md").read_text()]  # the Hub accepted the card's metadata
     assert not any(secret.encode() in p.read_bytes() for p in copy.rglob("*") if p.is_file())
 
 

@@ -174,6 +174,20 @@ def _gpu_table() -> list[dict[str, Any]]:
     return yaml.safe_load((CONF_DIR / "gpu_prices.yaml").read_text(encoding="utf-8"))["gpus"]
 
 
+def cpu_name() -> str:
+    """This CPU's model name and core count ("AMD EPYC 9454P, 2 cores"), for plans and cards."""
+    import os
+    import platform
+
+    name = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    return f"{name}, {os.cpu_count()} cores"
+
+
 def _cpu_matmul_flops() -> float:
     """This machine's fp32 matmul rate, measured (about a second)."""
     import torch
@@ -218,7 +232,7 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
     adapter = trainable < total / 2
     flops_per_token = (4 if adapter else 6) * total + (2 * total if t.gradient_checkpointing else 0)
     flops = flops_per_token * tokens
-    here = (torch.cuda.get_device_name() if cuda else "this CPU", None if cuda else _cpu_matmul_flops())
+    here = (torch.cuda.get_device_name() if cuda else cpu_name(), None if cuda else _cpu_matmul_flops())
     on_gpu = memory["total"] - memory["process"] - memory["allocator"]
     gpus = []
     for g in _gpu_table():

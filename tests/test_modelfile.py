@@ -11,10 +11,58 @@ from pathlib import Path
 import pytest
 
 from finetune.config import ModelConfig
-from finetune.export.modelfile import CHATML, PROBES, TemplateError, modelfile, template_family
+from finetune.export.modelfile import (
+    CHATML,
+    GEMMA,
+    PROBES,
+    TemplateError,
+    modelfile,
+    template_default_system,
+    template_family,
+)
 from finetune.models import load_tokenizer, resolve_model_source
 
 from .conftest import conversation
+from .test_gguf_families import save_tokenizer
+
+# Gemma 3's chat template as Google ships it (tokenizer_config.json of google/gemma-3-*-it), image parts left out:
+# no system role — a system message goes at the start of the first user turn.
+GEMMA3_CHAT = (
+    "{{ bos_token }}\n"
+    "{%- if messages[0]['role'] == 'system' -%}\n"
+    "    {%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}\n"
+    "    {%- set loop_messages = messages[1:] -%}\n"
+    "{%- else -%}\n"
+    "    {%- set first_user_prefix = \"\" -%}\n"
+    "    {%- set loop_messages = messages -%}\n"
+    "{%- endif -%}\n"
+    "{%- for message in loop_messages -%}\n"
+    "    {%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}\n"
+    "        {{ raise_exception(\"Conversation roles must alternate user/assistant/user/assistant/...\") }}\n"
+    "    {%- endif -%}\n"
+    "    {%- if (message['role'] == 'assistant') -%}\n"
+    "        {%- set role = \"model\" -%}\n"
+    "    {%- else -%}\n"
+    "        {%- set role = message['role'] -%}\n"
+    "    {%- endif -%}\n"
+    "    {{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else \"\") }}\n"
+    "    {{- message['content'] | trim -}}\n"
+    "    {{ '<end_of_turn>\n' }}\n"
+    "{%- endfor -%}\n"
+    "{%- if add_generation_prompt -%}\n"
+    "    {{'<start_of_turn>model\n'}}\n"
+    "{%- endif -%}\n"
+)
+
+
+def gemma3_tokenizer(out: Path):
+    """A Gemma-style SentencePiece tokenizer (trained here) with Gemma 3's chat template."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(save_tokenizer("gemma", out))
+    tokenizer.chat_template = GEMMA3_CHAT
+    tokenizer.save_pretrained(out)
+    return AutoTokenizer.from_pretrained(out)
 
 GO_RENDERER = Path(__file__).parent / "go_template" / "main.go"
 
@@ -38,6 +86,17 @@ def test_go_template_renders_like_the_jinja_chat_template(tokenizer):
     for messages in (*PROBES, multi_turn):
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert go_render(family.go_template, messages) == expected
+
+
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (apt-get install golang-go; CI installs it)")
+def test_gemma3_go_template_renders_like_gemma3s_chat_template(tmp_path):
+    tokenizer = gemma3_tokenizer(tmp_path)
+    assert template_family(tokenizer) is GEMMA and template_default_system(tokenizer, GEMMA) is None
+    multi_turn = conversation(3)["messages"][:-1]
+    for messages in (*PROBES, multi_turn, multi_turn[1:]):
+        expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert tokenizer.bos_token + go_render(GEMMA.go_template, messages) == expected  # Ollama adds BOS itself
+        assert tokenizer.bos_token + GEMMA.render(messages) == expected
 
 
 def test_smollm2_is_chatml_and_an_unknown_template_is_refused(tokenizer):

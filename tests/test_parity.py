@@ -16,7 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from finetune.config import RunConfig
 from finetune.data.canonical import Conversation, to_row
 from finetune.export import gguf_writer, parity
-from finetune.export.modelfile import CHATML, template_default_system
+from finetune.export.modelfile import CHATML, GEMMA, template_default_system
 from finetune.pipeline.graph import StageContext
 from finetune.stages import export
 from tests.conftest import SYSTEM, conversation
@@ -109,3 +109,19 @@ def test_a_failed_gate_fails_the_export_leaving_no_final_file(model_dir: Path, t
         "Modelfile", "model-f16.gguf.rejected", "model-q8_0.gguf.rejected", "parity.json"]
     found = json.loads((ctx.out_dir / "parity.json").read_text())
     assert [r["passed"] for r in found["files"].values()] == [False, False]
+
+
+def test_gemma3_prompts_and_stop_match_through_llama_cpp_and_the_modelfile(tmp_path: Path) -> None:
+    """A SentencePiece family whose template writes BOS and folds the system prompt into the first user turn."""
+    from tests.test_gguf_families import save_family_model
+    from tests.test_modelfile import GEMMA3_CHAT
+
+    model_dir = save_family_model(tmp_path / "hf", "gemma3")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = GEMMA3_CHAT
+    tokenizer.save_pretrained(model_dir)
+    gguf = tmp_path / "gemma3.gguf"
+    gguf_writer.write_gguf(model_dir, gguf, "f16", log=lambda _: None)
+    found = parity.template_checks(gguf, AutoTokenizer.from_pretrained(model_dir), GEMMA, SYSTEM)
+    assert parity.template_failures(found) == [] and len(found["prompts"]) == 2 * len(parity.TEMPLATE_CASES)
+    assert found["stop"]["end_of_turn"] == "<end_of_turn>" and found["stop"]["Modelfile stops on it"]

@@ -30,6 +30,7 @@ class TemplateFamily:
     render: Callable[[list[Message]], str]  # what go_template renders for these messages, prompting a reply
     stop: tuple[str, ...]
     system_block: str  # a regex matching the system message's block at the start of a rendering, content in group 1
+    bos: bool = False  # the chat template writes the BOS token first; under Ollama the tokenizer adds it instead
 
 
 def _render_chatml(messages: list[Message]) -> str:
@@ -49,7 +50,36 @@ CHATML = TemplateFamily(
     stop=("<|im_end|>", "<|im_start|>"),
     system_block=r"<\|im_start\|>system\n(.*?)<\|im_end\|>\n",
 )
-FAMILIES = (CHATML,)
+
+
+def _render_gemma(messages: list[Message]) -> str:
+    prefix, out = "", []
+    for m in messages:
+        if m["role"] == "system":
+            prefix = f"{m['content']}\n\n"
+            continue
+        role = "model" if m["role"] == "assistant" else m["role"]
+        out.append(f"<start_of_turn>{role}\n{prefix}{m['content']}<end_of_turn>\n")
+        prefix = ""
+    return "".join(out) + "<start_of_turn>model\n"
+
+
+# Gemma 3: no system role; a system message is written at the start of the first user turn.
+GEMMA = TemplateFamily(
+    name="gemma",
+    go_template=(
+        '{{- $prefix := "" }}{{- range .Messages }}'
+        '{{- if eq .Role "system" }}{{ $prefix = printf "%s\\n\\n" .Content }}'
+        '{{- else }}<start_of_turn>{{ if eq .Role "assistant" }}model{{ else }}{{ .Role }}{{ end }}\n'
+        '{{ $prefix }}{{ .Content }}<end_of_turn>\n'
+        '{{ $prefix = "" }}{{- end }}{{- end }}<start_of_turn>model\n'
+    ),
+    render=_render_gemma,
+    stop=("<end_of_turn>",),
+    system_block=r"^(?!)",  # Gemma's template writes no default system prompt
+    bos=True,
+)
+FAMILIES = (CHATML, GEMMA)
 
 PROBES: tuple[list[Message], ...] = (
     [{"role": "system", "content": "S1"}, {"role": "user", "content": "U1"}],
@@ -60,13 +90,19 @@ PROBES: tuple[list[Message], ...] = (
 )
 
 
+def rendered(tokenizer: Any, messages: list[Message]) -> str | None:
+    """The chat template's prompt for ``messages``, or None where the template refuses them."""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception:  # a template's raise_exception (e.g. a role it does not take)
+        return None
+
+
 def template_family(tokenizer: Any) -> TemplateFamily:
     """The family whose Go template renders every probe exactly like the tokenizer's chat template."""
     for family in FAMILIES:
-        if all(
-            tokenizer.apply_chat_template(p, tokenize=False, add_generation_prompt=True) == family.render(p)
-            for p in PROBES
-        ):
+        bos = tokenizer.bos_token if family.bos else ""
+        if all(rendered(tokenizer, p) == bos + family.render(p) for p in PROBES):
             return family
     raise TemplateError(
         "the model's chat template matches none of the Ollama templates we verify "
@@ -79,6 +115,8 @@ def template_default_system(tokenizer: Any, family: TemplateFamily) -> str | Non
     or None. Ollama renders no system block without a SYSTEM, so the Modelfile must state it to match."""
     probe = [{"role": "user", "content": "U1"}]
     text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
+    if family.bos:
+        text = text.removeprefix(tokenizer.bos_token)
     if text == family.render(probe):
         return None
     found = re.match(family.system_block, text, re.DOTALL)

@@ -39,13 +39,17 @@ class ParityError(UserError, RuntimeError):
 
 
 def check(run: RunConfig) -> None:
-    """Refuse, before training, a model the GGUF writer does not convert and an adapter it cannot express."""
+    """Refuse, before training, a model the GGUF writer does not convert, a chat template no Modelfile TEMPLATE
+    reproduces, and an adapter llama.cpp cannot apply."""
     from finetune.export.gguf_writer import gguf_architecture
 
     try:
         gguf_architecture(load_config(run.model).to_dict())
     except ValueError as e:
         raise ExportError(f"export: {e}") from None
+    if run.export.ollama:
+        source = resolve_model_source(run.model)
+        template_family(load_tokenizer(source, run.model))
     if run.export.adapter and (not METHODS[run.method.name].adapter or run.method.name == "dora"):
         raise ExportError(f"export.adapter=true: method {run.method.name!r} has no LoRA adapter llama.cpp can apply "
                           "(lora, qlora do); export the merged model only")
@@ -96,8 +100,8 @@ def _gate(run: RunConfig, ctx: StageContext, merged: Path, files: dict[str, str]
              time.monotonic() - t0)
     results: dict[str, Any] = {}
     targets = [(name, out_type, None) for out_type, name in files.items()]
-    if run.export.adapter:  # an f16 base with an f32 adapter: held to f16's gate
-        targets.append((f"{BASE_GGUF} + {ADAPTER_GGUF}", "f16", ctx.out_dir / ADAPTER_GGUF))
+    if run.export.adapter:
+        targets.append((f"{BASE_GGUF} + {ADAPTER_GGUF}", "f16+lora", ctx.out_dir / ADAPTER_GGUF))
     for name, out_type, lora in targets:
         t0 = time.monotonic()
         gguf = ctx.out_dir / (BASE_GGUF if lora else name)
@@ -120,15 +124,15 @@ def _gate(run: RunConfig, ctx: StageContext, merged: Path, files: dict[str, str]
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     merged = ctx.input("merge", "model")
     tokenizer = load_tokenizer(str(merged), run.model)
+    family = template_family(tokenizer) if run.export.ollama else None  # refused before any file is written
+    report = json.loads(ctx.input("validate", "report").read_text(encoding="utf-8"))
+    trained_system = run.export.system_prompt or report["system_prompt"]
+    system = trained_system or (template_default_system(tokenizer, family) if family else None)
+
     files = _write_files(run, ctx, merged)
     artifacts = {f"gguf_{out_type}": name for out_type, name in files.items()}
     if run.export.adapter:
         artifacts |= {"base_gguf": BASE_GGUF, "adapter_gguf": ADAPTER_GGUF}
-
-    family = template_family(tokenizer) if run.export.ollama else None
-    report = json.loads(ctx.input("validate", "report").read_text(encoding="utf-8"))
-    trained_system = run.export.system_prompt or report["system_prompt"]
-    system = trained_system or (template_default_system(tokenizer, family) if family else None)
     if family is not None:
         first = next(iter(files.values()))
         atomic_write_text(ctx.out_dir / "Modelfile", modelfile(first, family, system, serving_parameters(run.export)))

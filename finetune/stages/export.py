@@ -8,6 +8,7 @@ Evaluation settings are not read here: changing them reruns ``evaluate`` and ``c
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -75,7 +76,8 @@ def _write_files(run: RunConfig, ctx: StageContext, merged: Path) -> dict[str, s
             write_gguf(merged, ctx.out_dir / files[out_type], out_type, name=run.run_name, log=log.info)
         if run.export.adapter:
             base = _local_folder(resolve_model_source(run.model), run)
-            write_gguf(base, ctx.out_dir / BASE_GGUF, "f16", log=log.info)
+            write_gguf(base, ctx.out_dir / BASE_GGUF, "f16", name=(run.model.hub_id or base.name).split("/")[-1],
+                       log=log.info)
             write_lora_gguf(ctx.input("train", "adapter"), base, ctx.out_dir / ADAPTER_GGUF, name=run.run_name,
                             log=log.info)
     except (ValueError, NotImplementedError, QuantizeError) as e:
@@ -108,7 +110,7 @@ def _gate(run: RunConfig, ctx: StageContext, merged: Path, files: dict[str, str]
         figures = parity.measure(gguf, reference, lora=lora)
         failed = parity.failures(out_type, figures)
         gate = parity.GATES.get(out_type)
-        results[name] = {"type": out_type, "gate": gate.__dict__ if gate else None, **figures,
+        results[name] = {"type": out_type, "gate": dataclasses.asdict(gate) if gate else None, **figures,
                          "passed": not failed if gate else None, "failures": failed,
                          "seconds": round(time.monotonic() - t0, 1)}
         log.info("parity %s: top-1 %.1f%%, greedy identical %s, perplexity %.3f (merged model %.3f)%s", name,

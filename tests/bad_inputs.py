@@ -164,7 +164,7 @@ CASES: list[Case] = [
     Case("model-source-empty", ("model.source=",),
          "error: model.source is empty; expected a Hub id, a model folder, a .gguf file or package:<pkg>/<file>"),
     Case("stage-that-does-not-exist", ("stages=[validate,deploy]",),
-         "error: stages: unknown stage 'deploy'; stages are validate, train, merge, evaluate, export"),
+         "error: stages: unknown stage 'deploy'; stages are validate, train, merge, evaluate, export, card, publish"),
     # ── checks that need the data or the model, still before the first stage ──
     Case("train-in-a-fresh-directory", (*TINY_MODEL, *DATA, "stages=[train]", "hydra.run.dir=run"),
          "error: stage 'train' needs 'validate', which has not run in {cwd}/run; add 'validate' to stages",

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -146,3 +147,28 @@ def test_gemma3_prompts_and_stop_match_through_llama_cpp_and_the_modelfile(tmp_p
     found = parity.template_checks(gguf, AutoTokenizer.from_pretrained(model_dir), GEMMA, SYSTEM)
     assert parity.template_failures(found) == [] and len(found["prompts"]) == 2 * len(parity.TEMPLATE_CASES)
     assert found["stop"]["end_of_turn"] == "<end_of_turn>" and found["stop"]["Modelfile stops on it"]
+
+
+# A chat template that renders tools, in the style of Qwen2.5's (tool definitions as JSON in the system turn).
+TOOLS_CHAT = (
+    "{%- if tools %}<|im_start|>system\n{% if messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}\n\n"
+    "{% endif %}# Tools\n<tools>{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools><|im_end|>\n"
+    "{%- elif messages[0]['role'] == 'system' %}<|im_start|>system\n{{ messages[0]['content'] }}<|im_end|>\n"
+    "{%- endif %}{%- for m in messages %}{%- if m['role'] != 'system' %}<|im_start|>{{ m['role'] }}\n"
+    "{{ m['content'] }}<|im_end|>\n{%- endif %}{%- endfor %}{%- if add_generation_prompt %}<|im_start|>assistant\n"
+    "{%- endif %}"
+)
+
+
+def test_a_template_with_tools_is_checked_with_tools(model_dir: Path, tmp_path: Path) -> None:
+    tools_dir = tmp_path / "hf"
+    shutil.copytree(model_dir, tools_dir)
+    tokenizer = AutoTokenizer.from_pretrained(tools_dir)
+    tokenizer.chat_template = TOOLS_CHAT
+    tokenizer.save_pretrained(tools_dir)
+    gguf = tmp_path / "tools.gguf"
+    gguf_writer.write_gguf(tools_dir, gguf, "f16", log=lambda _: None)
+    found = parity.template_checks(gguf, AutoTokenizer.from_pretrained(tools_dir), None, None)
+    assert found["tools"] == "checked" and parity.template_failures(found) == []
+    [tools] = [c for c in found["prompts"] if c["case"] == "tools"]
+    assert tools["via"] == "llama.cpp chat" and tools["tokens"] > 60  # the tool's JSON schema is in the prompt

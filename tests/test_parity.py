@@ -68,8 +68,8 @@ def test_every_output_type_is_gated_or_measured(out_type: str, model_dir: Path, 
         assert bool(failed) == (figures["top1_agreement"] < gate.top1 or (
             gate.greedy is not None and figures["greedy_identical"] < gate.greedy)), (failed, figures)
     if out_type in ("f32", "f16"):
-        # bf16 and q8_0 are gated on the real SmolLM2 (tests/test_smollm2.py): this random model's next-token
-        # logits are so close to one another at many positions that their rounding flips the top token.
+        # This random model's next-token logits are so close to one another at many positions that bf16's and
+        # q8_0's rounding flips the top token; on the trained support_bot model they pass (README).
         assert failed == [], figures
     assert 0.9 < figures["perplexity"] / reference.perplexity < 1.2
 
@@ -124,7 +124,8 @@ def test_a_failed_gate_fails_the_export_leaving_no_final_file(model_dir: Path, t
     ctx.out_dir.mkdir()
     no_rotary_regrouping(monkeypatch)
     with pytest.raises(export.ParityError, match=r"^export: parity gate failed: model-f16\.gguf: top-1 agreement "
-                       r"\d+\.\d% < 99% over \d+ positions; identical greedy continuations \d+% < 90% of 3 prompts \| "
+                       r"\d+\.\d% < 99% over \d+ positions; identical greedy continuations \d+% < 90% of 3 prompts: "
+                       r"prompt 0 at token \d+ \(merged model's lead there [\d.]+ logits\).* \| "
                        r"model-q8_0\.gguf: top-1 agreement \d+\.\d% < 95%"):
         export.run(run, ctx)
     assert sorted(p.name for p in ctx.out_dir.iterdir()) == [

@@ -107,7 +107,8 @@ def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
             nll -= float(logp.gather(1, target[picked].unsqueeze(1)).sum())
             count += int(picked.sum())
     greedy_config = GenerationConfig(do_sample=False, max_new_tokens=GREEDY_TOKENS, eos_token_id=sorted(stop_ids),
-                                     pad_token_id=tokenizer.pad_token_id or sorted(stop_ids)[0])
+                                     pad_token_id=tokenizer.pad_token_id or sorted(stop_ids)[0], output_scores=True,
+                                     return_dict_in_generate=True)
     prompts, greedy, margins = [], [], []
     for c in conversations:
         exchange = first_exchange(c)
@@ -115,8 +116,7 @@ def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
         prompt = generation_prompt_ids(tokenizer, exchange[0])[: max_tokens]
         with torch.no_grad():
             out = model.generate(torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt),
-                                 dtype=torch.long, device=device), generation_config=greedy_config,
-                                 output_scores=True, return_dict_in_generate=True)
+                                 dtype=torch.long, device=device), generation_config=greedy_config)
         prompts.append(prompt)
         greedy.append(out.sequences[0, len(prompt):].tolist())
         margins.append([float(top[0] - top[1]) for top in (s[0].float().topk(2).values for s in out.scores)])
@@ -205,8 +205,10 @@ def failures(out_type: str, figures: dict[str, Any]) -> list[str]:
                      f"{figures['positions']} positions")
     greedy = figures["greedy_identical"]
     if gate.greedy is not None and greedy is not None and greedy < gate.greedy:
+        parted = figures["greedy_divergences"]
         where = ", ".join(f"prompt {d['prompt']} at token {d['token']} (merged model's lead there "
-                          f"{d['hf_margin']} logits)" for d in figures["greedy_divergences"])
+                          f"{d['hf_margin']} logits)" for d in parted[:3]) + (f", {len(parted) - 3} more"
+                                                                              if len(parted) > 3 else "")
         found.append(f"identical greedy continuations {figures['greedy_identical']:.0%} < {gate.greedy:.0%} of "
                      f"{figures['greedy_prompts']} prompts: {where}")
     return found

@@ -31,11 +31,10 @@ from transformers import (
 from finetune.export.gguf_writer import write_gguf
 from tests.test_gguf_writer import (
     assert_logits_match,
+    assert_q8_0_close,
     hf_logits,
     llama_cpp_logits,
     llama_cpp_vocab,
-    min_correlation,
-    tensor_types,
 )
 
 CORPUS = [
@@ -261,15 +260,7 @@ def test_gemma_metadata_and_norms(family: tuple[str, Path, Path]) -> None:
 @pytest.mark.parametrize("family", ["gemma3"], indirect=True)
 def test_q8_0_gemma3_loads_and_stays_close(family: tuple[str, Path, Path], tmp_path: Path) -> None:
     _, model_dir, _ = family
-    out = tmp_path / "q8.gguf"
-    write_gguf(model_dir, out, "q8_0", log=lambda _: None)
-    tensors = tensor_types(out)
-    assert tensors["blk.1.ffn_down.weight"] == gguf.GGMLQuantizationType.Q8_0
-    assert tensors["blk.1.attn_q_norm.weight"] == gguf.GGMLQuantizationType.F32
-    ids = AutoTokenizer.from_pretrained(model_dir).encode(GEMMA_PROMPT)
-    ours, ref = llama_cpp_logits(out, ids), hf_logits(model_dir, ids)
-    np.testing.assert_allclose(ours, ref, rtol=0, atol=0.4)
-    assert min_correlation(ours, ref) > 0.998
+    assert_q8_0_close(model_dir, tmp_path / "q8.gguf", GEMMA_PROMPT, "blk.1.attn_q_norm.weight")
 
 
 def test_unsupported_architecture_names_the_gemma_families(tmp_path: Path) -> None:

@@ -37,6 +37,16 @@ def reference(model_dir: Path) -> parity.Reference:
     return parity.hf_reference(model, AutoTokenizer.from_pretrained(model_dir), CONVERSATIONS, 256)
 
 
+def with_chat_template(model_dir: Path, template: str) -> tuple[Path, object]:
+    """(f16 GGUF, tokenizer) of the model in ``model_dir`` with its chat template replaced by ``template``."""
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer.chat_template = template
+    tokenizer.save_pretrained(model_dir)
+    gguf = model_dir.parent / f"{model_dir.name}.gguf"
+    gguf_writer.write_gguf(model_dir, gguf, "f16", log=lambda _: None)
+    return gguf, AutoTokenizer.from_pretrained(model_dir)
+
+
 def no_rotary_regrouping(monkeypatch: pytest.MonkeyPatch) -> None:
     """The classic conversion bug: HF's [first half | second half] Q/K rows written as they are."""
     monkeypatch.setattr(gguf_writer, "_interleave_rotary_halves", lambda weight, n_heads: weight)
@@ -139,13 +149,8 @@ def test_gemma3_prompts_and_stop_match_through_llama_cpp_and_the_modelfile(tmp_p
     from tests.test_gguf_families import save_family_model
     from tests.test_modelfile import GEMMA3_CHAT
 
-    model_dir = save_family_model(tmp_path / "hf", "gemma3")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    tokenizer.chat_template = GEMMA3_CHAT
-    tokenizer.save_pretrained(model_dir)
-    gguf = tmp_path / "gemma3.gguf"
-    gguf_writer.write_gguf(model_dir, gguf, "f16", log=lambda _: None)
-    found = parity.template_checks(gguf, AutoTokenizer.from_pretrained(model_dir), GEMMA, SYSTEM)
+    gguf, tokenizer = with_chat_template(save_family_model(tmp_path / "hf", "gemma3"), GEMMA3_CHAT)
+    found = parity.template_checks(gguf, tokenizer, GEMMA, SYSTEM)
     assert parity.template_failures(found) == [] and len(found["prompts"]) == 2 * len(parity.TEMPLATE_CASES)
     assert found["stop"]["end_of_turn"] == "<end_of_turn>" and found["stop"]["Modelfile stops on it"]
 
@@ -162,14 +167,8 @@ TOOLS_CHAT = (
 
 
 def test_a_template_with_tools_is_checked_with_tools(model_dir: Path, tmp_path: Path) -> None:
-    tools_dir = tmp_path / "hf"
-    shutil.copytree(model_dir, tools_dir)
-    tokenizer = AutoTokenizer.from_pretrained(tools_dir)
-    tokenizer.chat_template = TOOLS_CHAT
-    tokenizer.save_pretrained(tools_dir)
-    gguf = tmp_path / "tools.gguf"
-    gguf_writer.write_gguf(tools_dir, gguf, "f16", log=lambda _: None)
-    found = parity.template_checks(gguf, AutoTokenizer.from_pretrained(tools_dir), None, None)
+    gguf, tokenizer = with_chat_template(Path(shutil.copytree(model_dir, tmp_path / "hf")), TOOLS_CHAT)
+    found = parity.template_checks(gguf, tokenizer, None, None)
     assert found["tools"] == "checked" and parity.template_failures(found) == []
     [tools] = [c for c in found["prompts"] if c["case"] == "tools"]
     assert tools["via"] == "llama.cpp chat" and tools["tokens"] > 60  # the tool's JSON schema is in the prompt

@@ -7,6 +7,7 @@ resuming) → ``stages/__init__.py`` (the stages) → any one stage module.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -34,6 +35,8 @@ HYDRA_SETTINGS = (
     "hydra/job_logging=none",
     "++hydra.callbacks.finetune_run_dir._target_=finetune.pipeline.rundir.NoteExistingFolders",
 )
+
+log = logging.getLogger("finetune")
 
 
 def register_recipes() -> None:
@@ -106,13 +109,14 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog) -> None:
         remove_created(run_dir)
         _fail(e)
     # The stages pull in torch and friends: imported only now, so --cfg, --help and bad configs stay fast.
-    from finetune.pipeline.graph import check_graph, run_graph
+    from finetune.pipeline.graph import StopHere, check_graph, run_graph, stages_for
     from finetune.stages import STAGES
 
+    stages, left_out = stages_for(spec, STAGES)
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(locked(run_dir))
-            check_graph(spec, run_dir, STAGES)
+            check_graph(spec, run_dir, stages)
         except UserError as e:
             remove_created(run_dir)
             _fail(e)
@@ -121,8 +125,13 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog) -> None:
             _fail("interrupted before the first stage; nothing was written", code=130)
         save_run_config(run_dir, cfg, HydraConfig.instance().cfg)
         logs.to_file(run_dir)
+        for why in dict.fromkeys(left_out.values()):
+            log.info("stages left out: %s (%s)", ", ".join(n for n, w in left_out.items() if w == why), why)
         try:
-            manifests = run_graph(spec, run_dir, STAGES)
+            manifests = run_graph(spec, run_dir, stages)
+        except StopHere as e:
+            print(e)
+            return
         except UserError as e:
             _fail(e)
         except KeyboardInterrupt:

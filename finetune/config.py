@@ -31,9 +31,9 @@ from finetune.methods import METHODS, OPTIMIZERS
 from finetune.metrics import METRICS
 from finetune.metrics.formats import StyleRule, check_style_rules
 from finetune.metrics.harness import LmEvalConfig
-from finetune.metrics.judge import JudgeConfig
+from finetune.metrics.judge import RESPONSE_FORMATS, JudgeConfig
 
-STAGE_NAMES = ("validate", "train", "merge", "evaluate", "export", "card", "publish")
+STAGE_NAMES = ("synthesize", "validate", "train", "merge", "evaluate", "export", "card", "publish")
 
 
 class ConfigError(UserError, ValueError):
@@ -83,6 +83,27 @@ ChecksConfig = make_dataclass(
 
 
 @dataclass
+class SyntheticConfig:
+    """Conversations about ``topic`` written by a model behind any OpenAI-compatible URL (the ``synthesize``
+    stage), then mixed into the training pool like one more source. The API key is read from the environment
+    variable ``api_key_env`` when the stage runs, and never written anywhere."""
+
+    topic: str = MISSING  # what the conversations are about: "exporting reports from ABC Cloud ERP"
+    count: int = _field(100, low=1)  # conversations to keep
+    base_url: str = MISSING  # https://api.openai.com/v1, a vLLM or llama.cpp server's …/v1
+    model: str = MISSING  # the model id at base_url
+    api_key_env: str = "OPENAI_API_KEY"
+    system_prompt: str | None = None  # the generated conversations' system message; the writer is told it too
+    temperature: float = _field(0.8, low=0.0, high=2.0)  # > 0, or a deterministic model repeats itself
+    max_tokens: int = _field(512, low=16)  # per reply; a reply cut here is rejected as truncated
+    max_attempts: int = _field(3, low=1, high=100)  # requests per kept conversation: count × this at most in all
+    # json_schema: JSON mode with our schema, which llama.cpp's server turns into a grammar (sent as
+    # {"type": "json_object", "schema": …}); json_object: JSON mode alone (OpenAI); text: asked for in words
+    response_format: str = _field("json_schema", choices=RESPONSE_FORMATS)
+    timeout_s: float = _field(120.0, low=1.0)  # per request
+
+
+@dataclass
 class DatasetConfig:
     path: str | None = None  # the main source: a data file, a save_to_disk folder, a Hub id, or python:<package>
     format: str = _field("auto", choices=("auto", *READABLE))
@@ -96,8 +117,9 @@ class DatasetConfig:
     system_prompt: str | None = None  # prepended to conversations that have no system message
     skip_invalid_rows: bool = False  # skip (and count) records that cannot be read, instead of stopping
     checks: ChecksConfig = field(default_factory=ChecksConfig)  # type: ignore[valid-type]
-    write_formats: list[str] = _field([], choices=tuple(WRITABLE))  # also each split as openai/gemini/bedrock
+    write_formats: list[str] = _field([], choices=tuple(WRITABLE))  # also each split in a provider's format
     python: PythonSourceConfig = field(default_factory=PythonSourceConfig)  # for python:<package or folder>
+    synthetic: SyntheticConfig | None = None  # generated conversations, one more source
 
 
 @dataclass
@@ -113,7 +135,29 @@ class MethodConfig:
 
 @dataclass
 class BackendConfig:
+    """Where training runs. The hosted backends' settings (finetune/backends/hosted/) say which job is run; the
+    ``RUNTIME`` ones only how this process submits and watches it, so changing them never starts a second job."""
+
+    RUNTIME: typing.ClassVar[tuple[str, ...]] = ("submit", "poll_interval_s", "chat_base_url")
+
     name: str = _field("hf", choices=tuple(BACKENDS))
+    # hosted: the provider's id of the model to tune (gpt-4.1-mini-2025-04-14, gemini-2.5-flash, amazon.nova-micro-v1:0)
+    base_model: str | None = None
+    # openai: the OpenAI-compatible API (https://api.openai.com/v1, Together, Fireworks …); vertex, bedrock: an
+    # endpoint override (a private endpoint, or a local server in tests)
+    base_url: str | None = None
+    api_key_env: str = "OPENAI_API_KEY"  # the key's environment variable; the key itself is never written anywhere
+    project: str | None = None  # vertex: the Google Cloud project
+    region: str | None = None  # vertex: its location (us-central1); bedrock: the AWS region (us-east-1)
+    bucket: str | None = None  # vertex: gs://bucket/prefix, bedrock: s3://bucket/prefix — data and outputs go there
+    role_arn: str | None = None  # bedrock: the IAM role the customisation job runs as
+    epochs: int | None = _field(None, low=1)  # null: the provider's default
+    batch_size: int | None = _field(None, low=1)  # null: the provider's default
+    lr_multiplier: float | None = _field(None, low=0.0, low_open=True)  # × the provider's learning rate; null: default
+    submit: bool = False  # submitting costs money: false writes the plan, its cost and the exact files, then stops
+    poll_interval_s: float = _field(30.0, low=0.0, low_open=True)
+    # The OpenAI-compatible endpoint evaluate asks the base and tuned models through; null: the provider's own
+    chat_base_url: str | None = None
 
 
 @dataclass
@@ -280,9 +324,16 @@ def _check_cross_fields(run: RunConfig) -> None:
         raise ConfigError("dataset.validation_fraction + dataset.test_fraction must be < 1")
     if (d.validation_path is None) != (d.test_path is None):
         raise ConfigError("dataset.validation_path and dataset.test_path: give both (fixed splits) or neither")
-    if d.path is None and not d.sources:
+    if d.path is None and not d.sources and d.synthetic is None:
         raise ConfigError("dataset.path: not set; give a data file, a datasets.save_to_disk folder or a Hub dataset "
-                          "id (or dataset.sources)")
+                          "id (or dataset.sources, or dataset.synthetic)")
+    if d.synthetic is not None:
+        for key in ("topic", "model"):
+            if not getattr(d.synthetic, key).strip():
+                raise ConfigError(f"dataset.synthetic.{key} is empty")
+        if not d.synthetic.base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"dataset.synthetic.base_url={d.synthetic.base_url!r}: expected the http(s) URL of an "
+                              "OpenAI-compatible API (…/v1)")
     paths = [(f"dataset.{key}", getattr(d, key)) for key in ("path", "validation_path", "test_path")]
     for key, value in [*paths, *((f"dataset.sources[{i}].path", s.path) for i, s in enumerate(d.sources))]:
         if value is None:

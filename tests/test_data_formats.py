@@ -217,8 +217,9 @@ CAN_EXPRESS = {
     ],
     "gemini": [Conversation(EXPECTED, ""), Conversation(EXPECTED[1:] * 2, "")],
     "bedrock": [Conversation(EXPECTED, ""), Conversation(EXPECTED[1:] * 2, "")],
+    "bedrock_conversation": [Conversation(EXPECTED, ""), Conversation(EXPECTED[1:] * 2, "")],
 }
-READ_BACK_AS = {"openai": "messages", "gemini": "gemini", "bedrock": "messages"}
+READ_BACK_AS = {"openai": "messages", "gemini": "gemini", "bedrock": "messages", "bedrock_conversation": "messages"}
 
 
 @pytest.mark.parametrize("output", list(CAN_EXPRESS))
@@ -240,11 +241,17 @@ def test_provider_shapes():
         "contents": [{"role": "user", "parts": [{"text": "Translate\n\nhello"}]},
                      {"role": "model", "parts": [{"text": "こんにちは"}]}]}
     assert formats.write(Conversation(EXPECTED, ""), "bedrock") == {"system": "Be brief.", "messages": EXPECTED[1:]}
+    assert formats.write(Conversation(EXPECTED, ""), "bedrock_conversation") == {
+        "schemaVersion": "bedrock-conversation-2024", "system": [{"text": "Be brief."}],
+        "messages": [{"role": "user", "content": [{"text": "Translate\n\nhello"}]},
+                     {"role": "assistant", "content": [{"text": "こんにちは"}]}]}
 
 
 @pytest.mark.parametrize(("c", "output", "why"), [
     (CAN_EXPRESS["openai"][1], "bedrock", "no tool definitions, tool calls or tool results"),
     (CAN_EXPRESS["openai"][1], "gemini", "no tool definitions, tool calls or tool results"),
+    (CAN_EXPRESS["openai"][1], "bedrock_conversation", "no tool definitions, tool calls or tool results"),
+    (Conversation([*EXPECTED[1:], EXPECTED[0], *EXPECTED[1:]], ""), "bedrock_conversation", "one system prompt"),
     (Conversation([], "", text="plain"), "openai", "a plain-text row has no place"),
     (Conversation(EXPECTED[1:2] * 2 + EXPECTED[2:], ""), "bedrock", "alternating"),
 ])

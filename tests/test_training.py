@@ -69,7 +69,7 @@ def test_overfitting_flag_by_ratio_and_by_rising_eval_loss():
 
 def test_backend_registry_is_the_config_choice_list():
     choices = BackendConfig.__dataclass_fields__["name"].metadata["choices"]
-    assert choices == tuple(BACKENDS) == ("hf", "unsloth")
+    assert choices == tuple(BACKENDS) == ("hf", "unsloth", "openai", "vertex", "bedrock")
 
 
 def write_data(tmp_path: Path, n: int = 40) -> Path:

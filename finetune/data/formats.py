@@ -180,6 +180,15 @@ def _write_bedrock(c: Conversation) -> dict[str, Any]:
             "messages": [{"role": m["role"], "content": m["content"]} for m in turns]}
 
 
+def _write_bedrock_conversation(c: Conversation) -> dict[str, Any]:
+    """Bedrock's conversation schema (``bedrock-conversation-2024``, the Converse API's shape) that Nova and the
+    other models Bedrock still fine-tunes take: a system list and messages of text blocks."""
+    system, turns = _plain_turns(c, "Bedrock conversation")
+    head = {"system": [{"text": system}]} if system is not None else {}
+    return {"schemaVersion": "bedrock-conversation-2024", **head,
+            "messages": [{"role": m["role"], "content": [{"text": m["content"]}]} for m in turns]}
+
+
 # ── Gemini / Vertex AI ("contents") ──
 
 GEMINI_ROLES = {"user": "user", "model": "assistant"}
@@ -289,10 +298,13 @@ FORMATS: dict[str, Format] = {
                _read_prompt_completion, None),
         Format("text", "'text' (plain text, continued pre-training)", _has("text"), _read_text, None),
         Format("bedrock", "'system' + 'messages' (Bedrock)", None, None, _write_bedrock),
+        Format("bedrock_conversation", "'schemaVersion' + 'messages' (Bedrock conversation)", None, None,
+               _write_bedrock_conversation),
     )
 }
 READABLE = tuple(name for name, f in FORMATS.items() if f.read is not None)
-WRITABLE = {"openai": "messages", "gemini": "gemini", "bedrock": "bedrock"}  # output name → format
+WRITABLE = {"openai": "messages", "gemini": "gemini", "bedrock": "bedrock",  # output name → format
+            "bedrock_conversation": "bedrock_conversation"}
 
 
 def _keys(record: Any) -> str:
@@ -345,6 +357,6 @@ def read(record: Any, fmt: str) -> Conversation:
 
 
 def write(c: Conversation, output: str) -> dict[str, Any]:
-    """``c`` as a record of provider format ``output`` (openai, gemini, bedrock); ``CannotExpress`` if it
-    holds something that format has no place for."""
+    """``c`` as a record of provider format ``output`` (openai, gemini, bedrock, bedrock_conversation);
+    ``CannotExpress`` if it holds something that format has no place for."""
     return FORMATS[WRITABLE[output]].write(c)  # type: ignore[misc]

@@ -1,6 +1,7 @@
 """The model card (README.md): YAML metadata the Hub reads (``huggingface_hub.ModelCardData``, with a model-index
 of the evaluation results), then what a user needs — where the model comes from, how it was trained, how to run
-it with the system prompt it was trained on, how the GGUF files compare with it, what it cannot do."""
+it with the system prompt it was trained on, how the GGUF files compare with it, what it cannot do. A model tuned
+by a hosted backend gets the provider, model id and job id instead, and usage through the provider's API."""
 
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def _gguf_type(path: Path) -> str:
     return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").replace("ALL_", "")
 
 
-def _metadata(run: RunConfig, hub_id: str | None, inputs: CardInputs) -> Any:
+def _metadata(run: RunConfig, hub_id: str | None, inputs: CardInputs, tags: list[str]) -> Any:
     from huggingface_hub import EvalResult, ModelCardData
 
     dataset = Path(inputs.report["dataset"]).name
@@ -60,11 +61,10 @@ def _metadata(run: RunConfig, hub_id: str | None, inputs: CardInputs) -> Any:
                    dataset_split="test", metric_type=name, metric_name=name, metric_value=round(row["tuned"], 4))
         for name, row in inputs.evaluation["metrics"].items() if isinstance(row.get("tuned"), int | float)
     ]
-    method = run.method.name
     return ModelCardData(
         model_name=run.run_name, base_model=hub_id, license=run.card.license or run.model.license,
         language=run.card.language or None, datasets=run.card.datasets or None, library_name="transformers",
-        pipeline_tag="text-generation", tags=["finetune", method, *(["gguf"] if inputs.files else []), *run.card.tags],
+        pipeline_tag="text-generation", tags=["finetune", *tags, *run.card.tags],
         metrics=sorted({r.metric_type for r in results}) or None, eval_results=results or None,
     )
 
@@ -167,7 +167,7 @@ def model_card(run: RunConfig, inputs: CardInputs) -> str:
         f"A fine-tune of {base}, trained with finetune "
         f"({m.name if METHODS[m.name].adapter else 'full fine-tuning'}).", "",
         *_training(run, inputs), *_usage(run, hub_id, inputs), *_parity(inputs),
-        re.sub(r"^# Evaluation", "## Evaluation", inputs.eval_md, count=1, flags=re.MULTILINE), "",
+        _evaluation(inputs), "",
         "## Limitations", "",
         f"- Trained on {inputs.report['splits']['train']} conversations of one domain; outside it, expect the base "
         "model's behaviour or worse (the `forgetting` row above measures general text).",
@@ -178,5 +178,52 @@ def model_card(run: RunConfig, inputs: CardInputs) -> str:
         *([f"- The base weights were dequantised from a quantised GGUF: {base}."] if "dequantised" in base else []),
         "",
     ]
-    card = ModelCard(f"---\n{_metadata(run, hub_id, inputs).to_yaml()}\n---\n\n" + "\n".join(body))
+    tags = [m.name, *(["gguf"] if inputs.files else [])]
+    card = ModelCard(f"---\n{_metadata(run, hub_id, inputs, tags).to_yaml()}\n---\n\n" + "\n".join(body))
+    return str(card)
+
+
+def _evaluation(inputs: CardInputs) -> str:
+    return re.sub(r"^# Evaluation", "## Evaluation", inputs.eval_md, count=1, flags=re.MULTILINE)
+
+
+def hosted_model_card(run: RunConfig, inputs: CardInputs, chat_url: str) -> str:
+    """A model that lives at a provider: who tuned it (provider, model id, job id), on what, for how much, how to
+    ask it — there are no weights to download."""
+    from huggingface_hub import ModelCard
+
+    t, plan, splits = inputs.train, inputs.plan, inputs.report["splits"]
+    system = run.export.system_prompt or inputs.report.get("system_prompt")
+    cost = f"≈ ${plan['estimated_usd']:.2f} (list price, estimated)" if plan.get("estimated_usd") is not None else "?"
+    minutes = f"{inputs.train_seconds / 60:.1f} min" if inputs.train_seconds else "?"
+    loss = f"{t['final_train_loss']:.4f}" if t.get("final_train_loss") is not None else "?"
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": "…"}]
+    body = [
+        f"# {run.run_name}", "",
+        f"A fine-tune of `{t['base_model']}` by the {t['service']} (backend `{t['backend']}`), trained with "
+        "finetune. It lives at the provider: there are no weights to download.", "",
+        "## Training", "", "| | |", "|---|---|",
+        f"| provider | {t['service']} |",
+        f"| tuned model id | `{t['tuned_model']}` |",
+        f"| job id | `{t['job_id']}` |",
+        f"| data | `{Path(inputs.report['dataset']).name}`: {splits['train']} train, {splits['validation']} "
+        f"validation, {splits['test']} test conversations (the test split was not uploaded) |",
+        f"| hyperparameters | `{json.dumps(t['hyperparameters'])}` |",
+        f"| tokens | {t.get('trained_tokens') or '?'} trained; cost {cost} |",
+        f"| time | {minutes} from submission to the finished job; final train loss {loss} |", "",
+        "## Use", "", "Always send the system prompt the model was trained with"
+        + (f":\n\n> {system}" if system else ": none."), "",
+        "```python", "from openai import OpenAI", "",
+        f'client = OpenAI(base_url="{chat_url}")  # the key from its environment variable',
+        f'answer = client.chat.completions.create(model="{t["tuned_model"]}", '
+        f"messages={json.dumps(messages, ensure_ascii=False)})",
+        "print(answer.choices[0].message.content)", "```", "",
+        _evaluation(inputs), "",
+        "## Limitations", "",
+        f"- Trained on {splits['train']} conversations of one domain; outside it, expect the base model's behaviour.",
+        "- The provider gives no token scores: perplexity-type metrics and lm-eval were left out of the evaluation.",
+        "- The model exists only as long as the provider keeps it; its terms and prices apply.", "",
+    ]
+    card = ModelCard(f"---\n{_metadata(run, None, inputs, [t['backend'], 'hosted']).to_yaml()}\n---\n\n"
+                     + "\n".join(body))
     return str(card)

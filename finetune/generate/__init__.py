@@ -10,6 +10,8 @@ llama-cpp-python (``llama_cpp``), any OpenAI-compatible endpoint (``openai_compa
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
@@ -54,6 +56,21 @@ class Answer:
     text: str
     finish_reason: str  # "stop" (an end-of-turn or stop string) or "length" (cut at max_new_tokens)
     tokens: int
+
+
+def json_objects(text: str) -> list[dict[str, Any]]:
+    """Every JSON object in a model's reply, wherever it starts (code fences, prose around it); raw line breaks
+    inside strings allowed, as small models write them even through a grammar."""
+    decoder = json.JSONDecoder(strict=False)
+    found = []
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except ValueError:
+            continue
+        if isinstance(value, dict):
+            found.append(value)
+    return found
 
 
 class Generator(Protocol):

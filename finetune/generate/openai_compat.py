@@ -11,9 +11,14 @@ from typing import Any
 
 from finetune.chat import text_messages
 from finetune.data.canonical import Conversation
+from finetune.errors import UserError
 from finetune.generate import Answer, Decoding
 
 log = logging.getLogger(__name__)
+
+
+class ChatRefused(UserError, RuntimeError):
+    """The endpoint answered a chat request with an error status (4xx after retries, or 5xx)."""
 
 
 def client(base_url: str, api_key_env: str, timeout_s: float, max_retries: int) -> Any:
@@ -35,16 +40,21 @@ class OpenAICompatGenerator:
         self.model, self.label, self.sampler_extras = model, label, sampler_extras
 
     def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
+        import openai
         from tqdm.auto import tqdm
 
         extra = {"top_k": decoding.top_k, "repeat_penalty": decoding.repeat_penalty} if self.sampler_extras else None
         answers = []
         for prompt in tqdm(prompts, desc=f"{self.label}: answers", unit="prompt", dynamic_ncols=True):
-            out = self.client.chat.completions.create(
-                model=self.model, messages=text_messages(prompt), max_tokens=decoding.max_new_tokens,
-                temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed,
-                stop=list(decoding.stop) or None, extra_body=extra,
-            )
+            try:
+                out = self.client.chat.completions.create(
+                    model=self.model, messages=text_messages(prompt), max_tokens=decoding.max_new_tokens,
+                    temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed,
+                    stop=list(decoding.stop) or None, extra_body=extra,
+                )
+            except openai.APIStatusError as e:  # an expired key, a model not deployed: the user can fix it
+                raise ChatRefused(f"{self.label}: {self.client.base_url} refused model {self.model}: HTTP "
+                                  f"{e.status_code} {' '.join(str(e.message).split())}") from None
             choice = out.choices[0]
             answers.append(Answer(text=(choice.message.content or "").strip(), finish_reason=choice.finish_reason,
                                   tokens=out.usage.completion_tokens if out.usage else 0))

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.fields import setting
-from finetune.generate import Answer
+from finetune.generate import Answer, json_objects
 from finetune.metrics import Sample
 
 log = logging.getLogger(__name__)
@@ -58,19 +58,6 @@ class Verdict:
     problem: str | None = None
 
 
-def _json_objects(text: str) -> list[Any]:
-    decoder = json.JSONDecoder()
-    found = []
-    for match in re.finditer(r"\{", text):
-        try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except ValueError:
-            continue
-        if isinstance(value, dict):
-            found.append(value)
-    return found
-
-
 def _key(text: str) -> str:
     return unicodedata.normalize("NFKC", str(text)).strip().strip('"').lower()
 
@@ -88,7 +75,7 @@ def _score(value: Any, scale: int) -> int | None:
 
 def parse_scores(text: str, criteria: Sequence[str], scale: int) -> tuple[dict[str, int] | None, str | None]:
     """The criterion → score object in a judge's reply, or None and why not."""
-    objects = _json_objects(text)
+    objects = json_objects(text)
     if not objects:
         return None, "no JSON object in the reply"
     wanted = {_key(c): c for c in criteria}
@@ -107,7 +94,7 @@ def parse_scores(text: str, criteria: Sequence[str], scale: int) -> tuple[dict[s
 
 def parse_winner(text: str) -> tuple[str | None, str | None]:
     """"A", "B" or "tie" from a pairwise reply, or None and why not."""
-    for obj in _json_objects(text):
+    for obj in json_objects(text):
         for k, v in obj.items():
             if _key(k) == "winner" and isinstance(v, str):
                 word = _key(v).replace("answer", "").strip()

@@ -22,7 +22,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -40,6 +40,11 @@ class StageOrderError(UserError, RuntimeError):
 
 class StorageError(UserError, OSError):
     """A stage could not write its files: the disk is full or a file size limit was hit."""
+
+
+class StopHere(Exception):  # noqa: N818 — not an error: the run ends here, successfully
+    """A stage did all it may do without the user's go-ahead (a hosted backend wrote its plan and cost but
+    ``backend.submit`` is false): the run stops after it, and the message says what to do next."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,21 @@ class Stage:
     # Checks that refuse bad input before any stage runs (raise a UserError); one function shared by several
     # stages runs once.
     checks: tuple[Callable[[RunConfig], None], ...] = ()
+    # Why this run has no such stage (a hosted backend has no local weights to merge), or None: it has one.
+    left_out: Callable[[RunConfig], str | None] = lambda run: None
+    # The config keys, when they depend on the run (a hosted job reads other settings than local training)
+    keys_for: Callable[[RunConfig], tuple[str, ...]] | None = None
+
+
+def stages_for(run: RunConfig, stages: Sequence[Stage]) -> tuple[list[Stage], dict[str, str]]:
+    """The stages this run has, with the config keys they read in this run, and why each other one is left out.
+    A stage that needs a left-out one runs without it (a hosted backend's ``evaluate`` asks the tuned model
+    through its API instead of reading ``merge``)."""
+    left_out = {stage.name: why for stage in stages if (why := stage.left_out(run))}
+    kept = [replace(stage, needs=tuple(need for need in stage.needs if need not in left_out),
+                    config_keys=stage.keys_for(run) if stage.keys_for else stage.config_keys)
+            for stage in stages if stage.name not in left_out]
+    return kept, left_out
 
 
 def _now() -> str:
@@ -148,8 +168,9 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
     try:
         artifacts = stage.run(run, ctx)
     except BaseException as e:
-        manifest.status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        manifest.error = redact_text(f"{type(e).__name__}: {e}")
+        manifest.status = "interrupted" if isinstance(e, KeyboardInterrupt) else \
+            "stopped" if isinstance(e, StopHere) else "failed"
+        manifest.error = None if isinstance(e, StopHere) else redact_text(f"{type(e).__name__}: {e}")
         manifest.finished, manifest.duration_s = _now(), round(time.monotonic() - t0, 2)
         with contextlib.suppress(OSError):  # a full disk may refuse the manifest too; the status stays running
             manifest.write(stage_dir)

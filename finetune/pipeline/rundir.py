@@ -134,6 +134,8 @@ class RunLog:
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+        for client in ("httpx", "httpx2"):  # one line per HTTP request: an hour of polling floods the log
+            logging.getLogger(client).setLevel(logging.WARNING)
 
     def to_file(self, run_dir: Path) -> None:
         self.file = logging.FileHandler(run_dir / LOG_NAME, encoding="utf-8")

@@ -7,12 +7,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+from finetune.backends import BACKENDS
 from finetune.config import RunConfig
-from finetune.export.card import CardInputs, model_card
+from finetune.export.card import CardInputs, hosted_model_card, model_card
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import Manifest, atomic_write_text
 
-CONFIG_KEYS = ("model", "method", "train", "export", "card", "seed", "run_name")
+CONFIG_KEYS = ("model", "method", "train", "export", "card", "seed", "run_name", "backend.name", "backend.base_url",
+               "backend.chat_base_url", "backend.project", "backend.region")
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -21,7 +23,7 @@ def _json(path: Path) -> dict[str, Any]:
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     train = Manifest.read(ctx.run_dir / "train")
-    export = ctx.inputs["export"]
+    export = ctx.inputs.get("export", {})  # none with a hosted backend
     inputs = CardInputs(
         report=_json(ctx.input("validate", "report")),
         train=_json(ctx.input("train", "metrics")),
@@ -29,8 +31,10 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         train_seconds=train.duration_s if train else None,
         evaluation=_json(ctx.input("evaluate", "eval")),
         eval_md=ctx.input("evaluate", "table").read_text(encoding="utf-8"),
-        parity=_json(export["parity"]),
+        parity=_json(export["parity"]) if export else {},
         files={key: path.name for key, path in export.items()},
     )
-    atomic_write_text(ctx.out_dir / "README.md", model_card(run, inputs))
+    provider = BACKENDS[run.backend.name].provider
+    card = hosted_model_card(run, inputs, provider.chat_endpoint(run)[0]) if provider else model_card(run, inputs)
+    atomic_write_text(ctx.out_dir / "README.md", card)
     return {"model_card": "README.md"}

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from finetune.backends import BACKENDS, LOGPROBS, lacks
+from finetune.backends.hosted import Provider
 from finetune.chat import first_exchange, tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
@@ -34,7 +36,8 @@ from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 log = logging.getLogger(__name__)
 
 CONFIG_KEYS = ("model", "eval", "train.max_seq_len", "seed", "export.temperature", "export.top_p", "export.top_k",
-               "export.repeat_penalty", "export.repeat_last_n", "export.num_ctx")
+               "export.repeat_penalty", "export.repeat_last_n", "export.num_ctx", "backend.name", "backend.base_model",
+               "backend.base_url", "backend.api_key_env", "backend.chat_base_url", "backend.project", "backend.region")
 IN_PROCESS = ("base", "tuned")
 
 
@@ -59,11 +62,14 @@ def check(run: RunConfig) -> None:
                             + (f"; did you mean {close[0]}?" if close else ""))
 
 
-def decoding_for(run: RunConfig, tokenizer: Any) -> Decoding:
-    try:
-        stop = template_family(tokenizer).stop
-    except TemplateError:
-        stop = ()  # a template without an Ollama family: the tokenizer's end-of-sequence token alone
+def decoding_for(run: RunConfig, tokenizer: Any = None, stop: tuple[str, ...] | None = None) -> Decoding:
+    """The decoding every model answers with; its stop strings are those of the tokenizer's template family
+    unless given (a hosted model's server knows its own)."""
+    if stop is None:
+        try:
+            stop = template_family(tokenizer).stop
+        except TemplateError:
+            stop = ()  # a template without an Ollama family: the tokenizer's end-of-sequence token alone
     if run.eval.decoding == "greedy":
         return Decoding(max_new_tokens=run.eval.max_new_tokens, seed=run.seed, stop=stop)
     p = serving_parameters(run.export)
@@ -216,6 +222,8 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
             lines.append(f"lm-eval `{task}` skipped for {who}: {why}")
     if result.get("lm_eval"):
         lines.append("")
+    if left_out := result.get("left_out"):
+        lines += [f"Left out: {', '.join(left_out)} ({'; '.join(dict.fromkeys(left_out.values()))}).", ""]
     for i, s in enumerate(samples[:show], start=1):
         lines += [f"## Sample {i} ({s['location']})", "", f"> {_cell(s['prompt'][-1]['content'])}", "",
                   "| | answer |", "|---|---|", f"| reference | {_cell(s['reference'])} |"]
@@ -224,24 +232,20 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
     return "\n".join(lines)
 
 
-def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
+def _in_process(run: RunConfig, ctx: StageContext, test: list[Any], samples: list[Sample], chosen: list[Metric],
+                results: Results, answers: dict[str, list[Answer]]) -> tuple[Decoding, dict[str, Any], dict[str, Any]]:
+    """Base and merged model in this process: likelihood metrics, answers, lm-eval. Returns the decoding, the
+    models asked and the lm-eval results."""
     ev = run.eval
-    test = read_split(ctx.input("validate", "test"))[: ev.max_samples]
-    samples = [Sample(prompt, reference["content"]) for c in test if (e := first_exchange(c))
-               for prompt, reference in [e]]  # none for plain-text rows
     merged_dir = str(ctx.input("merge", "model"))
     tokenizer = load_tokenizer(merged_dir, run.model)
     decoding = decoding_for(run, tokenizer)
-    chosen = [METRICS[name] for name in ev.metrics]
-    results = Results(len(samples))
     task_folder = None
     if ev.lm_eval.local_task and samples:
         from finetune.metrics.harness import write_local_task
 
         task_folder = ctx.out_dir / "lm_eval_task"
         write_local_task(samples, tokenizer, task_folder)
-
-    answers: dict[str, list[Answer]] = {}
     harness: dict[str, Any] = {}
     sources = {"base": resolve_model_source(run.model), "tuned": merged_dir}
     tasks = list(ev.lm_eval.tasks)
@@ -253,6 +257,46 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
             harness[who] = ran
             _add_harness(results, who, ran)
             tasks = [t for t in tasks if t not in ran["skipped"]]  # a dataset that did not load for base won't now
+    return decoding, {who: {"source": src, "via": "transformers"} for who, src in sources.items()}, harness
+
+
+def _hosted(provider: Provider, run: RunConfig, ctx: StageContext, samples: list[Sample], chosen: list[Metric],
+            answers: dict[str, list[Answer]]) -> tuple[Decoding, dict[str, Any], dict[str, str]]:
+    """Base and tuned model asked through the provider's OpenAI-compatible chat endpoint; the metrics that need
+    the model's token scores are left out. Returns the decoding, the models asked and what was left out."""
+    from finetune.generate.openai_compat import OpenAICompatGenerator
+
+    url, key_env = provider.chat_endpoint(run)
+    tuned = json.loads(ctx.input("train", "metrics").read_text(encoding="utf-8"))["tuned_model"]
+    decoding = decoding_for(run, stop=())
+    ids = {"base": run.backend.base_model or "", "tuned": tuned}
+    for who, model in ids.items():
+        asked = OpenAICompatGenerator(url, provider.chat_model(run, model), who, key_env)
+        answers[who] = asked.generate([s.prompt for s in samples], decoding)
+    left_out = {}
+    if why := lacks(LOGPROBS)(run):
+        left_out = {m.name: why for m in chosen if m.needs == "model"}
+        if run.eval.lm_eval.tasks or run.eval.lm_eval.local_task:
+            left_out["lm_eval"] = why
+        log.info("evaluate: %s left out (%s)", ", ".join(left_out), why)
+    return decoding, {who: {"source": model, "via": f"{provider.title} at {url}"} for who, model in ids.items()}, \
+        left_out
+
+
+def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
+    ev = run.eval
+    test = read_split(ctx.input("validate", "test"))[: ev.max_samples]
+    samples = [Sample(prompt, reference["content"]) for c in test if (e := first_exchange(c))
+               for prompt, reference in [e]]  # none for plain-text rows
+    chosen = [METRICS[name] for name in ev.metrics]
+    results = Results(len(samples))
+    answers: dict[str, list[Answer]] = {}
+    harness: dict[str, Any] = {}
+    left_out: dict[str, str] = {}
+    if provider := BACKENDS[run.backend.name].provider:
+        decoding, models, left_out = _hosted(provider, run, ctx, samples, chosen, answers)
+    else:
+        decoding, models, harness = _in_process(run, ctx, test, samples, chosen, results, answers)
     if samples:
         for generator in _other_generators(run):
             answers[generator.label] = generator.generate([s.prompt for s in samples], decoding)
@@ -263,9 +307,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     if judged is not None:
         _add_judge(results, judged[0])
 
-    models = {**{who: {"source": src, "via": "transformers"} for who, src in sources.items()},
-              **{c.name: {"source": c.gguf or f"{c.base_url} {c.model}",
-                          "via": "llama.cpp" if c.gguf else "OpenAI-compatible API"} for c in ev.compare}}
+    models.update({c.name: {"source": c.gguf or f"{c.base_url} {c.model}",
+                            "via": "llama.cpp" if c.gguf else "OpenAI-compatible API"} for c in ev.compare})
     result: dict[str, Any] = {
         "test_conversations": len(test), "prompts": len(samples), "models": models,
         "decoding": decoding.as_dict(), "decoding_text": decoding.describe(),
@@ -276,6 +319,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
                            "endpoint": ev.judge.base_url or f"llama.cpp serving {Path(ev.judge.gguf or '').name}"}
     if harness:
         result["lm_eval"] = harness
+    if left_out:
+        result["left_out"] = left_out
     per_sample = [
         {"location": s.prompt.location, "prompt": s.prompt.messages, "reference": s.reference,
          "answers": {who: a[i].text for who, a in answers.items()},
@@ -289,4 +334,5 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
                       (json.dumps(p, ensure_ascii=False) + "\n" for p in per_sample))
     atomic_write_text(ctx.out_dir / "eval.md", _markdown(result, per_sample, ev.show_samples))
     artifacts = {"eval": "eval.json", "samples": "samples.jsonl", "table": "eval.md"}
-    return {**artifacts, "lm_eval_task": task_folder.name} if task_folder else artifacts
+    task_folder = ctx.out_dir / "lm_eval_task"
+    return {**artifacts, "lm_eval_task": task_folder.name} if task_folder.is_dir() else artifacts

@@ -96,7 +96,10 @@ def _check_target_modules(run: RunConfig) -> None:
 
 def check(run: RunConfig) -> None:
     """Refuse, before any stage runs, a backend or method this machine cannot train, or layers the model lacks."""
-    BACKENDS[run.backend.name].check(run)
+    backend = BACKENDS[run.backend.name]
+    backend.check(run)
+    if backend.hosted:
+        return  # the provider trains: nothing here loads the model
     distributed.check(run)
     method = methods.METHODS[run.method.name]
     methods.check_available(method, run.train.optimizer)
@@ -172,7 +175,12 @@ def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, 
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    """In this process, or in ``train.num_processes`` workers (``finetune.distributed``)."""
+    """Through a provider's API, in this process, or in ``train.num_processes`` workers
+    (``finetune.distributed``)."""
+    if provider := BACKENDS[run.backend.name].provider:
+        from finetune.backends.hosted import train as hosted
+
+        return hosted.run(provider, run, ctx)
     if run.train.num_processes > 1 and not distributed.in_worker():
         return distributed.launch(run, ctx)
     return train_here(run, ctx)

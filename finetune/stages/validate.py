@@ -1,5 +1,6 @@
 """validate: read every data source into canonical conversations, run the data checks (dataset.checks), split,
 and measure the result with the model's own tokenizer and chat template — what training will actually see.
+The ``synthesize`` stage's conversations, when the run has them, are one more source.
 
 Writes the splits (``train.jsonl`` …, canonical rows), ``report.json`` and ``report.md``, ``findings.jsonl``
 (every row a check found, with why), and, when
@@ -38,8 +39,9 @@ from finetune.pipeline.manifest import atomic_write_json, atomic_write_text, fin
 log = logging.getLogger(__name__)
 
 
-def sources(d: DatasetConfig) -> dict[str, SourceConfig]:
-    """Every training source by name (its path): ``dataset.path`` with the dataset-level settings first."""
+def sources(d: DatasetConfig, synthetic: Path | None = None) -> dict[str, SourceConfig]:
+    """Every training source by name (its path): ``dataset.path`` with the dataset-level settings first, then
+    ``dataset.sources``, then the ``synthesize`` stage's file."""
     found = {}
     if d.path is not None:
         found[d.path] = SourceConfig(path=d.path, format=d.format, columns=dict(d.columns), split=d.split)
@@ -47,7 +49,14 @@ def sources(d: DatasetConfig) -> dict[str, SourceConfig]:
         if s.path in found:
             raise DataError(f"dataset.sources: {s.path} is given twice")
         found[s.path] = s
+    if synthetic is not None:
+        found[str(synthetic)] = SourceConfig(path=str(synthetic), format="messages")
     return found
+
+
+def _fixed(d: DatasetConfig, path: str) -> SourceConfig:
+    """A fixed validation or test file, read with the dataset-level settings."""
+    return SourceConfig(path=path, format=d.format, columns=dict(d.columns))
 
 
 def _load(name: str, s: SourceConfig, d: DatasetConfig) -> Loaded:
@@ -127,25 +136,26 @@ class Validated:
     findings: dict[str, list[tuple[str, str]]]  # check → every (row, detail) it found
 
 
-def prepare(run: RunConfig) -> Validated:
+def prepare(run: RunConfig, synthetic: Path | None = None) -> Validated:
     """Everything validate decides, without writing: read, check, split, measure. Also the stage's pre-run
-    check, so bad data is refused before anything is written."""
+    check, so bad data is refused before anything is written. ``synthetic``: the synthesize stage's file."""
     d = run.dataset
     started = time.monotonic()
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
     seconds = {"load_tokenizer": round(time.monotonic() - started, 3)}
-    loaded = {name: _load(name, s, d) for name, s in sources(d).items()}
+    loaded = {name: _load(name, s, d) for name, s in sources(d, synthetic).items()}
     seconds["read"] = round(time.monotonic() - started - seconds["load_tokenizer"], 3)
     reports: dict[str, CheckReport] = {}
     pool = [c for result in loaded.values() for c in result.conversations]
     records = sum(result.records for result in loaded.values())
-    where = d.path if len(loaded) == 1 and d.path else "dataset.sources"
+    where = next(iter(loaded)) if len(loaded) == 1 and not d.sources else \
+        "dataset.sources" if d.sources else "dataset.path + dataset.synthetic"
     checked = _checked(run, pool, tokenizer, reports, where, records, seconds)
     fixed = d.validation_path is not None and d.test_path is not None
     if fixed:
         splits = {"train": checked}
         for name, path in (("validation", d.validation_path), ("test", d.test_path)):
-            held = _load(str(path), SourceConfig(path=str(path), format=d.format, columns=dict(d.columns)), d)
+            held = _load(str(path), _fixed(d, str(path)), d)
             loaded[str(path)] = held
             splits[name] = _checked(run, held.conversations, tokenizer, reports, str(path), held.records, seconds)
     else:
@@ -155,10 +165,10 @@ def prepare(run: RunConfig) -> Validated:
     for name in ("train", "test"):
         if not splits[name].rows:
             raise DataError(f"{d.test_path if name == 'test' and fixed else where}: the {name} split is empty")
-    weights = {name: s.weight for name, s in sources(d).items()}
+    weights = {name: s.weight for name, s in sources(d, synthetic).items()}
     splits["train"] = splits["train"].take(weighted([c.source for c in splits["train"].rows], weights, run.seed))
     run_phase("dataset", CheckInput(splits["train"].rows, None), d.checks, reports)
-    report = _report(run, loaded, splits, reports, moved, tokenizer)
+    report = _report(run, loaded, splits, reports, moved, tokenizer, where)
     seconds["total"] = round(time.monotonic() - started, 3)
     report["seconds"] = seconds  # each check's own time is in its entry under "checks"
     return Validated({name: part.rows for name, part in splits.items()}, report,
@@ -166,15 +176,16 @@ def prepare(run: RunConfig) -> Validated:
 
 
 def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], reports: dict[str, CheckReport],
-            moved: int, tokenizer: Any) -> dict[str, Any]:
+            moved: int, tokenizer: Any, where: str) -> dict[str, Any]:
     train = splits["train"].rows
     system_prompts = Counter(c.messages[0]["content"] for c in train
                              if c.messages and c.messages[0]["role"] == "system")
     takes_tools, takes_calls = template_takes(tokenizer)
     d = run.dataset
     main = loaded[d.path] if d.path else next(iter(loaded.values()))
+    named = d.path or (where if where in loaded else None)  # the one main source (a path), if there is one
     return {
-        "dataset": str(Path(d.path).resolve()) if d.path and Path(d.path).exists() else d.path or "dataset.sources",
+        "dataset": str(Path(named).resolve()) if named and Path(named).exists() else named or "dataset.sources",
         "format": main.format,
         "sources": [{"name": name, "format": r.format, "records": r.records, "read": len(r.conversations),
                      "invalid_skipped": len(r.invalid), "invalid_examples": r.invalid[:5]}
@@ -222,9 +233,17 @@ def _inputs_key(run: RunConfig) -> str:
 
 def check(run: RunConfig) -> None:
     """The pre-run check: everything ``prepare`` refuses; its result is kept for ``run`` (a million rows
-    are read, checked and tokenized once, not twice)."""
+    are read, checked and tokenized once, not twice). Synthetic conversations exist only once ``synthesize``
+    has run, so then the other sources are only read now (bad records refused before the API is paid), and
+    checked with the synthetic ones by the stage."""
     _PREPARED.clear()
-    _PREPARED[_inputs_key(run)] = prepare(run)
+    d = run.dataset
+    if d.synthetic is None:
+        _PREPARED[_inputs_key(run)] = prepare(run)
+        return
+    fixed = {str(path): _fixed(d, str(path)) for path in (d.validation_path, d.test_path) if path}
+    for name, s in {**sources(d), **fixed}.items():
+        _load(name, s, d)
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -256,7 +275,8 @@ def _write_formats(run: RunConfig, ctx: StageContext, splits: dict[str, list[Con
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
-    validated = _PREPARED.pop(_inputs_key(run), None) or prepare(run)
+    synthetic = ctx.inputs.get("synthesize", {}).get("data")
+    validated = _PREPARED.pop(_inputs_key(run), None) or prepare(run, synthetic)
     report = validated.report
     for name in SPLITS:
         _write_jsonl(ctx.out_dir / f"{name}.jsonl", map(to_row, validated.splits[name]))

@@ -1,0 +1,46 @@
+"""What the hosted backends' tests share: a run's files as text (for canary keys), a run interrupted with Ctrl-C
+as soon as its job is submitted, and rows our data checks accept but a provider's format rules refuse."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def files_text(run_dir: Path) -> str:
+    return "\n".join(p.read_text(errors="replace") for p in run_dir.rglob("*") if p.is_file())
+
+
+def interrupt_once_submitted(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, str]:
+    """``python -m finetune ARGS`` (run directory ``cwd/run``), Ctrl-C once ``train/job.json`` exists; returns
+    (the job id, stdout + stderr) after checking the run exited 130."""
+    proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=cwd, env={**os.environ, **env},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    job_file = cwd / "run" / "train" / "job.json"
+    deadline = time.monotonic() + 120
+    while not job_file.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    return json.loads(job_file.read_text())["id"], out + err
+
+
+def ends_with_a_question(i: int) -> dict:
+    """Allowed by the dataset's structure check, refused by Gemini and Bedrock: the last turn must be the model's."""
+    return {"messages": [{"role": "user", "content": f"Question {i}?"}, {"role": "assistant", "content": f"A{i}."},
+                         {"role": "user", "content": "And then?"}]}
+
+
+def calls_a_tool(i: int) -> dict:
+    """A tool call and its result: formats without tools cannot express it."""
+    call = {"type": "function", "function": {"name": "lookup", "arguments": {"order": i}}}
+    return {"messages": [{"role": "user", "content": f"Where is order {i}?"},
+                         {"role": "assistant", "content": "", "tool_calls": [call]},
+                         {"role": "tool", "content": "shipped"}, {"role": "assistant", "content": "It shipped."}]}

@@ -154,6 +154,9 @@ class BackendConfig:
     epochs: int | None = _field(None, low=1)  # null: the provider's default
     batch_size: int | None = _field(None, low=1)  # null: the provider's default
     lr_multiplier: float | None = _field(None, low=0.0, low_open=True)  # × the provider's learning rate; null: default
+    # openai: supervised fine-tuning, or DPO (preference tuning) on chosen/rejected pairs from the data
+    objective: str = _field("supervised", choices=("supervised", "dpo"))
+    dpo_beta: float | None = _field(None, low=0.0, low_open=True)  # DPO's beta (how far from the base); null: auto
     submit: bool = False  # submitting costs money: false writes the plan, its cost and the exact files, then stops
     poll_interval_s: float = _field(30.0, low=0.0, low_open=True)
     # The OpenAI-compatible endpoint evaluate asks the base and tuned models through; null: the provider's own
@@ -357,6 +360,9 @@ def _check_cross_fields(run: RunConfig) -> None:
     if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
                                                   not all(isinstance(t, str) and t for t in targets)):
         raise ConfigError(f"method.target_modules={targets!r}: expected a list of layer names, all-linear or auto")
+    if run.backend.objective == "dpo" and run.backend.name != "openai":
+        raise ConfigError(f"backend.objective=dpo: preference tuning runs only with backend=openai (hosted DPO), not "
+                          f"backend={run.backend.name}")
     _check_eval(run.eval)
     if not run.model.source.strip():
         raise ConfigError("model.source is empty; expected a Hub id, a model folder, a .gguf file or "

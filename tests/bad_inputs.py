@@ -131,7 +131,8 @@ CASES: list[Case] = [
     Case("leak-policy-not-a-choice", ("dataset.checks.leakage.action=sometimes",),
          "error: dataset.checks.leakage.action='sometimes': must be one of error, warn, drop, move_to_train, off"),
     Case("write-format-not-a-choice", ("dataset.write_formats=[openai,claude]",),
-         "error: dataset.write_formats='claude': must be one of openai, gemini, bedrock, bedrock_conversation"),
+         "error: dataset.write_formats='claude': must be one of openai, gemini, bedrock, bedrock_conversation, "
+         "openai_dpo"),
     Case("near-duplicate-threshold-out-of-range", ("dataset.checks.near_duplicates.threshold=1.5",),
          "error: dataset.checks.near_duplicates.threshold=1.5: must be in [0.5, 1.0]"),
     Case("check-that-does-not-exist", ("dataset.checks.spelling.action=warn",),
@@ -243,8 +244,9 @@ CASES: list[Case] = [
     Case("format-cannot-be-told", (*TINY_MODEL, *DATA, "dataset.format=auto"),
          "error: data.jsonl:1: cannot tell the format from keys (answer, question); expected 'messages' (OpenAI "
          "chat); 'conversations' (ShareGPT); 'instruction' + 'output' (Alpaca); 'contents' (Gemini); 'prompt' + "
-         "'completion'; 'text' (plain text, continued pre-training); map other column names with dataset.columns, "
-         "or set dataset.format",
+         "'completion'; 'input' + 'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + "
+         "'rejected' (preference pairs); 'text' (plain text, continued pre-training); map other column names with "
+         "dataset.columns, or set dataset.format",
          files={"data.jsonl": jsonl([{"question": "q", "answer": "a"}])}),
     Case("every-record-empty", (*TINY_MODEL, *DATA),
          "error: data.jsonl: no usable conversation is left of 5 records: empty_answer dropped 5 (e.g. "
@@ -253,9 +255,8 @@ CASES: list[Case] = [
     Case("row-not-an-object", (*TINY_MODEL, *DATA), "error: data.jsonl:3: a record must be a JSON object, got list",
          files={"data.jsonl": GOOD.replace(b"\n", b"\n[1, 2]\n", 2).replace(b"\n[1, 2]\n", b"\n", 1)}),
     Case("preference-data", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:1: preference data (chosen/rejected: keys chosen, prompt, rejected); finetune trains "
-         "supervised fine-tuning only so far, which a preference pair does not fit; train a preference method (DPO) "
-         "elsewhere, or keep only the chosen answers as messages",
+         "error: data.jsonl:1: preference data (chosen/rejected); this run trains supervised — set backend=openai "
+         "backend.objective=dpo for hosted DPO, or keep only the chosen answers",
          files={"data.jsonl": jsonl([{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3)}),
     Case("hub-dataset-offline", (*TINY_MODEL, "dataset.path=someone/support_chats"),
          "error: someone/support_chats: a Hub dataset that is not in the local datasets cache, and HF_HUB_OFFLINE "

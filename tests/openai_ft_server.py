@@ -58,7 +58,8 @@ class OpenAIFineTuningServer:
             return 400, _error(f"invalid training_file: {body['training_file']}", "invalid_request_error",
                                "training_file")
         job_id = self._id("ftjob")
-        hp = body.get("method", {}).get("supervised", {}).get("hyperparameters", {})
+        method = body.get("method") or {"type": "supervised"}
+        hp = method.get(method["type"], {}).get("hyperparameters", {})  # supervised, dpo: the type names the key
         job = {"id": job_id, "object": "fine_tuning.job", "created_at": int(time.time()), "error": None,
                "fine_tuned_model": None, "finished_at": None, "model": body["model"], "organization_id": "org-local",
                "hyperparameters": {"n_epochs": hp.get("n_epochs", 3), "batch_size": hp.get("batch_size", 1),

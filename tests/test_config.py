@@ -46,6 +46,8 @@ def test_command_line_group_choice_beats_the_recipe():
     ("+method.foo=1", "method.foo: no such key"),
     ("dataset.path=/no/such/file.jsonl", "dataset.path: file not found: /no/such/file.jsonl"),
     ("stages=[validate,deploy]", "stages: unknown stage 'deploy'"),
+    ("backend.objective=dpo", "backend.objective=dpo: preference tuning runs only with backend=openai"),
+    ("backend.dpo_beta=0", "backend.dpo_beta=0.0: must be"),
 ])
 def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from finetune.data import formats
-from finetune.data.canonical import Conversation, DataError
+from finetune.data.canonical import Conversation, DataError, read_split, to_row
 from finetune.data.load import load_source
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -105,17 +105,15 @@ def test_openai_tool_calls_with_null_content_and_tool_messages():
 @pytest.mark.parametrize(("record", "message"), [
     ({"question": "q", "answer": "a"},
      "cannot tell the format from keys (answer, question); expected 'messages' (OpenAI chat); 'conversations' "
-     "(ShareGPT); 'instruction' + 'output' (Alpaca); 'contents' (Gemini); 'prompt' + 'completion'; 'text' (plain "
-     "text, continued pre-training); map other column names with dataset.columns, or set dataset.format"),
+     "(ShareGPT); 'instruction' + 'output' (Alpaca); 'contents' (Gemini); 'prompt' + 'completion'; 'input' + "
+     "'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + 'rejected' (preference "
+     "pairs); 'text' (plain text, continued pre-training); map other column names with dataset.columns, or set "
+     "dataset.format"),
     ({"messages": [], "conversations": []},
      "keys (conversations, messages) fit several formats (messages, sharegpt); set dataset.format"),
-    ({"prompt": "p", "chosen": "good", "rejected": "bad"},
-     "preference data (chosen/rejected: keys chosen, prompt, rejected); finetune trains supervised fine-tuning "
-     "only so far, which a preference pair does not fit; train a preference method (DPO) elsewhere, or keep only "
-     "the chosen answers as messages"),
     (["not", "an", "object"], "a record must be a JSON object, got list"),
 ])
-def test_undetectable_ambiguous_and_preference_records_say_what_they_are(record, message):
+def test_undetectable_and_ambiguous_records_say_what_they_are(record, message):
     with pytest.raises(DataError) as e:
         formats.detect(record)
     assert str(e.value) == message
@@ -202,6 +200,52 @@ def test_skip_invalid_rows_counts_what_it_skipped(tmp_path):
                                  "file as UTF-8")
 
 
+# ── preference pairs (hosted DPO) ──
+
+PAIR = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Translate\n\nhello"}]
+OPENAI_DPO = {"input": {"messages": PAIR}, "preferred_output": [{"role": "assistant", "content": "こんにちは"}],
+              "non_preferred_output": [{"role": "assistant", "content": "Hello."}]}
+SAME_PAIR_IN_EVERY_FORMAT = {
+    "openai_dpo": OPENAI_DPO,
+    "preference (strings)": {"prompt": "Translate\n\nhello", "chosen": "こんにちは", "rejected": "Hello."},
+    "preference (conversational)": {"prompt": PAIR, "chosen": OPENAI_DPO["preferred_output"],
+                                    "rejected": OPENAI_DPO["non_preferred_output"]},
+}
+
+
+@pytest.mark.parametrize("name", list(SAME_PAIR_IN_EVERY_FORMAT))
+def test_preference_pairs_read_into_the_chosen_conversation_and_its_rejected_answer(tmp_path, name):
+    loaded = load_source(str(write_jsonl(tmp_path / "d.jsonl", [SAME_PAIR_IN_EVERY_FORMAT[name]])),
+                         system_prompt="Be brief.")
+    (c,) = loaded.conversations
+    assert loaded.format == name.split(" ")[0]
+    assert (c.messages, c.rejected, c.location) == (EXPECTED, "Hello.", f"{tmp_path / 'd.jsonl'}:1")
+
+
+def test_a_preference_pair_round_trips_through_openai_dpo_and_the_split_file(tmp_path):
+    c = formats.read(SAME_PAIR_IN_EVERY_FORMAT["preference (conversational)"], "preference")
+    assert formats.write(c, "openai_dpo") == OPENAI_DPO
+    split = write_jsonl(tmp_path / "train.jsonl", [to_row(c)])
+    (back,) = read_split(split)
+    assert (back.messages, back.rejected) == (c.messages, c.rejected)
+    with_tools = Conversation(EXPECTED, "", tools=TOOLS, rejected="Hello.")
+    record = json.loads(json.dumps(formats.write(with_tools, "openai_dpo")))
+    assert record["input"]["tools"] == TOOLS and formats.read(record, formats.detect(record)) == with_tools
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"prompt": "p", "chosen": [{"role": "user", "content": "a"}], "rejected": "b"},
+     "'chosen' must be one assistant message"),
+    ({"input": {"messages": PAIR}, "preferred_output": [], "non_preferred_output": []},
+     "'preferred_output' must be one assistant message"),
+    ({"input": PAIR, "preferred_output": [], "non_preferred_output": []}, "'input' must be an object with 'messages'"),
+])
+def test_bad_preference_records_name_the_field(record, message):
+    with pytest.raises(DataError) as e:
+        formats.read(record, formats.detect(record))
+    assert str(e.value) == message
+
+
 # ── writing provider formats ──
 
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "d", "parameters": {"type": "object"}}}]
@@ -254,6 +298,9 @@ def test_provider_shapes():
     (Conversation([*EXPECTED[1:], EXPECTED[0], *EXPECTED[1:]], ""), "bedrock_conversation", "one system prompt"),
     (Conversation([], "", text="plain"), "openai", "a plain-text row has no place"),
     (Conversation(EXPECTED[1:2] * 2 + EXPECTED[2:], ""), "bedrock", "alternating"),
+    (Conversation(EXPECTED, "", rejected="Hello."), "openai", "no place for a rejected answer"),
+    (Conversation(EXPECTED, "", rejected="Hello."), "gemini", "no place for a rejected answer"),
+    (Conversation(EXPECTED, ""), "openai_dpo", "needs a preference pair"),
 ])
 def test_what_a_format_cannot_express_is_refused_not_dropped(c, output, why):
     with pytest.raises(formats.CannotExpress, match=why):

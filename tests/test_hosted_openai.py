@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import TINY, run_cli, run_dirs
+from .conftest import TINY, conversation, run_cli, run_dirs, word
 from .hosted import files_text, interrupt_once_submitted
 from .openai_ft_server import STEPS, OpenAIFineTuningServer
 
@@ -44,6 +44,48 @@ def test_without_submit_it_writes_the_plan_and_the_files_and_sends_nothing(api, 
     assert json.loads((train / "manifest.json").read_text())["status"] == "stopped"
     assert api.log == []
     assert not (tmp_path / "run" / "evaluate").exists()
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory) -> Path:
+    """30 preference pairs in TRL's conversational format: the chosen answer is the fixture conversation's."""
+    rows = []
+    for i in range(30):
+        *prompt, chosen = conversation(i)["messages"][:3]
+        rejected = {"role": "assistant", "content": f"No idea about {word(i, 3)}; ask {word(i, 4)} ({i})."}
+        rows.append({"prompt": prompt, "chosen": [chosen], "rejected": [rejected]})
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def test_preference_pairs_tune_with_dpo_and_the_tuned_model_is_evaluated(api, pairs, tmp_path):
+    run_cli(*args(api, pairs, tmp_path, "backend.objective=dpo", "backend.dpo_beta=0.2", "backend.submit=true"),
+            cwd=tmp_path, env={"OPENAI_API_KEY": KEY})
+    (job,) = api.jobs.values()
+    assert job["method"] == {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}
+    uploaded = [json.loads(line) for line in api.files[job["training_file"]]["content"].decode().splitlines()]
+    assert uploaded and all(r["input"]["messages"][-1]["role"] == "user" and r["preferred_output"][0]["content"]
+                            and r["non_preferred_output"][0]["content"].startswith("No idea") for r in uploaded)
+    plan = json.loads((tmp_path / "run" / "train" / "plan.json").read_text())
+    assert plan["hyperparameters"]["beta"] == 0.2 and "both outputs" in plan["token_count"]
+    result = json.loads((tmp_path / "run" / "evaluate" / "eval.json").read_text())
+    assert result["models"]["tuned"]["source"] == job["fine_tuned_model"]
+    assert job["fine_tuned_model"] in (tmp_path / "run" / "card" / "README.md").read_text()
+
+
+@pytest.mark.parametrize(("which", "objective", "message"), [
+    ("pairs", "supervised", "pairs.jsonl:1: preference data (chosen/rejected); this run trains supervised — set "
+                            "backend=openai backend.objective=dpo for hosted DPO, or keep only the chosen answers"),
+    ("dataset", "dpo", "chats.jsonl:1: no rejected answer; backend.objective=dpo trains on preference pairs"),
+], ids=["pairs-supervised", "chats-dpo"])
+def test_data_that_does_not_fit_the_objective_is_refused_in_one_line(api, request, which, objective, message,
+                                                                       tmp_path):
+    proc = run_cli(*args(api, request.getfixturevalue(which), tmp_path, f"backend.objective={objective}",
+                         "backend.submit=true"), cwd=tmp_path, check=False, env={"OPENAI_API_KEY": KEY})
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert message in proc.stderr.strip().splitlines()[-1]
+    assert run_dirs(tmp_path) == [] and api.log == []
 
 
 def test_a_job_succeeds_and_the_tuned_model_is_evaluated_through_the_api(api, dataset, tmp_path):
@@ -175,3 +217,20 @@ def test_the_plan_names_openais_sunset_for_its_own_api():
     assert "2027-01-06" in OPENAI.notices(run)[0]
     run.backend.base_url = "https://api.together.xyz/v1"
     assert OPENAI.notices(run) == []
+
+
+def test_dpo_pairs_are_checked_and_counted_as_openai_takes_them():
+    from finetune.backends.hosted.openai_ft import OPENAI, tiktoken_encoding
+    from finetune.config import RunConfig
+
+    run = RunConfig()
+    run.backend.name, run.backend.objective, run.backend.base_model = "openai", "dpo", MODEL
+    pair = {"input": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
+            "preferred_output": [{"role": "assistant", "content": "Hey"}],
+            "non_preferred_output": [{"role": "assistant", "content": " "}]}
+    assert OPENAI.problems(pair, run) == ["the input does not end with a user message", "non_preferred_output is empty"]
+    encode = tiktoken_encoding("o200k_base").encode
+    texts = ["Hi", "Hello", "Hey", " "]
+    # 3 per chat (input, each output) + 3 per message + the text of every message
+    assert OPENAI.tokens(run).count(pair) == 3 * 3 + 3 * len(texts) + sum(len(encode(t)) for t in texts)
+    assert OPENAI.hyperparameters(run)["beta"] == "auto"

@@ -4,7 +4,9 @@ A message is ``{"role", "content"}`` with ``content`` always a string; an assist
 ``tool_calls`` (``[{"type": "function", "function": {"name", "arguments": dict}, "id"?}]``, with ``content``
 then possibly empty) and a tool message ``tool_call_id`` / ``name``. Tool definitions are JSON schemas in the
 form ``apply_chat_template(tools=...)`` takes. A plain-text row (continued pre-training) has ``text`` and no
-messages: every token of it carries loss.
+messages: every token of it carries loss. A preference row (hosted DPO) also has ``rejected``: the answer not to
+give in place of its last assistant message, which is the chosen one — so every check that reads messages sees
+the chosen answer as it would in a supervised row.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ class Conversation:
     tools: list[dict[str, Any]] | None = None
     text: str | None = None  # a plain-text row: no messages, loss on every token
     source: str = ""  # the name of the source it came from, when several are mixed
+    rejected: str | None = None  # preference data: the non-preferred answer to the last assistant message
 
     @property
     def is_text(self) -> bool:
@@ -57,14 +60,15 @@ def all_text(c: Conversation) -> str:
     for m in c.messages:
         parts.append(m["content"])
         parts += [json.dumps(call["function"], ensure_ascii=False, sort_keys=True) for call in m.get("tool_calls", ())]
-    return "\n".join(parts)
+    return "\n".join(parts + ([c.rejected] if c.rejected is not None else []))
 
 
 def to_row(c: Conversation) -> dict[str, Any]:
     """The split-file row (JSONL): what train and evaluate read back with ``read_split``."""
     if c.is_text:
         return {"text": c.text}
-    return {"messages": c.messages, **({"tools": c.tools} if c.tools else {})}
+    return {"messages": c.messages, **({"tools": c.tools} if c.tools else {}),
+            **({"rejected": c.rejected} if c.rejected is not None else {})}
 
 
 def read_split(path: Path) -> list[Conversation]:
@@ -73,5 +77,5 @@ def read_split(path: Path) -> list[Conversation]:
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         row = json.loads(line)
         rows.append(Conversation(messages=row.get("messages", []), location=f"{path.name}:{i}",
-                                 tools=row.get("tools"), text=row.get("text")))
+                                 tools=row.get("tools"), text=row.get("text"), rejected=row.get("rejected")))
     return rows

@@ -4,6 +4,10 @@ where a provider takes that format, writes a conversation back out. ``FORMATS`` 
 
 What a format cannot express (tools in Bedrock's format, a plain-text row in a chat format) raises
 ``CannotExpress`` on writing, so a converted file never loses part of a conversation silently.
+
+Preference records (OpenAI's DPO format, TRL's prompt/chosen/rejected) are read into conversations whose last
+assistant message is the chosen answer and ``rejected`` the other; only ``openai_dpo`` writes them back, and the
+validate stage takes them only for hosted DPO (``backend.objective=dpo``).
 """
 
 from __future__ import annotations
@@ -19,10 +23,6 @@ SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
     "function_call": "assistant", "observation": "tool", "tool": "tool",
 }
-
-
-class PreferenceData(DataError):
-    """A file of chosen/rejected pairs: a different kind of data, refused as a whole, not row by row."""
 
 
 class CannotExpress(ValueError):
@@ -136,12 +136,18 @@ def _read_messages(record: dict[str, Any]) -> Conversation:
 def _chat_only(c: Conversation, fmt: str) -> None:
     if c.is_text:
         raise CannotExpress(f"a plain-text row has no place in the {fmt} format")
+    if c.rejected is not None:
+        raise CannotExpress(f"the {fmt} format has no place for a rejected answer (openai_dpo has)")
 
 
 def _write_openai(c: Conversation) -> dict[str, Any]:
     _chat_only(c, "OpenAI chat")
+    return {"messages": _openai_messages(c.messages), **({"tools": c.tools} if c.tools else {})}
+
+
+def _openai_messages(conversation: list[Message]) -> list[dict[str, Any]]:
     messages = []
-    for m in c.messages:
+    for m in conversation:
         out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
         if m.get("tool_calls"):
             out["content"] = m["content"] or None
@@ -153,7 +159,7 @@ def _write_openai(c: Conversation) -> dict[str, Any]:
             ]
         out.update({k: m[k] for k in ("tool_call_id", "name") if k in m})
         messages.append(out)
-    return {"messages": messages, **({"tools": c.tools} if c.tools else {})}
+    return messages
 
 
 def _plain_turns(c: Conversation, fmt: str) -> tuple[str | None, list[Message]]:
@@ -278,6 +284,50 @@ def _read_prompt_completion(record: dict[str, Any]) -> Conversation:
                           {"role": "assistant", "content": _string(completion, "'completion'")}])
 
 
+# ── preference pairs (hosted DPO): OpenAI's DPO format and TRL's prompt / chosen / rejected ──
+
+def _answer(value: Any, what: str) -> str:
+    """One answer: a string, or a list of one assistant message (OpenAI's outputs, TRL's conversational pairs)."""
+    if not isinstance(value, list):
+        return _string(value, what)
+    if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
+        raise DataError(f"{what} must be one assistant message")
+    return _content(value[0].get("content"), f"{what} content")
+
+
+def _pair(prompt: list[Message], chosen: Any, rejected: Any, names: tuple[str, str], tools: Any = None
+          ) -> Conversation:
+    answer = {"role": "assistant", "content": _answer(chosen, f"'{names[0]}'")}
+    return Conversation(messages=[*prompt, answer], location="", tools=_tools(tools),
+                        rejected=_answer(rejected, f"'{names[1]}'"))
+
+
+def _read_openai_dpo(record: dict[str, Any]) -> Conversation:
+    source = record["input"]
+    if not isinstance(source, dict) or not isinstance(source.get("messages"), list):
+        raise DataError("'input' must be an object with 'messages'")
+    prompt = _read_messages({"messages": source["messages"]}).messages
+    return _pair(prompt, record["preferred_output"], record["non_preferred_output"],
+                 ("preferred_output", "non_preferred_output"), source.get("tools"))
+
+
+def _read_preference(record: dict[str, Any]) -> Conversation:
+    prompt = record["prompt"]
+    messages = _read_messages({"messages": prompt}).messages if isinstance(prompt, list) else \
+        [{"role": "user", "content": _string(prompt, "'prompt'")}]
+    return _pair(messages, record["chosen"], record["rejected"], ("chosen", "rejected"), record.get("tools"))
+
+
+def _write_openai_dpo(c: Conversation) -> dict[str, Any]:
+    """OpenAI's DPO JSONL: the conversation before the chosen answer as ``input``, then both answers."""
+    if c.is_text or c.rejected is None:
+        raise CannotExpress("the OpenAI DPO format needs a preference pair (a chosen and a rejected answer)")
+    last = max(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    source = {"messages": _openai_messages(c.messages[:last]), **({"tools": c.tools} if c.tools else {})}
+    return {"input": source, "preferred_output": [{"role": "assistant", "content": c.messages[last]["content"]}],
+            "non_preferred_output": [{"role": "assistant", "content": c.rejected}]}
+
+
 # ── plain text: continued pre-training, loss on every token ──
 
 def _read_text(record: dict[str, Any]) -> Conversation:
@@ -296,6 +346,10 @@ FORMATS: dict[str, Format] = {
         Format("gemini", "'contents' (Gemini)", _has("contents"), _read_gemini, _write_gemini),
         Format("prompt_completion", "'prompt' + 'completion'", _has("prompt", "completion"),
                _read_prompt_completion, None),
+        Format("openai_dpo", "'input' + 'preferred_output' + 'non_preferred_output' (OpenAI DPO)",
+               _has("input", "preferred_output", "non_preferred_output"), _read_openai_dpo, _write_openai_dpo),
+        Format("preference", "'prompt' + 'chosen' + 'rejected' (preference pairs)",
+               _has("prompt", "chosen", "rejected"), _read_preference, None),
         Format("text", "'text' (plain text, continued pre-training)", _has("text"), _read_text, None),
         Format("bedrock", "'system' + 'messages' (Bedrock)", None, None, _write_bedrock),
         Format("bedrock_conversation", "'schemaVersion' + 'messages' (Bedrock conversation)", None, None,
@@ -304,21 +358,11 @@ FORMATS: dict[str, Format] = {
 }
 READABLE = tuple(name for name, f in FORMATS.items() if f.read is not None)
 WRITABLE = {"openai": "messages", "gemini": "gemini", "bedrock": "bedrock",  # output name → format
-            "bedrock_conversation": "bedrock_conversation"}
+            "bedrock_conversation": "bedrock_conversation", "openai_dpo": "openai_dpo"}
 
 
 def _keys(record: Any) -> str:
     return ", ".join(sorted(map(str, record))) if isinstance(record, dict) else type(record).__name__
-
-
-def _preference_refusal(record: dict[str, Any]) -> DataError | None:
-    if "chosen" in record and "rejected" in record:
-        return PreferenceData(
-            f"preference data (chosen/rejected: keys {_keys(record)}); finetune trains supervised fine-tuning "
-            "only so far, which a preference pair does not fit; train a preference method (DPO) elsewhere, or "
-            "keep only the chosen answers as messages"
-        )
-    return None
 
 
 def detect(record: Any) -> str:
@@ -326,8 +370,6 @@ def detect(record: Any) -> str:
     often carry a rendered ``text`` column too)."""
     if not isinstance(record, dict):
         raise DataError(f"a record must be a JSON object, got {type(record).__name__}")
-    if (refusal := _preference_refusal(record)) is not None:
-        raise refusal
     matches = [n for n in READABLE if n != "text" and FORMATS[n].detect(record)]
     if not matches and FORMATS["text"].detect(record):
         matches = ["text"]
@@ -344,8 +386,6 @@ def read(record: Any, fmt: str) -> Conversation:
     """One record in format ``fmt`` as a canonical conversation (location left for the caller)."""
     if not isinstance(record, dict):
         raise DataError(f"a record must be a JSON object, got {type(record).__name__}")
-    if (refusal := _preference_refusal(record)) is not None:
-        raise refusal
     spec = FORMATS[fmt]
     if not spec.detect(record):  # type: ignore[misc]
         try:
@@ -357,6 +397,6 @@ def read(record: Any, fmt: str) -> Conversation:
 
 
 def write(c: Conversation, output: str) -> dict[str, Any]:
-    """``c`` as a record of provider format ``output`` (openai, gemini, bedrock, bedrock_conversation);
+    """``c`` as a record of provider format ``output`` (openai, openai_dpo, gemini, bedrock, bedrock_conversation);
     ``CannotExpress`` if it holds something that format has no place for."""
     return FORMATS[WRITABLE[output]].write(c)  # type: ignore[misc]

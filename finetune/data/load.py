@@ -47,8 +47,6 @@ def load_source(path: str, fmt: str = "auto", *, columns: dict[str, str] | None 
             record = _renamed(record, columns or {})
             chosen = chosen or formats.detect(record)
             c = dataclasses.replace(formats.read(record, chosen), location=location, source=name)
-        except formats.PreferenceData as e:
-            raise DataError(f"{location}: {e}") from None
         except DataError as e:
             invalid.append(str(e) if str(e).startswith(location) else f"{location}: {e}")
             continue

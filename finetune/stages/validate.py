@@ -129,6 +129,21 @@ def _length_stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
+def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
+    """Preference pairs train only as hosted DPO, and DPO only on pairs: the first row that does not fit is named
+    before any check runs, rather than a provider's format refusing every row later (or dropping the rejected)."""
+    dpo = run.backend.objective == "dpo"
+    misfit = next((c for c in rows if (c.rejected is None) == dpo), None)
+    if misfit is None:
+        return
+    if dpo:
+        raise DataError(f"{misfit.location}: no rejected answer; backend.objective=dpo trains on preference pairs "
+                        "(prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output) — give "
+                        "pairs on every row, or set backend.objective=supervised")
+    raise DataError(f"{misfit.location}: preference data (chosen/rejected); this run trains supervised — set "
+                    "backend=openai backend.objective=dpo for hosted DPO, or keep only the chosen answers")
+
+
 @dataclass
 class Validated:
     splits: dict[str, list[Conversation]]
@@ -147,6 +162,7 @@ def prepare(run: RunConfig, synthetic: Path | None = None) -> Validated:
     seconds["read"] = round(time.monotonic() - started - seconds["load_tokenizer"], 3)
     reports: dict[str, CheckReport] = {}
     pool = [c for result in loaded.values() for c in result.conversations]
+    _fits_objective(run, pool)
     records = sum(result.records for result in loaded.values())
     where = next(iter(loaded)) if len(loaded) == 1 and not d.sources else \
         "dataset.sources" if d.sources else "dataset.path + dataset.synthetic"
@@ -157,6 +173,7 @@ def prepare(run: RunConfig, synthetic: Path | None = None) -> Validated:
         for name, path in (("validation", d.validation_path), ("test", d.test_path)):
             held = _load(str(path), _fixed(d, str(path)), d)
             loaded[str(path)] = held
+            _fits_objective(run, held.conversations)
             splits[name] = _checked(run, held.conversations, tokenizer, reports, str(path), held.records, seconds)
     else:
         index = random_split(len(checked.rows), d.validation_fraction, d.test_fraction, run.seed, where)
@@ -214,7 +231,8 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
 _PREPARED: dict[str, Validated] = {}  # the pre-run check's result, which `run` reuses when nothing changed
 
 
-CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len")  # what prepare reads (the stage's fingerprint)
+# What prepare reads (the stage's fingerprint); the objective decides whether preference pairs are taken
+CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len", "backend.objective")
 
 
 def input_files(run: RunConfig) -> list[Path]:

@@ -1,6 +1,7 @@
 """backend=openai: any OpenAI-compatible fine-tuning API (``backend.base_url``), through the official ``openai``
-SDK: files uploaded with ``purpose=fine-tune``, ``fine_tuning.jobs.create`` with ``method={type: supervised}``,
-status and metrics events polled, checkpoints listed, the tuned model asked through the same API.
+SDK: files uploaded with ``purpose=fine-tune``, ``fine_tuning.jobs.create`` with ``method={type: supervised}``
+(or ``dpo`` with ``backend.objective=dpo``, on preference pairs), status and metrics events polled, checkpoints
+listed, the tuned model asked through the same API.
 
 OpenAI itself is winding self-serve fine-tuning down (no new organisations since 2026-05-07, no one from
 2027-01-06); its wire format lives on at other providers, which is why the URL is a setting.
@@ -58,12 +59,34 @@ def _count_chat(encoding: Any) -> Any:
     return count
 
 
+def _count_dpo(encoding: Any) -> Any:
+    """A DPO example trains on its input and both outputs, each output counted as a chat message of its own."""
+    chat = _count_chat(encoding)
+
+    def count(record: dict[str, Any]) -> int:
+        return chat(record["input"]) + chat({"messages": record["preferred_output"]}) + \
+            chat({"messages": record["non_preferred_output"]})
+
+    return count
+
+
+def _dpo_problems(record: dict[str, Any]) -> list[str]:
+    """OpenAI's DPO rules: a prompt that ends with the user's turn, and two non-empty answers."""
+    messages = record["input"]["messages"]
+    found = [f"input message {i} has role {m['role']!r}" for i, m in enumerate(messages) if m["role"] not in ROLES]
+    if not messages or messages[-1]["role"] != "user":
+        found.append("the input does not end with a user message")
+    found += [f"{key} is empty" for key in ("preferred_output", "non_preferred_output")
+              if not (record[key][0].get("content") or "").strip()]
+    return found
+
+
 class OpenAIProvider:
     name = "openai"
     title = "OpenAI-compatible fine-tuning API"
 
     def data_format(self, run: Any) -> str:
-        return "openai"
+        return "openai_dpo" if run.backend.objective == "dpo" else "openai"
 
     def check(self, run: Any) -> None:
         cfg = run.backend
@@ -76,6 +99,8 @@ class OpenAIProvider:
                                     f"jobs to {cfg.base_url} with the key from that environment variable")
 
     def problems(self, record: dict[str, Any], run: Any) -> list[str]:
+        if run.backend.objective == "dpo":
+            return _dpo_problems(record)
         messages = record["messages"]
         found = [f"message {i} has role {m['role']!r}" for i, m in enumerate(messages) if m["role"] not in ROLES]
         if not any(m["role"] == "assistant" for m in messages):
@@ -89,13 +114,17 @@ class OpenAIProvider:
         name = "cl100k_base" if model.startswith(("gpt-3.5", "gpt-4-")) else "o200k_base"
         exact = model.startswith(("gpt-", "o1", "o3", "o4"))
         how = f"tiktoken's {name} and OpenAI's chat counting recipe"
-        return TokenCount(_count_chat(tiktoken_encoding(name)),
+        count = _count_chat
+        if run.backend.objective == "dpo":
+            how, count = f"{how}, the input and both outputs of each pair (what DPO trains and bills)", _count_dpo
+        return TokenCount(count(tiktoken_encoding(name)),
                           how if exact else f"{how} (an approximation for {model}, whose tokenizer differs)")
 
     def hyperparameters(self, run: Any) -> dict[str, Any]:
         cfg = run.backend
-        return {"n_epochs": cfg.epochs or "auto", "batch_size": cfg.batch_size or "auto",
-                "learning_rate_multiplier": cfg.lr_multiplier or "auto"}
+        hp = {"n_epochs": cfg.epochs or "auto", "batch_size": cfg.batch_size or "auto",
+              "learning_rate_multiplier": cfg.lr_multiplier or "auto"}
+        return {**hp, "beta": cfg.dpo_beta or "auto"} if cfg.objective == "dpo" else hp
 
     def notices(self, run: Any) -> Sequence[str]:
         if urlparse(run.backend.base_url or "").hostname != "api.openai.com":
@@ -143,7 +172,7 @@ class OpenAISession:
         job = self._call("the fine-tuning job", self.client.fine_tuning.jobs.create,
                          model=run.backend.base_model, training_file=ids["train"],
                          validation_file=ids.get("validation"), seed=run.seed, suffix=run.run_name[:40],
-                         method={"type": "supervised", "supervised": {"hyperparameters": hp}})
+                         method={"type": run.backend.objective, run.backend.objective: {"hyperparameters": hp}})
         return job.id
 
     def job(self, job_id: str) -> Job:

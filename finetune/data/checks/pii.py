@@ -84,7 +84,10 @@ class PiiSettings:
 
 
 def _texts(c: Conversation) -> list[str]:
-    return [c.text or ""] if c.is_text else [m["content"] for m in c.messages]
+    """Every text that is uploaded or trained on, the rejected answer of a preference row included."""
+    if c.is_text:
+        return [c.text or ""]
+    return [m["content"] for m in c.messages] + ([c.rejected] if c.rejected is not None else [])
 
 
 def _find(data: CheckInput) -> Outcome:
@@ -101,7 +104,8 @@ def _find(data: CheckInput) -> Outcome:
 def _redact(c: Conversation, settings: PiiSettings) -> Conversation:
     if c.is_text:
         return dataclasses.replace(c, text=redact_text(c.text or ""))
-    return dataclasses.replace(c, messages=[{**m, "content": redact_text(m["content"])} for m in c.messages])
+    return dataclasses.replace(c, messages=[{**m, "content": redact_text(m["content"])} for m in c.messages],
+                               rejected=None if c.rejected is None else redact_text(c.rejected))
 
 
 CHECK = Check("pii", "rows", "personal data", PiiSettings, _find, redact=_redact)

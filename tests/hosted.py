@@ -1,5 +1,6 @@
 """What the hosted backends' tests share: a run's files as text (for canary keys), a run interrupted with Ctrl-C
-as soon as its job is submitted, and rows our data checks accept but a provider's format rules refuse."""
+as soon as its job is submitted, rows our data checks accept but a provider's format rules refuse, and the
+support_bot recipe run through a backend."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from .conftest import run_cli
 
 
 def files_text(run_dir: Path) -> str:
@@ -44,3 +47,19 @@ def calls_a_tool(i: int) -> dict:
     return {"messages": [{"role": "user", "content": f"Where is order {i}?"},
                          {"role": "assistant", "content": "", "tool_calls": [call]},
                          {"role": "tool", "content": "shipped"}, {"role": "assistant", "content": "It shipped."}]}
+
+
+def run_support_bot(backend: list[str], cwd: Path, env: dict[str, str]) -> Path:
+    """The issue's command: the real recipe (SmolLM2's tokenizer, the Japanese support data, its judge) with only
+    the backend changed; checks that it ran validate → train → evaluate → card with the recipe's metrics and
+    returns the run directory."""
+    run_dir = cwd / "run"
+    run_cli("+recipe=support_bot", *backend, "backend.submit=true", "backend.poll_interval_s=0.05",
+            "eval.max_samples=3", "eval.max_new_tokens=48", "eval.judge.max_samples=2", f"hydra.run.dir={run_dir}",
+            cwd=cwd, env=env)
+    done = {p.parent.name for p in run_dir.glob("*/manifest.json") if json.loads(p.read_text())["status"] == "complete"}
+    assert done == {"validate", "train", "evaluate", "card"}
+    metrics = json.loads((run_dir / "evaluate" / "eval.json").read_text())["metrics"]
+    assert {"bleu", "judge: overall"} <= set(metrics)
+    assert any("never asks for credentials" in row for row in metrics)  # the recipe's style rule
+    return run_dir

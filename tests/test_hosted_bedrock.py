@@ -13,7 +13,7 @@ import pytest
 
 from .bedrock_proxy import LOSSES, BedrockProxy
 from .conftest import SYSTEM, TINY, conversation, run_cli, run_dirs
-from .hosted import calls_a_tool, ends_with_a_question, files_text, interrupt_once_submitted
+from .hosted import calls_a_tool, ends_with_a_question, files_text, interrupt_once_submitted, run_support_bot
 from .openai_ft_server import OpenAIFineTuningServer
 
 MODEL, REGION, BUCKET = "amazon.nova-micro-v1:0", "us-east-1", "ft-test-data"
@@ -323,16 +323,6 @@ def test_bedrocks_rules_for_a_record():
 
 @pytest.mark.slow
 def test_the_support_bot_recipe_runs_through_bedrock_to_its_card(proxy, chat, aws, env, tmp_path):
-    """The issue's command: the real recipe (SmolLM2's tokenizer, the Japanese support data, its judge) with only
-    the backend changed."""
-    run_cli("+recipe=support_bot", "backend=bedrock", f"backend.base_url={proxy.url}",
-            f"backend.bucket=s3://{BUCKET}/tuning", f"backend.role_arn={ROLE}", f"backend.chat_base_url={chat.url}",
-            "backend.submit=true", "backend.poll_interval_s=0.05", "eval.max_samples=3", "eval.max_new_tokens=48",
-            "eval.judge.max_samples=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
-    run_dir = tmp_path / "run"
-    done = {p.parent.name for p in run_dir.glob("*/manifest.json") if json.loads(p.read_text())["status"] == "complete"}
-    assert done == {"validate", "train", "evaluate", "card"}
-    result = json.loads((run_dir / "evaluate" / "eval.json").read_text())
-    assert {"bleu", "judge: overall"} <= set(result["metrics"])
-    assert any("never asks for credentials" in row for row in result["metrics"])  # the recipe's style rule
+    run_dir = run_support_bot(["backend=bedrock", f"backend.base_url={proxy.url}", f"backend.bucket=s3://{BUCKET}/tuning",
+                               f"backend.role_arn={ROLE}", f"backend.chat_base_url={chat.url}"], tmp_path, env)
     assert SECRET not in files_text(run_dir) and KEY not in files_text(run_dir)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import TINY, conversation, run_cli, run_dirs, word
-from .hosted import files_text, interrupt_once_submitted
+from .hosted import files_text, interrupt_once_submitted, run_support_bot
 from .openai_ft_server import STEPS, OpenAIFineTuningServer
 
 KEY = "sk-canary-4f1c9e0d"  # must never reach a file
@@ -131,20 +131,9 @@ def test_a_job_succeeds_and_the_tuned_model_is_evaluated_through_the_api(api, da
 
 @pytest.mark.slow
 def test_the_support_bot_recipe_runs_through_the_api_to_its_card(api, tmp_path):
-    """The issue's command: the real recipe (SmolLM2's tokenizer, the Japanese support data, its judge) with only
-    the backend changed."""
-    proc = run_cli("+recipe=support_bot", "backend=openai", f"backend.base_url={api.url}", "backend.submit=true",
-                   "backend.poll_interval_s=0.05", "eval.max_samples=3", "eval.max_new_tokens=48",
-                   "eval.judge.max_samples=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path,
-                   env={"OPENAI_API_KEY": KEY})
-    run_dir = tmp_path / "run"
-    done = {p.parent.name for p in run_dir.glob("*/manifest.json")
-            if json.loads(p.read_text())["status"] == "complete"}
-    assert done == {"validate", "train", "evaluate", "card"}, proc.stdout[-2000:]
-    result = json.loads((run_dir / "evaluate" / "eval.json").read_text())
-    assert {"bleu", "judge: overall"} <= set(result["metrics"])
-    assert any("never asks for credentials" in row for row in result["metrics"])  # the recipe's style rule
-    assert result["models"]["tuned"]["source"].startswith("ft:gpt-4.1-mini-2025-04-14:")
+    run_dir = run_support_bot(["backend=openai", f"backend.base_url={api.url}"], tmp_path, {"OPENAI_API_KEY": KEY})
+    tuned = json.loads((run_dir / "evaluate" / "eval.json").read_text())["models"]["tuned"]["source"]
+    assert tuned.startswith("ft:gpt-4.1-mini-2025-04-14:")
     assert KEY not in files_text(run_dir)
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import SYSTEM, TINY, conversation, run_cli, run_dirs
-from .hosted import calls_a_tool, ends_with_a_question, files_text, interrupt_once_submitted
+from .hosted import calls_a_tool, ends_with_a_question, files_text, interrupt_once_submitted, run_support_bot
 from .openai_ft_server import OpenAIFineTuningServer
 from .vertex_server import TOKEN, VertexServer
 
@@ -225,16 +225,7 @@ def test_gemini_rules_adapter_sizes_and_the_chat_endpoint():
 
 @pytest.mark.slow
 def test_the_support_bot_recipe_runs_through_vertex_to_its_card(vertex, chat, env, tmp_path):
-    """The issue's command: the real recipe (SmolLM2's tokenizer, the Japanese support data, its judge) with only
-    the backend changed."""
-    run_cli("+recipe=support_bot", "backend=vertex", f"backend.base_url={vertex.url}", f"backend.project={PROJECT}",
-            f"backend.region={REGION}", f"backend.bucket=gs://{BUCKET}/tuning", f"backend.chat_base_url={chat.url}",
-            "backend.submit=true", "backend.poll_interval_s=0.05", "eval.max_samples=3", "eval.max_new_tokens=48",
-            "eval.judge.max_samples=2", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env=env)
-    run_dir = tmp_path / "run"
-    done = {p.parent.name for p in run_dir.glob("*/manifest.json") if json.loads(p.read_text())["status"] == "complete"}
-    assert done == {"validate", "train", "evaluate", "card"}
-    result = json.loads((run_dir / "evaluate" / "eval.json").read_text())
-    assert {"bleu", "judge: overall"} <= set(result["metrics"])
-    assert any("never asks for credentials" in row for row in result["metrics"])  # the recipe's style rule
+    run_dir = run_support_bot(["backend=vertex", f"backend.base_url={vertex.url}", f"backend.project={PROJECT}",
+                               f"backend.region={REGION}", f"backend.bucket=gs://{BUCKET}/tuning",
+                               f"backend.chat_base_url={chat.url}"], tmp_path, env)
     assert KEY not in files_text(run_dir)

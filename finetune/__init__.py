@@ -1,6 +1,6 @@
 """finetune: a declarative, Hydra-driven pipeline that fine-tunes language models.
 
-Entry point: ``python -m finetune`` (see ``__main__.py``), which composes ``conf/`` and runs the stage graph
+Entry point: ``python -m finetune`` (see ``cli.py``), which composes ``conf/`` and runs the stage graph
 (``pipeline/graph.py``) over the stages in ``stages/``.
 """
 

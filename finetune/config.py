@@ -80,6 +80,7 @@ class SourceConfig:
 ChecksConfig = make_dataclass(
     "ChecksConfig", [(name, check.settings, field(default_factory=check.settings)) for name, check in CHECKS.items()]
 )
+ChecksConfig.__module__ = __name__  # pickled by reference, like the other classes (a sweep's jobs on submitit)
 
 
 @dataclass
@@ -268,6 +269,17 @@ class PublishConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a multirun's jobs are ranked (finetune/sweep/): the summary marks the best job by ``metric``, and an
+    Optuna search (``hparams_search=optuna``) optimises it. No stage reads these keys: changing them reruns
+    nothing."""
+
+    # eval_loss (train's best or last), train_loss, tokens_per_s, or a metric of evaluate's table (rouge, …)
+    metric: str = "eval_loss"
+    direction: str = _field("auto", choices=("auto", "minimize", "maximize"))  # auto: losses down, scores up
+
+
+@dataclass
 class RunConfig:
     run_name: str = "default"
     seed: int = 42
@@ -281,6 +293,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     card: CardConfig = field(default_factory=CardConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def _range_text(meta: dict[str, Any]) -> str:

@@ -46,7 +46,7 @@ def main() -> None:
 
         stages.STAGES = tuple(wrap(s) if s.name == stage_name else s for s in stages.STAGES)
 
-    from finetune.__main__ import main as finetune_main
+    from finetune.cli import main as finetune_main
 
     sys.argv = ["finetune", *args]
     finetune_main()

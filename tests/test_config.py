@@ -9,7 +9,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from finetune import resolvers
-from finetune.__main__ import register_recipes
+from finetune.cli import register_recipes
 from finetune.config import ConfigError, load_run_config
 from finetune.paths import CONF_DIR
 

@@ -28,6 +28,7 @@ from finetune.errors import UserError
 from finetune.models import load_config, load_tokenizer, resolve_model_source, torch_dtype
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json
+from finetune.sweep import trial
 from finetune.training import Batcher, jsonl_log, make_trainer, progress_bar
 
 log = logging.getLogger(__name__)
@@ -156,8 +157,8 @@ def _arguments(run: RunConfig, checkpoints: Path, has_eval: bool) -> Any:
 
 def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, has_eval: bool
                ) -> tuple[list[Any], Any]:
-    """Early stopping on every process; the bar, the loss log and TensorBoard (returned to be closed) on the
-    main one."""
+    """Early stopping on every process; the bar, the loss log, TensorBoard (returned to be closed) and, in an
+    Optuna search, the trial's pruning on the main one."""
     from transformers import EarlyStoppingCallback
 
     callbacks: list[Any] = []
@@ -171,6 +172,8 @@ def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, 
     tensorboard = SummaryWriter(log_dir=str(ctx.out_dir / "tensorboard"))
     callbacks += [TensorBoardCallback(tensorboard), jsonl_log(ctx.out_dir / "loss.jsonl", resume_step),
                   progress_bar()]
+    if has_eval and (pruning := trial.pruning_callback(ctx.run_dir)):
+        callbacks.append(pruning)  # last: the eval loss is logged before a pruned trial stops
     return callbacks, tensorboard
 
 

@@ -180,3 +180,15 @@ def test_slurm_launcher_takes_the_resources_group(tmp_path):
     proc = run_cli("hydra/launcher=submitit_slurm", "+resources=slurm_1gpu", "--cfg", "hydra", cwd=tmp_path)
     launcher = proc.stdout.split("launcher:", 1)[1]
     assert "SlurmLauncher" in launcher and "gpus_per_node: 1" in launcher and "max_num_timeout: 3" in launcher
+
+
+def test_multi_objective_search_keeps_both_values_and_does_not_prune(dataset, tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_cli("-m", *SEARCH, f"dataset.path={dataset}", "hydra.sweeper.n_trials=2", "train.max_steps=2",
+                   "hydra.sweeper.objectives=[eval_loss,tokens_per_s]", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    searched = study(sweep)
+    assert [d.name for d in searched.directions] == ["MINIMIZE", "MAXIMIZE"]
+    for row, trial in zip(summary(sweep)["rows"], searched.trials, strict=True):
+        assert trial.values == [pytest.approx(row["eval_loss"]), pytest.approx(row["tokens_per_s"])]
+    assert "pruning is off" in proc.stdout + proc.stderr
+    assert not any(t.intermediate_values for t in searched.trials)

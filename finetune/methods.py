@@ -108,6 +108,16 @@ def peft_config(method: Method, cfg: Any, model_type: str) -> Any:
                       task_type="CAUSAL_LM")
 
 
+def sets_sorted(model: Any) -> Any:
+    """peft keeps ``target_modules`` as a set and writes it to ``adapter_config.json`` in iteration order, which
+    Python's per-process string hashing changes: a rerun would write a different file. Sorted, it does not."""
+    for config in getattr(model, "peft_config", {}).values():
+        for name, value in vars(config).items():
+            if isinstance(value, set):
+                setattr(config, name, sorted(value, key=str))
+    return model
+
+
 def adapter_in_compute_dtype(method: Method, model: Any, dtype: Any) -> None:
     """TRL casts a quantized model's trainable weights to bf16 (the QLoRA paper's choice on GPUs); keep them in
     the compute dtype instead — fp32 on CPU, where bf16 matmuls are two orders of magnitude slower."""

@@ -177,15 +177,10 @@ def _gpu_table() -> list[dict[str, Any]]:
 def cpu_name() -> str:
     """This CPU's model name and core count ("AMD EPYC 9454P, 2 cores"), for plans and cards."""
     import os
-    import platform
 
-    name = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                name = line.split(":", 1)[1].strip()
-                break
-    return f"{name}, {os.cpu_count()} cores"
+    from finetune.pipeline.env import cpu_model
+
+    return f"{cpu_model()}, {os.cpu_count()} cores"
 
 
 def _cpu_matmul_flops() -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -158,3 +159,65 @@ def test_an_edited_input_file_reruns_the_stage_that_reads_it(spec, tmp_path):
     rec = Recorder()
     run_graph(spec, tmp_path, rec.stages())
     assert rec.calls == [("a", False), ("b", False)]
+
+
+def _edit_manifest(stage_dir: Path, edit) -> None:
+    path = stage_dir / "manifest.json"
+    manifest = json.loads(path.read_text())
+    edit(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def _warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def test_manifest_records_the_config_values_and_the_environment(spec, tmp_path):
+    from finetune.pipeline.env import environment
+
+    run_graph(spec, tmp_path, Recorder().stages())
+    a = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    b = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert a["config"] == {"seed": 42} and b["config"]["export"]["gguf_types"] == ["f16"]
+    assert a["environment"] == json.loads(json.dumps(environment()))
+    versions, hardware = a["environment"]["versions"], a["environment"]["hardware"]
+    assert {"python", "torch", "transformers", "peft", "llama-cpp-python", "finetune"} <= set(versions)
+    assert {"cpu", "cpu_count", "ram_total_gb", "gpus", "torch_threads"} <= set(hardware)
+
+
+def test_a_stage_kept_from_other_library_versions_warns_and_names_them(spec, tmp_path, caplog):
+    from finetune.pipeline.env import environment
+
+    now = environment()["versions"]
+    run_graph(spec, tmp_path, Recorder().stages())
+    _edit_manifest(tmp_path / "a", lambda m: m["environment"]["versions"].update(transformers="4.0.0", peft="0.1.0"))
+    _edit_manifest(tmp_path / "a", lambda m: m["environment"]["hardware"].update(cpu="another CPU"))
+    rec = Recorder()
+    with caplog.at_level(logging.WARNING):
+        run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == []  # versions are not in the fingerprint: nothing reruns
+    assert _warnings(caplog) == [
+        f"a/ was made with transformers 4.0.0 and peft 0.1.0; now transformers {now['transformers']} and peft "
+        f"{now['peft']} — its results may differ from a fresh run"]
+
+
+def test_a_resumed_stage_made_with_other_versions_warns(spec, tmp_path, caplog):
+    with pytest.raises(RuntimeError):
+        run_graph(spec, tmp_path, Recorder(fail_b=True).stages())
+    _edit_manifest(tmp_path / "b", lambda m: m["environment"]["versions"].update(numpy="1.0.0"))
+    rec = Recorder()
+    with caplog.at_level(logging.WARNING):
+        run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [("b", True)]
+    [warning] = _warnings(caplog)
+    assert warning.startswith("b/ was made with numpy 1.0.0; now numpy ")
+
+
+def test_manifests_written_before_the_environment_was_recorded_still_load(spec, tmp_path, caplog):
+    run_graph(spec, tmp_path, Recorder().stages())
+    for stage in ("a", "b"):
+        _edit_manifest(tmp_path / stage, lambda m: [m.pop("config"), m.pop("environment")])
+    rec = Recorder()
+    with caplog.at_level(logging.WARNING):
+        run_graph(spec, tmp_path, rec.stages())
+    assert rec.calls == [] and _warnings(caplog) == []

@@ -23,6 +23,6 @@ def load(run: Any) -> Any:
         return model
     from peft import get_peft_model
 
-    model = get_peft_model(model, peft_config)
+    model = methods.sets_sorted(get_peft_model(model, peft_config))
     methods.adapter_in_compute_dtype(method, model, dtype)
     return model

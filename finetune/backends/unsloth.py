@@ -46,8 +46,8 @@ def load(run: Any) -> Any:
     if not method.adapter:
         return model
     targets = methods.target_modules(run.method.target_modules, model.config.model_type)
-    return FastLanguageModel.get_peft_model(
+    return methods.sets_sorted(FastLanguageModel.get_peft_model(
         model, r=run.method.r, lora_alpha=run.method.alpha, lora_dropout=run.method.dropout, bias="none",
         target_modules=targets, use_rslora=run.method.rslora, random_state=run.seed,
         use_gradient_checkpointing="unsloth" if run.train.gradient_checkpointing else False,
-    )
+    ))

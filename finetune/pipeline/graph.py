@@ -7,6 +7,11 @@ exactly when something it depends on changed. A resumable stage (``train``) left
 continues from its last checkpoint); every other stage that runs starts from an empty folder, so no stale or
 half-written file survives.
 
+Each manifest records the config values the stage read and the environment it ran in (``env.py``). A stage kept
+from an earlier run (skipped as current, or resumed) whose library versions differ from this process's gets one
+warning naming them: its fingerprint is unchanged, so it does not rerun, but its results may differ from a fresh
+run's.
+
 ``check_graph`` runs before anything is written: the stage order, then each stage's own checks (data, model,
 method), so that bad input is refused before the first stage instead of in the middle of the run.
 """
@@ -25,9 +30,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from finetune.config import RunConfig, section
 from finetune.errors import UserError
+from finetune.pipeline.env import changed_versions, environment
 from finetune.pipeline.manifest import Manifest, fingerprint, sha256_path, umask_mode
 from finetune.redact import redact_text
 
@@ -96,16 +103,48 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def _config_values(stage: Stage, run: RunConfig) -> dict[str, Any]:
+    """The config values the stage reads: what its fingerprint hashes and its manifest records."""
+    return {key: section(run, key) for key in stage.config_keys}
+
+
+def _recorded(value: Any) -> Any:
+    """A config value as a manifest records it: plain JSON data, with secret environment values masked (config
+    keys name the variables that hold keys, never the keys, but a value may still quote one)."""
+    if isinstance(value, dict):
+        return {key: _recorded(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_recorded(item) for item in value]
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    return redact_text(str(value))
+
+
 def _fingerprint(stage: Stage, run: RunConfig, done: dict[str, Manifest]) -> str:
     return fingerprint({
         "stage": stage.name,
-        "config": {key: section(run, key) for key in stage.config_keys},
+        "config": _config_values(stage, run),
         "files": {str(path): sha256_path(path) for path in stage.input_files(run)},
         "inputs": {
             need: {"fingerprint": done[need].fingerprint, "artifacts": done[need].artifacts}
             for need in stage.needs
         },
     })
+
+
+def _named(versions: dict[str, str | None]) -> str:
+    """"transformers 5.24.0 and peft 0.21.2", as a warning names library versions."""
+    named = [f"{name} {version}" if version else f"no {name}" for name, version in versions.items()]
+    return " and ".join(named) if len(named) < 3 else ", ".join(named[:-1]) + " and " + named[-1]
+
+
+def _warn_if_versions_changed(manifest: Manifest) -> None:
+    """One warning line when a stage kept from an earlier run was made with other library versions."""
+    changed = changed_versions(manifest.environment, environment())
+    if changed:
+        log.warning("%s/ was made with %s; now %s — its results may differ from a fresh run", manifest.stage,
+                    _named({name: old for name, (old, _) in changed.items()}),
+                    _named({name: new for name, (_, new) in changed.items()}))
 
 
 def _is_current(manifest: Manifest | None, fp: str, stage_dir: Path) -> bool:
@@ -152,10 +191,14 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
     previous = Manifest.read(stage_dir)
     resume = (stage.resumable and previous is not None and previous.fingerprint == fp
               and previous.status in ("running", "failed", "interrupted"))
-    if not resume and stage_dir.exists():
+    if resume:
+        assert previous is not None
+        _warn_if_versions_changed(previous)
+    elif stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
-    manifest = Manifest(stage=stage.name, status="running", fingerprint=fp, started=_now())
+    manifest = Manifest(stage=stage.name, status="running", fingerprint=fp, started=_now(),
+                        config=_recorded(_config_values(stage, run)), environment=environment())
     manifest.write(stage_dir)
     ctx = StageContext(
         run_dir=run_dir,
@@ -244,6 +287,7 @@ def run_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> dict[st
             assert existing is not None
             if stage.name in run.stages:
                 log.info("── stage %s: complete with the same inputs, skipped", stage.name)
+            _warn_if_versions_changed(existing)
             done[stage.name] = existing
         elif stage.name in runs:
             done[stage.name] = _execute(stage, run, run_dir, fp, done)

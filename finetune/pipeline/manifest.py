@@ -1,5 +1,6 @@
-"""A stage's manifest (``<run>/<stage>/manifest.json``): status, timing, artifacts with content hashes, and the
-fingerprint of the inputs it was made from. Also the atomic-write and hashing helpers every stage uses."""
+"""A stage's manifest (``<run>/<stage>/manifest.json``): status, timing, artifacts with content hashes, the
+fingerprint of the inputs it was made from, and what reproduces it: the config values it read and the environment
+(library versions, source commit, hardware) it ran in. Also the atomic-write and hashing helpers every stage uses."""
 
 from __future__ import annotations
 
@@ -69,6 +70,9 @@ class Manifest:
     duration_s: float | None = None
     artifacts: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> {path, sha256}
     error: str | None = None
+    # What reproduces the stage; empty in manifests written before they were recorded.
+    config: dict[str, Any] = field(default_factory=dict)  # config key -> the value the stage read
+    environment: dict[str, Any] = field(default_factory=dict)  # versions, git, hardware (pipeline/env.py)
 
     def write(self, stage_dir: Path) -> None:
         atomic_write_json(stage_dir / MANIFEST_NAME, asdict(self))

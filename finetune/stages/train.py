@@ -233,6 +233,9 @@ def train_here(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     measured = peak.read()
     out_name = "adapter" if methods.METHODS[run.method.name].adapter else "model"
     trainer.save_model(str(ctx.out_dir / out_name))  # the Trainer saves from the main process only
+    # …with training_args.bin, a pickle that holds this run's paths: the folder would differ in every run directory,
+    # and a pickle is no format to hand on. The settings are in .hydra/ and the manifests.
+    (ctx.out_dir / out_name / "training_args.bin").unlink(missing_ok=True)
     artifacts = {out_name: out_name, "metrics": "metrics.json", "loss_log": "loss.jsonl",
                  "tensorboard": "tensorboard", "plan": "plan.json", "curves": "training_curves.png"}
     if not main:

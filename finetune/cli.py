@@ -171,6 +171,7 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog, in_sweep: bool) -> str:
         logs.to_file(run_dir)
         for why in dict.fromkeys(left_out.values()):
             log.info("stages left out: %s (%s)", ", ".join(n for n, w in left_out.items() if w == why), why)
+        _warn_if_rerun_of_other_versions(HydraConfig.get())
         try:
             manifests = run_graph(spec, run_dir, stages)
         except StopHere as e:
@@ -187,6 +188,21 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog, in_sweep: bool) -> str:
                 log.warning("report.html not written: %s: %s", type(e).__name__, e)
     print(_summary(run_dir, manifests))
     return "complete"
+
+
+def _warn_if_rerun_of_other_versions(hydra_cfg: DictConfig) -> None:
+    """A rerun from a run's saved config (``--config-path RUN/.hydra``) says which library versions differ from
+    those RUN's stages were made with: the same config may not give the same numbers under other versions."""
+    from finetune.pipeline.graph import warn_if_versions_changed
+    from finetune.pipeline.manifest import Manifest
+
+    main = next((s.path for s in hydra_cfg.runtime.config_sources if s.provider == "main"), "")
+    folder = Path(str(main).removeprefix("file://"))
+    if folder.name != ".hydra":
+        return
+    recorded = (Manifest.read(p.parent) for p in sorted(folder.parent.glob("*/manifest.json")))
+    if manifest := next((m for m in recorded if m and m.environment), None):
+        warn_if_versions_changed(manifest, where=f"{folder.parent} (the run this reruns)")
 
 
 def _refused(run_dir: Path, in_sweep: bool) -> None:

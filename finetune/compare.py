@@ -1,6 +1,7 @@
 """``python -m finetune compare RUN_A RUN_B [--json]``: what differs between two runs, in one table.
 
-Rows are the config keys whose values differ (from each run's saved ``.hydra/config.yaml``), then the numbers
+Rows are the config keys whose values differ (from each run's saved ``.hydra/config.yaml``) and the library
+versions or source commit that differ (from the manifests), then the numbers
 the runs produced: training loss and speed, every evaluation metric (tuned and base model), GGUF parity and each
 stage's duration. Columns: key | A | B | Δ (B − A, for numbers). A run directory alone is enough: nothing is
 recomputed.
@@ -88,6 +89,17 @@ def run_numbers(run_dir: Path) -> dict[str, Any]:
     return numbers
 
 
+def environment_values(run_dir: Path) -> dict[str, Any]:
+    """The library versions and source commit the run's stages recorded (the first manifest that has them)."""
+    for stage in STAGES:
+        environment = _read_json(run_dir / stage.name / MANIFEST_NAME).get("environment")
+        if environment:
+            git = environment.get("git") or {}
+            return {**{f"version.{name}": v for name, v in environment.get("versions", {}).items()},
+                    "git.commit": git.get("commit")}
+    return {}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -103,13 +115,16 @@ def _row(key: str, a: Any, b: Any) -> dict[str, Any]:
 
 
 def rows(a_dir: Path, b_dir: Path) -> tuple[list[dict[str, Any]], int]:
-    """The rows of the comparison (config keys that differ, then every number), and how many config keys are
-    equal."""
+    """The rows of the comparison (config keys, then library versions and source commit, that differ; then every
+    number), and how many config keys are equal."""
     config_a, config_b = config_values(a_dir), config_values(b_dir)
     keys = list(dict.fromkeys([*config_a, *config_b]))
     differing = [key for key in keys if config_a.get(key, ABSENT) != config_b.get(key, ABSENT)]
     numbers_a, numbers_b = run_numbers(a_dir), run_numbers(b_dir)
     table = [_row(key, config_a.get(key, ABSENT), config_b.get(key, ABSENT)) for key in differing]
+    env_a, env_b = environment_values(a_dir), environment_values(b_dir)
+    table += [{"key": key, "a": env_a.get(key, ABSENT), "b": env_b.get(key, ABSENT), "delta": None}
+              for key in dict.fromkeys([*env_a, *env_b]) if env_a.get(key, ABSENT) != env_b.get(key, ABSENT)]
     table += [_row(key, numbers_a.get(key, ABSENT), numbers_b.get(key, ABSENT))
               for key in dict.fromkeys([*numbers_a, *numbers_b])]
     return table, len(keys) - len(differing)

@@ -75,3 +75,19 @@ def test_bad_input_is_one_error_line_naming_the_path(runs, tmp_path, capsys):
         captured = capsys.readouterr()
         assert captured.out == "" and captured.err.startswith(f"error: {expected}"), argv
         assert captured.err.count("\n") == 1
+
+
+def test_library_versions_that_differ_are_rows(runs, tmp_path, capsys):
+    import shutil
+
+    a, b = runs
+    older = tmp_path / "older"
+    shutil.copytree(b, older)
+    for manifest in older.glob("*/manifest.json"):  # as if run b had been made with another transformers
+        data = json.loads(manifest.read_text())
+        data["environment"]["versions"]["transformers"] = "4.0.0"
+        manifest.write_text(json.dumps(data))
+    assert main([str(a), str(older)]) == 0
+    table = _table(capsys.readouterr().out)
+    assert table["version.transformers"][1] == "4.0.0" and table["version.transformers"][0] != "4.0.0"
+    assert "version.torch" not in table  # equal versions are left out

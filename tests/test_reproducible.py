@@ -51,3 +51,19 @@ def test_rerun_records_the_same_config_values_and_versions(runs):
         was, now = _json(first / stage / "manifest.json"), _json(rerun / stage / "manifest.json")
         assert now["config"] == was["config"] and was["config"], stage
         assert now["environment"]["versions"] == was["environment"]["versions"], stage
+
+
+def test_a_rerun_of_a_run_made_with_other_versions_names_them(runs, tmp_path):
+    import shutil
+
+    first, _ = runs
+    older = tmp_path / "older"
+    shutil.copytree(first, older)
+    for path in older.glob("*/manifest.json"):  # as if the run had been made with another transformers
+        manifest = _json(path)
+        manifest["environment"]["versions"]["transformers"] = "4.0.0"
+        path.write_text(json.dumps(manifest))
+    proc = run_cli("--config-path", str(older / ".hydra"), "--config-name", "config",
+                   f"hydra.run.dir={tmp_path / 'rerun'}", "stages=[validate]", cwd=tmp_path)
+    [line] = [line for line in proc.stdout.splitlines() if "was made with" in line]
+    assert f"{older} (the run this reruns) was made with transformers 4.0.0; now transformers 5." in line

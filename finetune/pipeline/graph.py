@@ -138,11 +138,13 @@ def _named(versions: dict[str, str | None]) -> str:
     return " and ".join(named) if len(named) < 3 else ", ".join(named[:-1]) + " and " + named[-1]
 
 
-def _warn_if_versions_changed(manifest: Manifest) -> None:
-    """One warning line when a stage kept from an earlier run was made with other library versions."""
+def warn_if_versions_changed(manifest: Manifest, where: str | None = None) -> None:
+    """One warning line when a stage kept from an earlier run (or the run a rerun reproduces, ``where``) was made
+    with other library versions."""
     changed = changed_versions(manifest.environment, environment())
     if changed:
-        log.warning("%s/ was made with %s; now %s — its results may differ from a fresh run", manifest.stage,
+        log.warning("%s was made with %s; now %s — its results may differ from a fresh run",
+                    where or f"{manifest.stage}/",
                     _named({name: old for name, (old, _) in changed.items()}),
                     _named({name: new for name, (_, new) in changed.items()}))
 
@@ -193,7 +195,7 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
               and previous.status in ("running", "failed", "interrupted"))
     if resume:
         assert previous is not None
-        _warn_if_versions_changed(previous)
+        warn_if_versions_changed(previous)
     elif stage_dir.exists():
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
@@ -287,7 +289,7 @@ def run_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> dict[st
             assert existing is not None
             if stage.name in run.stages:
                 log.info("── stage %s: complete with the same inputs, skipped", stage.name)
-            _warn_if_versions_changed(existing)
+            warn_if_versions_changed(existing)
             done[stage.name] = existing
         elif stage.name in runs:
             done[stage.name] = _execute(stage, run, run_dir, fp, done)

@@ -28,6 +28,7 @@ def run_dir(tmp_path_factory, dataset) -> Path:
     run_dir = work / "run"
     run_cli(*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={run_dir}",
             cwd=work)
+    assert (run_dir / "report.html").is_file()  # the CLI writes it at the end of every run
     return run_dir
 
 

@@ -111,7 +111,7 @@ SEARCH = [*QUICK, "train.eval_steps=2", "hparams_search=optuna", "method.r=choic
 def test_optuna_search_interrupted_in_its_third_trial_resumes_there(dataset, tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *SEARCH, f"dataset.path={dataset}", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.name=none",
-            "train.max_steps=30", "train.save_steps=5", "train.grad_accum=1", f"hydra.sweep.dir={sweep}"]
+            "train.max_steps=60", "train.save_steps=5", "train.grad_accum=1", f"hydra.sweep.dir={sweep}"]
     proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300

@@ -99,7 +99,7 @@ def _typed(text: str) -> int | float | str:
 
 
 def _seconds(job_dir: Path) -> float | None:
-    """Time spent in the job's stages (a rerun that skips them all does not reset it)."""
+    """Time spent in the job's stages, from their manifests: a rerun that skips them does not count as work."""
     durations = [m.get("duration_s") for m in map(_read_json, job_dir.glob(f"*/{MANIFEST_NAME}"))]
     return round(sum(d for d in durations if d), 1) if any(durations) else None
 
@@ -126,9 +126,10 @@ def collect(sweep_dir: Path, metric: str, direction: str) -> dict[str, Any]:
     best = pick(scored, key=lambda row: row[metric])["job"] if scored else None
     for row in rows:
         row["best"] = row["job"] == best
-    metrics = list(dict.fromkeys([metric, *TRAIN_METRICS, *(k for row in rows for k in row)]))
-    columns = ["job", "status", *swept, *(m for m in metrics if m not in ("job", "status", "best", "time_s",
-                                                                          "error", *swept)), "time_s", "error"]
+    not_metrics = ("job", "status", "best", "time_s", "error", *swept)
+    metrics = [name for name in dict.fromkeys([metric, *TRAIN_METRICS, *(k for row in rows for k in row)])
+               if name not in not_metrics]
+    columns = ["job", "status", *swept, *metrics, "time_s", "error"]
     return {"metric": metric, "direction": direction, "best_job": best, "swept": swept, "fixed": fixed,
             "columns": columns, "rows": rows}
 

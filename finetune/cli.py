@@ -30,7 +30,7 @@ from finetune.errors import UserError
 from finetune.paths import CONF_DIR, RECIPES_DIR
 from finetune.pipeline.manifest import atomic_write_json
 from finetune.pipeline.rundir import RunLog, locked, remove_created, save_run_config
-from finetune.redact import redact_text
+from finetune.redact import redact_text, redact_yaml
 from finetune.sweep import summary
 from finetune.sweep.optuna_search import register_config
 from finetune.sweep.summary import OUTCOME_NAME
@@ -136,7 +136,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     finally:
         logs.close()
     outcome = {"job": run_dir.name, "run_dir": str(run_dir), "status": status, "error": error,
-               "overrides": list(hydra_cfg.overrides.task), "seconds": round(time.monotonic() - started, 2)}
+               "overrides": [redact_yaml(o) for o in hydra_cfg.overrides.task],  # key=value: as saved
+               "seconds": round(time.monotonic() - started, 2)}
     if in_sweep:
         atomic_write_json(run_dir / OUTCOME_NAME, outcome)
     return outcome

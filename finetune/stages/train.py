@@ -172,7 +172,8 @@ def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, 
     tensorboard = SummaryWriter(log_dir=str(ctx.out_dir / "tensorboard"))
     callbacks += [TensorBoardCallback(tensorboard), jsonl_log(ctx.out_dir / "loss.jsonl", resume_step),
                   progress_bar()]
-    if has_eval and (pruning := trial.pruning_callback(ctx.run_dir)):
+    # One process only: a pruned rank 0 would leave the other ranks waiting at their next collective.
+    if has_eval and run.train.num_processes == 1 and (pruning := trial.pruning_callback(ctx.run_dir)):
         callbacks.append(pruning)  # last: the eval loss is logged before a pruned trial stops
     return callbacks, tensorboard
 

@@ -20,5 +20,5 @@ run: install
 	$(PY) -m finetune +recipe=support_bot
 
 test: install
-	$(PY) -m ruff check finetune tests benchmarks
+	$(PY) -m ruff check finetune hydra_plugins tests benchmarks
 	$(PY) -m pytest -q

@@ -115,7 +115,9 @@ def test_optuna_search_interrupted_in_its_third_trial_resumes_there(dataset, tmp
     proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
-    while not list(sweep.glob("2_*/train/checkpoints/checkpoint-10")) and time.monotonic() < deadline:
+    # a complete checkpoint (trainer_state.json is written last): one cut off mid-save is dropped on Ctrl-C
+    saved = "2_*/train/checkpoints/checkpoint-10/trainer_state.json"
+    while not list(sweep.glob(saved)) and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     assert proc.wait(timeout=120) == 130, proc.stderr.read()

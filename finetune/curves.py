@@ -67,6 +67,13 @@ def plot(train: list[dict[str, Any]], evals: list[dict[str, Any]], path: Path) -
     lr_ax.set_ylabel("learning rate")
     lr_ax.set_xlabel("optimizer step")
     lr_ax.grid(alpha=0.3)
+    save_png(fig, path)
+
+
+def save_png(fig: Any, path: Path) -> None:
+    """Write a matplotlib figure as a PNG under a temp name and rename it, so no half-written plot stays; close it."""
+    from matplotlib import pyplot as plt
+
     fig.tight_layout()
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, format="png", dpi=100)

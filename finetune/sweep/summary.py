@@ -20,7 +20,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from finetune.curves import read_log
+from finetune.curves import read_log, save_png
 from finetune.pipeline.manifest import MANIFEST_NAME, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -216,11 +216,7 @@ def plot(summary: dict[str, Any], path: Path) -> None:
         ax.yaxis.get_major_formatter().set_useOffset(False)  # 10.792, not +1.079e1 and 0.002
     ax.set_title(f"{len(done)} complete of {len(summary['rows'])} jobs")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
+    save_png(fig, path)
 
 
 def write_summary(sweep_dir: Path, metric: str, direction: str) -> dict[str, Any]:

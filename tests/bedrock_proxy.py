@@ -23,39 +23,36 @@ import json
 import threading
 import urllib.error
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .json_server import JsonServer, Reply, Request
 
 LOSSES = [2.1, 1.4, 0.9, 0.7]  # step_wise_training_metrics.csv of a completed job, one row a step
 ERRORS = {429: ("ThrottlingException", "Too many requests, please wait before trying again."),
           500: ("InternalServerException", "Internal server error")}
-SKIPPED_HEADERS = {"host", "content-length", "connection", "accept-encoding"}
+SKIPPED_REQUEST_HEADERS = {"host", "content-length", "connection", "accept-encoding"}
+SKIPPED_ANSWER_HEADERS = {"content-length", "transfer-encoding", "connection", "server", "date"}
 
 
-class BedrockProxy:
+class BedrockProxy(JsonServer):
     def __init__(self, moto_url: str, serves: set[str], s3: Any, reads: int = 3) -> None:
+        super().__init__()
         self.moto_url, self.serves, self.s3, self.reads = moto_url.rstrip("/"), serves, s3, reads
         self.fail_with: str | None = None
-        self.faults: dict[str, list[int]] = {}
-        self.log: list[tuple[str, str, int, str]] = []
         self.jobs: dict[str, dict[str, Any]] = {}  # job name → {"reads", "fail"}
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-    def forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes, dict]:
-        request = urllib.request.Request(self.moto_url + path, data=body or None, method=method, headers={
-            k: v for k, v in headers.items() if k.lower() not in SKIPPED_HEADERS})
+    def forward(self, request: Request) -> tuple[int, bytes, dict[str, str]]:
+        """moto's answer, less the headers that describe its connection rather than its content."""
+        sent = {k: v for k, v in request.headers.items() if k.lower() not in SKIPPED_REQUEST_HEADERS}
+        upstream = urllib.request.Request(self.moto_url + request.target, data=request.body or None, headers=sent,
+                                          method=request.method)
         try:
-            with urllib.request.urlopen(request, timeout=60) as answer:
-                return answer.status, answer.read(), dict(answer.headers)
+            with urllib.request.urlopen(upstream, timeout=60) as answer:
+                status, data, headers = answer.status, answer.read(), answer.headers
         except urllib.error.HTTPError as e:
-            return e.code, e.read(), dict(e.headers)
+            status, data, headers = e.code, e.read(), e.headers
+        return status, data, {k: v for k, v in dict(headers).items() if k.lower() not in SKIPPED_ANSWER_HEADERS}
 
     def created(self, body: bytes) -> None:
         self.jobs[json.loads(body)["jobName"]] = {"reads": 0, "fail": self.fail_with}
@@ -87,51 +84,22 @@ class BedrockProxy:
         self.s3.put_object(Bucket=bucket, Key=key,
                            Body=("step_number,epoch_number,training_loss,perplexity\n" + rows).encode())
 
-    def serve(self, method: str, path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes, dict]:
-        route = path.split("?")[0]
-        with self._lock:
-            queued = self.faults.get(route)
-            if queued:
-                status = queued.pop(0)
-                code, message = ERRORS[status]
-                return status, json.dumps({"message": message}).encode(), {
-                    "Content-Type": "application/json", "x-amzn-ErrorType": code, "x-amzn-RequestId": "proxy-fault"}
-        status, data, answer_headers = self.forward(method, path, headers, body)
-        parts = route.strip("/").split("/")
+    def respond(self, request: Request) -> Reply:
+        fault = self.next_fault(request.path)
+        if fault is not None:
+            code, message = ERRORS[fault]
+            return fault, {"message": message}, {"x-amzn-ErrorType": code, "x-amzn-RequestId": "proxy-fault"}
+        status, data, headers = self.forward(request)
+        method, parts = request.method, request.path.strip("/").split("/")
         with self._lock:
             if method == "POST" and parts == ["model-customization-jobs"] and status < 300:
-                self.created(body)
+                self.created(request.body)
             if method == "GET" and parts[:1] == ["model-customization-jobs"] and len(parts) == 2 and status == 200:
                 data = json.dumps(self.read(parts[1], json.loads(data))).encode()
-        return status, data, answer_headers
+        return status, data, headers
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        proxy = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method: str) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                status, data, headers = proxy.serve(method, self.path, dict(self.headers), body)
-                proxy.log.append((method, self.path.split("?")[0], status, self.headers.get("amz-sdk-request", "")))
-                self.send_response(status)
-                for name, value in headers.items():
-                    if name.lower() not in ("content-length", "transfer-encoding", "connection", "server", "date"):
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._serve("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._serve("POST")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
+    def entry(self, request: Request, status: int) -> tuple[Any, ...]:
+        return request.method, request.path, status, request.headers.get("amz-sdk-request", "")
 
 
 def _custom_model_arn(job: dict[str, Any]) -> str:

@@ -15,31 +15,27 @@ import json
 import threading
 import time
 import urllib.request
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from .json_server import JsonServer, Reply, Request
 
 STEPS = 4
 
 
-class OpenAIFineTuningServer:
+class OpenAIFineTuningServer(JsonServer):
+    server_version = "local-openai"
+
     def __init__(self, chat_upstream: str, upstream_model: str) -> None:
+        super().__init__()
+        self.url += "/v1"
         self.chat_upstream, self.upstream_model = chat_upstream.rstrip("/"), upstream_model
         self.files: dict[str, dict[str, Any]] = {}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.models: set[str] = set()  # ids chat completions answer (base models of jobs, tuned models)
         self.fail_with: tuple[str, str] | None = None
-        self.faults: dict[str, list[int]] = {}
-        self.log: list[tuple[str, str, int]] = []
         self.keys: set[str] = set()  # Authorization headers seen
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     def _id(self, prefix: str) -> str:
         return f"{prefix}-{next(self._ids):06d}"
@@ -142,51 +138,17 @@ class OpenAIFineTuningServer:
             return self.chat(body)
         return 404, _error(f"no route {method} {path}", "invalid_request_error")
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method: str) -> None:
-                self.server_version = "local-openai"
-                server.keys.add(self.headers.get("Authorization", ""))
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                path = self.path.split("?")[0]
-                queued = server.faults.get(path)
-                if queued:
-                    status = queued.pop(0)
-                    server.log.append((method, path, status))
-                    self._send(status, _error("Rate limit reached" if status == 429 else "The server had an error",
-                                              "requests" if status == 429 else "server_error"),
-                               {"Retry-After": "0"} if status == 429 else {})
-                    return
-                content_type = self.headers.get("Content-Type", "")
-                body: Any = _form(content_type, raw) if content_type.startswith("multipart/form-data") else (
-                    json.loads(raw) if raw else {})
-                status, answer = server.route(method, self.path, body)
-                server.log.append((method, path, status))
-                self._send(status, answer, {})
-
-            def _send(self, status: int, answer: dict[str, Any], headers: dict[str, str]) -> None:
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._serve("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._serve("POST")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
+    def respond(self, request: Request) -> Reply:
+        self.keys.add(request.headers.get("Authorization", ""))
+        fault = self.next_fault(request.path)
+        if fault == 429:
+            return fault, _error("Rate limit reached", "requests"), {"Retry-After": "0"}
+        if fault is not None:
+            return fault, _error("The server had an error", "server_error"), {}
+        content_type = request.headers.get("Content-Type", "")
+        body: Any = _form(content_type, request.body) if content_type.startswith("multipart/form-data") else (
+            json.loads(request.body) if request.body else {})
+        return (*self.route(request.method, request.target, body), {})
 
 
 def _public(job: dict[str, Any]) -> dict[str, Any]:

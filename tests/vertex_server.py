@@ -24,11 +24,12 @@ import json
 import threading
 import time
 from datetime import datetime, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs
 
 import google_crc32c
+
+from .json_server import JsonServer, Reply, Request
 
 TOKEN = "ya29.local-access-token"
 STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 429: "RESOURCE_EXHAUSTED",
@@ -36,25 +37,19 @@ STATUS = {400: "INVALID_ARGUMENT", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 429
 BATCH = 8  # examples per step, for the step count the job reports
 
 
-class VertexServer:
+class VertexServer(JsonServer):
+    content_type = "application/json; charset=UTF-8"
+
     def __init__(self, buckets: set[str], serves: set[str]) -> None:
+        super().__init__()
         self.buckets, self.serves = buckets, serves
         self.objects: dict[str, bytes] = {}  # gs://bucket/name -> content
         self.jobs: dict[str, dict[str, Any]] = {}  # job number -> the TuningJob resource (and _private fields)
         self.fail_with: tuple[int, str] | None = None
-        self.faults: dict[str, list[int]] = {}
-        self.log: list[tuple[str, str, int, float]] = []
         self.grants: list[str] = []  # grant types the token endpoint was asked
         self.keys: set[str] = set()  # Authorization headers seen (the token endpoint's requests have none)
         self._ids = itertools.count(7_100_000_000_000_000_001)
         self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
     # ── OAuth and Cloud Storage ──
 
@@ -170,54 +165,29 @@ class VertexServer:
                 return 200, {}
         return 404, _error(404, f"no route {method} {path}")
 
-    def _handler(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+    def respond(self, request: Request) -> Reply:
+        return (*self._answer(request), {})
 
-        class Handler(BaseHTTPRequestHandler):
-            def _serve(self, method: str) -> None:
-                url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
-                raw = self.rfile.read(length) if length else b""
-                status, answer = self._answer(method, url.path, url.query, raw)
-                server.log.append((method, url.path, status, time.monotonic()))
-                self._send(status, answer)
+    def _answer(self, request: Request) -> tuple[int, dict[str, Any]]:
+        method, path = request.method, request.path
+        if method == "POST" and path == "/token":
+            return self.token(parse_qs(request.body.decode()))
+        fault = self.next_fault(path)
+        if fault is not None:
+            return fault, _error(fault, "Quota exceeded for aiplatform.googleapis.com/tuning_jobs, please retry "
+                                        "later." if fault == 429 else "Internal error encountered.")
+        authorization = request.headers.get("Authorization", "")
+        self.keys.add(authorization)
+        if authorization != f"Bearer {TOKEN}":
+            return 401, _error(401, "Request had invalid authentication credentials.")
+        if method == "POST" and path.startswith("/upload/storage/v1/b/") and path.endswith("/o"):
+            if parse_qs(request.query).get("uploadType") != ["multipart"]:
+                return 400, _error(400, "only uploadType=multipart is served here")
+            return self.upload(path.split("/")[5], request.headers.get("Content-Type", ""), request.body)
+        return self.route(method, path, json.loads(request.body) if request.body else {})
 
-            def _answer(self, method: str, path: str, query: str, raw: bytes) -> tuple[int, dict[str, Any]]:
-                if method == "POST" and path == "/token":
-                    return server.token(parse_qs(raw.decode()))
-                queued = server.faults.get(path)
-                if queued:
-                    status = queued.pop(0)
-                    return status, _error(status, "Quota exceeded for aiplatform.googleapis.com/tuning_jobs, please "
-                                                  "retry later." if status == 429 else "Internal error encountered.")
-                authorization = self.headers.get("Authorization", "")
-                server.keys.add(authorization)
-                if authorization != f"Bearer {TOKEN}":
-                    return 401, _error(401, "Request had invalid authentication credentials.")
-                if method == "POST" and path.startswith("/upload/storage/v1/b/") and path.endswith("/o"):
-                    if parse_qs(query).get("uploadType") != ["multipart"]:
-                        return 400, _error(400, "only uploadType=multipart is served here")
-                    return server.upload(path.split("/")[5], self.headers.get("Content-Type", ""), raw)
-                return server.route(method, path, json.loads(raw) if raw else {})
-
-            def _send(self, status: int, answer: dict[str, Any]) -> None:
-                data = json.dumps(answer).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=UTF-8")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self) -> None:  # noqa: N802
-                self._serve("GET")
-
-            def do_POST(self) -> None:  # noqa: N802
-                self._serve("POST")
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        return Handler
+    def entry(self, request: Request, status: int) -> tuple[Any, ...]:
+        return request.method, request.path, status, time.monotonic()
 
 
 def _now() -> str:

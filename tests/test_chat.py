@@ -49,8 +49,9 @@ def test_system_and_user_tokens_are_not_trained(tokenizer):
     messages = conversation(1)["messages"]
     t = tokenize_conversation(tokenizer, messages)
     trained_text = tokenizer.decode([x for x in t.labels if x != IGNORE_INDEX])
+    assert messages[2]["content"] in trained_text  # so that what is not in it says something
     assert messages[1]["content"] not in trained_text and "system" not in trained_text
-    assert len(t.labels) == len(t.input_ids)
+    assert len(t.labels) == len(t.input_ids) > 0
     assert all(label in (IGNORE_INDEX, tid) for label, tid in zip(t.labels, t.input_ids, strict=True))
 
 

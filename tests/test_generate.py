@@ -38,7 +38,7 @@ def test_sampling_is_seeded(tiny_model):
 def test_answers_cut_at_max_new_tokens_say_so(tiny_model):
     model, tokenizer = tiny_model
     answers = HFGenerator(model, tokenizer, "t").generate(PROMPTS[:2], Decoding(max_new_tokens=3))
-    assert all(a.finish_reason == "length" and a.tokens == 3 for a in answers)
+    assert len(answers) == 2 and all(a.finish_reason == "length" and a.tokens == 3 for a in answers)
 
 
 def test_repeat_penalty_covers_the_last_n_tokens_and_never_padding():

@@ -87,6 +87,7 @@ def test_a_real_local_judge_grades_and_compares(judge_url):
         assert all(set(p[f"judge_{who}"]) == set(GUIDE_CRITERIA) for p in per)
     pair = summary["pairwise"]
     assert pair["tuned"] + pair["base"] + pair["tie"] + pair["unscored"] == len(SAMPLES)
+    assert pair["unscored"] == 0  # so that the next line checks every sample's order
     assert all(p["judge_pairwise"]["tuned_shown_first"] == tuned_shown_first(42, i)
                for i, p in enumerate(per) if "winner" in p["judge_pairwise"])
     assert summary == judge_all(Judge(cfg, judge_url, seed=42), SAMPLES, ANSWERS, pairwise=True)[0]  # repeatable

@@ -65,7 +65,8 @@ def test_qlora_trains_on_cpu_and_merges_into_full_precision(tmp_path):
     merged = run_dir / "merge" / "model"
     assert "quantization_config" not in json.loads((merged / "config.json").read_text())
     with safe_open(str(merged / "model.safetensors"), "pt") as f:
-        assert {str(f.get_tensor(name).dtype) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable) == {"torch.float32"}
+        merged_dtypes = {str(f.get_tensor(name).dtype) for name in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    assert merged_dtypes == {"torch.float32"}
 
 
 @pytest.mark.parametrize(("args", "lr", "optimizer"), [

@@ -151,7 +151,9 @@ def test_pruned_trials_stop_training_at_an_eval(dataset, tmp_path):
     trials = study(sweep).trials
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     assert all(list(t.intermediate_values) == [2] for t in trials)
-    for row in summary(sweep)["rows"]:
+    rows = summary(sweep)["rows"]
+    assert len(rows) == 2
+    for row in rows:
         job = sweep / row["job"]
         assert row["status"] == "pruned" and row["eval_loss"] > 5
         assert json.loads((job / "train" / "manifest.json").read_text())["status"] == "stopped"
@@ -189,7 +191,7 @@ def test_multi_objective_search_keeps_both_values_and_does_not_prune(dataset, tm
     proc = run_cli("-m", *SEARCH, f"dataset.path={dataset}", "hydra.sweeper.n_trials=2", "train.max_steps=2",
                    "hydra.sweeper.objectives=[eval_loss,tokens_per_s]", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     searched = study(sweep)
-    assert [d.name for d in searched.directions] == ["MINIMIZE", "MAXIMIZE"]
+    assert [d.name for d in searched.directions] == ["MINIMIZE", "MAXIMIZE"] and len(searched.trials) == 2
     for row, trial in zip(summary(sweep)["rows"], searched.trials, strict=True):
         assert trial.values == [pytest.approx(row["eval_loss"]), pytest.approx(row["tokens_per_s"])]
     assert "pruning is off" in proc.stdout + proc.stderr

@@ -111,6 +111,7 @@ def test_the_stage_fills_count_from_a_real_server(server, tmp_path, monkeypatch)
 
     stage = next(s for s in STAGES if s.name == "synthesize")
     before = _fingerprint(stage, spec, {})
+    assert reads  # the recording saw the stage's reads
     for key in sorted(reads):
         other = copy.deepcopy(spec)
         set_key(other, key, changed(section(spec, key)))

@@ -107,6 +107,7 @@ def test_full_sequence_loss_trains_every_token(tmp_path):
     split = tmp_path / "run" / "validate" / "train.jsonl"
     every = _tokenized(tokenizer, split, "all", 128)
     assistant = _tokenized(tokenizer, split, "assistant", 128)
+    assert len(every) == len(assistant) > 0
     assert all(r["labels"] == r["input_ids"] for r in every)
     assert all(IGNORE_INDEX in r["labels"] for r in assistant)
 

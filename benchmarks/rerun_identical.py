@@ -2,9 +2,9 @@
 `python benchmarks/rerun_identical.py [RECIPE] [overrides...] [--out DIR]` (RECIPE: support_bot by default).
 
 Runs `python -m finetune +recipe=RECIPE [overrides]` into DIR/first, then reruns it from its saved config into
-DIR/rerun as the README documents (`--config-path <run>/.hydra --config-name config`), and compares the sha256 of
-the split files, the adapter, the merged weights and every GGUF, and the evaluation numbers. Writes
-benchmarks/results/rerun_identical.json and prints a one-line verdict; exits 1 when something differs.
+DIR/rerun as docs/sweeps-and-reproducibility.md documents (`--config-path <run>/.hydra --config-name config`), and
+compares the sha256 of the split files, the adapter, the merged weights and every GGUF, and the evaluation numbers.
+Writes benchmarks/results/rerun_identical.json and prints a one-line verdict; exits 1 when something differs.
 DIR defaults to outputs/rerun_identical/<recipe>-<time>.
 """
 

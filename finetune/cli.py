@@ -1,5 +1,6 @@
 """``python -m finetune [overrides]`` (and ``python -m finetune compare A B``): compose the config with Hydra,
-validate it, run the stage graph; in a multirun, record each job's outcome so that the sweep goes on.
+validate it, run the stage graph; in a multirun, record each job's outcome so that the sweep goes on. What the
+command line says about itself (``--help``, a mistyped word) is in ``usage.py``.
 
 Reading order for newcomers: this file → ``config.py`` (the schema) → ``pipeline/graph.py`` (order, skipping,
 resuming) → ``stages/__init__.py`` (the stages) → any one stage module.
@@ -34,13 +35,15 @@ from finetune.redact import redact_text, redact_yaml
 from finetune.sweep import summary
 from finetune.sweep.optuna_search import register_config
 from finetune.sweep.summary import OUTCOME_NAME
+from finetune.usage import HELP_OVERRIDE, register_help, unknown_word, unknown_word_message
 
 # finetune owns the run directory (finetune/pipeline/rundir.py): Hydra writes nothing into it, and a callback notes
-# which folders existed before Hydra creates it. Passed as overrides so that they also hold when the primary
-# config is a saved .hydra/config.yaml (a rerun), which has no hydra section.
+# which folders existed before Hydra creates it; --help says what finetune is. Passed as overrides so that they
+# also hold when the primary config is a saved .hydra/config.yaml (a rerun), which has no hydra section.
 HYDRA_SETTINGS = (
     "hydra.output_subdir=null",
     "hydra/job_logging=none",
+    HELP_OVERRIDE,
     "++hydra.callbacks.finetune_run_dir._target_=finetune.pipeline.rundir.NoteExistingFolders",
     "++hydra.callbacks.finetune_sweep_summary._target_=finetune.sweep.summary.WriteSweepSummary",
 )
@@ -52,11 +55,13 @@ def register_recipes() -> None:
     """Make ``recipes/*.yaml`` the config group ``recipe`` (``+recipe=NAME``) wherever finetune is installed,
     without a search path that depends on the working directory; and the schema the base of the composed
     config, so every key of ``config.py`` can be set from the command line (``dataset.test_path=…``)
-    whether or not the chosen option's YAML names it."""
+    whether or not the chosen option's YAML names it; and the ``--help`` page, which lists the recipes."""
     store = ConfigStore.instance()
     store.store(name="run_schema", node=RunConfig)
-    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+    recipes = sorted(RECIPES_DIR.glob("*.yaml"))
+    for path in recipes:
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
+    register_help(recipes)
     register_config()  # hydra/sweeper=finetune_optuna (hparams_search=optuna)
 
 
@@ -224,6 +229,8 @@ def main() -> None:
         from finetune.compare import main as compare
 
         sys.exit(compare(args[1:]))
+    if word := unknown_word(args):
+        _fail(unknown_word_message(word))
     given = {arg.split("=")[0].lstrip("+~") for arg in args}
     ours = [s for s in HYDRA_SETTINGS if s.split("=")[0].lstrip("+") not in given]
     # Beside the user's overrides: argparse takes the overrides as one run of positional arguments.

@@ -79,7 +79,7 @@ def test_every_output_type_is_gated_or_measured(out_type: str, model_dir: Path, 
             gate.greedy is not None and figures["greedy_identical"] < gate.greedy)), (failed, figures)
     if out_type in ("f32", "f16"):
         # This random model's next-token logits are so close to one another at many positions that bf16's and
-        # q8_0's rounding flips the top token; on the trained support_bot model they pass (README).
+        # q8_0's rounding flips the top token; on the trained support_bot model they pass (docs/benchmarks.md).
         assert failed == [], figures
     assert 0.9 < figures["perplexity"] / reference.perplexity < 1.2
 

@@ -1,6 +1,6 @@
-"""A rerun from a run's saved config, as the README documents it, reproduces the run bit for bit: the split, the
-adapter, the merged weights, every GGUF and the evaluation numbers (the tiny model on CPU; the real model:
-``benchmarks/rerun_identical.py``)."""
+"""A rerun from a run's saved config, as docs/sweeps-and-reproducibility.md documents it, reproduces the run bit
+for bit: the split, the adapter, the merged weights, every GGUF and the evaluation numbers (the tiny model on CPU;
+the real model: ``benchmarks/rerun_identical.py``)."""
 
 from __future__ import annotations
 

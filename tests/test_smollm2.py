@@ -22,7 +22,7 @@ def test_real_smollm2_runs_the_support_bot_recipe_end_to_end(tmp_path):
     assert result["metrics"]["style"]["tuned"] is not None and result["judge"]["models"]["tuned"]["scored"] == 2
     parity = json.loads((run_dir / "export" / "parity.json").read_text())
     # After 2 steps the model is near SmolLM2 itself, whose bf16 (98.8 %) and q8_0 (93.9 %) files miss their gates
-    # here; after the recipe's 80 steps they pass (99.1 %, 96.8 %: README, "Measured here").
+    # here; after the recipe's 80 steps they pass (99.1 %, 96.8 %: docs/benchmarks.md).
     passed = {name: r["passed"] for name, r in parity["files"].items()}
     assert passed == {"model-f16.gguf": True, "model-q4_k_m.gguf": None, "base-f16.gguf + adapter.gguf": True}
     assert not parity["template_failures"]

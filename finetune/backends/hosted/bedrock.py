@@ -225,7 +225,8 @@ class BedrockProvider:
         if not cfg.chat_base_url:
             found.append(f"evaluate asks the tuned model at {self.chat_endpoint(run)[0]}: Bedrock serves a custom "
                          "model only once it is deployed (on-demand deployment or Provisioned Throughput), under the "
-                         "deployment's ARN — see the README (backend=bedrock) or set backend.chat_base_url")
+                         "deployment's ARN — see docs/hosted-backends.md (backend=bedrock) or set "
+                         "backend.chat_base_url")
         return found
 
     def connect(self, run: Any) -> BedrockSession:

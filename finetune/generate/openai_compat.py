@@ -41,11 +41,12 @@ class OpenAICompatGenerator:
 
     def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
         import openai
-        from tqdm.auto import tqdm
+
+        from finetune.progress import Bar
 
         extra = {"top_k": decoding.top_k, "repeat_penalty": decoding.repeat_penalty} if self.sampler_extras else None
         answers = []
-        for prompt in tqdm(prompts, desc=f"{self.label}: answers", unit="prompt", dynamic_ncols=True):
+        for prompt in Bar(prompts, desc=f"{self.label}: answers", unit="prompt"):
             try:
                 out = self.client.chat.completions.create(
                     model=self.model, messages=text_messages(prompt), max_tokens=decoding.max_new_tokens,

@@ -116,11 +116,12 @@ WINNER_SCHEMA = {"type": "object", "required": ["winner"], "additionalProperties
 
 
 class Judge:
-    def __init__(self, cfg: JudgeConfig, base_url: str, seed: int) -> None:
+    def __init__(self, cfg: JudgeConfig, base_url: str, seed: int, *, local: bool = False) -> None:
+        """``local``: a llama.cpp server started for the run (``eval.judge.gguf``), which takes no API key."""
         from finetune.generate.openai_compat import client
 
         self.cfg, self.seed = cfg, seed
-        self.client = client(base_url, cfg.api_key_env, cfg.timeout_s, max_retries=4)
+        self.client = client(base_url, None if local else cfg.api_key_env, cfg.timeout_s, max_retries=4)
 
     def _ask(self, prompt: str, schema: dict[str, Any], parse: Any) -> Verdict:
         messages: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]

@@ -90,8 +90,9 @@ def progress_bar() -> Any:
     its printed metric dicts."""
     import time
 
-    from tqdm.auto import tqdm
     from transformers import TrainerCallback
+
+    from finetune.progress import Bar
 
     class ProgressBar(TrainerCallback):
         def __init__(self) -> None:
@@ -100,8 +101,7 @@ def progress_bar() -> Any:
 
         def on_train_begin(self, args: Any, state: Any, control: Any, **kw: Any) -> None:
             if state.is_world_process_zero:
-                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
-                                dynamic_ncols=True)
+                self.bar = Bar(total=state.max_steps, initial=state.global_step, desc="train", unit="step")
                 self.start = (time.perf_counter(), state.num_input_tokens_seen)
 
         def on_step_end(self, args: Any, state: Any, control: Any, **kw: Any) -> None:

@@ -146,11 +146,11 @@ class _Endpoint:
 
 def synthesize(cfg: SyntheticConfig, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Up to ``cfg.count`` distinct conversations, and a report of what was asked and what was refused."""
-    from tqdm.auto import tqdm
+    from finetune.progress import Bar
 
     endpoint, rng, pool = _Endpoint(cfg), random.Random(seed), Pool(cfg.system_prompt)
     attempts, started = 0, time.monotonic()
-    with tqdm(total=cfg.count, desc="synthesize", unit="conversation", dynamic_ncols=True) as bar:
+    with Bar(total=cfg.count, desc="synthesize", unit="conversation") as bar:
         while len(pool.rows) < cfg.count and attempts < cfg.count * cfg.max_attempts:
             attempts += 1
             reply, finish = endpoint.ask(prompt(cfg, rng.choice(ANGLES), pool.questions[-RECENT:]), seed + attempts)

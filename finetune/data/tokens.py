@@ -187,11 +187,11 @@ def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> To
 def token_stats(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> TokenStats:
     """Token counts of every row under ``tokenizer``'s chat template (see the module docstring); a progress
     bar from ``PROGRESS_FROM`` rows on, where this takes long enough to watch."""
-    from tqdm.auto import tqdm
+    from finetune.progress import Bar
 
     parts = []
-    with tqdm(total=len(rows), desc="counting tokens", unit=" rows", disable=len(rows) < PROGRESS_FROM,
-              leave=False, dynamic_ncols=True) as bar:
+    with Bar(total=len(rows), desc="counting tokens", unit=" rows", disable=len(rows) < PROGRESS_FROM,
+             leave=False) as bar:
         for i in range(0, len(rows), CHUNK):
             parts.append(_chunk(tokenizer, rows[i:i + CHUNK], max_seq_len))
             bar.update(len(parts[-1]))

@@ -629,12 +629,17 @@ def _interleave_rotary_halves(weight: Any, n_heads: int) -> Any:
 
 
 def _llama_quantize(src: Path, dst: Path, out_type: str) -> None:
-    """K-quantize an f16 GGUF with llama.cpp's quantizer (its per-tensor mix, e.g. Q6_K for output.weight)."""
+    """K-quantize an f16 GGUF with llama.cpp's quantizer (its per-tensor mix, e.g. Q6_K for output.weight); its
+    line per tensor goes to the run's log, not the console."""
     import gguf
     import llama_cpp  # only this path needs llama.cpp itself
 
+    from finetune.pipeline.rundir import library_output
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = gguf.LlamaFileType[_K_QUANTS[out_type]]
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    if rc != 0:
-        raise QuantizeError(f"llama.cpp failed to quantize to {out_type} (return code {rc})")
+    with library_output():
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        if rc != 0:
+            raise QuantizeError(f"llama.cpp failed to quantize to {out_type} (return code {rc}; its own messages "
+                                "are in finetune.log)")

@@ -62,13 +62,14 @@ class HFGenerator:
 
     def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
         import torch
-        from tqdm.auto import tqdm
+
+        from finetune.progress import Bar
 
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         stops = stop_token_ids(self.tokenizer, decoding.stop)
         encoded = [generation_prompt_ids(self.tokenizer, p) for p in prompts]
         answers: list[Answer] = []
-        with tqdm(total=len(prompts), desc=f"{self.label}: answers", unit="prompt", dynamic_ncols=True) as bar:
+        with Bar(total=len(prompts), desc=f"{self.label}: answers", unit="prompt") as bar:
             for first in range(0, len(encoded), self.batch_size):
                 batch = encoded[first:first + self.batch_size]
                 width = max(map(len, batch))

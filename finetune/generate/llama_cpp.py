@@ -17,12 +17,13 @@ class LlamaCppGenerator:
 
     def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
         from llama_cpp import Llama
-        from tqdm.auto import tqdm
+
+        from finetune.progress import Bar
 
         llm = Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, seed=decoding.seed,
                     last_n_tokens_size=decoding.repeat_last_n, verbose=False)
         answers = []
-        for prompt in tqdm(prompts, desc=f"{self.label}: answers", unit="prompt", dynamic_ncols=True):
+        for prompt in Bar(prompts, desc=f"{self.label}: answers", unit="prompt"):
             out = llm.create_chat_completion(
                 messages=text_messages(prompt), max_tokens=decoding.max_new_tokens, temperature=decoding.temperature,
                 top_p=decoding.top_p, top_k=decoding.top_k, repeat_penalty=decoding.repeat_penalty,

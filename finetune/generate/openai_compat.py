@@ -21,11 +21,12 @@ class ChatRefused(UserError, RuntimeError):
     """The endpoint answered a chat request with an error status (4xx after retries, or 5xx)."""
 
 
-def client(base_url: str, api_key_env: str, timeout_s: float, max_retries: int) -> Any:
+def client(base_url: str, api_key_env: str | None, timeout_s: float, max_retries: int) -> Any:
+    """An OpenAI client for ``base_url``; ``api_key_env`` None for a server of our own, which needs no key."""
     from openai import OpenAI
 
-    key = os.environ.get(api_key_env)
-    if not key:
+    key = os.environ.get(api_key_env) if api_key_env else None
+    if api_key_env and not key:
         log.info("%s is not set: asking %s without an API key", api_key_env, base_url)
     return OpenAI(base_url=base_url, api_key=key or "no-key", timeout=timeout_s, max_retries=max_retries)
 
@@ -41,11 +42,12 @@ class OpenAICompatGenerator:
 
     def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
         import openai
-        from tqdm.auto import tqdm
+
+        from finetune.progress import Bar
 
         extra = {"top_k": decoding.top_k, "repeat_penalty": decoding.repeat_penalty} if self.sampler_extras else None
         answers = []
-        for prompt in tqdm(prompts, desc=f"{self.label}: answers", unit="prompt", dynamic_ncols=True):
+        for prompt in Bar(prompts, desc=f"{self.label}: answers", unit="prompt"):
             try:
                 out = self.client.chat.completions.create(
                     model=self.model, messages=text_messages(prompt), max_tokens=decoding.max_new_tokens,

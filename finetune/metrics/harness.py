@@ -14,9 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
-import sys
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -91,32 +88,20 @@ metric_list:
 @contextlib.contextmanager
 def _quiet_libraries() -> Iterator[None]:
     """lm-eval draws five progress bars per task, logs every step and runs ``git`` (whose complaint outside a
-    repository goes straight to file descriptor 2); our log says what ran and what was skipped. Everything
-    written to stdout/stderr meanwhile goes to a temporary file, shown only if lm-eval itself fails."""
+    repository goes straight to file descriptor 2); our log says what ran and what was skipped. What they
+    write goes to finetune.log (``library_output``); lm-eval's step-by-step logging nowhere."""
+    from finetune.pipeline.rundir import library_output
+
     names = ("lm_eval", "lm-eval", "datasets", "evaluate")
     levels = {n: logging.getLogger(n).level for n in names}
     for n in names:
         logging.getLogger(n).setLevel(logging.ERROR)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = {fd: os.dup(fd) for fd in (1, 2)}
-    with tempfile.TemporaryFile() as sink:
-        for fd in saved:
-            os.dup2(sink.fileno(), fd)
-        try:
+    try:
+        with library_output():
             yield
-        except BaseException:
-            sink.seek(0)
-            os.write(saved[2], sink.read()[-4000:])
-            raise
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            for fd, copy in saved.items():
-                os.dup2(copy, fd)
-                os.close(copy)
-            for n, level in levels.items():
-                logging.getLogger(n).setLevel(level)
+    finally:
+        for n, level in levels.items():
+            logging.getLogger(n).setLevel(level)
 
 
 def known_tasks() -> set[str]:

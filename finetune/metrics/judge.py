@@ -116,11 +116,12 @@ WINNER_SCHEMA = {"type": "object", "required": ["winner"], "additionalProperties
 
 
 class Judge:
-    def __init__(self, cfg: JudgeConfig, base_url: str, seed: int) -> None:
+    def __init__(self, cfg: JudgeConfig, base_url: str, seed: int, *, local: bool = False) -> None:
+        """``local``: a llama.cpp server started for the run (``eval.judge.gguf``), which takes no API key."""
         from finetune.generate.openai_compat import client
 
         self.cfg, self.seed = cfg, seed
-        self.client = client(base_url, cfg.api_key_env, cfg.timeout_s, max_retries=4)
+        self.client = client(base_url, None if local else cfg.api_key_env, cfg.timeout_s, max_retries=4)
 
     def _ask(self, prompt: str, schema: dict[str, Any], parse: Any) -> Verdict:
         messages: list[dict[str, str]] = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": prompt}]
@@ -171,15 +172,15 @@ def _question(sample: Sample) -> str:
 def judge_all(judge: Judge, samples: Sequence[Sample], answers: dict[str, Sequence[Answer]], pairwise: bool
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Grades for every model, the base-vs-tuned comparison, and per-sample records for samples.jsonl."""
-    from tqdm.auto import tqdm
+    from finetune.progress import Bar
 
     criteria = judge.cfg.criteria
     per: list[dict[str, Any]] = [{} for _ in samples]
     summary: dict[str, Any] = {"criteria": criteria, "scale": judge.cfg.scale, "models": {}}
     for who, given in answers.items():
         grades = []
-        for i, (s, a) in enumerate(tqdm(list(zip(samples, given, strict=True)), desc=f"judge: {who}",
-                                        unit="answer", dynamic_ncols=True)):
+        for i, (s, a) in enumerate(Bar(list(zip(samples, given, strict=True)), desc=f"judge: {who}",
+                                       unit="answer")):
             verdict = judge.grade(s, a.text)
             per[i][f"judge_{who}"] = verdict.value if verdict.value is not None else \
                 {"unscored": verdict.problem, "replies": verdict.replies}
@@ -203,10 +204,10 @@ def tuned_shown_first(seed: int, sample: int) -> bool:
 
 def _pairwise(judge: Judge, samples: Sequence[Sample], base: Sequence[Answer], tuned: Sequence[Answer],
               per: list[dict[str, Any]]) -> dict[str, Any]:
-    from tqdm.auto import tqdm
+    from finetune.progress import Bar
 
     counts = {"tuned": 0, "base": 0, "tie": 0, "unscored": 0, "first_position_won": 0}
-    for i, s in enumerate(tqdm(samples, desc="judge: base vs tuned", unit="pair", dynamic_ncols=True)):
+    for i, s in enumerate(Bar(samples, desc="judge: base vs tuned", unit="pair")):
         tuned_first = tuned_shown_first(judge.seed, i)
         first, second = (tuned[i], base[i]) if tuned_first else (base[i], tuned[i])
         verdict = judge.compare(s, first.text, second.text)

@@ -15,10 +15,11 @@ import logging
 import logging.handlers
 import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -111,9 +112,17 @@ def save_run_config(run_dir: Path, task_cfg: DictConfig, hydra_cfg: DictConfig) 
     atomic_write_text(folder / "overrides.yaml", redact_yaml(OmegaConf.to_yaml(hydra_cfg.hydra.overrides.task)))
 
 
+def ours(record: logging.LogRecord) -> bool:
+    """Whether a log record is finetune's own: only those reach the console; the libraries' go to the file."""
+    return record.name == "finetune" or record.name.startswith("finetune.")
+
+
 class RunLog:
     """Console logging from the start; the log file only once the run is accepted. Records logged before
-    then (model conversion, checks) are held in memory and written to the file first."""
+    then (model conversion, checks) are held in memory and written to the file first.
+
+    The console shows our lines and our progress bars. What libraries log, and their Python warnings, goes to
+    the file only; what they write straight to stdout/stderr, inside ``library_output``."""
 
     def __init__(self) -> None:
         self.root = logging.getLogger()
@@ -124,11 +133,13 @@ class RunLog:
         self.console = logging.StreamHandler(sys.stdout)
         self.held = logging.handlers.MemoryHandler(capacity=1 << 20, flushLevel=logging.CRITICAL + 1)
         self.file: logging.Handler | None = None
+        self.console.addFilter(ours)
         for handler in (self.console, self.held):
             handler.setFormatter(formatter)
             handler.addFilter(RedactingFilter())
             self.root.addHandler(handler)
         self.root.setLevel(logging.INFO)
+        logging.captureWarnings(True)  # a library's UserWarning becomes a record of logger py.warnings
         # Deprecation notices are for the libraries' developers, and bitsandbytes' hint about an optional CPU
         # kernel package for nobody running a job: the user sees our lines and one progress bar per stage.
         warnings.filterwarnings("ignore", category=FutureWarning)
@@ -153,3 +164,41 @@ class RunLog:
                 handler.close()
         for handler in self.replaced:
             self.root.addHandler(handler)
+        logging.captureWarnings(False)
+
+
+def _run_log_stream() -> IO[str] | None:
+    """The open finetune.log of the run in progress, if any."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and Path(handler.baseFilename).name == LOG_NAME:
+            return handler.stream
+    return None
+
+
+@contextlib.contextmanager
+def library_output() -> Iterator[None]:
+    """llama.cpp's C code, lm-eval's progress bars and ``git`` write straight to file descriptors 1 and 2, past
+    logging and ``sys.stdout``: while this block runs, both go to the run's finetune.log, where even a crash
+    leaves them. Before a run has its log (the checks) they go to a temporary file, shown only if the block
+    fails. Keep the block to the library call: our own lines and bars written inside it would go there too."""
+    log_file = _run_log_stream()
+    with contextlib.ExitStack() as stack:
+        sink = log_file or stack.enter_context(tempfile.TemporaryFile("w+", encoding="utf-8", errors="replace"))
+        for stream in (sys.stdout, sys.stderr, sink):
+            stream.flush()
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        for fd in saved:
+            os.dup2(sink.fileno(), fd)
+        try:
+            yield
+        except Exception:
+            if log_file is None:
+                sink.seek(0)
+                os.write(saved[2], sink.read()[-4000:].encode())
+            raise
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)

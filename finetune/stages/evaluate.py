@@ -150,7 +150,7 @@ def _judge(run: RunConfig, samples: Sequence[Sample], answers: dict[str, list[An
     gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
     with serve_gguf(gguf, cfg.model) as url:
         log.info("judge: %s served by llama.cpp at %s", gguf.name, url)
-        return judge_all(Judge(cfg, url, run.seed), samples[:n], shown, cfg.pairwise)
+        return judge_all(Judge(cfg, url, run.seed, local=True), samples[:n], shown, cfg.pairwise)
 
 
 def _add_judge(results: Results, summary: dict[str, Any]) -> None:

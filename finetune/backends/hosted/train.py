@@ -41,9 +41,9 @@ def _progress_line(job: Job) -> str:
 
 def _poll(session: Session, job_id: str, interval_s: float, title: str) -> Job:
     """Until the job finishes: one progress bar whose text is the provider's status, step and train loss."""
-    from tqdm.auto import tqdm
+    from finetune.progress import Bar
 
-    with tqdm(desc=f"{title} job {job_id}", unit="step", dynamic_ncols=True) as bar:
+    with Bar(desc=f"{title} job {job_id}", unit="step") as bar:
         while True:
             job = session.job(job_id)
             if job.total_steps and bar.total != job.total_steps:

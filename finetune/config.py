@@ -189,7 +189,7 @@ class TrainConfig:
     overfit_rising_evals: int = _field(3, low=1)  # ...or when eval loss rose at this many evaluations in a row
     logging_steps: int = _field(1, low=1)
     num_processes: int = _field(1, low=1)  # >1: data-parallel workers (finetune/distributed.py)
-    distributed: str = _field("ddp", choices=STRATEGIES)  # ddp (CPU or CUDA); fsdp, deepspeed on CUDA
+    distributed: str = _field("ddp", choices=tuple(STRATEGIES))  # ddp (CPU or CUDA); fsdp, deepspeed on CUDA
 
 
 @dataclass

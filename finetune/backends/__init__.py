@@ -2,49 +2,55 @@
 
 A local backend (``hf``, ``unsloth``) loads the model and wraps it for training (``load``); the training loop
 (``finetune.training``), checkpoints and saving are the same for each. A hosted backend (``openai``, ``vertex``,
-``bedrock``) trains through a provider's API (``provider``): there are no local weights, so the stages that need
-them are left out of the run, by capability, not by backend name (``finetune.stages``).
+``bedrock``) trains through a provider's API (a ``finetune.backends.hosted.Provider``): there are no local weights,
+so the stages that need them are left out of the run, by capability, not by backend name (``finetune.stages``).
+Each entry imports its implementation when first used (``finetune.backends.base``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from finetune.backends import hf, unsloth
-from finetune.backends.hosted import Provider
-from finetune.backends.hosted.bedrock import BEDROCK
-from finetune.backends.hosted.openai_ft import OPENAI
-from finetune.backends.hosted.vertex import VERTEX
-
-LOCAL_WEIGHTS = "local weights"  # merge, GGUF export and publishing read them
-LOGPROBS = "token scores"  # likelihood metrics (perplexity, forgetting) and lm-eval need the model's logprobs
+from finetune.backends.base import Backend
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    check: Callable[[Any], None]  # RunConfig -> None; raises UserError with one line
-    load: Callable[[Any], Any] | None = None  # RunConfig -> the model to train (local backends)
-    provider: Provider | None = None  # the provider's API (hosted backends)
-    capabilities: frozenset[str] = frozenset({LOCAL_WEIGHTS, LOGPROBS})
+def _hf() -> Any:
+    from finetune.backends import hf
 
-    @property
-    def hosted(self) -> bool:
-        return self.provider is not None
+    return hf
 
 
-def _hosted(provider: Provider) -> Backend:
-    return Backend(provider.name, provider.check, provider=provider, capabilities=frozenset())
+def _unsloth() -> Any:
+    from finetune.backends import unsloth
+
+    return unsloth
+
+
+def _openai() -> Any:
+    from finetune.backends.hosted.openai_ft import OPENAI
+
+    return OPENAI
+
+
+def _vertex() -> Any:
+    from finetune.backends.hosted.vertex import VERTEX
+
+    return VERTEX
+
+
+def _bedrock() -> Any:
+    from finetune.backends.hosted.bedrock import BEDROCK
+
+    return BEDROCK
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("hf", hf.check, hf.load),
-    Backend("unsloth", unsloth.check, unsloth.load),
-    _hosted(OPENAI),
-    _hosted(VERTEX),  # type: ignore[arg-type]
-    _hosted(BEDROCK),  # type: ignore[arg-type]
+    Backend("hf", _hf),
+    Backend("unsloth", _unsloth),
+    Backend("openai", _openai, hosted=True, capabilities=frozenset()),
+    Backend("vertex", _vertex, hosted=True, capabilities=frozenset()),
+    Backend("bedrock", _bedrock, hosted=True, capabilities=frozenset()),
 )}
 
 

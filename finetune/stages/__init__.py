@@ -5,7 +5,8 @@ stage runs. Only ``train`` resumes; the others start again from an empty folder.
 
 import dataclasses
 
-from finetune.backends import BACKENDS, LOCAL_WEIGHTS, lacks
+from finetune.backends import BACKENDS, lacks
+from finetune.backends.base import LOCAL_WEIGHTS
 from finetune.config import BackendConfig, RunConfig
 from finetune.models import check_source
 from finetune.pipeline.graph import Stage

@@ -34,7 +34,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         parity=_json(export["parity"]) if export else {},
         files={key: path.name for key, path in export.items()},
     )
-    provider = BACKENDS[run.backend.name].provider
-    card = hosted_model_card(run, inputs, provider.chat_endpoint(run)[0]) if provider else model_card(run, inputs)
+    backend = BACKENDS[run.backend.name]
+    card = hosted_model_card(run, inputs, backend.implementation().chat_endpoint(run)[0]) if backend.hosted else \
+        model_card(run, inputs)
     atomic_write_text(ctx.out_dir / "README.md", card)
     return {"model_card": "README.md"}

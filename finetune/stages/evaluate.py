@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune.backends import BACKENDS, LOGPROBS, lacks
+from finetune.backends import BACKENDS, lacks
+from finetune.backends.base import LOGPROBS
 from finetune.backends.hosted import Provider
 from finetune.chat import first_exchange, tokenize
 from finetune.config import RunConfig
@@ -293,8 +294,9 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     answers: dict[str, list[Answer]] = {}
     harness: dict[str, Any] = {}
     left_out: dict[str, str] = {}
-    if provider := BACKENDS[run.backend.name].provider:
-        decoding, models, left_out = _hosted(provider, run, ctx, samples, chosen, answers)
+    backend = BACKENDS[run.backend.name]
+    if backend.hosted:
+        decoding, models, left_out = _hosted(backend.implementation(), run, ctx, samples, chosen, answers)
     else:
         decoding, models, harness = _in_process(run, ctx, test, samples, chosen, results, answers)
     if samples:

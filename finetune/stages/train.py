@@ -98,7 +98,7 @@ def _check_target_modules(run: RunConfig) -> None:
 def check(run: RunConfig) -> None:
     """Refuse, before any stage runs, a backend or method this machine cannot train, or layers the model lacks."""
     backend = BACKENDS[run.backend.name]
-    backend.check(run)
+    backend.implementation().check(run)
     if backend.hosted:
         return  # the provider trains: nothing here loads the model
     distributed.check(run)
@@ -181,10 +181,11 @@ def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     """Through a provider's API, in this process, or in ``train.num_processes`` workers
     (``finetune.distributed``)."""
-    if provider := BACKENDS[run.backend.name].provider:
+    backend = BACKENDS[run.backend.name]
+    if backend.hosted:
         from finetune.backends.hosted import train as hosted
 
-        return hosted.run(provider, run, ctx)
+        return hosted.run(backend.implementation(), run, ctx)
     if run.train.num_processes > 1 and not distributed.in_worker():
         return distributed.launch(run, ctx)
     return train_here(run, ctx)
@@ -200,7 +201,7 @@ def train_here(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     train_set = _tokenized(tokenizer, ctx.input("validate", "train"), t.loss_on, t.max_seq_len)
     eval_set = _tokenized(tokenizer, ctx.input("validate", "validation"), t.loss_on, t.max_seq_len)
     before_model = plan.process_bytes()
-    model = BACKENDS[run.backend.name].load(run)
+    model = BACKENDS[run.backend.name].implementation().load(run)
     plan.release_freed_memory()
     main = distributed.is_main_process()
     checkpoints = ctx.out_dir / "checkpoints"

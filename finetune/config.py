@@ -25,6 +25,7 @@ from finetune.data.python_source import PythonSourceConfig
 from finetune.data.readers import path_problem
 from finetune.distributed import STRATEGIES
 from finetune.errors import UserError
+from finetune.export.gguf_types import OUT_TYPES
 from finetune.fields import setting as _field
 from finetune.generate import OLLAMA_REPEAT_LAST_N, OLLAMA_TOP_K
 from finetune.methods import METHODS, OPTIMIZERS
@@ -230,7 +231,7 @@ class EvalConfig:
 @dataclass
 class ExportConfig:
     # Each one written and checked by the parity gate (finetune/export/parity.py): gated, or measured (K-quants)
-    gguf_types: list[str] = _field(["f16"], choices=("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"))
+    gguf_types: list[str] = _field(["f16"], choices=OUT_TYPES)
     adapter: bool = False  # LoRA methods: also the base model as f16 GGUF + the adapter as a llama.cpp GGUF LoRA
     ollama: bool = True
     system_prompt: str | None = None  # None: the training data's most common system prompt

@@ -11,7 +11,7 @@ from typing import Any
 from finetune import methods
 from finetune.errors import UserError
 
-SUPPORTED_METHODS = ("lora", "qlora", "full")
+SUPPORTED_METHODS = tuple(name for name, m in methods.METHODS.items() if not m.dora)  # unsloth's peft has no DoRA
 
 
 class UnslothError(UserError, RuntimeError):

@@ -10,7 +10,6 @@ tokenizer, never the model's weights.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -26,7 +25,7 @@ from finetune.chat import template_takes
 from finetune.config import DatasetConfig, RunConfig, SourceConfig, section
 from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, to_row
-from finetune.data.checks import CHECKS, CheckInput, CheckReport, run_check, run_phase
+from finetune.data.checks import CheckInput, CheckReport, run_phase, run_split_checks
 from finetune.data.load import Loaded, load_source
 from finetune.data.readers import local_path
 from finetune.data.report import markdown, summary_table
@@ -100,22 +99,15 @@ def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: 
     return Part(kept, data.tokens)
 
 
-def _leakage(run: RunConfig, splits: dict[str, Part], fixed: bool, reports: dict[str, CheckReport]) -> int:
-    """Held-out rows found in the training split: handled as configured for the user's fixed files; always
-    moved into training for our own random split (it is ours to change; near-duplicates were already dropped
-    from the whole pool before splitting, unless that check was told not to)."""
-    checks = run.dataset.checks
-    settings = checks.leakage
-    if not fixed and settings.action != "off":
-        settings = dataclasses.replace(settings, action="move_to_train",
-                                       near=settings.near and checks.near_duplicates.action != "drop")
+def _split_checks(run: RunConfig, splits: dict[str, Part], fixed: bool, reports: dict[str, CheckReport]) -> int:
+    """The held-out splits checked against training (leakage); returns how many rows moved into training."""
     held = splits["validation"] + splits["test"]
-    kept, removed = run_check(CHECKS["leakage"], CheckInput(held.rows, settings, train=splits["train"].rows), reports)
+    kept, moved = run_split_checks(held.rows, splits["train"].rows, run.dataset.checks, reports, own_split=not fixed)
     for name in ("validation", "test"):
         splits[name] = splits[name].only(kept)
-    if settings.action == "move_to_train" and removed:
-        splits["train"] = splits["train"] + held.only(removed)
-    return len(removed) if settings.action == "move_to_train" else 0
+    if moved:
+        splits["train"] = splits["train"] + held.only(moved)
+    return len(moved)
 
 
 def _length_stats(values: np.ndarray) -> dict[str, float]:
@@ -178,7 +170,7 @@ def prepare(run: RunConfig, synthetic: Path | None = None) -> Validated:
     else:
         index = random_split(len(checked.rows), d.validation_fraction, d.test_fraction, run.seed, where)
         splits = {name: checked.take(index[name]) for name in SPLITS}
-    moved = _leakage(run, splits, fixed, reports)
+    moved = _split_checks(run, splits, fixed, reports)
     for name in ("train", "test"):
         if not splits[name].rows:
             raise DataError(f"{d.test_path if name == 'test' and fixed else where}: the {name} split is empty")

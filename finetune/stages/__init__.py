@@ -33,7 +33,7 @@ def _stage(module: ModuleType, **how: Any) -> Stage:
 STAGES: tuple[Stage, ...] = (
     _stage(synthesize, needs=(), config_keys=synthesize.CONFIG_KEYS, left_out=synthesize.left_out),
     _stage(validate, needs=("synthesize",), config_keys=validate.CONFIG_KEYS, input_files=validate.input_files,
-           checks=(check_source, validate.check)),
+           checks=(check_source,), prepare=validate.check),
     _stage(train, needs=("validate",), config_keys=LOCAL_TRAIN_KEYS, keys_for=_train_keys, resumable=True,
            checks=(check_source, train.check)),
     _stage(merge, needs=("train",), config_keys=("model", "method"), checks=(check_source,),

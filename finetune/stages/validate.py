@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from finetune.chat import template_takes
-from finetune.config import DatasetConfig, RunConfig, SourceConfig, section
+from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, to_row
 from finetune.data.checks import CheckInput, CheckReport, run_phase, run_split_checks
@@ -33,7 +33,7 @@ from finetune.data.splits import SPLITS, random_split, weighted
 from finetune.data.tokens import TokenStats, token_stats
 from finetune.models import load_tokenizer, resolve_model_source
 from finetune.pipeline.graph import StageContext
-from finetune.pipeline.manifest import atomic_write_json, atomic_write_text, fingerprint
+from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -220,9 +220,6 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
     }
 
 
-_PREPARED: dict[str, Validated] = {}  # the pre-run check's result, which `run` reuses when nothing changed
-
-
 # What prepare reads (the stage's fingerprint); the objective decides whether preference pairs are taken
 CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len", "backend.objective")
 
@@ -234,26 +231,18 @@ def input_files(run: RunConfig) -> list[Path]:
     return [path for name in names if name and (path := local_path(name))]
 
 
-def _inputs_key(run: RunConfig) -> str:
-    """What ``prepare`` depends on: its config, and the size and modification time of every local input."""
-    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for p in input_files(run) if p.exists()
-             for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
-    return fingerprint({"config": [section(run, k) for k in CONFIG_KEYS], "files": files})
-
-
-def check(run: RunConfig) -> None:
-    """The pre-run check: everything ``prepare`` refuses; its result is kept for ``run`` (a million rows
-    are read, checked and tokenized once, not twice). Synthetic conversations exist only once ``synthesize``
-    has run, so then the other sources are only read now (bad records refused before the API is paid), and
-    checked with the synthetic ones by the stage."""
-    _PREPARED.clear()
+def check(run: RunConfig) -> Validated | None:
+    """The pre-run check (``Stage.prepare``): everything ``prepare`` refuses; the graph hands its result to
+    ``run`` (a million rows are read, checked and tokenized once, not twice). Synthetic conversations exist only
+    once ``synthesize`` has run, so then the other sources are only read now (bad records refused before the API
+    is paid), and checked with the synthetic ones by the stage: nothing to hand over."""
     d = run.dataset
     if d.synthetic is None:
-        _PREPARED[_inputs_key(run)] = prepare(run)
-        return
+        return prepare(run)
     fixed = {str(path): _fixed(d, str(path)) for path in (d.validation_path, d.test_path) if path}
     for name, s in {**sources(d), **fixed}.items():
         _load(name, s, d)
+    return None
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -286,7 +275,7 @@ def _write_formats(run: RunConfig, ctx: StageContext, splits: dict[str, list[Con
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     synthetic = ctx.inputs.get("synthesize", {}).get("data")
-    validated = _PREPARED.pop(_inputs_key(run), None) or prepare(run, synthetic)
+    validated = ctx.prepared or prepare(run, synthetic)
     report = validated.report
     for name in SPLITS:
         _write_jsonl(ctx.out_dir / f"{name}.jsonl", map(to_row, validated.splits[name]))

@@ -1,6 +1,6 @@
 """One of ``train.num_processes`` workers, as ``torch.distributed.run`` starts it (``finetune.distributed.launch``):
-``python -m finetune.worker SPEC`` trains the run and context SPEC holds. Its own module, because it imports the
-train stage, which imports ``finetune.distributed``: the launcher stays free of the stages."""
+``python -m finetune.worker SPEC`` trains the run and context SPEC holds with the run's backend. Its own module,
+because it imports the backends, which import ``finetune.distributed``: the launcher stays below them."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from finetune.backends import BACKENDS
 from finetune.config import load_run_config
 from finetune.distributed import is_main_process
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json
 from finetune.pipeline.rundir import RunLog
-from finetune.stages.train import train_here
 
 
 def work(spec_path: Path) -> None:
@@ -26,7 +26,7 @@ def work(spec_path: Path) -> None:
     c = spec["context"]
     ctx = StageContext(run_dir=Path(c["run_dir"]), out_dir=Path(c["out_dir"]), resume=c["resume"],
                        inputs={s: {k: Path(v) for k, v in a.items()} for s, a in c["inputs"].items()})
-    artifacts = train_here(run, ctx)
+    artifacts = BACKENDS[run.backend.name].train(run, ctx)  # in a worker: trains here
     if is_main_process():
         atomic_write_json(ctx.out_dir / "artifacts.json", artifacts)
 

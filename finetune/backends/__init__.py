@@ -4,53 +4,62 @@ A local backend (``hf``, ``unsloth``) loads the model and wraps it for training 
 (``finetune.training``), checkpoints and saving are the same for each. A hosted backend (``openai``, ``vertex``,
 ``bedrock``) trains through a provider's API (a ``finetune.backends.hosted.Provider``): there are no local weights,
 so the stages that need them are left out of the run, by capability, not by backend name (``finetune.stages``).
-Each entry imports its implementation when first used (``finetune.backends.base``).
+Each entry imports its implementation when first used; ``finetune.backends.base`` says what one does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
-from finetune.backends.base import Backend
+from finetune.backends.base import Backend, Implementation
 
 
-def _hf() -> Any:
-    from finetune.backends import hf
+@cache
+def _hf() -> Implementation:
+    from finetune.backends.hf import BACKEND
 
-    return hf
-
-
-def _unsloth() -> Any:
-    from finetune.backends import unsloth
-
-    return unsloth
+    return BACKEND
 
 
-def _openai() -> Any:
+@cache
+def _unsloth() -> Implementation:
+    from finetune.backends.unsloth import BACKEND
+
+    return BACKEND
+
+
+@cache
+def _openai() -> Implementation:
+    from finetune.backends.hosted.backend import HostedBackend
     from finetune.backends.hosted.openai_ft import OPENAI
 
-    return OPENAI
+    return HostedBackend(OPENAI)
 
 
-def _vertex() -> Any:
+@cache
+def _vertex() -> Implementation:
+    from finetune.backends.hosted.backend import HostedBackend
     from finetune.backends.hosted.vertex import VERTEX
 
-    return VERTEX
+    return HostedBackend(VERTEX)  # type: ignore[arg-type]
 
 
-def _bedrock() -> Any:
+@cache
+def _bedrock() -> Implementation:
+    from finetune.backends.hosted.backend import HostedBackend
     from finetune.backends.hosted.bedrock import BEDROCK
 
-    return BEDROCK
+    return HostedBackend(BEDROCK)  # type: ignore[arg-type]
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("hf", _hf),
     Backend("unsloth", _unsloth),
-    Backend("openai", _openai, hosted=True, capabilities=frozenset()),
-    Backend("vertex", _vertex, hosted=True, capabilities=frozenset()),
-    Backend("bedrock", _bedrock, hosted=True, capabilities=frozenset()),
+    Backend("openai", _openai, capabilities=frozenset(), objectives=("supervised", "dpo")),
+    Backend("vertex", _vertex, capabilities=frozenset()),
+    Backend("bedrock", _bedrock, capabilities=frozenset()),
 )}
 
 

@@ -9,6 +9,7 @@ import importlib.util
 from typing import Any
 
 from finetune import methods
+from finetune.backends.local import LocalBackend
 from finetune.errors import UserError
 
 SUPPORTED_METHODS = tuple(name for name, m in methods.METHODS.items() if not m.dora)  # unsloth's peft has no DoRA
@@ -51,3 +52,6 @@ def load(run: Any) -> Any:
         target_modules=targets, use_rslora=run.method.rslora, random_state=run.seed,
         use_gradient_checkpointing="unsloth" if run.train.gradient_checkpointing else False,
     ))
+
+
+BACKEND = LocalBackend(load, check)

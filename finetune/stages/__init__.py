@@ -3,26 +3,20 @@
 records every key each stage reads and checks it is listed), ``checks`` what refuses bad input before any
 stage runs. Only ``train`` resumes; the others start again from an empty folder."""
 
-import dataclasses
 from types import ModuleType
 from typing import Any
 
 from finetune.backends import BACKENDS, lacks
 from finetune.backends.base import LOCAL_WEIGHTS
-from finetune.config import BackendConfig, RunConfig
+from finetune.config import RunConfig
 from finetune.models import check_source
 from finetune.pipeline.graph import Stage
 from finetune.stages import card, evaluate, export, merge, publish, synthesize, train, validate
 
-LOCAL_TRAIN_KEYS = ("model", "method", "backend.name", "train", "seed")
-# What makes a hosted job another job: its backend settings but BackendConfig.RUNTIME (submit, polling), the
-# seed and run name it is created with, the adapter size (method.r); train.* is local training's
-HOSTED_TRAIN_KEYS = ("method", *(f"backend.{f.name}" for f in dataclasses.fields(BackendConfig)
-                                 if f.name not in BackendConfig.RUNTIME), "seed", "run_name")
-
 
 def _train_keys(run: RunConfig) -> tuple[str, ...]:
-    return HOSTED_TRAIN_KEYS if BACKENDS[run.backend.name].hosted else LOCAL_TRAIN_KEYS
+    """What the run's backend reads to train (a hosted job's settings, or the local model, method and train.*)."""
+    return BACKENDS[run.backend.name].config_keys(run)
 
 
 def _stage(module: ModuleType, **how: Any) -> Stage:
@@ -34,7 +28,8 @@ STAGES: tuple[Stage, ...] = (
     _stage(synthesize, needs=(), config_keys=synthesize.CONFIG_KEYS, left_out=synthesize.left_out),
     _stage(validate, needs=("synthesize",), config_keys=validate.CONFIG_KEYS, input_files=validate.input_files,
            checks=(check_source,), prepare=validate.check),
-    _stage(train, needs=("validate",), config_keys=LOCAL_TRAIN_KEYS, keys_for=_train_keys, resumable=True,
+    # its config keys are its backend's, which stages_for sets for each run
+    _stage(train, needs=("validate",), config_keys=(), keys_for=_train_keys, resumable=True,
            checks=(check_source, train.check)),
     _stage(merge, needs=("train",), config_keys=("model", "method"), checks=(check_source,),
            left_out=lacks(LOCAL_WEIGHTS)),

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from finetune.backends import BACKENDS
 from finetune.chat import template_takes
 from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
@@ -132,8 +133,9 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
         raise DataError(f"{misfit.location}: no rejected answer; backend.objective=dpo trains on preference pairs "
                         "(prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output) — give "
                         "pairs on every row, or set backend.objective=supervised")
+    able = " or ".join(f"backend={b.name}" for b in BACKENDS.values() if "dpo" in b.objectives)
     raise DataError(f"{misfit.location}: preference data (chosen/rejected); this run trains supervised — set "
-                    "backend=openai backend.objective=dpo for hosted DPO, or keep only the chosen answers")
+                    f"{able} backend.objective=dpo for hosted DPO, or keep only the chosen answers")
 
 
 @dataclass

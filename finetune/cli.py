@@ -166,7 +166,7 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog, in_sweep: bool) -> str:
     with contextlib.ExitStack() as held:
         try:
             held.enter_context(locked(run_dir))
-            check_graph(spec, run_dir, stages)
+            plan = check_graph(spec, run_dir, stages)
         except UserError as e:
             _refused(run_dir, in_sweep)
             raise JobFailed(str(e)) from None
@@ -179,7 +179,7 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog, in_sweep: bool) -> str:
             log.info("stages left out: %s (%s)", ", ".join(n for n, w in left_out.items() if w == why), why)
         _warn_if_rerun_of_other_versions(HydraConfig.get())
         try:
-            manifests = run_graph(spec, run_dir, stages)
+            manifests = run_graph(spec, run_dir, stages, plan)
         except StopHere as e:
             print(e)
             return "pruned" if isinstance(e, TrialPruned) else "stopped"

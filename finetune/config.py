@@ -19,12 +19,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from finetune.backends import BACKENDS
+from finetune.backends.base import OBJECTIVES
 from finetune.data.checks import CHECKS
 from finetune.data.formats import READABLE, WRITABLE
 from finetune.data.python_source import PythonSourceConfig
 from finetune.data.readers import path_problem
 from finetune.distributed import STRATEGIES
 from finetune.errors import UserError
+from finetune.export.gguf_types import OUT_TYPES
 from finetune.fields import setting as _field
 from finetune.generate import OLLAMA_REPEAT_LAST_N, OLLAMA_TOP_K
 from finetune.methods import METHODS, OPTIMIZERS
@@ -156,7 +158,7 @@ class BackendConfig:
     batch_size: int | None = _field(None, low=1)  # null: the provider's default
     lr_multiplier: float | None = _field(None, low=0.0, low_open=True)  # × the provider's learning rate; null: default
     # openai: supervised fine-tuning, or DPO (preference tuning) on chosen/rejected pairs from the data
-    objective: str = _field("supervised", choices=("supervised", "dpo"))
+    objective: str = _field("supervised", choices=tuple(OBJECTIVES))
     dpo_beta: float | None = _field(None, low=0.0, low_open=True)  # DPO's beta (how far from the base); null: auto
     submit: bool = False  # submitting costs money: false writes the plan, its cost and the exact files, then stops
     poll_interval_s: float = _field(30.0, low=0.0, low_open=True)
@@ -189,7 +191,7 @@ class TrainConfig:
     overfit_rising_evals: int = _field(3, low=1)  # ...or when eval loss rose at this many evaluations in a row
     logging_steps: int = _field(1, low=1)
     num_processes: int = _field(1, low=1)  # >1: data-parallel workers (finetune/distributed.py)
-    distributed: str = _field("ddp", choices=STRATEGIES)  # ddp (CPU or CUDA); fsdp, deepspeed on CUDA
+    distributed: str = _field("ddp", choices=tuple(STRATEGIES))  # ddp (CPU or CUDA); fsdp, deepspeed on CUDA
 
 
 @dataclass
@@ -230,7 +232,7 @@ class EvalConfig:
 @dataclass
 class ExportConfig:
     # Each one written and checked by the parity gate (finetune/export/parity.py): gated, or measured (K-quants)
-    gguf_types: list[str] = _field(["f16"], choices=("f32", "f16", "bf16", "q8_0", "q4_k_m", "q5_k_m", "q6_k"))
+    gguf_types: list[str] = _field(["f16"], choices=OUT_TYPES)
     adapter: bool = False  # LoRA methods: also the base model as f16 GGUF + the adapter as a llama.cpp GGUF LoRA
     ollama: bool = True
     system_prompt: str | None = None  # None: the training data's most common system prompt
@@ -373,8 +375,10 @@ def _check_cross_fields(run: RunConfig) -> None:
     if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
                                                   not all(isinstance(t, str) and t for t in targets)):
         raise ConfigError(f"method.target_modules={targets!r}: expected a list of layer names, all-linear or auto")
-    if run.backend.objective == "dpo" and run.backend.name != "openai":
-        raise ConfigError(f"backend.objective=dpo: preference tuning runs only with backend=openai (hosted DPO), not "
+    objective = run.backend.objective
+    if objective not in BACKENDS[run.backend.name].objectives:
+        able = " or ".join(f"backend={b.name}" for b in BACKENDS.values() if objective in b.objectives)
+        raise ConfigError(f"backend.objective={objective}: {OBJECTIVES[objective]} runs only with {able}, not "
                           f"backend={run.backend.name}")
     _check_eval(run.eval)
     if not run.model.source.strip():

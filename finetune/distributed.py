@@ -10,20 +10,37 @@ writes the plan, logs, curves, metrics and the saved model; checkpoints come fro
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.errors import UserError
 from finetune.paths import CONF_DIR
 
-STRATEGIES = ("ddp", "fsdp", "deepspeed")
 LAUNCH_FILE = ".launch.json"
+
+
+@dataclass(frozen=True)
+class Strategy:
+    """One ``train.distributed`` choice: what it needs here, and what ``TrainingArguments`` take for it."""
+
+    cuda_only: bool  # shards the model across CUDA GPUs
+    package: str | None = None  # an optional dependency it runs on
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+STRATEGIES: dict[str, Strategy] = {
+    "ddp": Strategy(cuda_only=False),
+    "fsdp": Strategy(cuda_only=True, arguments={"fsdp": "full_shard auto_wrap",
+                                                "fsdp_config": {"use_orig_params": True}}),
+    "deepspeed": Strategy(cuda_only=True, package="deepspeed",
+                          arguments={"deepspeed": str(CONF_DIR / "deepspeed" / "zero2.json")}),
+}
 
 
 class DistributedError(UserError, RuntimeError):
@@ -38,14 +55,16 @@ def check(run: Any) -> None:
     t = run.train
     if t.num_processes == 1:
         return
-    if t.distributed != "ddp" and not torch.cuda.is_available():
+    strategy = STRATEGIES[t.distributed]
+    if strategy.cuda_only and not torch.cuda.is_available():
         raise DistributedError(f"train.distributed={t.distributed} shards the model across CUDA GPUs and none is "
                                "visible here; use train.distributed=ddp (CPU processes with gloo)")
     if torch.cuda.is_available() and torch.cuda.device_count() < t.num_processes:
         raise DistributedError(f"train.num_processes={t.num_processes}: this machine has "
                                f"{torch.cuda.device_count()} CUDA GPU(s); one process per GPU")
-    if t.distributed == "deepspeed" and importlib.util.find_spec("deepspeed") is None:
-        raise DistributedError("train.distributed=deepspeed: deepspeed is not installed; pip install deepspeed")
+    if strategy.package and importlib.util.find_spec(strategy.package) is None:
+        raise DistributedError(f"train.distributed={t.distributed}: {strategy.package} is not installed; pip install "
+                               f"{strategy.package}")
 
 
 def in_worker() -> bool:
@@ -63,13 +82,8 @@ def trainer_arguments(run: Any) -> dict[str, Any]:
     t = run.train
     if t.num_processes == 1:
         return {}
-    args: dict[str, Any] = {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo",
-                            "ddp_find_unused_parameters": False}
-    if t.distributed == "fsdp":
-        args |= {"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True}}
-    elif t.distributed == "deepspeed":
-        args["deepspeed"] = str(CONF_DIR / "deepspeed" / "zero2.json")
-    return args
+    return {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo", "ddp_find_unused_parameters": False,
+            **copy.deepcopy(STRATEGIES[t.distributed].arguments)}
 
 
 def launch(run: Any, ctx: Any) -> dict[str, str]:
@@ -85,7 +99,7 @@ def launch(run: Any, ctx: Any) -> dict[str, str]:
     threads = max(1, (os.cpu_count() or 1) // n)
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "finetune.distributed", str(spec)]
+               "-m", "finetune.worker", str(spec)]
     try:
         code = subprocess.run(command, env=env).returncode
     finally:
@@ -97,33 +111,3 @@ def launch(run: Any, ctx: Any) -> dict[str, str]:
         return json.loads(artifacts.read_text())
     finally:
         artifacts.unlink()
-
-
-def _worker(spec_path: Path, train: Callable[[Any, Any], dict[str, str]]) -> None:
-    from omegaconf import OmegaConf
-
-    from finetune.config import load_run_config
-    from finetune.pipeline.graph import StageContext
-    from finetune.pipeline.manifest import atomic_write_json
-
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    run = load_run_config(OmegaConf.create(spec["run"]))
-    c = spec["context"]
-    ctx = StageContext(run_dir=Path(c["run_dir"]), out_dir=Path(c["out_dir"]), resume=c["resume"],
-                       inputs={s: {k: Path(v) for k, v in a.items()} for s, a in c["inputs"].items()})
-    artifacts = train(run, ctx)
-    if is_main_process():
-        atomic_write_json(ctx.out_dir / "artifacts.json", artifacts)
-
-
-if __name__ == "__main__":
-    import logging
-
-    from finetune.pipeline.rundir import RunLog
-    from finetune.stages.train import train_here
-
-    if is_main_process():
-        RunLog()
-    else:
-        logging.disable(logging.WARNING)
-    _worker(Path(sys.argv[1]), train_here)

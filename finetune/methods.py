@@ -33,7 +33,12 @@ class Method:
     adapter: bool  # trains a peft adapter (merge folds it in), or every weight
     lr: float  # the learning rate when train.lr is not set: the usual one for the method
     quantized: bool = False  # the base loads in 4 bit (bitsandbytes NF4)
-    dora: bool = False
+    dora: bool = False  # the adapter also rescales each weight by a magnitude vector
+
+    @property
+    def plain_lora(self) -> bool:
+        """A LoRA adapter without DoRA's magnitudes: what llama.cpp applies to a GGUF base."""
+        return self.adapter and not self.dora
 
 
 METHODS: dict[str, Method] = {m.name: m for m in (

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf
 
 from finetune import resolvers
 from finetune.cli import register_recipes
-from finetune.config import ConfigError, load_run_config
+from finetune.config import STAGE_NAMES, ConfigError, load_run_config
 from finetune.paths import CONF_DIR
 
 from .conftest import run_cli
@@ -21,6 +21,13 @@ def composed(*overrides: str):
     register_recipes()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))
+
+
+def test_the_stage_names_are_the_graphs_in_its_order():
+    from finetune.stages import STAGES
+
+    assert tuple(stage.name for stage in STAGES) == STAGE_NAMES
+    assert tuple(OmegaConf.load(CONF_DIR / "config.yaml").stages) == STAGE_NAMES  # conf/config.yaml's default
 
 
 def test_recipe_selects_options_from_groups_and_overrides_values():

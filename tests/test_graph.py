@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from finetune.config import RunConfig
+from finetune.pipeline import graph
 from finetune.pipeline.graph import Stage, StageOrderError, check_graph, run_graph
 
 
@@ -134,12 +135,36 @@ def test_order_errors_and_checks_come_before_any_stage_runs(spec, tmp_path):
         check_graph(spec, run_dir, stages)
     assert checked == [] and not any(run_dir.iterdir())
     spec.stages = ["a", "b"]
-    assert check_graph(spec, run_dir, stages) == ["a", "b"]
+    assert check_graph(spec, run_dir, stages).runs == ["a", "b"]
     assert checked == [42]  # a check shared by stages, or listed twice, runs once
     assert not any(run_dir.iterdir())  # checking wrote nothing
     run_graph(spec, run_dir, stages)
-    assert check_graph(spec, run_dir, stages) == []  # all complete: nothing to run, nothing to check
+    assert check_graph(spec, run_dir, stages).runs == []  # all complete: nothing to run, nothing to check
     assert checked == [42]
+
+
+def test_what_a_check_prepares_reaches_its_run_through_the_plan(spec, tmp_path, monkeypatch):
+    hashed: list[Path] = []
+    monkeypatch.setattr(graph, "sha256_path", lambda path, real=graph.sha256_path: hashed.append(path) or real(path))
+    got = []
+    rec = Recorder()
+
+    def b(run, ctx):
+        got.append(ctx.prepared)
+        return rec.b(run, ctx)
+
+    a, _ = rec.stages()
+    run_dir = tmp_path / "run"
+    stages = (a, Stage("b", b, needs=("a",), config_keys=("export",), prepare=lambda run: {"rows": run.seed}))
+    plan = check_graph(spec, run_dir, stages)
+    assert plan.prepared == {"b": {"rows": 42}} and not run_dir.exists()
+    run_graph(spec, run_dir, stages, plan)
+    assert got == [{"rows": 42}] and plan.prepared == {}  # handed over once, then let go
+    assert hashed.count(Path(spec.dataset.path)) == 1  # a's input file: hashed when planning, not again
+    run_graph(spec, run_dir, stages)  # without check_graph: planned now, nothing prepared
+    spec.export.gguf_types = ["q8_0"]
+    run_graph(spec, run_dir, stages)
+    assert got == [{"rows": 42}, None]
 
 
 def test_changed_inputs_clear_a_stage_folder(spec, tmp_path):

@@ -196,3 +196,17 @@ def test_multi_objective_search_keeps_both_values_and_does_not_prune(dataset, tm
         assert trial.values == [pytest.approx(row["eval_loss"]), pytest.approx(row["tokens_per_s"])]
     assert "pruning is off" in proc.stdout + proc.stderr
     assert not any(t.intermediate_values for t in searched.trials)
+
+
+def test_a_pruner_is_refused_when_unknown_or_missing_what_it_needs():
+    from finetune.sweep.optuna_search import SearchError, _check_pruner
+    from finetune.sweep.trial import PRUNERS
+
+    settings = {"name": "median", "n_startup_trials": 2, "n_warmup_steps": 0, "upper": None}
+    assert _check_pruner(settings) and not _check_pruner({**settings, "name": "none"})
+    with pytest.raises(SearchError, match=r"pruner.name='hyperband': expected median, threshold or none$"):
+        _check_pruner({**settings, "name": "hyperband"})
+    with pytest.raises(SearchError, match="pruner.upper: the threshold pruner needs an upper eval loss"):
+        _check_pruner({**settings, "name": "threshold"})
+    assert {type(p.build({**settings, "upper": 5.0})).__name__ for p in PRUNERS.values()} == {
+        "MedianPruner", "ThresholdPruner", "NopPruner"}

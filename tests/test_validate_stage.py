@@ -5,13 +5,20 @@ and evaluated on every token."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
+from finetune.config import load_run_config
 from finetune.data.canonical import read_split
+from finetune.pipeline import graph
+from finetune.pipeline.graph import check_graph, run_graph, stages_for
+from finetune.stages import STAGES
+from finetune.stages import validate as validate_stage
 
 from .conftest import TINY, conversation, run_cli
+from .test_config import composed
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 OFFLINE = {"HF_HUB_OFFLINE": "1"}
@@ -109,3 +116,26 @@ def test_plain_text_trains_and_evaluates_on_every_token(tmp_path):
         report["loss_tokens_per_conversation"]["test"]["total"] - report["splits"]["test"]  # all but the first
     assert result["prompts"] == 0 and "rougeL" not in result["metrics"]  # no questions to answer in plain text
     assert (tmp_path / "run" / "evaluate" / "samples.jsonl").read_text() == ""
+
+
+def test_a_run_plans_once_hashes_the_data_once_and_reads_it_once(chat_dataset, tmp_path, monkeypatch):
+    """What validate's pre-run check read, checked and tokenized reaches its run through the graph's plan."""
+    calls: Counter[str] = Counter()
+
+    def counting(name, function):
+        def counted(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return counted
+
+    real_hash = graph.sha256_path
+    monkeypatch.setattr(graph, "sha256_path", lambda path: calls.update(["hash"] * (path == chat_dataset))
+                        or real_hash(path))  # the stage's artifacts are hashed too, once each
+    monkeypatch.setattr(graph, "_plan", counting("plan", graph._plan))
+    monkeypatch.setattr(validate_stage, "prepare", counting("prepare", validate_stage.prepare))
+    spec = load_run_config(composed(*TINY, "stages=[validate]", f"dataset.path={chat_dataset}"))
+    stages, _ = stages_for(spec, STAGES)  # as the CLI runs them
+    run_dir = tmp_path / "run"
+    run_graph(spec, run_dir, stages, check_graph(spec, run_dir, stages))
+    assert calls == {"plan": 1, "hash": 1, "prepare": 1}
+    assert len(read_split(run_dir / "validate" / "train.jsonl")) > 0

@@ -2,49 +2,64 @@
 
 A local backend (``hf``, ``unsloth``) loads the model and wraps it for training (``load``); the training loop
 (``finetune.training``), checkpoints and saving are the same for each. A hosted backend (``openai``, ``vertex``,
-``bedrock``) trains through a provider's API (``provider``): there are no local weights, so the stages that need
-them are left out of the run, by capability, not by backend name (``finetune.stages``).
+``bedrock``) trains through a provider's API (a ``finetune.backends.hosted.Provider``): there are no local weights,
+so the stages that need them are left out of the run, by capability, not by backend name (``finetune.stages``).
+Each entry imports its implementation when first used; ``finetune.backends.base`` says what one does.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from finetune.backends import hf, unsloth
-from finetune.backends.hosted import Provider
-from finetune.backends.hosted.bedrock import BEDROCK
-from finetune.backends.hosted.openai_ft import OPENAI
-from finetune.backends.hosted.vertex import VERTEX
-
-LOCAL_WEIGHTS = "local weights"  # merge, GGUF export and publishing read them
-LOGPROBS = "token scores"  # likelihood metrics (perplexity, forgetting) and lm-eval need the model's logprobs
+from finetune.backends.base import Backend, Implementation
 
 
-@dataclass(frozen=True)
-class Backend:
-    name: str
-    check: Callable[[Any], None]  # RunConfig -> None; raises UserError with one line
-    load: Callable[[Any], Any] | None = None  # RunConfig -> the model to train (local backends)
-    provider: Provider | None = None  # the provider's API (hosted backends)
-    capabilities: frozenset[str] = frozenset({LOCAL_WEIGHTS, LOGPROBS})
+@cache
+def _hf() -> Implementation:
+    from finetune.backends.hf import BACKEND
 
-    @property
-    def hosted(self) -> bool:
-        return self.provider is not None
+    return BACKEND
 
 
-def _hosted(provider: Provider) -> Backend:
-    return Backend(provider.name, provider.check, provider=provider, capabilities=frozenset())
+@cache
+def _unsloth() -> Implementation:
+    from finetune.backends.unsloth import BACKEND
+
+    return BACKEND
+
+
+@cache
+def _openai() -> Implementation:
+    from finetune.backends.hosted.backend import HostedBackend
+    from finetune.backends.hosted.openai_ft import OPENAI
+
+    return HostedBackend(OPENAI)
+
+
+@cache
+def _vertex() -> Implementation:
+    from finetune.backends.hosted.backend import HostedBackend
+    from finetune.backends.hosted.vertex import VERTEX
+
+    return HostedBackend(VERTEX)  # type: ignore[arg-type]
+
+
+@cache
+def _bedrock() -> Implementation:
+    from finetune.backends.hosted.backend import HostedBackend
+    from finetune.backends.hosted.bedrock import BEDROCK
+
+    return HostedBackend(BEDROCK)  # type: ignore[arg-type]
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("hf", hf.check, hf.load),
-    Backend("unsloth", unsloth.check, unsloth.load),
-    _hosted(OPENAI),
-    _hosted(VERTEX),  # type: ignore[arg-type]
-    _hosted(BEDROCK),  # type: ignore[arg-type]
+    Backend("hf", _hf),
+    Backend("unsloth", _unsloth),
+    Backend("openai", _openai, capabilities=frozenset(), objectives=("supervised", "dpo")),
+    Backend("vertex", _vertex, capabilities=frozenset()),
+    Backend("bedrock", _bedrock, capabilities=frozenset()),
 )}
 
 

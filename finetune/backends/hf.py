@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from finetune import methods
+from finetune.backends.local import LocalBackend
 
 
 def check(run: Any) -> None:
@@ -26,3 +27,6 @@ def load(run: Any) -> Any:
     model = methods.sets_sorted(get_peft_model(model, peft_config))
     methods.adapter_in_compute_dtype(method, model, dtype)
     return model
+
+
+BACKEND = LocalBackend(load, check)

@@ -9,9 +9,10 @@ import importlib.util
 from typing import Any
 
 from finetune import methods
+from finetune.backends.local import LocalBackend
 from finetune.errors import UserError
 
-SUPPORTED_METHODS = ("lora", "qlora", "full")
+SUPPORTED_METHODS = tuple(name for name, m in methods.METHODS.items() if not m.dora)  # unsloth's peft has no DoRA
 
 
 class UnslothError(UserError, RuntimeError):
@@ -51,3 +52,6 @@ def load(run: Any) -> Any:
         target_modules=targets, use_rslora=run.method.rslora, random_state=run.seed,
         use_gradient_checkpointing="unsloth" if run.train.gradient_checkpointing else False,
     ))
+
+
+BACKEND = LocalBackend(load, check)

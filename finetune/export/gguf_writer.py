@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from finetune.export.gguf_types import K_QUANTS, NUMPY_TYPES, OUT_TYPES
 from finetune.pipeline.manifest import umask_mode
 
 # Hugging Face class -> llama.cpp architecture. Mistral checkpoints use llama.cpp's "llama" graph.
@@ -36,16 +37,6 @@ SUPPORTED_ARCHITECTURES = {
 _GEMMA = ("gemma2", "gemma3")
 # Layer count at which llama.cpp takes a Gemma model for the 27B size and scales queries by hidden/heads, not head_dim.
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
-# Output types gguf-py's numpy quantizers write: (tensor type of 2-D weights, file type), as gguf enum names.
-_NUMPY_TYPES = {
-    "f32": ("F32", "ALL_F32"),
-    "f16": ("F16", "MOSTLY_F16"),
-    "bf16": ("BF16", "MOSTLY_BF16"),
-    "q8_0": ("Q8_0", "MOSTLY_Q8_0"),
-}
-# Output types only llama.cpp's quantizer makes (gguf.LlamaFileType names = llama.cpp's llama_ftype values).
-_K_QUANTS = {"q4_k_m": "MOSTLY_Q4_K_M", "q5_k_m": "MOSTLY_Q5_K_M", "q6_k": "MOSTLY_Q6_K"}
-OUT_TYPES = (*_NUMPY_TYPES, *_K_QUANTS)
 # Rows of a tensor read, converted and quantized at a time (about this many bytes of float32 each).
 _SLICE_BYTES = 16 << 20
 # safetensors dtypes read as float32: numpy dtype of the stored values (BF16 is widened by hand).
@@ -110,7 +101,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with temp_path(out_path) as tmp:
-        if out_type in _K_QUANTS:
+        if out_type in K_QUANTS:
             with temp_path(out_path) as f16:
                 _write_numpy_types(model_dir, config, arch, f16, "f16", name, log)
                 log(f"quantizing to {out_type} with llama.cpp")
@@ -151,7 +142,7 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
     import gguf
     import numpy as np
 
-    tensor_type, file_type = _NUMPY_TYPES[out_type]
+    tensor_type, file_type = NUMPY_TYPES[out_type]
     writer = gguf.GGUFWriter(path, arch)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
@@ -637,7 +628,7 @@ def _llama_quantize(src: Path, dst: Path, out_type: str) -> None:
     from finetune.pipeline.rundir import library_output
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = gguf.LlamaFileType[_K_QUANTS[out_type]]
+    params.ftype = gguf.LlamaFileType[K_QUANTS[out_type]]
     with library_output():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
         if rc != 0:

@@ -4,6 +4,7 @@ from the exported model, up to sampling noise."""
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Sequence
 from typing import Any
 
@@ -93,3 +94,31 @@ class HFGenerator:
                         finish_reason="length" if end is None else "stop", tokens=len(kept) + (end is not None)))
                 bar.update(len(batch))
         return answers
+
+
+class InProcessModel:
+    """A model folder or Hub id asked in this process, loaded when first used: one load answers (``generate``) and
+    scores tokens (``model``: likelihood metrics, lm-eval); ``release`` frees it before the next model loads."""
+
+    def __init__(self, source: str, model_config: Any, tokenizer: Any, label: str, batch_size: int = 8) -> None:
+        self.source, self.model_config, self.tokenizer = source, model_config, tokenizer
+        self.label, self.batch_size = label, batch_size
+        self._model: Any = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            from finetune.models import load_model
+
+            self._model = load_model(self.source, self.model_config).eval()
+        return self._model
+
+    def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
+        return HFGenerator(self.model, self.tokenizer, self.label, self.batch_size).generate(prompts, decoding)
+
+    def release(self) -> None:
+        from finetune.plan import release_freed_memory
+
+        self._model = None
+        gc.collect()
+        release_freed_memory()

@@ -13,6 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.data.canonical import Conversation
+from finetune.errors import UserError
+
+
+class MetricError(UserError, ValueError):
+    """A metric found nothing to score where a table without it would hide why; the message says what to change."""
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.chat import TokenizedConversation, tokenize_text
-from finetune.metrics import Metric, Scored
+from finetune.metrics import Metric, MetricError, Scored
 from finetune.paths import DATA_DIR
 
 PROBE = DATA_DIR / "probe" / "general_text.jsonl"
@@ -62,7 +62,11 @@ def _perplexity(name: str, model: Any, rows: Sequence[TokenizedConversation], in
 
 
 def perplexity(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: Any) -> Scored:
-    return _perplexity("perplexity", model, inputs.test, inputs)
+    scored = _perplexity("perplexity", model, inputs.test, inputs)
+    if not scored.details["tokens"]:  # every answer cut off: nothing that was trained is measured
+        raise MetricError(f"evaluate: none of the {len(inputs.test)} test conversations scored has an answer token "
+                          f"within train.max_seq_len={inputs.max_len}; raise it (or eval.max_samples)")
+    return scored
 
 
 def sequence_perplexity(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: Any) -> Scored:

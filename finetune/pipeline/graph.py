@@ -13,7 +13,9 @@ warning naming them: its fingerprint is unchanged, so it does not rerun, but its
 run's.
 
 ``check_graph`` runs before anything is written: the stage order, then each stage's own checks (data, model,
-method), so that bad input is refused before the first stage instead of in the middle of the run.
+method), so that bad input is refused before the first stage instead of in the middle of the run. Its ``Plan``
+goes to ``run_graph``: the graph plans once, hashes each input file once, and a check that computed what its
+stage's run needs (validate reads and checks the data) hands that over as ``StageContext.prepared``.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ import resource
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,6 +64,7 @@ class StageContext:
     out_dir: Path
     inputs: dict[str, dict[str, Path]]  # upstream stage -> artifact name -> absolute path
     resume: bool
+    prepared: Any = None  # what the stage's pre-run check computed for it (``Stage.prepare``), or None
 
     def input(self, stage: str, artifact: str) -> Path:
         return self.inputs[stage][artifact]
@@ -82,6 +85,9 @@ class Stage:
     # Checks that refuse bad input before any stage runs (raise a UserError); one function shared by several
     # stages runs once.
     checks: tuple[Callable[[RunConfig], None], ...] = ()
+    # A check, run after ``checks``, that also computes what the stage's run needs: its result reaches ``run`` as
+    # ``ctx.prepared`` (None when the graph ran without checks, or when it had nothing to hand over).
+    prepare: Callable[[RunConfig], Any] | None = None
     # Why this run has no such stage (a hosted backend has no local weights to merge), or None: it has one.
     left_out: Callable[[RunConfig], str | None] = lambda run: None
     # The config keys, when they depend on the run (a hosted job reads other settings than local training)
@@ -188,7 +194,8 @@ def _apply_umask(stage_dir: Path) -> None:
             path.chmod(mode)
 
 
-def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[str, Manifest]) -> Manifest:
+def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[str, Manifest], prepared: Any
+             ) -> Manifest:
     stage_dir = run_dir / stage.name
     previous = Manifest.read(stage_dir)
     resume = (stage.resumable and previous is not None and previous.fingerprint == fp
@@ -207,6 +214,7 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
         out_dir=stage_dir,
         inputs={need: done[need].artifact_paths(run_dir / need) for need in stage.needs},
         resume=resume,
+        prepared=prepared,
     )
     log.info("── stage %s%s", stage.name, " (resuming)" if resume else "")
     t0 = time.monotonic()
@@ -236,7 +244,17 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
     return manifest
 
 
-def _plan(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> list[Stage]:
+@dataclass
+class Plan:
+    """What ``check_graph`` found, for ``run_graph``."""
+
+    runs: list[str]  # the stages that execute, in order
+    # The fingerprints known before anything runs: those of stages whose upstream does not execute now
+    fingerprints: dict[str, str]
+    prepared: dict[str, Any] = field(default_factory=dict)  # stage -> what its ``prepare`` check computed
+
+
+def _plan(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> Plan:
     """The stages this run executes: selected ones that are not complete with the same inputs (or whose
     upstream executes). Raises ``StageOrderError`` when a selected stage's upstream neither is complete and
     current nor executes now."""
@@ -244,6 +262,7 @@ def _plan(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> list[Stage]
     current: dict[str, Manifest] = {}
     runs: list[Stage] = []
     stale: set[str] = set()
+    fingerprints: dict[str, str] = {}
     for stage in stages:
         stage_dir = run_dir / stage.name
         existing = Manifest.read(stage_dir)
@@ -255,35 +274,45 @@ def _plan(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> list[Stage]
             raise StageOrderError(
                 f"stage {stage.name!r} needs {need!r}, which {why} in {run_dir}; add {need!r} to stages"
             )
-        if not missing and not running.intersection(stage.needs) and _is_current(
-                existing, _fingerprint(stage, run, current), stage_dir):
+        if not missing and not running.intersection(stage.needs):
+            fingerprints[stage.name] = _fingerprint(stage, run, current)
+        if stage.name in fingerprints and _is_current(existing, fingerprints[stage.name], stage_dir):
             assert existing is not None
             current[stage.name] = existing
         elif not missing and stage.name in selected:
             runs.append(stage)
         elif existing is not None:
             stale.add(stage.name)
-    return runs
+    return Plan([stage.name for stage in runs], fingerprints)
 
 
-def check_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> list[str]:
+def check_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> Plan:
     """Everything that can refuse this run before anything is written: the stage order, then the checks of
-    each stage that will execute. Returns the names of those stages."""
-    runs = _plan(run, run_dir, stages)
-    for check in dict.fromkeys(check for stage in runs for check in stage.checks):
-        check(run)
-    return [stage.name for stage in runs]
+    each stage that will execute, in stage order (a check function shared by several stages once)."""
+    plan = _plan(run, run_dir, stages)
+    checked: set[Callable[[RunConfig], None]] = set()
+    for stage in (stage for stage in stages if stage.name in plan.runs):
+        for check in stage.checks:
+            if check not in checked:
+                checked.add(check)
+                check(run)
+        if stage.prepare is not None and (prepared := stage.prepare(run)) is not None:
+            plan.prepared[stage.name] = prepared
+    return plan
 
 
-def run_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> dict[str, Manifest]:
-    """Run the selected stages in graph order; returns the manifest of every stage that is complete."""
-    runs = {stage.name for stage in _plan(run, run_dir, stages)}
+def run_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage], plan: Plan | None = None
+              ) -> dict[str, Manifest]:
+    """Run the selected stages in graph order, as ``check_graph`` planned them (or as planned now, without the
+    checks); returns the manifest of every stage that is complete."""
+    plan = plan or _plan(run, run_dir, stages)
     done: dict[str, Manifest] = {}
     for stage in stages:
         if any(need not in done for need in stage.needs):
             continue  # neither selected nor current upstream: _plan refused the selected ones
         stage_dir = run_dir / stage.name
-        fp = _fingerprint(stage, run, done)
+        # known from the plan unless an upstream stage executed since (its artifacts are new)
+        fp = plan.fingerprints.get(stage.name) or _fingerprint(stage, run, done)
         existing = Manifest.read(stage_dir)
         if _is_current(existing, fp, stage_dir):
             assert existing is not None
@@ -291,6 +320,6 @@ def run_graph(run: RunConfig, run_dir: Path, stages: Sequence[Stage]) -> dict[st
                 log.info("── stage %s: complete with the same inputs, skipped", stage.name)
             warn_if_versions_changed(existing)
             done[stage.name] = existing
-        elif stage.name in runs:
-            done[stage.name] = _execute(stage, run, run_dir, fp, done)
+        elif stage.name in plan.runs:
+            done[stage.name] = _execute(stage, run, run_dir, fp, done, plan.prepared.pop(stage.name, None))
     return done

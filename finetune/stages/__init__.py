@@ -3,38 +3,41 @@
 records every key each stage reads and checks it is listed), ``checks`` what refuses bad input before any
 stage runs. Only ``train`` resumes; the others start again from an empty folder."""
 
-import dataclasses
+from types import ModuleType
+from typing import Any
 
-from finetune.backends import BACKENDS, LOCAL_WEIGHTS, lacks
-from finetune.config import BackendConfig, RunConfig
+from finetune.backends import BACKENDS, lacks
+from finetune.backends.base import LOCAL_WEIGHTS
+from finetune.config import RunConfig
 from finetune.models import check_source
 from finetune.pipeline.graph import Stage
 from finetune.stages import card, evaluate, export, merge, publish, synthesize, train, validate
 
-LOCAL_TRAIN_KEYS = ("model", "method", "backend.name", "train", "seed")
-# What makes a hosted job another job: its backend settings but BackendConfig.RUNTIME (submit, polling), the
-# seed and run name it is created with, the adapter size (method.r); train.* is local training's
-HOSTED_TRAIN_KEYS = ("method", *(f"backend.{f.name}" for f in dataclasses.fields(BackendConfig)
-                                 if f.name not in BackendConfig.RUNTIME), "seed", "run_name")
-
 
 def _train_keys(run: RunConfig) -> tuple[str, ...]:
-    return HOSTED_TRAIN_KEYS if BACKENDS[run.backend.name].hosted else LOCAL_TRAIN_KEYS
+    """What the run's backend reads to train (a hosted job's settings, or the local model, method and train.*)."""
+    return BACKENDS[run.backend.name].config_keys(run)
+
+
+def _stage(module: ModuleType, **how: Any) -> Stage:
+    """A stage named by its module, ``finetune/stages/<name>.py``; ``config.STAGE_NAMES`` lists them in this order."""
+    return Stage(module.__name__.rpartition(".")[2], module.run, **how)
 
 
 STAGES: tuple[Stage, ...] = (
-    Stage("synthesize", synthesize.run, needs=(), config_keys=synthesize.CONFIG_KEYS, left_out=synthesize.left_out),
-    Stage("validate", validate.run, needs=("synthesize",), config_keys=validate.CONFIG_KEYS,
-          input_files=validate.input_files, checks=(check_source, validate.check)),
-    Stage("train", train.run, needs=("validate",), config_keys=LOCAL_TRAIN_KEYS, keys_for=_train_keys,
-          resumable=True, checks=(check_source, train.check)),
-    Stage("merge", merge.run, needs=("train",), config_keys=("model", "method"), checks=(check_source,),
-          left_out=lacks(LOCAL_WEIGHTS)),
-    Stage("evaluate", evaluate.run, needs=("validate", "train", "merge"), config_keys=evaluate.CONFIG_KEYS,
-          checks=(check_source, evaluate.check)),
-    Stage("export", export.run, needs=("validate", "train", "merge"), config_keys=export.CONFIG_KEYS,
-          checks=(export.check,), left_out=lacks(LOCAL_WEIGHTS)),
-    Stage("card", card.run, needs=("validate", "train", "evaluate", "export"), config_keys=card.CONFIG_KEYS),
-    Stage("publish", publish.run, needs=("train", "merge", "export", "card"), config_keys=publish.CONFIG_KEYS,
-          checks=(publish.check,), left_out=lacks(LOCAL_WEIGHTS)),
+    _stage(synthesize, needs=(), config_keys=synthesize.CONFIG_KEYS, left_out=synthesize.left_out),
+    _stage(validate, needs=("synthesize",), config_keys=validate.CONFIG_KEYS, input_files=validate.input_files,
+           checks=(check_source,), prepare=validate.check),
+    # its config keys are its backend's, which stages_for sets for each run
+    _stage(train, needs=("validate",), config_keys=(), keys_for=_train_keys, resumable=True,
+           checks=(check_source, train.check)),
+    _stage(merge, needs=("train",), config_keys=("model", "method"), checks=(check_source,),
+           left_out=lacks(LOCAL_WEIGHTS)),
+    _stage(evaluate, needs=("validate", "train", "merge"), config_keys=evaluate.CONFIG_KEYS,
+           checks=(check_source, evaluate.check)),
+    _stage(export, needs=("validate", "train", "merge"), config_keys=export.CONFIG_KEYS, checks=(export.check,),
+           left_out=lacks(LOCAL_WEIGHTS)),
+    _stage(card, needs=("validate", "train", "evaluate", "export"), config_keys=card.CONFIG_KEYS),
+    _stage(publish, needs=("train", "merge", "export", "card"), config_keys=publish.CONFIG_KEYS,
+           checks=(publish.check,), left_out=lacks(LOCAL_WEIGHTS)),
 )

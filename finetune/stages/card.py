@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.backends import BACKENDS
+from finetune.backends.base import LOCAL_WEIGHTS
 from finetune.config import RunConfig
 from finetune.export.card import CardInputs, hosted_model_card, model_card
 from finetune.pipeline.graph import StageContext
@@ -34,7 +35,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         parity=_json(export["parity"]) if export else {},
         files={key: path.name for key, path in export.items()},
     )
-    provider = BACKENDS[run.backend.name].provider
-    card = hosted_model_card(run, inputs, provider.chat_endpoint(run)[0]) if provider else model_card(run, inputs)
+    # Without local weights the model lives where evaluate asked it
+    card = model_card(run, inputs) if LOCAL_WEIGHTS in BACKENDS[run.backend.name].capabilities else \
+        hosted_model_card(run, inputs, inputs.evaluation["models"]["tuned"]["endpoint"])
     atomic_write_text(ctx.out_dir / "README.md", card)
     return {"model_card": "README.md"}

@@ -11,7 +11,6 @@ reference, answer and per-sample score) and ``eval.md`` (the table first, then s
 from __future__ import annotations
 
 import difflib
-import gc
 import json
 import logging
 import math
@@ -19,8 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from finetune.backends import BACKENDS, LOGPROBS, lacks
-from finetune.backends.hosted import Provider
+from finetune.backends import BACKENDS, lacks
+from finetune.backends.base import LOGPROBS, Asked
 from finetune.chat import first_exchange, tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
@@ -29,7 +28,7 @@ from finetune.export.modelfile import TemplateError, serving_parameters, templat
 from finetune.generate import Answer, Decoding, Generator
 from finetune.metrics import METRICS, Metric, Sample, Scored
 from finetune.metrics.likelihood import LikelihoodInputs
-from finetune.models import load_model, load_tokenizer, package_file, resolve_model_source
+from finetune.models import package_file
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
@@ -42,7 +41,7 @@ IN_PROCESS = ("base", "tuned")
 
 
 class EvalError(UserError, ValueError):
-    """Nothing in the test split can be scored, or an evaluation setting names something that does not exist."""
+    """An evaluation setting names something that does not exist."""
 
 
 def check(run: RunConfig) -> None:
@@ -96,32 +95,24 @@ class Results:
             self.per_sample.setdefault(who, [{} for _ in range(self.samples)])[i].update(values)
 
 
-def _score_in_process(who: str, source: str, run: RunConfig, tokenizer: Any, inputs: LikelihoodInputs,
-                      samples: Sequence[Sample], decoding: Decoding, model_metrics: Sequence[Metric],
-                      results: Results, tasks: Sequence[str], task_folder: Path | None
-                      ) -> tuple[list[Answer], dict[str, Any] | None]:
-    from finetune.generate.hf import HFGenerator
-    from finetune.plan import release_freed_memory
-
-    ev = run.eval
-    model = load_model(source, run.model).eval()
+def _score_in_process(asked: Any, run: RunConfig, inputs: LikelihoodInputs, samples: Sequence[Sample],
+                      decoding: Decoding, model_metrics: Sequence[Metric], results: Results, tasks: Sequence[str],
+                      task_folder: Path | None) -> tuple[list[Answer], dict[str, Any] | None]:
+    """One model loaded once (``InProcessModel``): its likelihood metrics, answers and lm-eval tasks."""
+    ev, who = run.eval, asked.label
+    model, tokenizer = asked.model, asked.tokenizer
     for metric in model_metrics:
         scored = metric.compute(model, tokenizer, inputs, ev)
-        if metric.name == "perplexity" and not scored.details["tokens"]:
-            raise EvalError(f"evaluate: none of the {len(inputs.test)} test conversations scored has an answer token "
-                            f"within train.max_seq_len={run.train.max_seq_len}; raise it (or eval.max_samples)")
         results.add(metric.name, metric.higher_is_better, who, scored)
         log.info("%s: %s", who, ", ".join(f"{k} {v:.4g}" for k, v in scored.values.items() if v is not None))
-    answers = HFGenerator(model, tokenizer, who, ev.batch_size).generate([s.prompt for s in samples], decoding) \
-        if samples else []
+    answers = asked.generate([s.prompt for s in samples], decoding) if samples else []
     harness = None
     if tasks or task_folder is not None:
         from finetune.metrics.harness import run_tasks
 
         harness = run_tasks(model, tokenizer, tasks, task_folder, ev.lm_eval, who)
     del model
-    gc.collect()
-    release_freed_memory()
+    asked.release()
     return answers, harness
 
 
@@ -233,12 +224,12 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
 
 
 def _in_process(run: RunConfig, ctx: StageContext, test: list[Any], samples: list[Sample], chosen: list[Metric],
-                results: Results, answers: dict[str, list[Answer]]) -> tuple[Decoding, dict[str, Any], dict[str, Any]]:
-    """Base and merged model in this process: likelihood metrics, answers, lm-eval. Returns the decoding, the
-    models asked and the lm-eval results."""
+                results: Results, answers: dict[str, list[Answer]], asked: dict[str, Asked]
+                ) -> tuple[Decoding, dict[str, Any]]:
+    """Base and tuned model in this process, one after the other: likelihood metrics, answers, lm-eval. Returns
+    the decoding and the lm-eval results."""
     ev = run.eval
-    merged_dir = str(ctx.input("merge", "model"))
-    tokenizer = load_tokenizer(merged_dir, run.model)
+    tokenizer = asked["tuned"].generator.tokenizer
     decoding = decoding_for(run, tokenizer)
     task_folder = None
     if ev.lm_eval.local_task and samples:
@@ -247,40 +238,32 @@ def _in_process(run: RunConfig, ctx: StageContext, test: list[Any], samples: lis
         task_folder = ctx.out_dir / "lm_eval_task"
         write_local_task(samples, tokenizer, task_folder)
     harness: dict[str, Any] = {}
-    sources = {"base": resolve_model_source(run.model), "tuned": merged_dir}
     tasks = list(ev.lm_eval.tasks)
     inputs = LikelihoodInputs([tokenize(tokenizer, c) for c in test], run.train.max_seq_len, ev.batch_size)
-    for who, source in sources.items():
-        answers[who], ran = _score_in_process(who, source, run, tokenizer, inputs, samples, decoding,
+    for who, model in asked.items():
+        answers[who], ran = _score_in_process(model.generator, run, inputs, samples, decoding,
                                               [m for m in chosen if m.needs == "model"], results, tasks, task_folder)
         if ran is not None:
             harness[who] = ran
             _add_harness(results, who, ran)
             tasks = [t for t in tasks if t not in ran["skipped"]]  # a dataset that did not load for base won't now
-    return decoding, {who: {"source": src, "via": "transformers"} for who, src in sources.items()}, harness
+    return decoding, harness
 
 
-def _hosted(provider: Provider, run: RunConfig, ctx: StageContext, samples: list[Sample], chosen: list[Metric],
-            answers: dict[str, list[Answer]]) -> tuple[Decoding, dict[str, Any], dict[str, str]]:
-    """Base and tuned model asked through the provider's OpenAI-compatible chat endpoint; the metrics that need
-    the model's token scores are left out. Returns the decoding, the models asked and what was left out."""
-    from finetune.generate.openai_compat import OpenAICompatGenerator
-
-    url, key_env = provider.chat_endpoint(run)
-    tuned = json.loads(ctx.input("train", "metrics").read_text(encoding="utf-8"))["tuned_model"]
+def _remote(run: RunConfig, samples: list[Sample], chosen: list[Metric], answers: dict[str, list[Answer]],
+            asked: dict[str, Asked]) -> tuple[Decoding, dict[str, str]]:
+    """Base and tuned model asked where they are served, whose server knows their stop tokens; the metrics that
+    need the model's token scores are left out. Returns the decoding and what was left out."""
     decoding = decoding_for(run, stop=())
-    ids = {"base": run.backend.base_model or "", "tuned": tuned}
-    for who, model in ids.items():
-        asked = OpenAICompatGenerator(url, provider.chat_model(run, model), who, key_env)
-        answers[who] = asked.generate([s.prompt for s in samples], decoding)
+    for who, model in asked.items():
+        answers[who] = model.generator.generate([s.prompt for s in samples], decoding)
     left_out = {}
     if why := lacks(LOGPROBS)(run):
         left_out = {m.name: why for m in chosen if m.needs == "model"}
         if run.eval.lm_eval.tasks or run.eval.lm_eval.local_task:
             left_out["lm_eval"] = why
         log.info("evaluate: %s left out (%s)", ", ".join(left_out), why)
-    return decoding, {who: {"source": model, "via": f"{provider.title} at {url}"} for who, model in ids.items()}, \
-        left_out
+    return decoding, left_out
 
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
@@ -293,10 +276,14 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     answers: dict[str, list[Answer]] = {}
     harness: dict[str, Any] = {}
     left_out: dict[str, str] = {}
-    if provider := BACKENDS[run.backend.name].provider:
-        decoding, models, left_out = _hosted(provider, run, ctx, samples, chosen, answers)
+    backend = BACKENDS[run.backend.name]
+    asked = backend.generators(run, ctx)
+    if LOGPROBS in backend.capabilities:
+        decoding, harness = _in_process(run, ctx, test, samples, chosen, results, answers, asked)
     else:
-        decoding, models, harness = _in_process(run, ctx, test, samples, chosen, results, answers)
+        decoding, left_out = _remote(run, samples, chosen, answers, asked)
+    models = {who: {"source": a.source, "via": a.via, **({"endpoint": a.endpoint} if a.endpoint else {})}
+              for who, a in asked.items()}
     if samples:
         for generator in _other_generators(run):
             answers[generator.label] = generator.generate([s.prompt for s in samples], decoding)

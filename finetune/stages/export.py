@@ -51,7 +51,7 @@ def check(run: RunConfig) -> None:
     if run.export.ollama:
         source = resolve_model_source(run.model)
         template_family(load_tokenizer(source, run.model))
-    if run.export.adapter and (not METHODS[run.method.name].adapter or run.method.name == "dora"):
+    if run.export.adapter and not METHODS[run.method.name].plain_lora:
         raise ExportError(f"export.adapter=true: method {run.method.name!r} has no LoRA adapter llama.cpp can apply "
                           "(lora, qlora do); export the merged model only")
 

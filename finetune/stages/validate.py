@@ -10,7 +10,6 @@ tokenizer, never the model's weights.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
@@ -22,11 +21,12 @@ from typing import Any
 
 import numpy as np
 
+from finetune.backends import BACKENDS
 from finetune.chat import template_takes
-from finetune.config import DatasetConfig, RunConfig, SourceConfig, section
+from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, to_row
-from finetune.data.checks import CHECKS, CheckInput, CheckReport, run_check, run_phase
+from finetune.data.checks import CheckInput, CheckReport, run_phase, run_split_checks
 from finetune.data.load import Loaded, load_source
 from finetune.data.readers import local_path
 from finetune.data.report import markdown, summary_table
@@ -34,7 +34,7 @@ from finetune.data.splits import SPLITS, random_split, weighted
 from finetune.data.tokens import TokenStats, token_stats
 from finetune.models import load_tokenizer, resolve_model_source
 from finetune.pipeline.graph import StageContext
-from finetune.pipeline.manifest import atomic_write_json, atomic_write_text, fingerprint
+from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -100,22 +100,15 @@ def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: 
     return Part(kept, data.tokens)
 
 
-def _leakage(run: RunConfig, splits: dict[str, Part], fixed: bool, reports: dict[str, CheckReport]) -> int:
-    """Held-out rows found in the training split: handled as configured for the user's fixed files; always
-    moved into training for our own random split (it is ours to change; near-duplicates were already dropped
-    from the whole pool before splitting, unless that check was told not to)."""
-    checks = run.dataset.checks
-    settings = checks.leakage
-    if not fixed and settings.action != "off":
-        settings = dataclasses.replace(settings, action="move_to_train",
-                                       near=settings.near and checks.near_duplicates.action != "drop")
+def _split_checks(run: RunConfig, splits: dict[str, Part], fixed: bool, reports: dict[str, CheckReport]) -> int:
+    """The held-out splits checked against training (leakage); returns how many rows moved into training."""
     held = splits["validation"] + splits["test"]
-    kept, removed = run_check(CHECKS["leakage"], CheckInput(held.rows, settings, train=splits["train"].rows), reports)
+    kept, moved = run_split_checks(held.rows, splits["train"].rows, run.dataset.checks, reports, own_split=not fixed)
     for name in ("validation", "test"):
         splits[name] = splits[name].only(kept)
-    if settings.action == "move_to_train" and removed:
-        splits["train"] = splits["train"] + held.only(removed)
-    return len(removed) if settings.action == "move_to_train" else 0
+    if moved:
+        splits["train"] = splits["train"] + held.only(moved)
+    return len(moved)
 
 
 def _length_stats(values: np.ndarray) -> dict[str, float]:
@@ -140,8 +133,9 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
         raise DataError(f"{misfit.location}: no rejected answer; backend.objective=dpo trains on preference pairs "
                         "(prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output) — give "
                         "pairs on every row, or set backend.objective=supervised")
+    able = " or ".join(f"backend={b.name}" for b in BACKENDS.values() if "dpo" in b.objectives)
     raise DataError(f"{misfit.location}: preference data (chosen/rejected); this run trains supervised — set "
-                    "backend=openai backend.objective=dpo for hosted DPO, or keep only the chosen answers")
+                    f"{able} backend.objective=dpo for hosted DPO, or keep only the chosen answers")
 
 
 @dataclass
@@ -178,7 +172,7 @@ def prepare(run: RunConfig, synthetic: Path | None = None) -> Validated:
     else:
         index = random_split(len(checked.rows), d.validation_fraction, d.test_fraction, run.seed, where)
         splits = {name: checked.take(index[name]) for name in SPLITS}
-    moved = _leakage(run, splits, fixed, reports)
+    moved = _split_checks(run, splits, fixed, reports)
     for name in ("train", "test"):
         if not splits[name].rows:
             raise DataError(f"{d.test_path if name == 'test' and fixed else where}: the {name} split is empty")
@@ -228,9 +222,6 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
     }
 
 
-_PREPARED: dict[str, Validated] = {}  # the pre-run check's result, which `run` reuses when nothing changed
-
-
 # What prepare reads (the stage's fingerprint); the objective decides whether preference pairs are taken
 CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len", "backend.objective")
 
@@ -242,26 +233,18 @@ def input_files(run: RunConfig) -> list[Path]:
     return [path for name in names if name and (path := local_path(name))]
 
 
-def _inputs_key(run: RunConfig) -> str:
-    """What ``prepare`` depends on: its config, and the size and modification time of every local input."""
-    files = [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for p in input_files(run) if p.exists()
-             for f in ([p] if p.is_file() else sorted(p.rglob("*")))]
-    return fingerprint({"config": [section(run, k) for k in CONFIG_KEYS], "files": files})
-
-
-def check(run: RunConfig) -> None:
-    """The pre-run check: everything ``prepare`` refuses; its result is kept for ``run`` (a million rows
-    are read, checked and tokenized once, not twice). Synthetic conversations exist only once ``synthesize``
-    has run, so then the other sources are only read now (bad records refused before the API is paid), and
-    checked with the synthetic ones by the stage."""
-    _PREPARED.clear()
+def check(run: RunConfig) -> Validated | None:
+    """The pre-run check (``Stage.prepare``): everything ``prepare`` refuses; the graph hands its result to
+    ``run`` (a million rows are read, checked and tokenized once, not twice). Synthetic conversations exist only
+    once ``synthesize`` has run, so then the other sources are only read now (bad records refused before the API
+    is paid), and checked with the synthetic ones by the stage: nothing to hand over."""
     d = run.dataset
     if d.synthetic is None:
-        _PREPARED[_inputs_key(run)] = prepare(run)
-        return
+        return prepare(run)
     fixed = {str(path): _fixed(d, str(path)) for path in (d.validation_path, d.test_path) if path}
     for name, s in {**sources(d), **fixed}.items():
         _load(name, s, d)
+    return None
 
 
 def _write_jsonl(path: Path, rows: Iterable[dict[str, Any]]) -> None:
@@ -294,7 +277,7 @@ def _write_formats(run: RunConfig, ctx: StageContext, splits: dict[str, list[Con
 
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     synthetic = ctx.inputs.get("synthesize", {}).get("data")
-    validated = _PREPARED.pop(_inputs_key(run), None) or prepare(run, synthetic)
+    validated = ctx.prepared or prepare(run, synthetic)
     report = validated.report
     for name in SPLITS:
         _write_jsonl(ctx.out_dir / f"{name}.jsonl", map(to_row, validated.splits[name]))

@@ -30,7 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from finetune.errors import UserError
 from finetune.sweep.summary import TRAIN_METRICS, metric_values
-from finetune.sweep.trial import PRUNER_ATTR, STUDY_FILE, STUDY_NAME, TRIAL_ENV, storage_url
+from finetune.sweep.trial import NO_PRUNING, PRUNER_ATTR, PRUNERS, STUDY_FILE, STUDY_NAME, TRIAL_ENV, storage_url
 
 log = logging.getLogger(__name__)
 
@@ -98,11 +98,16 @@ def distribution(override: Override) -> Any:
     raise SearchError(f"{key}: {override.input_line!r} is not a search range; use choice(…), range(…) or interval(…)")
 
 
-def _check_pruner(conf: dict[str, Any]) -> None:
-    if conf["name"] not in ("median", "threshold", "none"):
-        raise SearchError(f"hydra.sweeper.pruner.name={conf['name']!r}: expected median, threshold or none")
-    if conf["name"] == "threshold" and conf["upper"] is None:
-        raise SearchError("hydra.sweeper.pruner.upper: the threshold pruner needs an upper eval loss")
+def _check_pruner(conf: dict[str, Any]) -> bool:
+    """Refuse an unknown pruner or one without a setting it needs; returns whether the pruner prunes at all."""
+    if conf["name"] not in PRUNERS:
+        *others, last = PRUNERS
+        raise SearchError(f"hydra.sweeper.pruner.name={conf['name']!r}: expected {', '.join(others)} or {last}")
+    pruner = PRUNERS[conf["name"]]
+    for key, what in pruner.needs.items():
+        if conf[key] is None:
+            raise SearchError(f"hydra.sweeper.pruner.{key}: the {conf['name']} pruner needs {what}")
+    return pruner.prunes
 
 
 class OptunaSearch(Sweeper):
@@ -146,9 +151,9 @@ class OptunaSearch(Sweeper):
                               f"objective {objectives}")
         directions = [direction_of(m, d) for m, d in zip(objectives, given, strict=True)]
         pruner = OmegaConf.to_container(self.pruner) if isinstance(self.pruner, DictConfig) else dict(self.pruner)
-        _check_pruner(pruner)
-        pruning = pruner["name"] != "none" and objectives == ["eval_loss"]
-        if pruner["name"] != "none" and not pruning:
+        prunes = _check_pruner(pruner)
+        pruning = prunes and objectives == ["eval_loss"]
+        if prunes and not pruning:
             log.warning("pruning is off: it compares eval losses during training, and the objectives are %s",
                         ", ".join(objectives))
         done_states = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
@@ -162,7 +167,7 @@ class OptunaSearch(Sweeper):
         except ValueError as e:  # the study in this folder optimises something else
             raise SearchError(f"hydra.sweep.dir: {sweep_dir / STUDY_FILE} holds another study ({e}); choose "
                               "another sweep folder") from None
-        study.set_user_attr(PRUNER_ATTR, pruner if pruning else {"name": "none"})  # the jobs prune with it
+        study.set_user_attr(PRUNER_ATTR, pruner if pruning else {"name": NO_PRUNING})  # the jobs prune with it
         unfinished = study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING))
         if seen:
             log.info("search resumed from %s: %d trials done, %d to finish again", sweep_dir / STUDY_FILE,

@@ -5,6 +5,8 @@ trial in the job's environment; the study is the SQLite file in the sweep folder
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -14,18 +16,43 @@ TRIAL_ENV = "FINETUNE_OPTUNA_TRIAL"  # the trial's number, set by the search for
 STUDY_FILE = "optuna.db"
 STUDY_NAME = "finetune"
 PRUNER_ATTR = "pruner"  # the study's user attribute with the pruner's settings, set by the search
+NO_PRUNING = "none"
 
 
-def pruner(settings: dict[str, Any]) -> Any:
-    """The pruner a job asks: its settings travel in the study (a pruner object is not stored there)."""
+@dataclass(frozen=True)
+class Pruner:
+    """A ``hydra.sweeper.pruner.name``: how a job builds it from the settings the study holds (a pruner object
+    is not stored there), and which settings it cannot do without."""
+
+    build: Callable[[dict[str, Any]], Any]
+    needs: dict[str, str] = field(default_factory=dict)  # setting → what it is, for the search's refusal
+    prunes: bool = True
+
+
+def _median(settings: dict[str, Any]) -> Any:
     import optuna
 
-    if settings["name"] == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=settings["n_startup_trials"],
-                                           n_warmup_steps=settings["n_warmup_steps"])
-    if settings["name"] == "threshold":
-        return optuna.pruners.ThresholdPruner(upper=settings["upper"])
+    return optuna.pruners.MedianPruner(n_startup_trials=settings["n_startup_trials"],
+                                       n_warmup_steps=settings["n_warmup_steps"])
+
+
+def _threshold(settings: dict[str, Any]) -> Any:
+    import optuna
+
+    return optuna.pruners.ThresholdPruner(upper=settings["upper"])
+
+
+def _nop(settings: dict[str, Any]) -> Any:
+    import optuna
+
     return optuna.pruners.NopPruner()
+
+
+PRUNERS: dict[str, Pruner] = {
+    "median": Pruner(_median),
+    "threshold": Pruner(_threshold, needs={"upper": "an upper eval loss"}),
+    NO_PRUNING: Pruner(_nop, prunes=False),
+}
 
 
 class TrialPruned(StopHere):
@@ -47,7 +74,8 @@ def pruning_callback(run_dir: Path) -> Any | None:
     from transformers import TrainerCallback
 
     study = optuna.load_study(study_name=STUDY_NAME, storage=storage_url(study_file))
-    study.pruner = pruner(study.user_attrs.get(PRUNER_ATTR, {"name": "none"}))
+    settings = study.user_attrs.get(PRUNER_ATTR, {"name": NO_PRUNING})
+    study.pruner = PRUNERS[settings["name"]].build(settings)
     running = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
                if t.number == int(number)]
     if not running:

@@ -22,6 +22,7 @@ from typing import Any
 from finetune.backends.hosted import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, HostedError, Job, TokenCount
 from finetune.backends.hosted.openai_ft import tiktoken_encoding
 from finetune.errors import UserError
+from finetune.methods import METHODS
 
 STATES = {"JOB_STATE_QUEUED": QUEUED, "JOB_STATE_PENDING": QUEUED, "JOB_STATE_RUNNING": RUNNING,
           "JOB_STATE_UPDATING": RUNNING, "JOB_STATE_PAUSED": RUNNING, "JOB_STATE_CANCELLING": RUNNING,
@@ -93,7 +94,7 @@ class VertexProvider:
         if cfg.batch_size:
             raise VertexConfigError("backend.batch_size: Gemini tuning on Vertex AI chooses its own batch size; "
                                     "leave it null (it takes backend.epochs, backend.lr_multiplier and method.r)")
-        if run.method.name == "full":
+        if not METHODS[run.method.name].adapter:
             raise VertexConfigError("method: Gemini tuning on Vertex AI trains an adapter, not all weights; use "
                                     "method=lora (method.r picks the adapter size)")
 

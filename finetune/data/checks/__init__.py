@@ -55,6 +55,9 @@ class Check:
     settings: type  # a dataclass with at least `action`
     find: Callable[[CheckInput], Outcome]
     redact: Callable[[Conversation, Any], Conversation] | None = None
+    # Phase "splits": its settings when the split is our own random one, not the user's fixed files (its settings,
+    # dataset.checks) -> settings; None: the same either way.
+    own_split: Callable[[Any, Any], Any] | None = None
 
 
 def _registry() -> dict[str, Check]:
@@ -151,3 +154,20 @@ def run_phase(phase: str, data: CheckInput, settings: Any, reports: dict[str, Ch
         rows = kept
     data.tokens = tokens
     return rows
+
+
+def run_split_checks(held: list[Conversation], train: list[Conversation], settings: Any,
+                     reports: dict[str, CheckReport], own_split: bool) -> tuple[list[Conversation], list[Conversation]]:
+    """The ``splits`` phase: held-out rows against the training split, each check on what the previous ones kept.
+    Returns (held-out rows kept, rows a ``move_to_train`` action takes into the training split)."""
+    moved: list[Conversation] = []
+    for check in CHECKS.values():
+        if check.phase != "splits":
+            continue
+        step = getattr(settings, check.name)
+        if own_split and check.own_split is not None and step.action != "off":
+            step = check.own_split(step, settings)
+        held, removed = run_check(check, CheckInput(held, step, train=train), reports)
+        if step.action == "move_to_train":
+            moved += removed
+    return held, moved

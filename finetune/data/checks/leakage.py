@@ -4,7 +4,9 @@ silently: by default the run stops and shows the pair; ``move_to_train`` or ``dr
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 from finetune.data.canonical import questions
 from finetune.data.checks import Check, CheckInput, Finding, Outcome
@@ -42,4 +44,11 @@ def _find(data: CheckInput) -> Outcome:
     return Outcome(list(findings.values()))
 
 
-CHECK = Check("leakage", "splits", "held-out row found in training data", LeakageSettings, _find)
+def _own_split(settings: LeakageSettings, checks: Any) -> LeakageSettings:
+    """Our own random split is ours to change: a leaked row always moves into training, and near-duplicates count
+    only when the near_duplicates check did not already drop them from the whole pool before splitting."""
+    return dataclasses.replace(settings, action="move_to_train",
+                               near=settings.near and checks.near_duplicates.action != "drop")
+
+
+CHECK = Check("leakage", "splits", "held-out row found in training data", LeakageSettings, _find, own_split=_own_split)

@@ -1,0 +1,82 @@
+"""The local backends (``hf``, ``unsloth``): they differ in how the model loads and what each needs here; the
+checks, the config keys, the training (``local_train``, in this process or in ``train.num_processes`` workers
+through ``finetune.distributed``) and the models asked in process are shared."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from finetune import distributed, methods
+from finetune.backends.base import Asked
+from finetune.errors import UserError
+from finetune.models import load_config, load_tokenizer, resolve_model_source
+
+# What local training reads: a change to one of them trains again
+CONFIG_KEYS = ("model", "method", "backend.name", "train", "seed")
+
+
+class TrainError(UserError, RuntimeError):
+    """The requested training cannot run here; the message says why and what to use instead."""
+
+
+def _check_target_modules(run: Any) -> None:
+    """Every name in ``method.target_modules`` must match a layer of the model, as peft matches them (the
+    full name or its last parts); the model is built on the meta device, so this costs no memory."""
+    import torch
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    config = load_config(run.model)
+    targets = methods.target_modules(run.method.target_modules, config.model_type)
+    if targets == "all-linear":
+        return
+    with init_empty_weights():
+        model = AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code)
+    names = [name for name, _ in model.named_modules()]
+    for target in targets:
+        if not any(name == target or name.endswith(f".{target}") for name in names):
+            linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                             if isinstance(module, torch.nn.Linear)})
+            raise TrainError(
+                f"method.target_modules: {target!r} matches no layer of {type(model).__name__}; "
+                f"its linear layers are {', '.join(linear)}"
+            )
+
+
+@dataclass(frozen=True)
+class LocalBackend:
+    load: Callable[[Any], Any]  # RunConfig -> the model to train, adapter attached
+    needs: Callable[[Any], None]  # RunConfig -> None: refuses what this backend itself lacks here
+
+    def check(self, run: Any) -> None:
+        """Refuse, before any stage runs, what this machine cannot train, or layers the model lacks."""
+        self.needs(run)
+        distributed.check(run)
+        method = methods.METHODS[run.method.name]
+        methods.check_available(method, run.train.optimizer)
+        if method.adapter:
+            _check_target_modules(run)
+
+    def config_keys(self, run: Any) -> tuple[str, ...]:
+        return CONFIG_KEYS
+
+    def train(self, run: Any, ctx: Any) -> dict[str, str]:
+        """In this process, or in ``train.num_processes`` workers that each come back here."""
+        if run.train.num_processes > 1 and not distributed.in_worker():
+            return distributed.launch(run, ctx)
+        from finetune.backends.local_train import train_here
+
+        return train_here(run, ctx, self.load)
+
+    def generators(self, run: Any, ctx: Any) -> dict[str, Asked]:
+        """The base model and the merged tuned one in this process, each loaded when first asked, with the tuned
+        model's tokenizer (its chat template is the one training used)."""
+        from finetune.generate.hf import InProcessModel
+
+        merged = str(ctx.input("merge", "model"))
+        tokenizer = load_tokenizer(merged, run.model)
+        sources = {"base": resolve_model_source(run.model), "tuned": merged}
+        return {who: Asked(InProcessModel(source, run.model, tokenizer, who, run.eval.batch_size), source,
+                           "transformers") for who, source in sources.items()}

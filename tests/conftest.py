@@ -3,11 +3,14 @@ tokenizer (``model=tiny_random``), small datasets written here, and the CLI as a
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import random
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,9 @@ import pytest
 from finetune.config import STAGE_NAMES
 
 REPO = Path(__file__).resolve().parents[1]
+# No test may reach the network: a Hub id goes to a closed loopback port and fails at once. Set before any test
+# imports huggingface_hub, which reads it once; tests that serve a local Hub pass their own to a subprocess.
+os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
 SYSTEM = "You are the support assistant of ABC Cloud ERP. Answer politely."
 
 
@@ -96,6 +102,40 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"finetune {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def run_cli_in_process(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+                       ) -> subprocess.CompletedProcess:
+    """``python -m finetune ARGS`` through the same entry point (``finetune.cli.main``) in this process: what
+    ``run_cli`` checks, without paying the interpreter's start-up and the imports per call. For refusals and
+    ``--cfg``; a variable that a library reads when it is imported (``HF_HUB_OFFLINE``, ``PYTHONPATH``) needs
+    ``run_cli``. An exception that escapes ``main`` is a bug: its traceback is in the returned stderr, code 1."""
+    from finetune.cli import main
+
+    saved_env, saved_cwd, saved_argv = dict(os.environ), os.getcwd(), sys.argv[:]
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    try:
+        os.environ.update(env or {})
+        os.chdir(cwd)
+        sys.argv = ["finetune", *args]
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+            except Exception:
+                traceback.print_exc()
+                code = 1
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+    proc = subprocess.CompletedProcess(["finetune", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"finetune {' '.join(args)} exited {code}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 

@@ -1,5 +1,9 @@
 """Every case of the bad-input corpus (tests/bad_inputs.py), through the CLI: one line, exit 2, nothing written
-and nothing touched; and the two ways a refused run used to harm a directory that was already there."""
+and nothing touched; and the two ways a refused run used to harm a directory that was already there.
+
+The cases go through the CLI's entry point in this process (no interpreter start-up per case); those that set an
+environment variable a library reads at import, and a handful of others, through ``python -m finetune`` as a
+user runs it."""
 
 from __future__ import annotations
 
@@ -11,10 +15,13 @@ from pathlib import Path
 import pytest
 
 from .bad_inputs import CASES, GOOD, TINY_MODEL, Case, jsonl
-from .conftest import conversation, run_cli
+from .conftest import conversation, run_cli, run_cli_in_process
 
-# No test may reach the network: a Hub id goes to a closed loopback port and fails at once.
+# No test may reach the network: a Hub id goes to a closed loopback port and fails at once (conftest sets the same
+# for this process).
 OFFLINE = {"HF_ENDPOINT": "http://127.0.0.1:9"}
+# Besides the cases with an environment of their own: one refusal from each layer through a real process.
+THROUGH_A_PROCESS = {"rank-negative", "unknown-group-option", "override-syntax", "malformed-jsonl", "corrupt-gguf"}
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -34,6 +41,7 @@ def expected_line(case: Case, cwd: Path) -> re.Pattern[str]:
 def test_the_corpus_is_large_and_names_are_unique():
     assert len(CASES) >= 40
     assert len({c.id for c in CASES}) == len(CASES)
+    assert THROUGH_A_PROCESS <= {c.id for c in CASES}
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
@@ -46,7 +54,8 @@ def test_bad_input_is_refused_in_one_line_leaving_the_directory_as_it_was(case, 
         path.write_bytes(contents(cwd) if callable(contents) else contents)
     before = snapshot(cwd)
 
-    proc = run_cli(*case.args, cwd=cwd, check=False, env={**OFFLINE, **case.env})
+    run = run_cli if case.env or case.id in THROUGH_A_PROCESS else run_cli_in_process
+    proc = run(*case.args, cwd=cwd, check=False, env={**OFFLINE, **case.env})
 
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout

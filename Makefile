@@ -1,11 +1,16 @@
 # make run   — install into .venv and run the support_bot recipe on the embedded SmolLM2 model
-# make test  — install with the test extras and run the test suite (what CI runs)
+# make check — ruff and the quick tests (no model run, no server, no subprocess): the loop while editing
+# make test  — install with the test extras and run the whole test suite (what CI runs)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU build of torch from this machine's disk; on a CUDA machine install the torch build you want instead.
 TORCH ?= torch==2.13.0
+# llama-cpp-python compiles llama.cpp: a portable build (AVX2), not one for this CPU (-march=native), whose AMX
+# kernels crash on quantized GGUFs in this CI's VMs. On a CUDA machine: CMAKE_ARGS="-DGGML_CUDA=on" make install.
+# pip reuses the wheel it built last time: after changing CMAKE_ARGS, `pip cache remove llama_cpp_python` first.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install run test lint
+.PHONY: install run check test
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -18,6 +23,10 @@ install: $(VENV)/.installed
 
 run: install
 	$(PY) -m finetune +recipe=support_bot
+
+check: install
+	$(PY) -m ruff check finetune hydra_plugins tests benchmarks
+	$(PY) -m pytest -q -m quick
 
 test: install
 	$(PY) -m ruff check finetune hydra_plugins tests benchmarks

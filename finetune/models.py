@@ -24,6 +24,7 @@ from typing import Any
 
 from finetune.config import ModelConfig, RunConfig
 from finetune.errors import UserError
+from finetune.gguf_header import gguf_value
 from finetune.paths import cache_dir
 from finetune.pipeline.manifest import umask_mode
 
@@ -75,10 +76,12 @@ def _materialize(target: Path, build: Any) -> Path:
         with _quietly():
             build(tmp)
         tmp.chmod(umask_mode(0o777))  # mkdtemp makes it owner-only
-        if target.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
+        try:
             tmp.rename(target)
+        except OSError:
+            if not (target / "config.json").is_file():
+                raise
+            shutil.rmtree(tmp)  # another process finished first
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -89,11 +92,9 @@ def _fix_smollm_pretokenizer(tokenizer: Any, gguf_path: Path) -> None:
     """transformers' GGUF tokenizer loader has no 'smollm' pre-tokenizer and falls back to GPT-2 splitting;
     SmolLM's own tokenizer (and llama.cpp's 'smollm') first splits digits one by one. Restore that, so the
     tokens we train on are the tokens llama.cpp will see."""
-    from gguf import GGUFReader
     from tokenizers import pre_tokenizers
 
-    field = GGUFReader(gguf_path).get_field("tokenizer.ggml.pre")
-    if field is None or field.contents() != "smollm":
+    if gguf_value(gguf_path, "tokenizer.ggml.pre") != "smollm":
         return
     tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Digits(individual_digits=True),

@@ -4,10 +4,12 @@ tokenizer (``model=tiny_random``), small datasets written here, and the CLI as a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import traceback
@@ -67,7 +69,45 @@ def chat_dataset(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
+@dataclasses.dataclass(frozen=True)
+class TinyRun:
+    """A whole tiny run (every stage but synthesize), its dataset and what the CLI printed."""
+
+    dir: Path
+    dataset: Path
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> TinyRun:
+    """One tiny run for the whole session, made once even with several xdist workers (the first to take the lock
+    makes it, the others read it): for tests that only read its files. A test that writes copies it first. Made
+    with umask 002, so the fault tests can tell that file modes follow the umask."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:  # the workers' folders are siblings under the session's
+        root = root.parent
+    shared, record = root / "tiny_run", root / "tiny_run.json"
+    with FileLock(str(root / "tiny_run.lock")):
+        if not record.is_file():
+            shared.mkdir()
+            data = shared / "chats.jsonl"
+            data.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+            umask = os.umask(0o002)
+            try:
+                proc = run_cli(*TINY, f"dataset.path={data}", "train.max_steps=4", "train.save_steps=2",
+                               f"hydra.run.dir={shared / 'run'}", cwd=shared)
+            finally:
+                os.umask(umask)
+            record.write_text(json.dumps({"dir": str(shared / "run"), "dataset": str(data), "stdout": proc.stdout,
+                                          "stderr": proc.stderr}))
+    made = json.loads(record.read_text())
+    return TinyRun(Path(made["dir"]), Path(made["dataset"]), made["stdout"], made["stderr"])
+
+
+@pytest.fixture(scope="session")
 def llama_url():
     """llama.cpp's OpenAI-compatible server on the embedded SmolLM2 GGUF (model id ``smollm2``): real answers for
     the local servers that stand in for hosted providers."""
@@ -144,10 +184,47 @@ def run_dirs(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.rglob(".hydra"))
 
 
+def pytest_configure(config):
+    """xdist's workers share the cores: each worker, and every process it starts, gets its share of threads for
+    torch's and OpenMP's kernels rather than all of them, which would spin against each other (two tiny runs side
+    by side on 2 cores: 47 s with 2 threads each, 34 s with 1)."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
+
+@pytest.fixture(autouse=True)
+def _quick_tests_start_nothing(request, monkeypatch):
+    """A test marked ``quick`` that starts a process (the CLI, llama.cpp, the code sandbox) or a server fails,
+    naming it: the tier stays what ``make check`` promises. git, asked for the source commit when a stage's
+    manifest is written, is let through."""
+    if request.node.get_closest_marker("quick") is None:
+        return
+    start_process = subprocess.Popen.__init__
+
+    def refuse_processes(self, args, *rest, **kwargs):
+        program = Path(str(args[0] if isinstance(args, (list, tuple)) else args).split()[0]).name
+        if program != "git":
+            raise AssertionError(f"a test marked quick started a process ({program}): take its mark off")
+        start_process(self, args, *rest, **kwargs)
+
+    def refuse_servers(self, *backlog):
+        raise AssertionError(f"a test marked quick opened a server on {self.getsockname()}: take its mark off")
+
+    monkeypatch.setattr(subprocess.Popen, "__init__", refuse_processes)
+    monkeypatch.setattr(socket.socket, "listen", refuse_servers)
+
+
 def pytest_collection_modifyitems(config, items):
-    """Tests marked ``gpu`` need CUDA; on a CPU machine they are skipped, and say so."""
+    """Tests marked ``slow`` run first, the longest of them (the real model) at the head: the workers start the
+    long runs while there is still other work to share out, rather than end on one. Tests marked ``gpu`` need
+    CUDA; on a CPU machine they are skipped, and say so."""
     import torch
 
+    items.sort(key=lambda item: (item.get_closest_marker("slow") is None, item.path.name != "test_smollm2.py"))
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU")

@@ -32,6 +32,7 @@ def trained_spans(t) -> list[list[int]]:
     return spans + ([current] if current else [])
 
 
+@pytest.mark.quick
 def test_every_assistant_turn_is_trained_with_its_end_of_turn_token(tokenizer):
     messages = conversation(3)["messages"]  # two assistant turns
     t = tokenize_conversation(tokenizer, messages)
@@ -45,6 +46,7 @@ def test_every_assistant_turn_is_trained_with_its_end_of_turn_token(tokenizer):
     assert tokenizer.pad_token_id == tokenizer.eos_token_id
 
 
+@pytest.mark.quick
 def test_system_and_user_tokens_are_not_trained(tokenizer):
     messages = conversation(1)["messages"]
     t = tokenize_conversation(tokenizer, messages)
@@ -108,6 +110,7 @@ def test_a_template_that_renders_tools_gets_them_as_given(tokenizer):
     assert text.startswith("<tools>") and '<call>{"name": "get_weather", "arguments": {"city": "Paris"}}</call>' in text
 
 
+@pytest.mark.quick
 def test_plain_text_rows_train_every_token_and_end_with_eos(tokenizer):
     t = tokenize(tokenizer, Conversation([], "t.jsonl:1", text="ABC Cloud ERP keeps invoices for seven years."))
     assert t.labels == t.input_ids and t.input_ids[-1] == tokenizer.eos_token_id

@@ -41,6 +41,7 @@ def test_a_mistyped_command_or_flag_is_one_line_naming_it(tmp_path, args, named)
     assert proc.stdout == "" and list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("args", [
     (), ("+recipe=support_bot", "method.r=8", "++train.lr=1e-4", "~eval.compare", "~card.tags=[a]"),
     ("--cfg", "job"), ("-c", "hydra"), ("--cfg=all",), ("--cf", "job"), ("--resolve", "--cfg", "job"),
@@ -56,6 +57,7 @@ def test_hydra_flags_and_overrides_are_not_mistakes(args):
     assert unknown_word(args) is None
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("args", "word"), [
     (("chat", "RUN"), "chat"), (("--port", "8000"), "--port"), (("seed=1", "train"), "train"),
     (("--cfg", "job", "job"), "job"), (("-x",), "-x"), (("--cfg", "job", "--verbose"), "--verbose"),
@@ -72,6 +74,7 @@ def test_hydra_flags_still_reach_hydra(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.quick
 def test_the_help_page_prints_a_recipes_dollar_signs_as_they_are(tmp_path):
     recipe = tmp_path / "mine.yaml"
     recipe.write_text("# @package _global_\n# Reads ${bundled_data:x} and $HOME, costs $5.\n#   example\n")

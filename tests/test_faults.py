@@ -5,7 +5,6 @@ run makes (same sha256, CPU, same seed), nothing partial sits under a final name
 from __future__ import annotations
 
 import json
-import os
 import resource
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 
 from finetune.pipeline.manifest import sha256_path
 
-from .conftest import REPO, STAGES, TINY, run_cli
+from .conftest import REPO, STAGES, TINY, run_cli, run_cli_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -38,14 +37,17 @@ def status(run_dir: Path, stage: str) -> str:
     return json.loads((run_dir / stage / "manifest.json").read_text())["status"]
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, dataset) -> Path:
-    """An uninterrupted run, made with umask 002 (so file modes show whether the umask was followed)."""
-    run_dir = tmp_path_factory.mktemp("reference") / "run"
-    proc = subprocess.run([sys.executable, "-m", "finetune", *args(dataset, run_dir)], cwd=run_dir.parent,
-                          capture_output=True, text=True, preexec_fn=lambda: os.umask(0o002), timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return run_dir
+@pytest.fixture
+def dataset(tiny_run) -> Path:
+    """The reference run's own data: a faulted run must end with the reference's artifacts."""
+    return tiny_run.dataset
+
+
+@pytest.fixture
+def reference(tiny_run) -> Path:
+    """The session's uninterrupted tiny run, made with umask 002 (so file modes show whether the umask was
+    followed)."""
+    return tiny_run.dir
 
 
 def test_outputs_get_the_permissions_the_umask_gives(reference):
@@ -114,24 +116,28 @@ def _wait_for(condition, what: str, timeout: float = 300) -> None:
 
 def test_a_second_run_into_the_same_directory_is_refused_and_ctrl_c_stops_the_first_resumably(dataset, tmp_path):
     run_dir = tmp_path / "run"
-    # ~25 s of training on the tiny model: still training when the second run's refusal (a few seconds of
-    # start-up) is done and the interrupt arrives. SIGINT as a terminal delivers it, also when this suite was
-    # started in the background (where it is inherited as ignored).
-    long = args(dataset, run_dir, "stages=[validate,train]", "train.max_steps=1200", "train.save_steps=40",
+    # 600 steps of the tiny model (~15 s of training): the second run is refused in this process, within a second
+    # of the checkpoint at step 200, while the first still has 400 steps to go; the resumed run trains only those.
+    # SIGINT as a terminal delivers it, also when this suite was started in the background (where it is inherited
+    # as ignored).
+    long = args(dataset, run_dir, "stages=[validate,train]", "train.max_steps=600", "train.save_steps=40",
                 "train.grad_accum=1")
+    import finetune.stages  # noqa: F401 - what the refusal imports, imported before the clock starts
+
     first = subprocess.Popen([sys.executable, "-m", "finetune", *long], cwd=tmp_path, text=True,
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    checkpoints = run_dir / "train" / "checkpoints"
-    _wait_for(lambda: any(checkpoints.glob("checkpoint-*/trainer_state.json")), "a checkpoint")
+    checkpoint = run_dir / "train" / "checkpoints" / "checkpoint-200" / "trainer_state.json"
+    _wait_for(checkpoint.is_file, "the checkpoint at step 200")
 
-    second = run_cli(*long, cwd=tmp_path, check=False)
+    second = run_cli_in_process(*long, cwd=tmp_path, check=False)
     assert second.returncode == 2
     assert second.stderr.strip() == (
         f"error: hydra.run.dir: {run_dir} is in use by another finetune run; wait for it to finish or choose "
         "another directory"
     )
 
+    assert first.poll() is None, "the first run ended before its interrupt: give it more steps"
     first.send_signal(signal.SIGINT)
     t0 = time.monotonic()
     _, stderr = first.communicate(timeout=60)
@@ -142,7 +148,7 @@ def test_a_second_run_into_the_same_directory_is_refused_and_ctrl_c_stops_the_fi
 
     resumed = run_cli(*long, cwd=tmp_path)
     assert "resuming from" in resumed.stdout
-    assert json.loads((run_dir / "train" / "metrics.json").read_text())["global_step"] == 1200
+    assert json.loads((run_dir / "train" / "metrics.json").read_text())["global_step"] == 600
 
 
 def test_secrets_never_reach_the_run_directory(dataset, tmp_path):

@@ -14,6 +14,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from finetune.config import RunConfig, SourceConfig, load_run_config, section
 from finetune.pipeline.graph import _fingerprint, run_graph, stages_for
 from finetune.pipeline.manifest import Manifest
@@ -92,6 +94,7 @@ def test_every_key_a_stage_reads_changes_its_fingerprint(chat_dataset, tmp_path)
             assert _fingerprint(stage, other, done) != before, f"stage {stage.name} reads {key} but ignores it"
 
 
+@pytest.mark.quick
 def test_the_recording_sees_nested_reads(tmp_path: Path):
     reads: set[str] = set()
     run = recording(RunConfig(), "", reads)

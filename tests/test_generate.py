@@ -41,6 +41,7 @@ def test_answers_cut_at_max_new_tokens_say_so(tiny_model):
     assert len(answers) == 2 and all(a.finish_reason == "length" and a.tokens == 3 for a in answers)
 
 
+@pytest.mark.quick
 def test_repeat_penalty_covers_the_last_n_tokens_and_never_padding():
     penalty = _recent_repetition_penalty(2.0, last_n=3, prompt_starts=[0, 3])
     ids = torch.tensor([[1, 2, 3, 4, 5], [9, 9, 9, 6, 7]])  # row 1: three left-padding tokens (id 9)
@@ -57,6 +58,7 @@ def test_stop_tokens_are_the_end_of_turn_and_end_of_sequence(tiny_model):
     assert len(ids) <= 2
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("decoding", "text"), [
     (Decoding(max_new_tokens=80), "greedy; no repeat penalty; at most 80 new tokens; stop at end-of-sequence"),
     (Decoding(max_new_tokens=96, temperature=0.2, top_p=0.9, top_k=40, repeat_penalty=1.1, seed=42,

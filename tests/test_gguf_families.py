@@ -263,6 +263,7 @@ def test_q8_0_gemma3_loads_and_stays_close(family: tuple[str, Path, Path], tmp_p
     assert_q8_0_close(model_dir, tmp_path / "q8.gguf", GEMMA_PROMPT, "blk.1.attn_q_norm.weight")
 
 
+@pytest.mark.quick
 def test_unsupported_architecture_names_the_gemma_families(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GemmaForCausalLM"]}))
     with pytest.raises(ValueError, match=r"GemmaForCausalLM.*Gemma2ForCausalLM, Gemma3ForCausalLM"):

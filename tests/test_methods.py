@@ -15,11 +15,13 @@ from finetune.methods import METHODS, TARGETS_BY_ARCHITECTURE, target_modules
 from .conftest import TINY, run_cli
 
 
+@pytest.mark.quick
 def test_registry_is_the_config_choice_list():
     choices = next(f for f in MethodConfig.__dataclass_fields__.values() if f.name == "name").metadata["choices"]
     assert choices == tuple(METHODS) == ("full", "lora", "dora", "qlora")
 
 
+@pytest.mark.quick
 def test_target_modules_auto_all_linear_and_lists():
     assert target_modules("auto", "llama") == TARGETS_BY_ARCHITECTURE["llama"]
     assert target_modules("auto", "gpt_neox") == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]

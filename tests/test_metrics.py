@@ -28,6 +28,7 @@ def pairs(*items: tuple[str, str], prompt: str = "question") -> tuple[list[Sampl
     return samples, [Answer(text, "stop", 1) for _, text in items]
 
 
+@pytest.mark.quick
 def test_units_are_cjk_characters_and_lowercased_words():
     assert units("ABC Cloud ERPのログイン、OK?") == ["abc", "cloud", "erp", "の", "ロ", "グ", "イ", "ン", "ok"]
     assert units("登录失败了") == ["登", "录", "失", "败", "了"]
@@ -51,6 +52,7 @@ def test_rouge_scores_japanese_answers_by_what_they_say():
     assert per[2]["rouge2"] == pytest.approx(2 * 8 / (12 + 8), abs=1e-4)
 
 
+@pytest.mark.quick
 def test_rouge_scores_chinese_by_character():
     samples, answers = pairs(("请重新设置密码", "请重新设置密码"), ("请重新设置密码", "今天天气很好"))
     per = rouge(samples, answers, SETTINGS).per_sample
@@ -68,11 +70,13 @@ def test_bleu_and_chrf_reward_overlap_in_japanese():
     assert chrf(*near, SETTINGS).values["chrf"] > chrf(*far, SETTINGS).values["chrf"] + 20
 
 
+@pytest.mark.quick
 def test_exact_match_normalises_width_and_spaces_only():
     samples, answers = pairs(("ABC 1", "ＡＢＣ\u3000 1 "), ("ABC 1", "abc 1"), ("yes", "yes."))
     assert [p["exact_match"] for p in exact_match(samples, answers, SETTINGS).per_sample] == [1.0, 0.0, 0.0]
 
 
+@pytest.mark.quick
 def test_repetition_is_high_for_a_loop_and_zero_for_prose():
     loop = "ご確認ください。ご確認ください。ご確認ください。ご確認ください。"
     assert repeated_ngram_share(loop) > 0.6
@@ -83,12 +87,14 @@ def test_repetition_is_high_for_a_loop_and_zero_for_prose():
         repeated_ngram_share(loop) / 2)
 
 
+@pytest.mark.quick
 def test_stopped_counts_answers_that_ended_on_their_own():
     samples, _ = pairs(("a", "b"), ("a", "b"))
     answers = [Answer("b", "stop", 2), Answer("b", "length", 80)]
     assert stopped(samples, answers, SETTINGS).values["stopped"] == 0.5
 
 
+@pytest.mark.quick
 def test_json_parses_fenced_answers_and_checks_the_schema():
     schema = {"type": "object", "required": ["intent"], "properties": {"intent": {"enum": ["refund", "login"]}}}
     samples, answers = pairs(("", '{"intent": "login"}'), ("", '```json\n{"intent": "refund"}\n```'),
@@ -101,6 +107,7 @@ def test_json_parses_fenced_answers_and_checks_the_schema():
     assert "json_schema" not in json_format(samples, answers, SETTINGS).values  # no schema: parse rate only
 
 
+@pytest.mark.quick
 def test_style_rules_from_the_support_bot_recipe():
     import yaml
 
@@ -118,6 +125,7 @@ def test_style_rules_from_the_support_bot_recipe():
     assert scored.values["style"] == 0.5
 
 
+@pytest.mark.quick
 def test_every_bundled_support_answer_passes_the_recipe_style():
     import yaml
 
@@ -160,6 +168,7 @@ def test_code_runs_the_prompts_doctests_in_a_sandbox(answer, parses, passes, err
         assert "code_error" not in row, row
 
 
+@pytest.mark.quick
 def test_code_without_tests_counts_parsing_only():
     samples, answers = pairs(("", "def f():\n    return 1"), prompt="Write f.")
     scored = code(samples, answers, SETTINGS)
@@ -167,6 +176,7 @@ def test_code_without_tests_counts_parsing_only():
     assert scored.details["samples_with_tests"] == 0
 
 
+@pytest.mark.quick
 def test_extract_code_takes_the_first_block_even_unclosed():
     assert extract_code("a\n```py\nx = 1\n```\n```\ny\n```") == "x = 1\n"
     assert extract_code("```python\ndef f():\n    return 1") == "def f():\n    return 1"
@@ -213,6 +223,7 @@ def test_perplexity_metrics_score_assistant_tokens_and_whole_conversations(tiny_
     assert probe.details["rows"] == len(probe_texts()) == 20 and probe.values["forgetting"] > 1
 
 
+@pytest.mark.quick
 def test_the_forgetting_probe_ships_with_the_package():
     assert PROBE.is_file() and PROBE.parent.name == "probe"
     assert sum(any("\u3040" <= ch <= "\u30ff" for ch in t) for t in probe_texts()) == 4  # Japanese too

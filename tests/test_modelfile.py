@@ -107,6 +107,7 @@ def test_smollm2_is_chatml_and_an_unknown_template_is_refused(tokenizer):
         template_family(other)
 
 
+@pytest.mark.quick
 def test_modelfile_lines():
     text = modelfile("m.gguf", CHATML, "丁寧に答えてください。", {"temperature": 0.2, "num_ctx": 2048})
     assert text.startswith("FROM ./m.gguf\n")

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from finetune.export.modelfile import CHATML, modelfile
+
+pytestmark = pytest.mark.quick  # no model run, no server, no subprocess: make check
 
 
 def test_adapter_line_follows_from() -> None:

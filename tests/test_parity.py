@@ -58,9 +58,22 @@ def test_a_correct_f16_passes(model_dir: Path, reference: parity.Reference, tmp_
     figures = parity.measure(gguf, reference)
     assert parity.failures("f16", figures) == []
     assert figures["top1_agreement"] >= 0.99 and figures["positions"] == sum(len(r) for r in reference.rows)
-    assert figures["greedy_identical"] == 1.0 and figures["greedy_prompts"] == len(CONVERSATIONS)
+    assert figures["greedy_prompts"] == len(CONVERSATIONS)  # and any that parts does so at a near-tie:
+    assert all(d["hf_margin"] < parity.NEAR_TIE for d in figures["greedy_divergences"]), figures
     assert abs(figures["perplexity"] / reference.perplexity - 1) < 0.01
     assert all(len(g) == parity.GREEDY_TOKENS or g[-1] in reference.stop_ids for g in reference.greedy)
+
+
+@pytest.mark.quick
+def test_a_continuation_parting_at_a_near_tie_is_not_held_against_the_gate() -> None:
+    figures = {"top1_agreement": 1.0, "positions": 100, "greedy_identical": 0.5, "greedy_prompts": 4,
+               "greedy_divergences": [{"prompt": 0, "token": 1, "hf_margin": 0.0006},
+                                      {"prompt": 2, "token": 9, "hf_margin": 0.0099}]}
+    assert parity.failures("f16", figures) == []
+    figures["greedy_divergences"][1]["hf_margin"] = 0.5  # the merged model was decided there: a conversion error
+    assert parity.failures("f16", figures) == [
+        "identical greedy continuations 75% < 90% of 4 prompts (near-ties under 0.01 logits aside): prompt 2 at "
+        "token 9 (merged model's lead there 0.5 logits)"]
 
 
 @pytest.mark.parametrize("out_type", gguf_writer.OUT_TYPES)
@@ -75,8 +88,9 @@ def test_every_output_type_is_gated_or_measured(out_type: str, model_dir: Path, 
         assert 0.5 < figures["top1_agreement"] <= 1
         assert parity.failures(out_type, {**figures, "top1_agreement": 0.0}) == []
     else:
+        decided = [d for d in figures["greedy_divergences"] if d["hf_margin"] >= parity.NEAR_TIE]
         assert bool(failed) == (figures["top1_agreement"] < gate.top1 or (
-            gate.greedy is not None and figures["greedy_identical"] < gate.greedy)), (failed, figures)
+            gate.greedy is not None and 1 - len(decided) / figures["greedy_prompts"] < gate.greedy)), (failed, figures)
     if out_type in ("f32", "f16"):
         # This random model's next-token logits are so close to one another at many positions that bf16's and
         # q8_0's rounding flips the top token; on the trained support_bot model they pass (docs/benchmarks.md).
@@ -134,8 +148,9 @@ def test_a_failed_gate_fails_the_export_leaving_no_final_file(model_dir: Path, t
     ctx.out_dir.mkdir()
     no_rotary_regrouping(monkeypatch)
     with pytest.raises(export.ParityError, match=r"^export: parity gate failed: model-f16\.gguf: top-1 agreement "
-                       r"\d+\.\d% < 99% over \d+ positions; identical greedy continuations \d+% < 90% of 3 prompts: "
-                       r"prompt 0 at token \d+ \(merged model's lead there [\d.]+ logits\).* \| "
+                       r"\d+\.\d% < 99% over \d+ positions; identical greedy continuations \d+% < 90% of 3 prompts "
+                       r"\(near-ties under 0\.01 logits aside\): prompt 0 at token \d+ "
+                       r"\(merged model's lead there [\d.]+ logits\).* \| "
                        r"model-q8_0\.gguf: top-1 agreement \d+\.\d% < 95%"):
         export.run(run, ctx)
     assert sorted(p.name for p in ctx.out_dir.iterdir()) == [

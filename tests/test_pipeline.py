@@ -20,32 +20,24 @@ from .conftest import STAGES, SYSTEM, TINY, conversation, run_cli, run_dirs
 from .hub_server import local_hub
 
 
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory, dataset) -> tuple[Path, subprocess.CompletedProcess]:
-    work = tmp_path_factory.mktemp("work")
-    proc = run_cli(*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", cwd=work)
-    [run_dir] = run_dirs(work / "outputs" / "tiny")
-    return run_dir, proc
-
-
 def manifest(run_dir: Path, stage: str) -> dict:
     return json.loads((run_dir / stage / "manifest.json").read_text())
 
 
 def test_every_stage_completes_with_hashed_artifacts(tiny_run):
-    run_dir, proc = tiny_run
-    assert f"run directory: {run_dir}" in proc.stdout
+    run_dir = tiny_run.dir
+    assert f"run directory: {run_dir}" in tiny_run.stdout
     assert (run_dir / ".hydra" / "config.yaml").is_file()
     for stage in STAGES:
         m = manifest(run_dir, stage)
         assert m["status"] == "complete", stage
         for artifact in m["artifacts"].values():
             assert sha256_path(run_dir / stage / artifact["path"]) == artifact["sha256"]
-            assert artifact["path"] in proc.stdout
+            assert artifact["path"] in tiny_run.stdout
 
 
 def test_validate_splits_and_reports(tiny_run):
-    run_dir, _ = tiny_run
+    run_dir = tiny_run.dir
     report = json.loads((run_dir / "validate" / "report.json").read_text())
     assert report["records"] == 30 and report["format"] == "messages"
     assert sum(report["splits"].values()) == 30 and report["splits"]["test"] >= 3
@@ -57,7 +49,7 @@ def test_validate_splits_and_reports(tiny_run):
 def test_train_logs_loss_per_step_to_jsonl_and_tensorboard(tiny_run):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    run_dir, _ = tiny_run
+    run_dir = tiny_run.dir
     steps = [r["step"] for r in map(json.loads, (run_dir / "train" / "loss.jsonl").read_text().splitlines())
              if "loss" in r]
     assert steps == [1, 2, 3, 4]
@@ -72,7 +64,7 @@ def test_merged_model_loads_alone_and_differs_from_base(tiny_run):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    run_dir, _ = tiny_run
+    run_dir = tiny_run.dir
     folder = run_dir / "merge" / "model"
     assert (folder / "model.safetensors").is_file() and not (folder / "adapter_config.json").exists()
     merged = AutoModelForCausalLM.from_pretrained(folder)
@@ -86,7 +78,7 @@ def test_merged_model_loads_alone_and_differs_from_base(tiny_run):
 
 
 def test_evaluate_compares_base_and_tuned(tiny_run):
-    run_dir, _ = tiny_run
+    run_dir = tiny_run.dir
     result = json.loads((run_dir / "evaluate" / "eval.json").read_text())
     assert result["test_conversations"] >= 3 and result["prompts"] == result["test_conversations"]
     for row in ("perplexity", "sequence_perplexity", "forgetting", "rougeL", "bleu", "chrf", "repetition"):
@@ -105,7 +97,7 @@ def test_evaluate_compares_base_and_tuned(tiny_run):
 def test_export_writes_gguf_modelfile_and_passes_the_parity_gate(tiny_run):
     from llama_cpp import Llama
 
-    run_dir, _ = tiny_run
+    run_dir = tiny_run.dir
     out = run_dir / "export"
     llm = Llama(model_path=str(out / "model-f16.gguf"), n_ctx=256, verbose=False)
     assert llm.n_vocab() == 49152 and llm.metadata["general.name"] == "tiny"
@@ -122,12 +114,13 @@ def test_export_writes_gguf_modelfile_and_passes_the_parity_gate(tiny_run):
         ("no system, one turn", "llama.cpp chat"), ("system, several turns", "Modelfile")}
     card = (run_dir / "card" / "README.md").read_text()
     assert "ollama create tiny -f Modelfile" in card and "## GGUF parity with the merged model" in card
+    assert "dequantised from the Q4_1 GGUF `SmolLM2-135M-Instruct.Q4_1.gguf`" in card  # the base file's type
 
 
 def test_card_metadata_is_what_the_hub_reads(tiny_run):
     from huggingface_hub import ModelCard
 
-    run_dir, _ = tiny_run
+    run_dir = tiny_run.dir
     card = ModelCard.load(run_dir / "card" / "README.md")
     data = card.data
     assert data.model_name == "tiny" and data.license == "apache-2.0" and data.pipeline_tag == "text-generation"
@@ -141,8 +134,8 @@ def test_card_metadata_is_what_the_hub_reads(tiny_run):
     assert f"-sys '{SYSTEM}'" in card.text  # llama.cpp is told the training system prompt
 
 
-def test_changing_evaluation_settings_reruns_evaluate_and_card_not_export(tiny_run, dataset, tmp_path):
-    run_dir, _ = tiny_run
+def test_changing_evaluation_settings_reruns_evaluate_and_card_not_export(tiny_run, tmp_path):
+    run_dir, dataset = tiny_run.dir, tiny_run.dataset
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     before = {s: manifest(copy, s)["finished"] for s in STAGES}
@@ -152,8 +145,8 @@ def test_changing_evaluation_settings_reruns_evaluate_and_card_not_export(tiny_r
     assert rerun == {"evaluate", "card", "publish"}  # publish (off) follows the card, in no time
 
 
-def test_publish_dry_run_writes_the_exact_upload_folder_and_needs_a_token_otherwise(tiny_run, dataset, tmp_path):
-    run_dir, _ = tiny_run
+def test_publish_dry_run_writes_the_exact_upload_folder_and_needs_a_token_otherwise(tiny_run, tmp_path):
+    run_dir, dataset = tiny_run.dir, tiny_run.dataset
     copy = tmp_path / "copy"
     shutil.copytree(run_dir, copy)
     args = [*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={copy}",
@@ -186,8 +179,9 @@ def test_publish_dry_run_writes_the_exact_upload_folder_and_needs_a_token_otherw
     assert not any(secret.encode() in p.read_bytes() for p in copy.rglob("*") if p.is_file())
 
 
-def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny_run, dataset):
-    run_dir, _ = tiny_run
+def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny_run, tmp_path):
+    run_dir, dataset = tmp_path / "run", tiny_run.dataset
+    shutil.copytree(tiny_run.dir, run_dir)
     before = {s: manifest(run_dir, s)["finished"] for s in STAGES}
     args = [*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={run_dir}"]
     proc = run_cli(*args, cwd=run_dir.parent)
@@ -201,7 +195,7 @@ def test_rerun_into_the_same_directory_skips_and_selection_reruns_one_stage(tiny
 
 
 def test_rerun_from_saved_config_reproduces_the_split(tiny_run, tmp_path):
-    run_dir, _ = tiny_run
+    run_dir = tiny_run.dir
     rerun = tmp_path / "rerun"
     run_cli("--config-path", str(run_dir / ".hydra"), "--config-name", "config", f"hydra.run.dir={rerun}",
             "stages=[validate]", cwd=tmp_path)

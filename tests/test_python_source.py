@@ -56,6 +56,7 @@ def tree(tmp_path):
     return tmp_path / "pkg"
 
 
+@pytest.mark.quick
 def test_documented_public_functions_become_instruction_and_code(tree):
     loaded = load_source(f"python:{tree}", python=PythonSourceConfig(min_docstring_chars=40))
     assert loaded.format == "alpaca"
@@ -70,6 +71,7 @@ def test_documented_public_functions_become_instruction_and_code(tree):
     assert "Return a copy" not in method[1]["content"] and method[1]["content"].endswith("    ...\n```")
 
 
+@pytest.mark.quick
 def test_include_exclude_and_thresholds(tree):
     everything = PythonSourceConfig(exclude=[], min_docstring_chars=40)
     assert len(load_source(f"python:{tree}", python=everything).conversations) == 4  # tests/ counted too
@@ -77,6 +79,7 @@ def test_include_exclude_and_thresholds(tree):
     assert [c.location for c in load_source(f"python:{tree}", python=strict).conversations] == ["pkg/geometry.py:28"]
 
 
+@pytest.mark.quick
 def test_an_installed_package_is_found_without_importing_it():
     assert source_root("python:jinja2").name == "jinja2"
     loaded = load_source("python:jinja2")

@@ -6,6 +6,8 @@ import pytest
 
 from finetune.redact import MASK, looks_secret, redact_text, redact_yaml
 
+pytestmark = pytest.mark.quick  # no model run, no server, no subprocess: make check
+
 
 @pytest.mark.parametrize("name", ["HF_TOKEN", "OPENAI_API_KEY", "AWS_SECRET_ACCESS_KEY", "DB_PASSWORD", "api_key",
                                   "hydra.job.env_set.WANDB_API_KEY", "token"])

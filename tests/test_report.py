@@ -21,15 +21,11 @@ EVIL = "<script>alert(1)</script>"
 SECTIONS = ("stages", "config", "data", "training", "evaluation", "export", "timings")
 
 
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, dataset) -> Path:
-    """A whole tiny run: every stage's files on disk."""
-    work = tmp_path_factory.mktemp("work")
-    run_dir = work / "run"
-    run_cli(*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={run_dir}",
-            cwd=work)
-    assert (run_dir / "report.html").is_file()  # the CLI writes it at the end of every run
-    return run_dir
+@pytest.fixture
+def run_dir(tiny_run) -> Path:
+    """The session's whole tiny run: every stage's files on disk."""
+    assert (tiny_run.dir / "report.html").is_file()  # the CLI writes it at the end of every run
+    return tiny_run.dir
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +93,9 @@ def copy_files(run_dir: Path, to: Path, names: list[str]) -> None:
 
 
 @needs_chromium
-def test_run_report(run_dir: Path, browser):
+def test_run_report(run_dir: Path, tmp_path: Path, browser):
+    shutil.copytree(run_dir, tmp_path / "run")  # the shared run is only read
+    run_dir = tmp_path / "run"
     report = write_run_report(run_dir)
     assert report == run_dir / "report.html"
     page, seen = open_page(browser, report)
@@ -181,6 +179,7 @@ def test_failed_train(run_dir: Path, tmp_path: Path, browser):
     assert "no train/metrics.json" in page.locator("section#training").inner_text()
 
 
+@pytest.mark.quick
 def test_empty_folders(tmp_path: Path):
     """Nothing on disk still gives a page that says so."""
     assert "no .hydra/config.yaml" in write_run_report(tmp_path).read_text()

@@ -11,21 +11,20 @@ import pytest
 
 from finetune.pipeline.manifest import sha256_path
 
-from .conftest import STAGES, TINY, run_cli
+from .conftest import STAGES, run_cli
 
 # the adapter and merged model as whole folders: weights, configs, tokenizer files
 FILES = ("validate/train.jsonl", "validate/validation.jsonl", "validate/test.jsonl", "train/adapter", "merge/model")
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, dataset) -> tuple[Path, Path]:
-    """A tiny run, and its rerun from the saved config into another directory."""
+def runs(tmp_path_factory, tiny_run) -> tuple[Path, Path]:
+    """The session's tiny run, and its rerun from the saved config into another directory."""
     work = tmp_path_factory.mktemp("work")
-    first, rerun = work / "first", work / "rerun"
-    run_cli(*TINY, f"dataset.path={dataset}", "train.max_steps=4", "train.save_steps=2", f"hydra.run.dir={first}",
+    rerun = work / "rerun"
+    run_cli("--config-path", str(tiny_run.dir / ".hydra"), "--config-name", "config", f"hydra.run.dir={rerun}",
             cwd=work)
-    run_cli("--config-path", str(first / ".hydra"), "--config-name", "config", f"hydra.run.dir={rerun}", cwd=work)
-    return first, rerun
+    return tiny_run.dir, rerun
 
 
 def _json(path: Path) -> dict:

@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from collections import Counter
 
+import pytest
+
 from finetune.data.load import load_source
 from finetune.paths import DATA_DIR
+
+pytestmark = pytest.mark.quick  # no model run, no server, no subprocess: make check
 
 PATH = DATA_DIR / "support_bot" / "conversations.jsonl"
 

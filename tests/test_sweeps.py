@@ -198,6 +198,7 @@ def test_multi_objective_search_keeps_both_values_and_does_not_prune(dataset, tm
     assert not any(t.intermediate_values for t in searched.trials)
 
 
+@pytest.mark.quick
 def test_a_pruner_is_refused_when_unknown_or_missing_what_it_needs():
     from finetune.sweep.optuna_search import SearchError, _check_pruner
     from finetune.sweep.trial import PRUNERS

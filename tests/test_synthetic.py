@@ -41,6 +41,7 @@ def synthetic_args(url: str, count: int, *more: str) -> list[str]:
             f"dataset.synthetic.count={count}", "dataset.synthetic.max_tokens=128", *more]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize("reply", [
     '{"question": "How do I export a report?", "answer": "Open Reports and press Export."}',
     'Sure! Here is one:\n```json\n{"question": "How do I export a report?",\n "answer": "Open Reports and press '
@@ -52,12 +53,14 @@ def test_the_example_is_found_wherever_it_is(reply):
     assert parse_example(reply) == ("How do I export a report?", "Open Reports and press Export.")
 
 
+@pytest.mark.quick
 def test_raw_line_breaks_inside_strings_are_taken():
     """SmolLM2 through the grammar writes them (seen on the real server): strict JSON refuses them."""
     reply = '{"question": "How do I write a CSV file?", "answer": "Like this:\nimport csv\ncsv.writer(f)"}'
     assert parse_example(reply) == ("How do I write a CSV file?", "Like this:\nimport csv\ncsv.writer(f)")
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("reply", "reason"), [
     ("I am sorry, I cannot write JSON.", "unparseable"),
     ('{"question": "How do I export a report?", "answer": "Open the', "unparseable"),  # cut off
@@ -74,6 +77,7 @@ def test_unusable_replies_are_refused_with_the_reason(reply, reason):
     assert refused.value.reason == reason
 
 
+@pytest.mark.quick
 def test_duplicates_are_dropped_and_counted():
     pool = Pool(system_prompt="Be brief.")
     assert pool.offer('{"question": "How do I export a report?", "answer": "Press Export."}') is None
@@ -134,6 +138,7 @@ def test_nothing_usable_is_one_line_and_the_report_is_kept(server, tmp_path):
     assert not (ctx.out_dir / "synthetic.jsonl").exists()
 
 
+@pytest.mark.quick
 def test_an_unreachable_endpoint_is_one_line(tmp_path):
     spec = load_run_config(composed("model=tiny_random", *synthetic_args(f"http://127.0.0.1:{free_port()}/v1", 1)))
     with pytest.raises(SyntheticError, match=r"^dataset\.synthetic\.base_url: cannot reach http://127\.0\.0\.1:\d+/v1"):
@@ -161,6 +166,7 @@ def test_synthetic_data_goes_through_validate(server, tmp_path, dataset):
     assert len(in_splits) + sum(row.startswith(f"{synthetic}:") for row in dropped) == 3
 
 
+@pytest.mark.quick
 def test_synthetic_data_alone_is_the_main_source(tmp_path):
     data = tmp_path / "synthesize" / "synthetic.jsonl"
     data.parent.mkdir()
@@ -172,6 +178,7 @@ def test_synthetic_data_alone_is_the_main_source(tmp_path):
     assert sum(validated.report["splits"].values()) == 12
 
 
+@pytest.mark.quick
 def test_validate_reads_the_other_sources_before_anything_is_synthesized(tmp_path, dataset):
     spec = load_run_config(composed(*TINY, "+dataset/synthetic=example", f"dataset.path={dataset}"))
     validate.check(spec)  # reads dataset.path; the synthetic file does not exist yet
@@ -182,6 +189,7 @@ def test_validate_reads_the_other_sources_before_anything_is_synthesized(tmp_pat
         validate.check(spec)
 
 
+@pytest.mark.quick
 def test_a_run_without_synthetic_data_has_no_synthesize_stage(dataset):
     spec = load_run_config(composed(*TINY, f"dataset.path={dataset}"))
     kept, left_out = stages_for(spec, STAGES)
@@ -191,6 +199,7 @@ def test_a_run_without_synthetic_data_has_no_synthesize_stage(dataset):
     assert "synthesize" in [s.name for s in stages_for(with_synthetic, STAGES)[0]]
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize(("overrides", "message"), [
     (("dataset.path=null",), "dataset.path: not set; give a data file, a datasets.save_to_disk folder or a Hub "
                              "dataset id (or dataset.sources, or dataset.synthetic)"),

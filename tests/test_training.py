@@ -54,6 +54,7 @@ def test_packing_never_trains_a_samples_first_token_on_the_previous_sample(tiny_
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
 
 
+@pytest.mark.quick
 def test_overfitting_flag_by_ratio_and_by_rising_eval_loss():
     train = [{"step": s, "loss": 1.0} for s in range(1, 11)]
     rising = [{"step": s, "eval_loss": 1.0 + s / 100} for s in (2, 4, 6, 8, 10)]
@@ -67,6 +68,7 @@ def test_overfitting_flag_by_ratio_and_by_rising_eval_loss():
                                                               "ratio_limit": 1.5, "rising_limit": 3}
 
 
+@pytest.mark.quick
 def test_backend_registry_is_the_config_choice_list():
     choices = BackendConfig.__dataclass_fields__["name"].metadata["choices"]
     assert choices == tuple(BACKENDS) == ("hf", "unsloth", "openai", "vertex", "bedrock")

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.config import RunConfig
+from finetune.gguf_header import gguf_value
 from finetune.methods import METHODS
 from finetune.models import is_hub_id, package_file
 
@@ -46,10 +47,10 @@ def base_model(run: RunConfig) -> tuple[str | None, str]:
 def _gguf_type(path: Path) -> str:
     import gguf
 
-    field = gguf.GGUFReader(path).fields.get("general.file_type")
-    if field is None:
+    file_type = gguf_value(path, "general.file_type")
+    if file_type is None:
         return "quantised"
-    return gguf.LlamaFileType(int(field.parts[field.data[0]][0])).name.removeprefix("MOSTLY_").replace("ALL_", "")
+    return gguf.LlamaFileType(file_type).name.removeprefix("MOSTLY_").replace("ALL_", "")
 
 
 def _metadata(run: RunConfig, hub_id: str | None, inputs: CardInputs, tags: list[str]) -> Any:

@@ -29,6 +29,10 @@ from finetune.data.canonical import Conversation, Message
 from finetune.export.modelfile import TemplateFamily
 
 GREEDY_TOKENS = 32
+# A greedy continuation that parts where the merged model led its runner-up by less than this (logits) parts on
+# half-precision rounding, which differs between llama.cpp's CPU kernels (AVX2, AVX-512, AMX) and CUDA: reported,
+# not held against the gate. A conversion error parts where the model was decided, and moves top-1 too.
+NEAR_TIE = 0.01
 
 
 @dataclass(frozen=True)
@@ -203,14 +207,14 @@ def failures(out_type: str, figures: dict[str, Any]) -> list[str]:
     if figures["top1_agreement"] < gate.top1:
         found.append(f"top-1 agreement {figures['top1_agreement']:.1%} < {gate.top1:.0%} over "
                      f"{figures['positions']} positions")
-    greedy = figures["greedy_identical"]
+    parted = [d for d in figures["greedy_divergences"] if d["hf_margin"] is None or d["hf_margin"] >= NEAR_TIE]
+    greedy = 1 - len(parted) / figures["greedy_prompts"] if figures["greedy_prompts"] else None
     if gate.greedy is not None and greedy is not None and greedy < gate.greedy:
-        parted = figures["greedy_divergences"]
         where = ", ".join(f"prompt {d['prompt']} at token {d['token']} (merged model's lead there "
                           f"{d['hf_margin']} logits)" for d in parted[:3]) + (f", {len(parted) - 3} more"
                                                                               if len(parted) > 3 else "")
-        found.append(f"identical greedy continuations {figures['greedy_identical']:.0%} < {gate.greedy:.0%} of "
-                     f"{figures['greedy_prompts']} prompts: {where}")
+        found.append(f"identical greedy continuations {greedy:.0%} < {gate.greedy:.0%} of "
+                     f"{figures['greedy_prompts']} prompts (near-ties under {NEAR_TIE} logits aside): {where}")
     return found
 
 

@@ -106,12 +106,12 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 @functools.cache
-def known_tasks() -> set[str]:
+def known_tasks() -> frozenset[str]:
     """lm-eval's task names (indexing its ~15,000 task files takes ~10–20 s on a CPU: once per process)."""
     from lm_eval.tasks import TaskManager
 
     with _quiet_libraries():
-        return set(TaskManager().all_tasks)
+        return frozenset(TaskManager().all_tasks)
 
 
 def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Path | None, cfg: LmEvalConfig,

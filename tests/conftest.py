@@ -54,19 +54,21 @@ TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "
 STAGES = tuple(name for name in STAGE_NAMES if name != "synthesize")  # what a run without dataset.synthetic has
 
 
+def write_chats(path: Path) -> Path:
+    """30 distinct conversations as JSONL at ``path``."""
+    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    return path
+
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     """30 conversations, shared by a module's tests."""
-    path = tmp_path_factory.mktemp("data") / "chats.jsonl"
-    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    return path
+    return write_chats(tmp_path_factory.mktemp("data") / "chats.jsonl")
 
 
 @pytest.fixture
 def chat_dataset(tmp_path: Path) -> Path:
-    path = tmp_path / "chats.jsonl"
-    path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    return path
+    return write_chats(tmp_path / "chats.jsonl")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,8 +95,7 @@ def tiny_run(tmp_path_factory) -> TinyRun:
     with FileLock(str(root / "tiny_run.lock")):
         if not record.is_file():
             shared.mkdir()
-            data = shared / "chats.jsonl"
-            data.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+            data = write_chats(shared / "chats.jsonl")
             umask = os.umask(0o002)
             try:
                 proc = run_cli(*TINY, f"dataset.path={data}", "train.max_steps=4", "train.save_steps=2",

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import io
 import json
+import multiprocessing.process
 import os
 import random
 import socket
@@ -133,17 +134,37 @@ def tiny_model():
     return load_model(source, cfg, dtype=torch.float32).eval(), load_tokenizer(source, cfg)
 
 
-def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess:
-    """``python -m finetune ARGS`` in ``cwd``, as a user runs it (``env`` adds to the environment)."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    proc = subprocess.run(
-        [sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, capture_output=True, text=True,
-        timeout=timeout,
-    )
+# Variables a library reads when it is imported: a run given one needs an interpreter of its own.
+READ_AT_IMPORT = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHON", "OMP_", "MKL_", "CUDA_")
+
+
+def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None,
+            fresh: bool = False, file_size_mb: int | None = None) -> subprocess.CompletedProcess:
+    """``python -m finetune ARGS`` in ``cwd``, as a user runs it (``env`` adds to the environment), in a process
+    of its own forked from one that has imported the libraries already (``tests/forked_cli.py``); ``fresh``, or a
+    variable read at import in ``env``, starts a new interpreter instead. ``file_size_mb`` caps the size of any
+    file it writes (``RLIMIT_FSIZE``)."""
+    from .forked_cli import limit_file_size, run_forked
+
+    given = env or {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **given}
+    if fresh or any(name.startswith(READ_AT_IMPORT) and not name.endswith("_TOKEN") for name in given):
+        proc = subprocess.run([sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, capture_output=True,
+                              text=True, timeout=timeout,
+                              preexec_fn=None if file_size_mb is None else lambda: limit_file_size(file_size_mb))
+    else:
+        proc = run_forked(list(args), cwd, env, timeout, file_size_mb=file_size_mb)
     if check and proc.returncode != 0:
         raise AssertionError(f"finetune {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, before=None):
+    """``python -m finetune ARGS`` started as ``run_cli`` starts it, not waited for: a ``Popen``-like run to
+    signal. ``before`` (a function and its arguments) is called in the new process before the CLI runs."""
+    from .forked_cli import ForkedRun
+
+    return ForkedRun(list(args), cwd, {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, before=before)
 
 
 def run_cli_in_process(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None
@@ -215,7 +236,11 @@ def _quick_tests_start_nothing(request, monkeypatch):
     def refuse_servers(self, *backlog):
         raise AssertionError(f"a test marked quick opened a server on {self.getsockname()}: take its mark off")
 
+    def refuse_forks(self):
+        raise AssertionError("a test marked quick started a process (the CLI): take its mark off")
+
     monkeypatch.setattr(subprocess.Popen, "__init__", refuse_processes)
+    monkeypatch.setattr(multiprocessing.process.BaseProcess, "start", refuse_forks)
     monkeypatch.setattr(socket.socket, "listen", refuse_servers)
 
 

@@ -1,4 +1,5 @@
-"""``python tests/faults.py WHERE -- FINETUNE ARGS``: the real CLI, killed with SIGKILL at a chosen point.
+"""``arm(WHERE)``, called in a CLI process before the CLI runs (``start_cli(..., before=(arm, (WHERE,)))``): the
+real CLI, killed with SIGKILL at a chosen point.
 
 WHERE is ``<stage>:start`` (the graph has marked the stage running, the stage has done nothing),
 ``<stage>:end`` (the stage has written everything, the graph has not yet marked it complete), or
@@ -11,15 +12,14 @@ from __future__ import annotations
 import dataclasses
 import os
 import signal
-import sys
 
 
 def _die() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-def main() -> None:
-    where, args = sys.argv[1], sys.argv[sys.argv.index("--") + 1:]
+def arm(where: str) -> None:
+    """Make this process kill itself at ``where`` once the CLI runs."""
     stage_name, point = where.split(":")
 
     from finetune import stages
@@ -45,12 +45,3 @@ def main() -> None:
             return dataclasses.replace(stage, run=run)
 
         stages.STAGES = tuple(wrap(s) if s.name == stage_name else s for s in stages.STAGES)
-
-    from finetune.cli import main as finetune_main
-
-    sys.argv = ["finetune", *args]
-    finetune_main()
-
-
-if __name__ == "__main__":
-    main()

@@ -5,14 +5,11 @@ support_bot recipe run through a backend."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from .conftest import run_cli
+from .conftest import run_cli, start_cli
 
 
 def files_text(run_dir: Path) -> str:
@@ -22,8 +19,7 @@ def files_text(run_dir: Path) -> str:
 def interrupt_once_submitted(args: list[str], cwd: Path, env: dict[str, str]) -> tuple[str, str]:
     """``python -m finetune ARGS`` (run directory ``cwd/run``), Ctrl-C once ``train/job.json`` exists; returns
     (the job id, stdout + stderr) after checking the run exited 130."""
-    proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=cwd, env={**os.environ, **env},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*args, cwd=cwd, env=env)
     job_file = cwd / "run" / "train" / "job.json"
     deadline = time.monotonic() + 120
     while not job_file.exists() and time.monotonic() < deadline and proc.poll() is None:
@@ -55,7 +51,7 @@ def run_support_bot(backend: list[str], cwd: Path, env: dict[str, str]) -> Path:
     returns the run directory."""
     run_dir = cwd / "run"
     run_cli("+recipe=support_bot", *backend, "backend.submit=true", "backend.poll_interval_s=0.05",
-            "eval.max_samples=3", "eval.max_new_tokens=48", "eval.judge.max_samples=2", f"hydra.run.dir={run_dir}",
+            "eval.max_samples=3", "eval.max_new_tokens=24", "eval.judge.max_samples=1", f"hydra.run.dir={run_dir}",
             cwd=cwd, env=env)
     done = {p.parent.name for p in run_dir.glob("*/manifest.json") if json.loads(p.read_text())["status"] == "complete"}
     assert done == {"validate", "train", "evaluate", "card"}

@@ -55,8 +55,10 @@ def test_bad_input_is_refused_in_one_line_leaving_the_directory_as_it_was(case, 
         path.write_bytes(contents(cwd) if callable(contents) else contents)
     before = snapshot(cwd)
 
-    run = run_cli if case.env or case.id in THROUGH_A_PROCESS else run_cli_in_process
-    proc = run(*case.args, cwd=cwd, check=False, env={**OFFLINE, **case.env})
+    if case.env or case.id in THROUGH_A_PROCESS:
+        proc = run_cli(*case.args, cwd=cwd, check=False, env={**OFFLINE, **case.env}, fresh=True)
+    else:
+        proc = run_cli_in_process(*case.args, cwd=cwd, check=False, env=OFFLINE)
 
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr + proc.stdout

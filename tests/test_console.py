@@ -21,7 +21,7 @@ from .conftest import TINY, run_cli, run_dirs
 
 STAGES = ("validate", "train", "merge", "evaluate", "export")
 # One bar per stage that takes a while, and these only.
-BARS = ("train", "base: answers", "tuned: answers", "judge: base", "judge: tuned", "judge: base vs tuned")
+BARS = ("train", "base: answers", "tuned: answers", "judge")
 BAR = re.compile(rf"({'|'.join(map(re.escape, BARS))}): +\d+%\|[^|]*\| \d+/\d+ \[[^\]]*\] *")
 OUR_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[finetune(\.\w+)*\]\[(INFO|WARNING)\] - .*")
 

@@ -5,10 +5,7 @@ run makes (same sha256, CPU, same seed), nothing partial sits under a final name
 from __future__ import annotations
 
 import json
-import resource
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +13,8 @@ import pytest
 
 from finetune.pipeline.manifest import sha256_path
 
-from .conftest import REPO, STAGES, TINY, run_cli, run_cli_in_process
+from .conftest import STAGES, TINY, run_cli, run_cli_in_process, start_cli
+from .faults import arm
 
 pytestmark = pytest.mark.slow
 
@@ -62,10 +60,10 @@ def test_outputs_get_the_permissions_the_umask_gives(reference):
 def test_sigkill_inside_a_stage_then_the_same_command_completes_with_identical_artifacts(
         where, dataset, reference, tmp_path):
     run_dir = tmp_path / "run"
-    killed = subprocess.run([sys.executable, str(REPO / "tests" / "faults.py"), where, "--", *args(dataset, run_dir)],
-                            cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    killed = start_cli(*args(dataset, run_dir), cwd=tmp_path, before=(arm, (where,)))
+    _, stderr = killed.communicate(timeout=600)
     stage = where.split(":")[0]
-    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    assert killed.returncode == -signal.SIGKILL, stderr[-3000:]
     assert status(run_dir, stage) == "running"
 
     proc = run_cli(*args(dataset, run_dir), cwd=tmp_path)
@@ -73,12 +71,6 @@ def test_sigkill_inside_a_stage_then_the_same_command_completes_with_identical_a
     assert (proc.stdout + proc.stderr).count("complete with the same inputs, skipped") == len(done_before)
     assert all(status(run_dir, s) == "complete" for s in STAGES)
     assert hashes(run_dir) == hashes(reference)
-
-
-def _limit_file_size(megabytes: int):
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_FSIZE, (megabytes << 20, megabytes << 20))
-    return apply
 
 
 @pytest.mark.parametrize(("stage", "limit_mb", "final"), [
@@ -92,8 +84,7 @@ def test_a_full_disk_fails_clearly_leaves_no_partial_file_and_the_next_run_compl
     upstream = STAGES[: STAGES.index(stage)]
     if upstream:
         run_cli(*args(dataset, run_dir, f"stages=[{','.join(upstream)}]"), cwd=tmp_path)
-    proc = subprocess.run([sys.executable, "-m", "finetune", *args(dataset, run_dir)], cwd=tmp_path,
-                          capture_output=True, text=True, preexec_fn=_limit_file_size(limit_mb), timeout=600)
+    proc = run_cli(*args(dataset, run_dir), cwd=tmp_path, check=False, file_size_mb=limit_mb)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (
         f"error: stage {stage}: cannot write to {run_dir / stage} (File too large); free space or raise the "
@@ -118,15 +109,13 @@ def test_a_second_run_into_the_same_directory_is_refused_and_ctrl_c_stops_the_fi
     run_dir = tmp_path / "run"
     # 600 steps of the tiny model (~15 s of training): the second run is refused in this process, within a second
     # of the checkpoint at step 200, while the first still has 400 steps to go; the resumed run trains only those.
-    # SIGINT as a terminal delivers it, also when this suite was started in the background (where it is inherited
-    # as ignored).
+    # The first run takes SIGINT as a terminal delivers it, also when this suite was started in the background
+    # (start_cli gives it Python's handler).
     long = args(dataset, run_dir, "stages=[validate,train]", "train.max_steps=600", "train.save_steps=40",
                 "train.grad_accum=1")
     import finetune.stages  # noqa: F401 - what the refusal imports, imported before the clock starts
 
-    first = subprocess.Popen([sys.executable, "-m", "finetune", *long], cwd=tmp_path, text=True,
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    first = start_cli(*long, cwd=tmp_path)
     checkpoint = run_dir / "train" / "checkpoints" / "checkpoint-200" / "trainer_state.json"
     _wait_for(checkpoint.is_file, "the checkpoint at step 200")
 

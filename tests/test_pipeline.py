@@ -7,8 +7,6 @@ import hashlib
 import json
 import shutil
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import pytest
 
 from finetune.pipeline.manifest import sha256_path
 
-from .conftest import STAGES, SYSTEM, TINY, conversation, run_cli, run_dirs
+from .conftest import STAGES, SYSTEM, TINY, conversation, run_cli, run_dirs, start_cli
 from .hub_server import local_hub
 
 
@@ -225,8 +223,7 @@ def test_multirun_gives_each_job_its_own_directory(dataset, tmp_path):
 def test_interrupted_training_resumes_from_its_last_checkpoint(dataset, tmp_path):
     args = [*TINY, f"dataset.path={dataset}", "stages=[validate,train]", "train.max_steps=60",
             "train.save_steps=5", "train.grad_accum=1", f"hydra.run.dir={tmp_path / 'run'}"]
-    proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=tmp_path,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = start_cli(*args, cwd=tmp_path)
     checkpoints = tmp_path / "run" / "train" / "checkpoints"
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("checkpoint-1[05]")) and time.monotonic() < deadline:

@@ -8,7 +8,6 @@ import csv
 import json
 import signal
 import subprocess
-import sys
 import time
 from datetime import datetime
 from pathlib import Path
@@ -16,7 +15,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from .conftest import TINY, run_cli
+from .conftest import TINY, run_cli, start_cli
 
 QUICK = [*TINY, "stages=[validate,train]"]
 
@@ -112,15 +111,15 @@ def test_optuna_search_interrupted_in_its_third_trial_resumes_there(dataset, tmp
     sweep = tmp_path / "sweep"
     args = ["-m", *SEARCH, f"dataset.path={dataset}", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.name=none",
             "train.max_steps=60", "train.save_steps=5", "train.grad_accum=1", f"hydra.sweep.dir={sweep}"]
-    proc = subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = start_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + 300
     # a complete checkpoint (trainer_state.json is written last): one cut off mid-save is dropped on Ctrl-C
     saved = "2_*/train/checkpoints/checkpoint-10/trainer_state.json"
     while not list(sweep.glob(saved)) and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(timeout=120) == 130, proc.stderr.read()
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
     states = [t.state.name for t in study(sweep).trials]
     assert states == ["COMPLETE", "COMPLETE", "RUNNING"]
     [third] = sweep.glob("2_*")

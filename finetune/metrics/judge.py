@@ -171,30 +171,42 @@ def _question(sample: Sample) -> str:
 
 def judge_all(judge: Judge, samples: Sequence[Sample], answers: dict[str, Sequence[Answer]], pairwise: bool
               ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Grades for every model, the base-vs-tuned comparison, and per-sample records for samples.jsonl."""
+    """Grades for every model, the base-vs-tuned comparison, and per-sample records for samples.jsonl. Asked
+    sample by sample (each model's answer, then the pair): consecutive requests then share the question and the
+    reference as a prefix, which llama.cpp's server does not compute again (nor a provider's prompt cache bill
+    again) — the reference answers are most of a prompt."""
     from finetune.progress import Bar
 
     criteria = judge.cfg.criteria
     per: list[dict[str, Any]] = [{} for _ in samples]
-    summary: dict[str, Any] = {"criteria": criteria, "scale": judge.cfg.scale, "models": {}}
-    for who, given in answers.items():
-        grades = []
-        for i, (s, a) in enumerate(Bar(list(zip(samples, given, strict=True)), desc=f"judge: {who}",
-                                       unit="answer")):
-            verdict = judge.grade(s, a.text)
+    grades: dict[str, list[Verdict]] = {who: [] for who in answers}
+    compare = pairwise and {"base", "tuned"} <= answers.keys()
+    counts = {"tuned": 0, "base": 0, "tie": 0, "unscored": 0, "first_position_won": 0}
+    for i, s in enumerate(Bar(samples, desc="judge", unit="sample")):
+        for who, given in answers.items():
+            verdict = judge.grade(s, given[i].text)
             per[i][f"judge_{who}"] = verdict.value if verdict.value is not None else \
                 {"unscored": verdict.problem, "replies": verdict.replies}
-            grades.append(verdict)
-        scored = [g.value for g in grades if g.value is not None]
-        means = {c: sum(v[c] for v in scored) / len(scored) if scored else None for c in criteria}
-        summary["models"][who] = {
-            "means": means, "overall": sum(means.values()) / len(means) if scored else None,  # type: ignore[arg-type]
-            "scored": len(scored), "unscored": len(grades) - len(scored),
-            "unscored_reasons": sorted({g.problem for g in grades if g.value is None}),
-        }
-    if pairwise and {"base", "tuned"} <= answers.keys():
-        summary["pairwise"] = _pairwise(judge, samples, answers["base"], answers["tuned"], per)
+            grades[who].append(verdict)
+        if compare:
+            per[i]["judge_pairwise"] = _compare(judge, i, s, answers["base"][i], answers["tuned"][i], counts)
+    summary: dict[str, Any] = {"criteria": criteria, "scale": judge.cfg.scale,
+                               "models": {who: _grades_summary(g, criteria) for who, g in grades.items()}}
+    if compare:
+        scored = counts["tuned"] + counts["base"] + counts["tie"]
+        summary["pairwise"] = {**counts, "scored": scored,
+                               "tuned_win_rate": (counts["tuned"] + 0.5 * counts["tie"]) / scored if scored else None}
     return summary, per
+
+
+def _grades_summary(grades: Sequence[Verdict], criteria: Sequence[str]) -> dict[str, Any]:
+    scored = [g.value for g in grades if g.value is not None]
+    means = {c: sum(v[c] for v in scored) / len(scored) if scored else None for c in criteria}
+    return {
+        "means": means, "overall": sum(means.values()) / len(means) if scored else None,  # type: ignore[arg-type]
+        "scored": len(scored), "unscored": len(grades) - len(scored),
+        "unscored_reasons": sorted({g.problem for g in grades if g.value is None}),
+    }
 
 
 def tuned_shown_first(seed: int, sample: int) -> bool:
@@ -202,24 +214,17 @@ def tuned_shown_first(seed: int, sample: int) -> bool:
     return random.Random(seed * 1_000_003 + sample).random() < 0.5
 
 
-def _pairwise(judge: Judge, samples: Sequence[Sample], base: Sequence[Answer], tuned: Sequence[Answer],
-              per: list[dict[str, Any]]) -> dict[str, Any]:
-    from finetune.progress import Bar
-
-    counts = {"tuned": 0, "base": 0, "tie": 0, "unscored": 0, "first_position_won": 0}
-    for i, s in enumerate(Bar(samples, desc="judge: base vs tuned", unit="pair")):
-        tuned_first = tuned_shown_first(judge.seed, i)
-        first, second = (tuned[i], base[i]) if tuned_first else (base[i], tuned[i])
-        verdict = judge.compare(s, first.text, second.text)
-        if verdict.value is None:
-            counts["unscored"] += 1
-            per[i]["judge_pairwise"] = {"unscored": verdict.problem, "replies": verdict.replies}
-            continue
-        w = verdict.value["winner"]
-        winner = "tie" if w == "tie" else ("tuned" if (w == "A") == tuned_first else "base")
-        counts[winner] += 1
-        counts["first_position_won"] += w == "A"
-        per[i]["judge_pairwise"] = {"winner": winner, "tuned_shown_first": tuned_first}
-    scored = counts["tuned"] + counts["base"] + counts["tie"]
-    return {**counts, "scored": scored,
-            "tuned_win_rate": (counts["tuned"] + 0.5 * counts["tie"]) / scored if scored else None}
+def _compare(judge: Judge, i: int, sample: Sample, base: Answer, tuned: Answer, counts: dict[str, int]
+             ) -> dict[str, Any]:
+    """Sample ``i``'s base-vs-tuned verdict, counted into ``counts``; its record for samples.jsonl."""
+    tuned_first = tuned_shown_first(judge.seed, i)
+    first, second = (tuned, base) if tuned_first else (base, tuned)
+    verdict = judge.compare(sample, first.text, second.text)
+    if verdict.value is None:
+        counts["unscored"] += 1
+        return {"unscored": verdict.problem, "replies": verdict.replies}
+    w = verdict.value["winner"]
+    winner = "tie" if w == "tie" else ("tuned" if (w == "A") == tuned_first else "base")
+    counts[winner] += 1
+    counts["first_position_won"] += w == "A"
+    return {"winner": winner, "tuned_shown_first": tuned_first}

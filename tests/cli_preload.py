@@ -1,0 +1,39 @@
+"""What ``python -m finetune`` imports on a run, imported once by the fork server that ``run_cli`` starts its
+processes from (``tests/forked_cli.py``). Importing is all this does: no model, thread or file is made here."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import finetune
+
+# The libraries a tiny run imports, in the order a run meets them; the finetune modules themselves are light.
+LIBRARIES = (
+    "torch",
+    "transformers",
+    "transformers.models.auto.tokenization_auto",
+    "transformers.models.auto.modeling_auto",
+    "transformers.models.llama.modeling_llama",
+    "transformers.trainer",
+    "transformers.generation.utils",
+    "peft",
+    "accelerate",
+    "datasets",
+    "safetensors.torch",
+    "torch.utils.tensorboard",
+    "matplotlib.backends.backend_agg",
+    "lm_eval.evaluator",
+    "lm_eval.tasks",
+    "lm_eval.models.huggingface",
+    "rouge_score.rouge_scorer",
+    "sacrebleu",
+    "gguf",
+    "llama_cpp",
+    "optuna",
+)
+
+for name in LIBRARIES:
+    importlib.import_module(name)
+for module in pkgutil.walk_packages(finetune.__path__, "finetune."):
+    importlib.import_module(module.name)

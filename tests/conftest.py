@@ -10,6 +10,7 @@ import json
 import multiprocessing.process
 import os
 import random
+import signal
 import socket
 import subprocess
 import sys
@@ -159,12 +160,19 @@ def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env
     return proc
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, before=None):
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, before=None, fresh: bool = False):
     """``python -m finetune ARGS`` started as ``run_cli`` starts it, not waited for: a ``Popen``-like run to
-    signal. ``before`` (a function and its arguments) is called in the new process before the CLI runs."""
+    signal. ``before`` (a function and its arguments) is called in the new process before the CLI runs. ``fresh``:
+    a new interpreter, taking SIGINT as one started from a terminal does (also when this suite runs in the
+    background, where it is inherited as ignored)."""
     from .forked_cli import ForkedRun
 
-    return ForkedRun(list(args), cwd, {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, before=before)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    if fresh:
+        return subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return ForkedRun(list(args), cwd, env, before=before)
 
 
 def run_cli_in_process(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None

@@ -11,6 +11,7 @@ anyway; a variable that a library reads when it is imported needs a real ``subpr
 from __future__ import annotations
 
 import atexit
+import faulthandler
 import io
 import multiprocessing
 import os
@@ -19,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
@@ -52,6 +54,7 @@ def _child(args: list[str], cwd: str, env: dict[str, str], umask: int, out: str,
     """The forked process: become the process ``python -m finetune ARGS`` would be, started by the caller, run the
     CLI, exit as it would (atexit handlers included)."""
     sys.stdout, sys.stderr = _redirect(1, out), _redirect(2, err)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # asked for when a run outlives its timeout
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interpreter started from a terminal
     os.umask(umask)
     os.chdir(cwd)
@@ -107,9 +110,13 @@ class ForkedRun:
     def communicate(self, timeout: float | None = None) -> tuple[str, str]:
         self._process.join(timeout)
         if self._process.exitcode is None:
+            os.kill(self.pid, signal.SIGUSR1)  # faulthandler writes where every thread is to its stderr
+            time.sleep(1)
             self._process.kill()
             self._process.join()
-            raise subprocess.TimeoutExpired(self.args, timeout or 0, *self._output())
+            stdout, stderr = self._output()
+            raise AssertionError(f"{' '.join(self.args)} still running after {timeout} s; its output ends:\n"
+                                 f"{stdout[-2000:]}\n{stderr[-6000:]}")
         stdout, stderr = self._output()
         self._files.cleanup()
         return stdout, stderr

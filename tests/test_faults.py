@@ -109,13 +109,13 @@ def test_a_second_run_into_the_same_directory_is_refused_and_ctrl_c_stops_the_fi
     run_dir = tmp_path / "run"
     # 600 steps of the tiny model (~15 s of training): the second run is refused in this process, within a second
     # of the checkpoint at step 200, while the first still has 400 steps to go; the resumed run trains only those.
-    # The first run takes SIGINT as a terminal delivers it, also when this suite was started in the background
-    # (start_cli gives it Python's handler).
+    # The first run is a fresh interpreter, as a user's: a forked one outlived its SIGINT once in CI (2026-12-03;
+    # not seen again here, not yet understood).
     long = args(dataset, run_dir, "stages=[validate,train]", "train.max_steps=600", "train.save_steps=40",
                 "train.grad_accum=1")
     import finetune.stages  # noqa: F401 - what the refusal imports, imported before the clock starts
 
-    first = start_cli(*long, cwd=tmp_path)
+    first = start_cli(*long, cwd=tmp_path, fresh=True)
     checkpoint = run_dir / "train" / "checkpoints" / "checkpoint-200" / "trainer_state.json"
     _wait_for(checkpoint.is_file, "the checkpoint at step 200")
 

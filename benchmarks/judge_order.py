@@ -1,6 +1,6 @@
 """The judge's requests in two orders against the support_bot recipe's judge (the embedded SmolLM2 served by
 llama.cpp, JSON-schema replies): model by model (every base answer, every tuned answer, then the pairs — how
-``judge_all`` asked until 2026-12) and sample by sample (its answers and the pair together — how it asks now,
+``judge_all`` asked until 2026-12) and ``judge_all`` itself, sample by sample (its answers and the pair together,
 so that consecutive prompts share the question and the reference answer, which llama.cpp does not compute again).
 The same requests in both; the answers are cut from the held-out references. Writes
 benchmarks/results/judge_order.json with this machine's fp32 matmul rate.
@@ -30,7 +30,7 @@ def main(n: int) -> None:
     from finetune.generate import Answer
     from finetune.generate.local_server import serve_gguf
     from finetune.metrics import Sample
-    from finetune.metrics.judge import Judge, JudgeConfig
+    from finetune.metrics.judge import Judge, JudgeConfig, judge_all, tuned_shown_first
     from finetune.models import package_file
 
     rows = [json.loads(line) for line in (REPO / "bundled_data/support_bot/conversations.jsonl").open()][:n]
@@ -46,15 +46,13 @@ def main(n: int) -> None:
         for answers in (base, tuned):
             for sample, answer in zip(samples, answers, strict=True):
                 judge.grade(sample, answer.text)
-        for sample, b, t in zip(samples, base, tuned, strict=True):
-            judge.compare(sample, b.text, t.text)
+        for i, (sample, b, t) in enumerate(zip(samples, base, tuned, strict=True)):
+            first, second = (t, b) if tuned_shown_first(judge.seed, i) else (b, t)  # as judge_all shows them
+            judge.compare(sample, first.text, second.text)
         model_by_model = time.perf_counter() - start
 
         start = time.perf_counter()
-        for sample, b, t in zip(samples, base, tuned, strict=True):
-            judge.grade(sample, b.text)
-            judge.grade(sample, t.text)
-            judge.compare(sample, b.text, t.text)
+        judge_all(judge, samples, {"base": base, "tuned": tuned}, pairwise=True)
         sample_by_sample = time.perf_counter() - start
     result = {
         "machine": {"date": str(date.today()), "fp32_matmul_gflops": round(matmul_peak() / 1e9, 1)},

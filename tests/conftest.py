@@ -141,38 +141,42 @@ READ_AT_IMPORT = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHON
 
 def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None,
             fresh: bool = False, file_size_mb: int | None = None) -> subprocess.CompletedProcess:
-    """``python -m finetune ARGS`` in ``cwd``, as a user runs it (``env`` adds to the environment), in a process
-    of its own forked from one that has imported the libraries already (``tests/forked_cli.py``); ``fresh``, or a
-    variable read at import in ``env``, starts a new interpreter instead. ``file_size_mb`` caps the size of any
-    file it writes (``RLIMIT_FSIZE``)."""
-    from .forked_cli import limit_file_size, run_forked
-
-    given = env or {}
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **given}
-    if fresh or any(name.startswith(READ_AT_IMPORT) and not name.endswith("_TOKEN") for name in given):
-        proc = subprocess.run([sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, capture_output=True,
-                              text=True, timeout=timeout,
-                              preexec_fn=None if file_size_mb is None else lambda: limit_file_size(file_size_mb))
-    else:
-        proc = run_forked(list(args), cwd, env, timeout, file_size_mb=file_size_mb)
+    """``python -m finetune ARGS`` in ``cwd``, as a user runs it, started as ``start_cli`` starts it, waited for."""
+    run = start_cli(*args, cwd=cwd, env=env, fresh=fresh, file_size_mb=file_size_mb)
+    try:
+        stdout, stderr = run.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        run.kill()
+        raise
+    proc = subprocess.CompletedProcess(["finetune", *args], run.returncode, stdout, stderr)
     if check and proc.returncode != 0:
         raise AssertionError(f"finetune {' '.join(args)} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
     return proc
 
 
-def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, before=None, fresh: bool = False):
-    """``python -m finetune ARGS`` started as ``run_cli`` starts it, not waited for: a ``Popen``-like run to
-    signal. ``before`` (a function and its arguments) is called in the new process before the CLI runs. ``fresh``:
-    a new interpreter, taking SIGINT as one started from a terminal does (also when this suite runs in the
-    background, where it is inherited as ignored)."""
-    from .forked_cli import ForkedRun
+def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, fresh: bool = False,
+              file_size_mb: int | None = None, before=None):
+    """``python -m finetune ARGS`` in ``cwd`` (``env`` adds to the environment), not waited for: a ``Popen``-like
+    run. A process of its own forked from one that has imported the libraries already (``tests/forked_cli.py``);
+    ``fresh``, or a variable read at import in ``env``, starts a new interpreter instead, taking SIGINT as one
+    started from a terminal (also when this suite runs in the background, where it is inherited as ignored).
+    ``file_size_mb`` caps the size of any file it writes (``RLIMIT_FSIZE``); ``before`` (a function and its
+    arguments, forked runs only) is called in the new process before the CLI runs."""
+    from .forked_cli import ForkedRun, limit_file_size
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    if fresh:
+    given = env or {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **given}
+    if fresh or any(name.startswith(READ_AT_IMPORT) and not name.endswith("_TOKEN") for name in given):
+        assert before is None, "before runs in a forked process"
+
+        def prepare() -> None:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            if file_size_mb is not None:
+                limit_file_size(file_size_mb)
+
         return subprocess.Popen([sys.executable, "-m", "finetune", *args], cwd=cwd, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    return ForkedRun(list(args), cwd, env, before=before)
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=prepare)
+    return ForkedRun(list(args), cwd, env, file_size_mb=file_size_mb, before=before)
 
 
 def run_cli_in_process(*args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None

@@ -5,7 +5,7 @@ fork server per test worker imports them once (``tests/cli_preload.py``, through
 ``forkserver``, a single-threaded process that only imports), and each run is a ``fork`` of it: its own pid,
 working directory, environment, stdout and stderr, exit code, signals and resource limits — what the tests
 assert about a run as a user starts it. What it shares with the server is what a fresh interpreter would import
-anyway; a variable that a library reads when it is imported needs a real ``subprocess`` (``run_cli`` sees to it).
+anyway; a variable that a library reads when it is imported needs a real ``subprocess`` (``start_cli`` sees to it).
 """
 
 from __future__ import annotations
@@ -128,9 +128,3 @@ class ForkedRun:
     def _output(self) -> tuple[str, str]:
         return tuple(Path(p).read_text(encoding="utf-8", errors="replace") for p in (self._out, self._err))
 
-
-def run_forked(args: list[str], cwd: Path, env: dict[str, str], timeout: float, **kwargs
-               ) -> subprocess.CompletedProcess:
-    run = ForkedRun(args, cwd, env, **kwargs)
-    stdout, stderr = run.communicate(timeout)
-    return subprocess.CompletedProcess(run.args, run.returncode, stdout, stderr)

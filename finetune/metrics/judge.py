@@ -182,14 +182,16 @@ def judge_all(judge: Judge, samples: Sequence[Sample], answers: dict[str, Sequen
     grades: dict[str, list[Verdict]] = {who: [] for who in answers}
     compare = pairwise and {"base", "tuned"} <= answers.keys()
     counts = {"tuned": 0, "base": 0, "tie": 0, "unscored": 0, "first_position_won": 0}
-    for i, s in enumerate(Bar(samples, desc="judge", unit="sample")):
-        for who, given in answers.items():
-            verdict = judge.grade(s, given[i].text)
+    for i, (s, *given) in enumerate(Bar(list(zip(samples, *answers.values(), strict=True)), desc="judge",
+                                        unit="sample")):
+        asked = dict(zip(answers, given, strict=True))
+        for who, answer in asked.items():
+            verdict = judge.grade(s, answer.text)
             per[i][f"judge_{who}"] = verdict.value if verdict.value is not None else \
                 {"unscored": verdict.problem, "replies": verdict.replies}
             grades[who].append(verdict)
         if compare:
-            per[i]["judge_pairwise"] = _compare(judge, i, s, answers["base"][i], answers["tuned"][i], counts)
+            per[i]["judge_pairwise"] = _compare(judge, i, s, asked["base"], asked["tuned"], counts)
     summary: dict[str, Any] = {"criteria": criteria, "scale": judge.cfg.scale,
                                "models": {who: _grades_summary(g, criteria) for who, g in grades.items()}}
     if compare:

@@ -1,8 +1,11 @@
 """What ``python -m finetune`` imports on a run, imported once by the fork server that ``run_cli`` starts its
-processes from (``tests/forked_cli.py``). Importing is all this does: no model, thread or file is made here."""
+processes from (``tests/forked_cli.py``). Importing is all this does: no model, thread or file is made here. What
+it imported is then frozen out of the garbage collector's sight: a run's collections (``gc.collect`` as each model
+is released) walk the run's own objects, not the ~670,000 of these libraries (0.46 s a collection)."""
 
 from __future__ import annotations
 
+import gc
 import importlib
 import pkgutil
 
@@ -37,3 +40,4 @@ for name in LIBRARIES:
     importlib.import_module(name)
 for module in pkgutil.walk_packages(finetune.__path__, "finetune."):
     importlib.import_module(module.name)
+gc.freeze()

@@ -158,15 +158,17 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, fresh: b
               file_size_mb: int | None = None, before=None):
     """``python -m finetune ARGS`` in ``cwd`` (``env`` adds to the environment), not waited for: a ``Popen``-like
     run. A process of its own forked from one that has imported the libraries already (``tests/forked_cli.py``);
-    ``fresh``, or a variable read at import in ``env``, starts a new interpreter instead, taking SIGINT as one
-    started from a terminal (also when this suite runs in the background, where it is inherited as ignored).
+    ``fresh``, or ``env`` giving a variable read at import a value other than this process's, starts a new
+    interpreter instead, taking SIGINT as one started from a terminal (also when this suite runs in the
+    background, where it is inherited as ignored).
     ``file_size_mb`` caps the size of any file it writes (``RLIMIT_FSIZE``); ``before`` (a function and its
     arguments, forked runs only) is called in the new process before the CLI runs."""
     from .forked_cli import ForkedRun, limit_file_size
 
     given = env or {}
     env = {**os.environ, "PYTHONUNBUFFERED": "1", **given}
-    if fresh or any(name.startswith(READ_AT_IMPORT) and not name.endswith("_TOKEN") for name in given):
+    if fresh or any(name.startswith(READ_AT_IMPORT) and not name.endswith("_TOKEN") and value != os.environ.get(name)
+                    for name, value in given.items()):
         assert before is None, "before runs in a forked process"
 
         def prepare() -> None:

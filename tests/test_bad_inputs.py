@@ -2,8 +2,8 @@
 and nothing touched; and the two ways a refused run used to harm a directory that was already there.
 
 The cases go through the CLI's entry point in this process (no interpreter start-up per case); those that set an
-environment variable a library reads at import, and a handful of others, through ``python -m finetune`` as a
-user runs it."""
+environment variable in a process of their own (a new interpreter where a library reads the variable at import);
+a handful of others through ``python -m finetune`` as a user runs it."""
 
 from __future__ import annotations
 
@@ -55,8 +55,9 @@ def test_bad_input_is_refused_in_one_line_leaving_the_directory_as_it_was(case, 
         path.write_bytes(contents(cwd) if callable(contents) else contents)
     before = snapshot(cwd)
 
-    if case.env or case.id in THROUGH_A_PROCESS:
-        proc = run_cli(*case.args, cwd=cwd, check=False, env={**OFFLINE, **case.env}, fresh=True)
+    fresh = case.id in THROUGH_A_PROCESS
+    if case.env or fresh:
+        proc = run_cli(*case.args, cwd=cwd, check=False, env={**OFFLINE, **case.env}, fresh=fresh)
     else:
         proc = run_cli_in_process(*case.args, cwd=cwd, check=False, env=OFFLINE)
 

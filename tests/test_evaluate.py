@@ -23,7 +23,7 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
                 f"+eval.compare=[{{name: gguf, gguf: '{gguf}'}}, {{name: hosted, base_url: '{url}', "
                 "model: tuned-hosted, sampler_extras: true}]",
                 f"eval.judge.gguf={SMOLLM2}", "eval.judge.response_format=json_schema", "eval.judge.max_samples=2",
-                "eval.lm_eval.tasks=[arc_easy]", cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+                "eval.lm_eval.tasks=[arc_easy]", cwd=tmp_path)
     out = tmp_path / "run" / "evaluate"
     result = json.loads((out / "eval.json").read_text())
     assert list(result["models"]) == ["base", "tuned", "gguf", "hosted"]

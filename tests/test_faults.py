@@ -5,6 +5,7 @@ run makes (same sha256, CPU, same seed), nothing partial sits under a final name
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -35,6 +36,15 @@ def status(run_dir: Path, stage: str) -> str:
     return json.loads((run_dir / stage / "manifest.json").read_text())["status"]
 
 
+def completed_upstream(reference: Path, run_dir: Path, stage: str) -> tuple[str, ...]:
+    """``run_dir`` as an earlier run of the same command left it when it got as far as ``stage``: the reference
+    run's folders of the stages before it (complete, with the same inputs). Returns their names."""
+    upstream = STAGES[: STAGES.index(stage)]
+    for name in upstream:
+        shutil.copytree(reference / name, run_dir / name)
+    return upstream
+
+
 @pytest.fixture
 def dataset(tiny_run) -> Path:
     """The reference run's own data: a faulted run must end with the reference's artifacts."""
@@ -60,14 +70,14 @@ def test_outputs_get_the_permissions_the_umask_gives(reference):
 def test_sigkill_inside_a_stage_then_the_same_command_completes_with_identical_artifacts(
         where, dataset, reference, tmp_path):
     run_dir = tmp_path / "run"
+    stage = where.split(":")[0]
+    done_before = completed_upstream(reference, run_dir, stage)
     killed = start_cli(*args(dataset, run_dir), cwd=tmp_path, before=(arm, (where,)))
     _, stderr = killed.communicate(timeout=600)
-    stage = where.split(":")[0]
     assert killed.returncode == -signal.SIGKILL, stderr[-3000:]
     assert status(run_dir, stage) == "running"
 
     proc = run_cli(*args(dataset, run_dir), cwd=tmp_path)
-    done_before = STAGES[: STAGES.index(stage)]
     assert (proc.stdout + proc.stderr).count("complete with the same inputs, skipped") == len(done_before)
     assert all(status(run_dir, s) == "complete" for s in STAGES)
     assert hashes(run_dir) == hashes(reference)
@@ -81,9 +91,7 @@ def test_sigkill_inside_a_stage_then_the_same_command_completes_with_identical_a
 def test_a_full_disk_fails_clearly_leaves_no_partial_file_and_the_next_run_completes(
         stage, limit_mb, final, dataset, reference, tmp_path):
     run_dir = tmp_path / "run"
-    upstream = STAGES[: STAGES.index(stage)]
-    if upstream:
-        run_cli(*args(dataset, run_dir, f"stages=[{','.join(upstream)}]"), cwd=tmp_path)
+    completed_upstream(reference, run_dir, stage)
     proc = run_cli(*args(dataset, run_dir), cwd=tmp_path, check=False, file_size_mb=limit_mb)
     assert proc.returncode == 2, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1] == (

@@ -36,7 +36,7 @@ def train_and_merge(tmp_path: Path, *args: str) -> Path:
 
     data.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(20)), encoding="utf-8")
     run_cli(*TINY, f"dataset.path={data}", "train.max_steps=2", "stages=[validate,train,merge]",
-            "hydra.run.dir=run", *args, cwd=tmp_path, env={"HF_HUB_OFFLINE": "1"})
+            "hydra.run.dir=run", *args, cwd=tmp_path)
     return tmp_path / "run"
 
 

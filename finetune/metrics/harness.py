@@ -106,12 +106,17 @@ def _quiet_libraries() -> Iterator[None]:
 
 
 @functools.cache
-def known_tasks() -> frozenset[str]:
-    """lm-eval's task names (indexing its ~15,000 task files takes ~10–20 s on a CPU: once per process)."""
+def standard_tasks() -> Any:
+    """lm-eval's own tasks (a ``TaskManager`` indexing its ~15,000 task files: ~10–20 s on a CPU), once per process:
+    the check of the task names and every model asked use the same index."""
     from lm_eval.tasks import TaskManager
 
     with _quiet_libraries():
-        return frozenset(TaskManager().all_tasks)
+        return TaskManager()
+
+
+def known_tasks() -> frozenset[str]:
+    return frozenset(standard_tasks().all_tasks)
 
 
 def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Path | None, cfg: LmEvalConfig,
@@ -123,14 +128,16 @@ def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Pa
     from lm_eval.tasks import TaskManager
 
     results: dict[str, Any] = {"tasks": {}, "higher_is_better": {}, "skipped": {}}
-    names = [*tasks, *([LOCAL_TASK] if local_folder else [])]
+    # The held-out task is loaded from its file; lm-eval's own tasks are indexed only when one is asked for.
+    specs = {t: t for t in tasks}
+    if local_folder:
+        specs[LOCAL_TASK] = str(local_folder / f"{LOCAL_TASK}.yaml")
     with _quiet_libraries():
         lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
-        # lm-eval's own tasks are indexed only when one is asked for: the held-out task alone needs its folder.
-        manager = TaskManager(include_path=str(local_folder) if local_folder else None, include_defaults=bool(tasks))
-        for name in names:
+        manager = standard_tasks() if tasks else TaskManager(include_defaults=False)
+        for name, spec in specs.items():
             try:
-                out = simple_evaluate(model=lm, tasks=[name], task_manager=manager, limit=cfg.limit,
+                out = simple_evaluate(model=lm, tasks=[spec], task_manager=manager, limit=cfg.limit,
                                       log_samples=False, bootstrap_iters=0, verbosity="ERROR")
             except Exception as e:  # a dataset that cannot be fetched offline, mostly; said, then the next task
                 results["skipped"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"

@@ -160,9 +160,9 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, fresh: b
     run. A process of its own forked from one that has imported the libraries already (``tests/forked_cli.py``);
     ``fresh``, or ``env`` giving a variable read at import a value other than this process's, starts a new
     interpreter instead, taking SIGINT as one started from a terminal (also when this suite runs in the
-    background, where it is inherited as ignored).
-    ``file_size_mb`` caps the size of any file it writes (``RLIMIT_FSIZE``); ``before`` (a function and its
-    arguments, forked runs only) is called in the new process before the CLI runs."""
+    background, where it is inherited as ignored). ``file_size_mb`` caps the size of any file it writes
+    (``RLIMIT_FSIZE``); ``before`` (a function and its arguments, forked runs only) is called in the new process
+    before the CLI runs."""
     from .forked_cli import ForkedRun, limit_file_size
 
     given = env or {}

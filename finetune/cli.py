@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -63,6 +64,29 @@ def register_recipes() -> None:
         store.store(group="recipe", name=path.stem, node=OmegaConf.load(path), package="_global_")
     register_help(recipes)
     register_config()  # hydra/sweeper=finetune_optuna (hparams_search=optuna)
+
+
+@contextlib.contextmanager
+def _mode_from_command_line(args: list[str]) -> Iterator[None]:
+    """Hydra composes a run's whole config twice: first only to read ``hydra.mode``, which a config file may set
+    (to MULTIRUN), then for the run — ~0.5 s each on a CPU, on every command. No file of ours sets it
+    (tests/test_cli.py checks), so when the command line names no config of the user's own (``--config-path``,
+    ``--config-name``, ``--config-dir``) and does not set ``hydra.mode`` itself, the mode is the command line's
+    (``-m`` or not), as Hydra then decides it too, and the first composition is left out."""
+    from hydra._internal.hydra import Hydra
+    from hydra._internal.utils import get_args_parser
+
+    parsed, _ = get_args_parser().parse_known_args(args)
+    if parsed.config_path or parsed.config_name or parsed.config_dir or any(
+            o.lstrip("+~").split("=")[0] == "hydra.mode" for o in parsed.overrides):
+        yield
+        return
+    get_mode = Hydra.get_mode
+    Hydra.get_mode = lambda self, config_name, overrides: None  # what it returns when no config sets the mode
+    try:
+        yield
+    finally:
+        Hydra.get_mode = get_mode
 
 
 def _close_progress_bars() -> None:
@@ -237,7 +261,8 @@ def main() -> None:
     at = next((i for i, arg in enumerate(args) if "=" in arg and not arg.startswith("-")), len(args))
     sys.argv[1:] = [*args[:at], *ours, *args[at:]]
     try:
-        run()
+        with _mode_from_command_line(sys.argv[1:]):
+            run()
     except (HydraException, OmegaConfBaseException) as e:
         _fail(_hydra_error_line(e))
     if summary.failed_jobs:

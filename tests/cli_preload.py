@@ -25,7 +25,7 @@ LIBRARIES = (
     "datasets",
     "safetensors.torch",
     "torch.utils.tensorboard",
-    "matplotlib.backends.backend_agg",
+    "matplotlib.pyplot",
     "lm_eval.evaluator",
     "lm_eval.tasks",
     "lm_eval.models.huggingface",

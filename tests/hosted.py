@@ -51,7 +51,7 @@ def run_support_bot(backend: list[str], cwd: Path, env: dict[str, str]) -> Path:
     returns the run directory."""
     run_dir = cwd / "run"
     run_cli("+recipe=support_bot", *backend, "backend.submit=true", "backend.poll_interval_s=0.05",
-            "eval.max_samples=3", "eval.max_new_tokens=24", "eval.judge.max_samples=1", f"hydra.run.dir={run_dir}",
+            "eval.max_samples=1", "eval.max_new_tokens=24", "eval.judge.max_samples=1", f"hydra.run.dir={run_dir}",
             cwd=cwd, env=env)
     done = {p.parent.name for p in run_dir.glob("*/manifest.json") if json.loads(p.read_text())["status"] == "complete"}
     assert done == {"validate", "train", "evaluate", "card"}

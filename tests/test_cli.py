@@ -9,9 +9,10 @@ import string
 import pytest
 from omegaconf import OmegaConf
 
+from finetune.paths import CONF_DIR, RECIPES_DIR
 from finetune.usage import help_template, unknown_word
 
-from .conftest import run_cli
+from .conftest import run_cli, run_cli_in_process
 
 
 def test_help_says_what_finetune_is_then_its_commands_recipes_and_groups(tmp_path):
@@ -80,3 +81,27 @@ def test_the_help_page_prints_a_recipes_dollar_signs_as_they_are(tmp_path):
     recipe.write_text("# @package _global_\n# Reads ${bundled_data:x} and $HOME, costs $5.\n#   example\n")
     page = string.Template(OmegaConf.create({"t": help_template([recipe])}).t).substitute(APP_CONFIG_GROUPS="")
     assert "  mine             Reads ${bundled_data:x} and $HOME, costs $5\n" in page
+
+
+@pytest.mark.quick
+def test_no_config_of_ours_sets_hydra_mode():
+    """What lets the CLI take the run mode from the command line without composing the config a first time."""
+    files = [*CONF_DIR.rglob("*.yaml"), *RECIPES_DIR.glob("*.yaml")]
+    assert files and not [p for p in files if OmegaConf.select(OmegaConf.load(p), "hydra.mode") is not None]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("args", "compositions"), [
+    (("method.r=-1",), 1),
+    (("method.r=-1", "hydra.mode=RUN"), 2),  # a mode set on the command line: Hydra reads it as it always does
+    (("method.r=-1", f"--config-dir={CONF_DIR}"), 2),  # a config dir of the user's may set it: as well
+])
+def test_a_run_composes_its_config_once(monkeypatch, tmp_path, args, compositions):
+    from hydra._internal.hydra import Hydra
+
+    calls = []
+    compose = Hydra.compose_config
+    monkeypatch.setattr(Hydra, "compose_config", lambda self, *a, **k: calls.append(1) or compose(self, *a, **k))
+    proc = run_cli_in_process(*args, cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: method.r=-1: must be in"), proc.stderr
+    assert len(calls) == compositions

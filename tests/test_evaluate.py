@@ -22,7 +22,7 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
                 "stages=[validate,train,merge,evaluate]", "eval.decoding=greedy", "eval.max_new_tokens=12",
                 f"+eval.compare=[{{name: gguf, gguf: '{gguf}'}}, {{name: hosted, base_url: '{url}', "
                 "model: tuned-hosted, sampler_extras: true}]",
-                f"eval.judge.gguf={SMOLLM2}", "eval.judge.response_format=json_schema", "eval.judge.max_samples=2",
+                f"eval.judge.gguf={SMOLLM2}", "eval.judge.response_format=json_schema", "eval.judge.max_samples=1",
                 "eval.lm_eval.tasks=[arc_easy]", cwd=tmp_path)
     out = tmp_path / "run" / "evaluate"
     result = json.loads((out / "eval.json").read_text())
@@ -45,10 +45,10 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
     judge = result["judge"]
     assert judge["endpoint"] == "llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf"
     for who in result["models"]:
-        assert judge["models"][who]["scored"] + judge["models"][who]["unscored"] == 2
-    assert sum(judge["pairwise"][k] for k in ("tuned", "base", "tie", "unscored")) == 2
+        assert judge["models"][who]["scored"] + judge["models"][who]["unscored"] == 1
+    assert sum(judge["pairwise"][k] for k in ("tuned", "base", "tie", "unscored")) == 1
     assert "judge: overall" in metrics and "judge: tuned wins (pairwise)" in metrics
-    assert "judge_pairwise" in samples[0] and "judge_pairwise" not in samples[2]  # judge.max_samples=2
+    assert "judge_pairwise" in samples[0] and "judge_pairwise" not in samples[1]  # judge.max_samples=1
 
     assert result["lm_eval"]["base"]["tasks"]["finetune_heldout"].keys() == {"acc", "byte_perplexity", "bits_per_byte"}
     assert metrics["lm-eval finetune_heldout byte_perplexity"]["higher_is_better"] is False

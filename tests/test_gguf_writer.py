@@ -24,7 +24,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from finetune.export.gguf_writer import QuantizeError, _llama_quantize, write_gguf
+from finetune.export.gguf_writer import QuantizeError, _llama_quantize, gguf_writer_class, write_gguf
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "<|im_start|>user\nWhat is 12 + 30? Answer briefly.<|im_end|>\n<|im_start|>assistant\nThe sum is 42."
@@ -211,6 +211,28 @@ def test_k_quant_goes_through_llama_cpp(tied_llama: tuple[Path, Path], tmp_path:
     assert [p.name for p in tmp_path.iterdir()] == ["q4km.gguf"]  # the f16 intermediate is gone
     ids = AutoTokenizer.from_pretrained(model_dir).encode(PROMPT)
     assert np.isfinite(llama_cpp_logits(out, ids)).all()
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("endian", [gguf.GGUFEndian.LITTLE, gguf.GGUFEndian.BIG])
+def test_metadata_arrays_are_packed_to_gguf_pys_bytes(tmp_path: Path, endian: gguf.GGUFEndian) -> None:
+    values = [  # (value, type, item type)
+        (["<|im_start|>", "Ġhello", "日本語", ""], gguf.GGUFValueType.ARRAY, None),
+        ([3, -1, 2**31 - 1], gguf.GGUFValueType.ARRAY, None),
+        ([gguf.TokenType.NORMAL, gguf.TokenType.CONTROL], gguf.GGUFValueType.ARRAY, None),
+        ([7, 0], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.UINT32),
+        ([1, 2], gguf.GGUFValueType.ARRAY, gguf.GGUFValueType.FLOAT32),
+        ([True, False], gguf.GGUFValueType.ARRAY, None),  # gguf-py's own packing from here on
+        ([0.5, 1.0], gguf.GGUFValueType.ARRAY, None),
+        ([["a", "b"]], gguf.GGUFValueType.ARRAY, None),
+        ("text", gguf.GGUFValueType.STRING, None),
+    ]
+    ours = gguf_writer_class()(tmp_path / "a.gguf", "llama", endianess=endian)
+    theirs = gguf.GGUFWriter(tmp_path / "b.gguf", "llama", endianess=endian)
+    for value, vtype, item_type in values:
+        for add_vtype in (True, False):
+            assert ours._pack_val(value, vtype, add_vtype, item_type) == \
+                theirs._pack_val(value, vtype, add_vtype, item_type), value
 
 
 @pytest.mark.quick

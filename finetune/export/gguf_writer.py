@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import hashlib
 import itertools
 import json
 import math
 import os
 import re
+import struct
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -143,7 +145,7 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
     import numpy as np
 
     tensor_type, file_type = NUMPY_TYPES[out_type]
-    writer = gguf.GGUFWriter(path, arch)
+    writer = gguf_writer_class()(path, arch)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name or _model_name(config, model_dir))
@@ -162,6 +164,35 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
         _write_tensor_data(writer, tensors, log)
     finally:
         writer.close()
+
+
+@functools.cache
+def gguf_writer_class() -> type:
+    """gguf-py's ``GGUFWriter``, with metadata arrays of strings or integers packed in one pass. gguf-py packs an
+    array item by item, each through ``_pack_val``: ~1 s for a 49k-token vocabulary, its merges and token types,
+    in every GGUF written. The bytes are the same (tests/test_gguf_writer.py); any other value is gguf-py's."""
+    import gguf
+
+    types = gguf.GGUFValueType
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val: Any, vtype: Any, add_vtype: bool, sub_type: Any = None) -> bytes:
+            if vtype != types.ARRAY or not isinstance(val, list) or not val:
+                return super()._pack_val(val, vtype, add_vtype, sub_type)
+            order = "<" if self.endianess == gguf.GGUFEndian.LITTLE else ">"
+            if sub_type in (None, types.STRING) and all(isinstance(v, str) for v in val):
+                length = struct.Struct(order + "Q").pack
+                item_type, items = types.STRING, b"".join(length(len(b)) + b for b in (v.encode() for v in val))
+            elif sub_type in (None, *self._simple_value_packing) and sub_type != types.BOOL and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in val):
+                item_type = sub_type or types.INT32
+                items = struct.pack(f"{order}{len(val)}{self._simple_value_packing[item_type]}", *val)
+            else:
+                return super()._pack_val(val, vtype, add_vtype, sub_type)
+            header = struct.pack(f"{order}IQ", item_type, len(val))
+            return (struct.pack(order + "I", vtype) if add_vtype else b"") + header + items
+
+    return Writer
 
 
 def _model_name(config: dict[str, Any], model_dir: Path) -> str:

@@ -119,11 +119,23 @@ def known_tasks() -> frozenset[str]:
     return frozenset(standard_tasks().all_tasks)
 
 
+def _load_task(manager: Any, spec: str) -> dict[str, Any]:
+    """A task as lm-eval's ``simple_evaluate`` prepares it (zero-shot unless its YAML says otherwise), for its
+    ``evaluate``: ``simple_evaluate`` also records the environment (``pip list`` and friends in subprocesses,
+    ~0.8 s a call on a CPU) and the git commit, which its results carry and ours do not."""
+    loaded = manager.load([spec])
+    for task in loaded["tasks"].values():
+        if task.get_config("num_fewshot") is None:
+            task.set_config(key="num_fewshot", value=0)
+        task.set_fewshot_seed(seed=1234)  # simple_evaluate's default fewshot_random_seed
+    return loaded
+
+
 def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Path | None, cfg: LmEvalConfig,
               label: str) -> dict[str, Any]:
     """``tasks`` → {task: {metric: value}}, ``higher_is_better`` → {task: {metric: bool}}, ``skipped`` →
     {task: why}."""
-    from lm_eval import simple_evaluate
+    from lm_eval.evaluator import evaluate
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -137,8 +149,8 @@ def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Pa
         manager = standard_tasks() if tasks else TaskManager(include_defaults=False)
         for name, spec in specs.items():
             try:
-                out = simple_evaluate(model=lm, tasks=[spec], task_manager=manager, limit=cfg.limit,
-                                      log_samples=False, bootstrap_iters=0, verbosity="ERROR")
+                out = evaluate(lm=lm, task_dict=_load_task(manager, spec), limit=cfg.limit, log_samples=False,
+                               bootstrap_iters=0, verbosity="ERROR")
             except Exception as e:  # a dataset that cannot be fetched offline, mostly; said, then the next task
                 results["skipped"][name] = f"{type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
                 continue

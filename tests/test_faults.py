@@ -50,7 +50,7 @@ def status(run_dir: Path, stage: str) -> str:
 def completed_upstream(reference: Path, run_dir: Path, stage: str) -> tuple[str, ...]:
     """``run_dir`` as an earlier run of the same command left it when it got as far as ``stage``: the reference
     run's folders of the stages before it (complete, with the same inputs). Returns their names."""
-    upstream = STAGES[: STAGES.index(stage)]
+    upstream = through(stage)[:-1]
     for name in upstream:
         shutil.copytree(reference / name, run_dir / name)
     return upstream

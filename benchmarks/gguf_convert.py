@@ -4,8 +4,9 @@ Converts the same Hugging Face folder (default: SmolLM2-135M as `conf/model/smol
 packaged GGUF materialized as an fp32 safetensors folder) to f16 with
   (a) ours: `finetune.export.gguf_writer.write_gguf(FOLDER, OUT, "f16")`;
   (b) llama.cpp's `convert_hf_to_gguf.py FOLDER --outtype f16 --outfile OUT`, from the llama-cpp-python sdist
-      (REFERENCE_VERSION), with that sdist's own gguf-py first on PYTHONPATH.
-The sdist is fetched once with `pip download` into ~/.cache/finetune-bench (or $FINETUNE_BENCH_CACHE).
+      (VERSION), with that sdist's own gguf-py first on PYTHONPATH.
+The sdist is fetched once with `pip download` into ~/.cache/finetune-bench (or $FINETUNE_BENCH_CACHE) by
+`tests/llama_cpp_sdist.py`, which the tests of each model family share.
 
 Each conversion runs in its own subprocess; its wall time and peak RSS (ru_maxrss of that one child, from
 os.wait4) are recorded. One untimed warm-up of each, then REPEATS (default 3) timed rounds, the order of the two
@@ -15,48 +16,23 @@ shapes and bytes, and metadata keys and values. Results: benchmarks/results/gguf
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
-REFERENCE_VERSION = "0.3.36"  # llama-cpp-python; its sdist vendors llama.cpp with convert_hf_to_gguf.py
-CACHE = Path(os.environ.get("FINETUNE_BENCH_CACHE") or Path.home() / ".cache" / "finetune-bench")
+sys.path.insert(0, str(REPO))
+from tests.llama_cpp_sdist import VERSION, compare_gguf, llama_cpp_folder  # noqa: E402
+
 OURS = "import sys; from finetune.export.gguf_writer import write_gguf; write_gguf(sys.argv[1], sys.argv[2], 'f16')"
-
-
-def reference_converter() -> Path:
-    """llama.cpp's folder (convert_hf_to_gguf.py, conversion/, gguf-py/) from the sdist, fetched if missing."""
-    root = CACHE / f"llama_cpp_python-{REFERENCE_VERSION}" / "vendor" / "llama.cpp"
-    if (root / "convert_hf_to_gguf.py").is_file():
-        return root
-    CACHE.mkdir(parents=True, exist_ok=True)
-    sdist = CACHE / f"llama_cpp_python-{REFERENCE_VERSION}.tar.gz"
-    if not sdist.is_file():
-        print(f"fetching llama-cpp-python=={REFERENCE_VERSION} (sdist) into {CACHE}", flush=True)
-        fetched = subprocess.run(
-            [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={REFERENCE_VERSION}", "--no-deps",
-             "--no-binary", ":all:", "-d", str(CACHE)], capture_output=True, text=True)
-        if fetched.returncode != 0 or not sdist.is_file():
-            sys.exit(f"cannot fetch the reference converter: `pip download llama-cpp-python=={REFERENCE_VERSION} "
-                     f"--no-deps --no-binary :all:` failed (needs PyPI):\n{fetched.stderr[-2000:]}")
-    prefix = f"llama_cpp_python-{REFERENCE_VERSION}/vendor/llama.cpp/"
-    wanted = (prefix + "convert_hf_to_gguf.py", prefix + "conversion/", prefix + "gguf-py/")
-    with tarfile.open(sdist) as tar:
-        members = [m for m in tar.getmembers() if m.name.startswith(wanted)]
-        tar.extractall(CACHE, members=members, filter="data")
-    return root
 
 
 def default_folder() -> Path:
@@ -83,36 +59,6 @@ def measure(cmd: list[str], env: dict[str, str], log: Path) -> dict[str, float]:
             "cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}
 
 
-def compare(ours: Path, reference: Path) -> dict[str, Any]:
-    """Tensors (names, types, shapes, bytes) and metadata (keys, values) of the two files."""
-    import numpy as np
-    from gguf import GGUFReader
-
-    a, b = GGUFReader(ours), GGUFReader(reference)
-    ta, tb = {t.name: t for t in a.tensors}, {t.name: t for t in b.tensors}
-    common = sorted(ta.keys() & tb.keys())
-    differ = [n for n in common if ta[n].tensor_type != tb[n].tensor_type
-              or list(ta[n].shape) != list(tb[n].shape)
-              or not np.array_equal(np.asarray(ta[n].data).view(np.uint8), np.asarray(tb[n].data).view(np.uint8))]
-
-    def shown(v: Any) -> Any:  # long lists (tokens, merges) as their length and digest
-        digest = hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16]
-        return v if not isinstance(v, list) or len(v) < 50 else f"<{len(v)} items, sha256 {digest}>"
-
-    ka = {k: f.contents() for k, f in a.fields.items() if not k.startswith("GGUF.")}
-    kb = {k: f.contents() for k, f in b.fields.items() if not k.startswith("GGUF.")}
-    return {
-        "tensors": {"ours": len(ta), "reference": len(tb), "only_ours": sorted(ta.keys() - tb.keys()),
-                    "only_reference": sorted(tb.keys() - ta.keys()), "differ": differ,
-                    "same_order": [t.name for t in a.tensors] == [t.name for t in b.tensors]},
-        "byte_identical_tensors": not differ and ta.keys() == tb.keys(),
-        "metadata": {"only_ours": sorted(ka.keys() - kb.keys()), "only_reference": sorted(kb.keys() - ka.keys()),
-                     "different_values": {k: {"ours": shown(ka[k]), "reference": shown(kb[k])}
-                                          for k in sorted(ka.keys() & kb.keys()) if ka[k] != kb[k]}},
-        "file_mb": {"ours": round(ours.stat().st_size / 1e6, 1), "reference": round(reference.stat().st_size / 1e6, 1)},
-    }
-
-
 def _version(name: str) -> str | None:
     try:
         return metadata.version(name)
@@ -136,7 +82,7 @@ def _machine() -> str:
 
 
 def main(repeats: int, folder_arg: Path | None) -> None:
-    llama_cpp = reference_converter()
+    llama_cpp = llama_cpp_folder()
     folder = (folder_arg or default_folder()).resolve()
     base = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     contenders = {
@@ -160,7 +106,7 @@ def main(repeats: int, folder_arg: Path | None) -> None:
                 print(f"round {round_ if round_ >= 0 else 'warm-up'}: {name} {result}", flush=True)
                 if round_ >= 0:
                     runs[name].append(result)
-        comparison = compare(out["ours"], out["reference"])
+        comparison = compare_gguf(out["ours"], out["reference"])
     summary = {name: {"median_wall_s": statistics.median(r["wall_s"] for r in rs),
                       "min_wall_s": min(r["wall_s"] for r in rs),
                       "max_peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
@@ -176,7 +122,7 @@ def main(repeats: int, folder_arg: Path | None) -> None:
         "measure": "each conversion a subprocess: wall time, and ru_maxrss of that child (os.wait4); one untimed "
                    "warm-up each, then rounds alternating the order",
         "versions": {"python": platform.python_version(), "gguf_ours": _version("gguf"),
-                     "gguf_reference": _sdist_gguf_version(llama_cpp), "llama_cpp_python_sdist": REFERENCE_VERSION,
+                     "gguf_reference": _sdist_gguf_version(llama_cpp), "llama_cpp_python_sdist": VERSION,
                      **{p: _version(p) for p in ("numpy", "torch", "transformers", "tokenizers", "safetensors")}},
         "results": summary,
         "ratio_ours_to_reference": {

@@ -24,7 +24,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from finetune.export.gguf_writer import QuantizeError, _llama_quantize, gguf_writer_class, write_gguf
+from finetune.export.gguf_writer import QuantizeError, _llama_quantize, check_convertible, gguf_writer_class, write_gguf
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "<|im_start|>user\nWhat is 12 + 30? Answer briefly.<|im_end|>\n<|im_start|>assistant\nThe sum is 42."
@@ -280,14 +280,21 @@ def test_unknown_tokenizer_fails_leaving_no_file(tied_llama: tuple[Path, Path], 
 
 
 @pytest.mark.quick
-def test_llama3_rope_scaling_is_refused(tmp_path: Path) -> None:
-    rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 32.0}
-    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4}
-    (tmp_path / "config.json").write_text(json.dumps({**config, "rope_parameters": rope}))
-    with pytest.raises(NotImplementedError, match="llama3"):
+def test_rope_scaling_llama_cpp_does_not_apply_is_refused_before_any_file(tmp_path: Path) -> None:
+    config = {"architectures": ["LlamaForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+              "num_hidden_layers": 2, "intermediate_size": 128, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5,
+              "vocab_size": 256}
+    yarn = {**config, "rope_parameters": {"rope_type": "yarn", "rope_theta": 500000.0, "factor": 4.0}}
+    (tmp_path / "config.json").write_text(json.dumps(yarn))
+    with pytest.raises(NotImplementedError, match="RoPE scaling 'yarn' is not supported"):
+        check_convertible(yarn)  # what stages/export.check asks before training
+    with pytest.raises(NotImplementedError, match="yarn"):
         write_gguf(tmp_path, tmp_path / "out.gguf")
     assert [p.name for p in tmp_path.iterdir()] == ["config.json"]
-
+    llama3 = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0}
+    assert check_convertible({**config, "rope_parameters": llama3}) == "llama"  # rope_freqs: tests/test_families.py
+    with pytest.raises(NotImplementedError, match="'llama3' is not supported for qwen2"):
+        check_convertible({**config, "architectures": ["Qwen2ForCausalLM"], "rope_parameters": llama3})
 
 
 def test_half_precision_shards_read_in_slices(

@@ -72,15 +72,18 @@ Log = Callable[[str], None]
 @dataclass(frozen=True)
 class _Tensor:
     """One weight to write: where it comes from, its GGUF name and type, its Q/K head regrouping and the
-    constant added to it (1 for Gemma's norms: Hugging Face stores w for a scale of 1 + w, llama.cpp the scale)."""
+    constant added to it (1 for Gemma's norms: Hugging Face stores w for a scale of 1 + w, llama.cpp the scale).
+    A tensor llama.cpp needs that the checkpoint does not hold (Llama 3's ``rope_freqs``) has no source and its
+    ``values`` instead."""
 
-    source: Path
+    source: Path | None
     hf_name: str
     name: str
     shape: tuple[int, ...]
     qtype: Any  # gguf.GGMLQuantizationType
     rotary_heads: int | None
     offset: float = 0.0
+    values: Any = None  # float32 numpy array, when source is None
 
 
 class QuantizeError(RuntimeError):
@@ -114,6 +117,22 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
         os.replace(tmp, out_path)
     size_mb = out_path.stat().st_size / 1e6
     log(f"wrote {out_path} ({out_type}, {size_mb:.0f} MB) in {time.monotonic() - started:.1f} s")
+
+
+def check_convertible(config: dict[str, Any]) -> str:
+    """llama.cpp's architecture name for the checkpoint whose ``config.json`` this is, after every refusal the
+    writer would make of its settings (activation, attention, RoPE): ``stages/export.check`` calls this before
+    training, so that a model we cannot convert is refused before anyone pays for its training."""
+    arch = gguf_architecture(config)
+    _add_hyperparameters(_DiscardedMetadata(), config, arch, log=lambda _: None)
+    return arch
+
+
+class _DiscardedMetadata:
+    """A stand-in for gguf-py's writer that keeps nothing: ``_add_hyperparameters`` run for its checks alone."""
+
+    def __getattr__(self, name: str) -> Callable[..., None]:
+        return lambda *args, **kwargs: None
 
 
 def gguf_architecture(config: dict[str, Any]) -> str:
@@ -214,18 +233,15 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
         raise NotImplementedError("sliding-window attention (use_sliding_window) is not supported here")
     n_head = config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // n_head
-    # transformers 5 writes rope_parameters (with rope_theta inside; per layer type for Gemma 3); older configs
-    # rope_theta + rope_scaling.
-    rope_parameters = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    rope = rope_parameters.get("full_attention", rope_parameters)
-    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    rope, rope_type = _rope(config)
     if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["factor"])
-    elif rope_type != "default":
+    elif rope_type == "llama3" and arch != "llama":
+        raise NotImplementedError(f"RoPE scaling 'llama3' is not supported for {arch} (only for llama)")
+    elif rope_type not in ("default", "llama3"):  # llama3: the rope_freqs tensor (_rope_freqs), no metadata
         raise NotImplementedError(
-            f"RoPE scaling {rope_type!r} is not supported by this converter (only none and linear); "
-            "llama3-style scaling needs llama.cpp's rope_freqs tensor, use llama.cpp's convert_hf_to_gguf.py"
+            f"RoPE scaling {rope_type!r} is not supported by this converter (none, linear and llama3 are)"
         )
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -236,13 +252,55 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
     writer.add_rope_dimension_count(head_dim)
-    writer.add_rope_freq_base(float(rope.get("rope_theta", config.get("rope_theta", 10000.0))))
+    writer.add_rope_freq_base(_rope_theta(config, rope))
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
     if arch in _GEMMA:
         _add_gemma_hyperparameters(writer, config, arch, head_dim)
     elif (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
         log(f"note: llama.cpp attends over the whole context; training used a {window}-token window")
+
+
+def _rope(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The full-attention layers' RoPE parameters and scaling type ("default" for none). transformers 5 writes
+    ``rope_parameters`` (with rope_theta inside; per layer type for Gemma 3); older configs rope_theta +
+    ``rope_scaling``."""
+    rope_parameters = config.get("rope_parameters") or config.get("rope_scaling") or {}
+    rope = rope_parameters.get("full_attention", rope_parameters)
+    return rope, rope.get("rope_type") or rope.get("type") or "default"
+
+
+def _rope_theta(config: dict[str, Any], rope: dict[str, Any]) -> float:
+    return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
+
+
+def _rope_freqs(config: dict[str, Any]) -> Any | None:
+    """Llama 3.1+'s RoPE scaling as llama.cpp applies it: a factor per rotary frequency that the frequency is
+    divided by (``rope_freqs``), or None for a model without llama3 scaling. Meta's rule: frequencies whose
+    wavelength is under ``original_max_position_embeddings / high_freq_factor`` stay, those over ``... /
+    low_freq_factor`` are divided by ``factor``, and those between are interpolated smoothly. Computed in float32
+    one frequency at a time, the arithmetic llama.cpp's converter does, so the two files hold the same bytes."""
+    import torch
+
+    rope, rope_type = _rope(config)
+    if rope_type != "llama3":
+        return None
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    factor = rope.get("factor", 8.0)
+    low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
+    context = rope.get("original_max_position_embeddings", 8192)
+    freqs = 1.0 / (_rope_theta(config, rope) ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    factors = []
+    for freq in freqs:
+        wavelength = 2 * math.pi / freq
+        if wavelength < context / high:
+            factors.append(1.0)
+        elif wavelength > context / low:
+            factors.append(factor)
+        else:
+            smooth = (context / wavelength - low) / (high - low)
+            factors.append(float(1 / ((1 - smooth) / factor + smooth)))
+    return torch.tensor(factors, dtype=torch.float32).numpy()
 
 
 def _add_gemma_hyperparameters(writer: Any, config: dict[str, Any], arch: str, head_dim: int) -> None:
@@ -543,6 +601,10 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: str, weight_typ
                 )
     if unknown:
         raise ValueError(f"tensors with no GGUF name for {arch}: {', '.join(unknown[:10])}")
+    if (freqs := _rope_freqs(config)) is not None:  # first, where llama.cpp's converter writes it
+        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
+        plan.insert(0, _Tensor(source=None, hf_name="(llama3 RoPE scaling)", name=name, shape=freqs.shape,
+                               qtype=gguf.GGMLQuantizationType.F32, rotary_heads=None, values=freqs))
     if not tied and not any(t.name == "output.weight" for t in plan):
         raise ValueError("config says embeddings are not tied but the checkpoint has no lm_head.weight")
     return plan
@@ -591,10 +653,13 @@ def _write_tensor_data(writer: Any, tensors: list[_Tensor], log: Log) -> None:
     every = max(1, len(tensors) // 10)
     done = 0
     for source, group in itertools.groupby(tensors, key=lambda t: t.source):
-        header, data_start = _safetensors_header(source)
-        with open(source, "rb", buffering=0) as f:
+        with contextlib.ExitStack() as stack:
+            if source is not None:
+                header, data_start = _safetensors_header(source)
+                f = stack.enter_context(open(source, "rb", buffering=0))
             for t in group:
-                writer.write_tensor_data(_converted(f, header[t.hf_name], data_start, t))
+                writer.write_tensor_data(t.values if source is None else _converted(f, header[t.hf_name],
+                                                                                     data_start, t))
                 done += 1
                 if done % every == 0 or done == len(tensors):
                     log(f"  {done}/{len(tensors)} tensors ({t.name} {t.qtype.name} {list(t.shape)})")

@@ -79,7 +79,34 @@ GEMMA = TemplateFamily(
     system_block=r"^(?!)",  # Gemma's template writes no default system prompt
     bos=True,
 )
-FAMILIES = (CHATML, GEMMA)
+
+# Llama 3.1 / 3.3 Instruct: a system block always, holding the template's knowledge and "today" dates and then
+# the conversation's first message when it is a system message; every turn ends in <|eot_id|>.
+_LLAMA3_SYSTEM_HEADER = ("<|start_header_id|>system<|end_header_id|>\n\n"
+                         "Cutting Knowledge Date: December 2023\nToday Date: 26 Jul 2024\n\n")
+
+
+def _render_llama3(messages: list[Message]) -> str:
+    system, rest = (messages[0]["content"], messages[1:]) if messages[0]["role"] == "system" else ("", messages)
+    turns = "".join(f"<|start_header_id|>{m['role']}<|end_header_id|>\n\n{m['content']}<|eot_id|>" for m in rest)
+    return f"{_LLAMA3_SYSTEM_HEADER}{system}<|eot_id|>{turns}<|start_header_id|>assistant<|end_header_id|>\n\n"
+
+
+LLAMA3 = TemplateFamily(
+    name="llama3",
+    go_template=(
+        '{{- $first := index .Messages 0 }}' + _LLAMA3_SYSTEM_HEADER +
+        '{{ if eq $first.Role "system" }}{{ $first.Content }}{{ end }}<|eot_id|>'
+        '{{- range $i, $m := .Messages }}{{- if or $i (ne $m.Role "system") }}'
+        '<|start_header_id|>{{ $m.Role }}<|end_header_id|>\n\n{{ $m.Content }}<|eot_id|>'
+        '{{- end }}{{- end }}<|start_header_id|>assistant<|end_header_id|>\n\n'
+    ),
+    render=_render_llama3,
+    stop=("<|eot_id|>", "<|start_header_id|>"),
+    system_block=r"^(?!)",  # an empty system message is the template's default: nothing for SYSTEM to say
+    bos=True,
+)
+FAMILIES = (CHATML, GEMMA, LLAMA3)
 
 PROBES: tuple[list[Message], ...] = (
     [{"role": "system", "content": "S1"}, {"role": "user", "content": "U1"}],

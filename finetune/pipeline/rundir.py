@@ -147,6 +147,12 @@ class RunLog:
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         for client in ("httpx", "httpx2"):  # one line per HTTP request: an hour of polling floods the log
             logging.getLogger(client).setLevel(logging.WARNING)
+        # transformers prints its warnings through a handler of its own (a checkpoint's tokenizer_config, e.g.
+        # Llama 3's clean_up_tokenization_spaces, earns one per decode): as records, they reach the file only.
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_default_handler()
+        hf_logging.enable_propagation()
 
     def to_file(self, run_dir: Path) -> None:
         self.file = logging.FileHandler(run_dir / LOG_NAME, encoding="utf-8")
@@ -165,6 +171,10 @@ class RunLog:
         for handler in self.replaced:
             self.root.addHandler(handler)
         logging.captureWarnings(False)
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_propagation()
+        hf_logging.enable_default_handler()
 
 
 def _run_log_stream() -> IO[str] | None:

@@ -42,12 +42,13 @@ class ParityError(UserError, RuntimeError):
 def check(run: RunConfig) -> None:
     """Refuse, before training, a model the GGUF writer does not convert, a chat template no Modelfile TEMPLATE
     reproduces, and an adapter llama.cpp cannot apply."""
-    from finetune.export.gguf_writer import gguf_architecture
+    from finetune.export.gguf_writer import check_convertible
 
     try:
-        gguf_architecture(load_config(run.model).to_dict())
-    except ValueError as e:
-        raise ExportError(f"export: {e}") from None
+        check_convertible(load_config(run.model).to_dict())
+    except (ValueError, NotImplementedError) as e:
+        raise ExportError(f"export: {run.model.source}: {e}; to train and merge it without a "
+                          "GGUF, leave export out: stages=[validate,train,merge,evaluate]") from None
     if run.export.ollama:
         source = resolve_model_source(run.model)
         template_family(load_tokenizer(source, run.model))

@@ -1,0 +1,88 @@
+"""llama.cpp's own files, from the llama-cpp-python source distribution (fetched once from the package registry):
+its converter ``convert_hf_to_gguf.py`` with its gguf-py, the real tokenizers of model families
+(``models/ggml-vocab-*.gguf``, with ``.inp``/``.out`` files of expected token ids) and their real chat templates
+(``models/templates/*.jinja``). The tests of each family and ``benchmarks/gguf_convert.py`` compare against them."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+from typing import Any
+
+VERSION = "0.3.36"  # llama-cpp-python; its sdist vendors llama.cpp
+CACHE = Path(os.environ.get("FINETUNE_BENCH_CACHE") or Path.home() / ".cache" / "finetune-bench")
+_WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "models/ggml-vocab-", "models/templates/")
+
+
+def llama_cpp_folder() -> Path:
+    """llama.cpp's folder in the sdist, with the files of ``_WANTED``: fetched and unpacked the first time (by one
+    process at a time, so that parallel test workers share it)."""
+    from filelock import FileLock
+
+    root = CACHE / f"llama_cpp_python-{VERSION}" / "vendor" / "llama.cpp"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(CACHE / f"llama_cpp_python-{VERSION}.lock")):
+        if (root / ".complete").is_file():
+            return root
+        sdist = CACHE / f"llama_cpp_python-{VERSION}.tar.gz"
+        if not sdist.is_file():
+            fetched = subprocess.run(
+                [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={VERSION}", "--no-deps",
+                 "--no-binary", ":all:", "-d", str(CACHE)], capture_output=True, text=True)
+            if fetched.returncode != 0 or not sdist.is_file():
+                raise RuntimeError(f"cannot fetch llama.cpp's files: `pip download llama-cpp-python=={VERSION} "
+                                   f"--no-deps --no-binary :all:` failed:\n{fetched.stderr[-2000:]}")
+        prefix = f"llama_cpp_python-{VERSION}/vendor/llama.cpp/"
+        with tarfile.open(sdist) as tar:
+            members = [m for m in tar.getmembers() if m.name.startswith(tuple(prefix + w for w in _WANTED))]
+            tar.extractall(CACHE, members=members, filter="data")
+        (root / ".complete").touch()
+    return root
+
+
+def convert_with_llama_cpp(folder: Path, out: Path, out_type: str = "f16") -> subprocess.CompletedProcess:
+    """llama.cpp's ``convert_hf_to_gguf.py FOLDER``, with the sdist's own gguf-py first on the path."""
+    root = llama_cpp_folder()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+    return subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(folder), "--outtype", out_type,
+                           "--outfile", str(out)], env=env, capture_output=True, text=True, check=True)
+
+
+def compare_gguf(ours: Path, reference: Path) -> dict[str, Any]:
+    """Tensors (names, order, types, shapes, bytes) and metadata (keys, values) of the two files."""
+    import gguf
+
+    from finetune.gguf_header import gguf_header
+
+    (ka, a, start_a), (kb, b, start_b) = gguf_header(ours), gguf_header(reference)
+    ta, tb = {t.name: t for t in a}, {t.name: t for t in b}
+
+    def data(path: Path, start: int, t: Any) -> bytes:
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(t.type)]
+        with open(path, "rb") as f:
+            f.seek(start + t.offset)
+            return f.read(math.prod(t.shape) // block * size)
+
+    differ = [n for n in sorted(ta.keys() & tb.keys()) if (ta[n].type, ta[n].shape) != (tb[n].type, tb[n].shape)
+              or data(ours, start_a, ta[n]) != data(reference, start_b, tb[n])]
+
+    def shown(v: Any) -> Any:  # long lists (tokens, merges) as their length and digest
+        digest = hashlib.sha256(json.dumps(v).encode()).hexdigest()[:16]
+        return v if not isinstance(v, list) or len(v) < 50 else f"<{len(v)} items, sha256 {digest}>"
+
+    return {
+        "tensors": {"ours": len(ta), "reference": len(tb), "only_ours": sorted(ta.keys() - tb.keys()),
+                    "only_reference": sorted(tb.keys() - ta.keys()), "differ": differ,
+                    "same_order": [t.name for t in a] == [t.name for t in b]},
+        "byte_identical_tensors": not differ and ta.keys() == tb.keys(),
+        "metadata": {"only_ours": sorted(ka.keys() - kb.keys()), "only_reference": sorted(kb.keys() - ka.keys()),
+                     "different_values": {k: {"ours": shown(ka[k]), "reference": shown(kb[k])}
+                                          for k in sorted(ka.keys() & kb.keys()) if ka[k] != kb[k]}},
+        "file_mb": {"ours": round(ours.stat().st_size / 1e6, 1), "reference": round(reference.stat().st_size / 1e6, 1)},
+    }

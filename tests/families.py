@@ -5,9 +5,28 @@ holds, at a size a test trains in seconds."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .llama_cpp_sdist import llama_cpp_folder
+
+
+@dataclass(frozen=True)
+class Family:
+    """A family as the tests take it: how to build its tiny model, and what llama.cpp and Ollama must make of it."""
+
+    name: str
+    build: Callable[[Path], Path]  # writes the tiny model's folder at the path given, returns it
+    vocab: str  # llama.cpp's models/ggml-vocab-*.gguf of its tokenizer, with .inp/.out expected ids
+    end_of_turn: str
+    after_end_of_turn: str  # what the template writes after it, before the next turn (trained with the turn)
+    modelfile_family: str  # finetune.export.modelfile's TemplateFamily.name
+    # metadata llama.cpp's converter writes and ours does not, and the reverse (general.name differs anyway: ours is
+    # the run's name)
+    only_llama_cpps: tuple[str, ...]
+    only_ours: tuple[str, ...] = ()
 
 # Llama 3.1's RoPE scaling with a short original context, so that its factors change the rotations within a short
 # test sequence (with Llama 3.1's 8,192 only frequencies too slow to matter there are scaled).
@@ -15,53 +34,79 @@ LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "lo
                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
 
 
-# Llama 3's split regex (its tokenizer.json's pre-tokenizer), which llama.cpp's "llama-bpe" pre-tokenizer implements.
+# The split regexes (tokenizer.json pre-tokenizers) of Llama 3 and Qwen2, which llama.cpp's "llama-bpe" and "qwen2"
+# pre-tokenizers implement.
 LLAMA3_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
                 r"\s*[\r\n]+|\s+(?!\S)|\s+")
-_CONTROL = 3  # llama.cpp's token type of special tokens
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+               r"\s*[\r\n]+|\s+(?!\S)|\s+")
+_CONTROL = 3  # llama.cpp's token type of special tokens; 4 (user-defined) are added tokens that are not special
+_BYTE_LEVEL = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+
+
+def _byte_level_bpe(vocab: str, split: str, *, ignore_merges: bool, normalizer: dict | None,
+                    post_processor: dict) -> dict:
+    """A tokenizer.json from the tokens, token types and merges of llama.cpp's ``models/<vocab>``. Written
+    directly: transformers' own reading of a vocabulary GGUF takes ~30 s here."""
+    from finetune.gguf_header import gguf_value
+
+    path = llama_cpp_folder() / "models" / vocab
+    tokens, types = gguf_value(path, "tokenizer.ggml.tokens"), gguf_value(path, "tokenizer.ggml.token_type")
+    merges = gguf_value(path, "tokenizer.ggml.merges")
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
+                          "normalized": False, "special": types[i] == _CONTROL}
+                         for i, t in enumerate(tokens) if types[i] != 1],
+        "normalizer": normalizer,
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": split}, "behavior": "Isolated", "invert": False}, _BYTE_LEVEL]},
+        "post_processor": post_processor,
+        "decoder": {**_BYTE_LEVEL, "add_prefix_space": True, "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
+                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": ignore_merges,
+                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": [m.split(" ", 1) for m in merges]},
+    }
+
+
+def _write_tokenizer(out: Path, spec: dict, config: dict, template: str) -> None:
+    (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    chat_template = llama_cpp_folder() / "models" / "templates" / template
+    (out / "chat_template.jinja").write_text(chat_template.read_text("utf-8"), encoding="utf-8")
 
 
 def llama3_tokenizer_files(out: Path, template: str = "meta-llama-Llama-3.1-8B-Instruct.jinja") -> None:
     """Llama 3's tokenizer as its Instruct checkpoints ship it (tokenizer.json, tokenizer_config.json and the chat
     template): the 128,256 tokens and 280,147 merges of llama.cpp's ``ggml-vocab-llama-bpe.gguf``, Llama 3's split
     regex, BPE that takes a word in the vocabulary as one token (``ignore_merges``), BOS added by the
-    post-processor; the chat template from ``models/templates/<template>``. Written directly: transformers' own
-    reading of a vocabulary GGUF takes ~30 s here."""
-    from finetune.gguf_header import gguf_value
-
-    llama_cpp = llama_cpp_folder()
-    vocab = llama_cpp / "models" / "ggml-vocab-llama-bpe.gguf"
-    tokens, types = gguf_value(vocab, "tokenizer.ggml.tokens"), gguf_value(vocab, "tokenizer.ggml.token_type")
-    merges = gguf_value(vocab, "tokenizer.ggml.merges")
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": False}
+    post-processor; the chat template from ``models/templates/<template>``."""
     bos = {"SpecialToken": {"id": "<|begin_of_text|>", "type_id": 0}}
-    spec = {
-        "version": "1.0", "truncation": None, "padding": None,
-        "added_tokens": [{"id": i, "content": t, "single_word": False, "lstrip": False, "rstrip": False,
-                          "normalized": False, "special": True} for i, t in enumerate(tokens) if types[i] == _CONTROL],
-        "normalizer": None,
-        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
-            {"type": "Split", "pattern": {"Regex": LLAMA3_SPLIT}, "behavior": "Isolated", "invert": False},
-            byte_level]},
-        "post_processor": {"type": "Sequence", "processors": [
-            {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
-            {"type": "TemplateProcessing",
-             "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
-             "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
-             "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
-                                                     "tokens": ["<|begin_of_text|>"]}}}]},
-        "decoder": {**byte_level, "add_prefix_space": True, "use_regex": True},
-        "model": {"type": "BPE", "dropout": None, "unk_token": None, "continuing_subword_prefix": None,
-                  "end_of_word_suffix": None, "fuse_unk": False, "byte_fallback": False, "ignore_merges": True,
-                  "vocab": {t: i for i, t in enumerate(tokens)}, "merges": [m.split(" ", 1) for m in merges]},
-    }
-    (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    post_processor = {"type": "Sequence", "processors": [
+        {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": False, "use_regex": True},
+        {"type": "TemplateProcessing",
+         "single": [bos, {"Sequence": {"id": "A", "type_id": 0}}],
+         "pair": [bos, {"Sequence": {"id": "A", "type_id": 0}}, bos, {"Sequence": {"id": "B", "type_id": 1}}],
+         "special_tokens": {"<|begin_of_text|>": {"id": "<|begin_of_text|>", "ids": [128000],
+                                                 "tokens": ["<|begin_of_text|>"]}}}]}
+    spec = _byte_level_bpe("ggml-vocab-llama-bpe.gguf", LLAMA3_SPLIT, ignore_merges=True, normalizer=None,
+                           post_processor=post_processor)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|begin_of_text|>",
               "eos_token": "<|eot_id|>", "clean_up_tokenization_spaces": True, "model_max_length": 131072,
               "model_input_names": ["input_ids", "attention_mask"]}
-    (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    (out / "chat_template.jinja").write_text((llama_cpp / "models" / "templates" / template).read_text("utf-8"),
-                                             encoding="utf-8")
+    _write_tokenizer(out, spec, config, template)
+
+
+def qwen2_tokenizer_files(out: Path, template: str = "Qwen-Qwen2.5-7B-Instruct.jinja") -> None:
+    """Qwen2's tokenizer (llama.cpp's ``ggml-vocab-qwen2.gguf``: the 151,643 tokens and merges Qwen 1.5, 2 and 2.5
+    share, their three special tokens, padding entries up to 151,936, NFC normalisation and Qwen2's split regex; no
+    BOS) with Qwen 2.5 Instruct's chat template: ChatML, with a default system prompt."""
+    spec = _byte_level_bpe("ggml-vocab-qwen2.gguf", QWEN2_SPLIT, ignore_merges=False, normalizer={"type": "NFC"},
+                           post_processor={**_BYTE_LEVEL, "trim_offsets": False})
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|im_end|>",
+              "pad_token": "<|endoftext|>", "clean_up_tokenization_spaces": False, "model_max_length": 131072,
+              "model_input_names": ["input_ids", "attention_mask"]}
+    _write_tokenizer(out, spec, config, template)
 
 
 def llama3_folder(out: Path, *, tied: bool = True) -> Path:
@@ -78,13 +123,55 @@ def llama3_folder(out: Path, *, tied: bool = True) -> Path:
                          rms_norm_eps=1e-5, rope_parameters=dict(LLAMA3_ROPE), tie_word_embeddings=tied,
                          bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
     model = LlamaForCausalLM(config)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim == 1:  # the norms, at 1 ± noise: a mis-mapped norm shows in the logits
-                p.normal_(1.0, 0.3)
-            elif name.endswith(("q_proj.weight", "k_proj.weight")):
-                p.mul_(8)  # sharp attention, so that the rotary positions (and their scaling) show in the logits
+    _sharpen(model)
     model.save_pretrained(out)
     GenerationConfig(bos_token_id=128000, eos_token_id=[128001, 128008, 128009], do_sample=True, temperature=0.6,
                      top_p=0.9).save_pretrained(out)
     return out
+
+
+def qwen25_folder(out: Path) -> Path:
+    """A tiny random Qwen 2.5 (q/k/v biases, tied embeddings as Qwen2.5 0.5B–3B) with Qwen2's tokenizer and Qwen 2.5
+    Instruct's chat template, saved as a Hugging Face folder at ``out``."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    qwen2_tokenizer_files(out)
+    torch.manual_seed(0)
+    config = Qwen2Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=32768,
+                         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                         tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645)
+    model = Qwen2ForCausalLM(config)
+    _sharpen(model)
+    model.save_pretrained(out)
+    return out
+
+
+def _sharpen(model: Any) -> None:
+    """Norms at 1 ± noise and biases ± noise (a mis-mapped one shows in the logits), sharp attention (q and k ×8)
+    so that the rotary positions show in the logits, and the final norm ×4 so that most positions have a top-1 token
+    clearly ahead of the runner-up among 150k random logits (what ``assert_logits_match`` compares)."""
+    import torch
+
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.normal_(1.0 if "norm" in name else 0.0, 0.3)
+            elif name.endswith(("q_proj.weight", "k_proj.weight")):
+                p.mul_(8)
+        model.model.norm.weight.mul_(4)
+
+
+# llama.cpp's converter also writes the generation config's sampling defaults (ours are the Modelfile's PARAMETERs,
+# from export.temperature/top_p), a size label for Hub listings and, for Llama, a SEP flag. We write the head sizes,
+# RoPE dimensions and vocabulary size for every architecture; llama.cpp's converter only for Llama, and derives the
+# same values for Qwen2 when they are absent.
+FAMILIES = (
+    Family("llama3", llama3_folder, "ggml-vocab-llama-bpe.gguf", "<|eot_id|>", "", "llama3",
+           ("general.sampling.temp", "general.sampling.top_p", "general.size_label", "tokenizer.ggml.add_sep_token")),
+    Family("qwen2.5", qwen25_folder, "ggml-vocab-qwen2.gguf", "<|im_end|>", "\n", "chatml", ("general.size_label",),
+           ("qwen2.attention.key_length", "qwen2.attention.value_length", "qwen2.rope.dimension_count",
+            "qwen2.vocab_size")),
+)

@@ -28,6 +28,7 @@ class Family:
     only_llama_cpps: tuple[str, ...]
     only_ours: tuple[str, ...] = ()
 
+
 # Llama 3.1's RoPE scaling with a short original context, so that its factors change the rotations within a short
 # test sequence (with Llama 3.1's 8,192 only frequencies too slow to matter there are scaled).
 LLAMA3_ROPE = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
@@ -109,9 +110,9 @@ def qwen2_tokenizer_files(out: Path, template: str = "Qwen-Qwen2.5-7B-Instruct.j
     _write_tokenizer(out, spec, config, template)
 
 
-def llama3_folder(out: Path, *, tied: bool = True) -> Path:
-    """A tiny random Llama 3.x (llama3 RoPE scaling; tied embeddings as Llama 3.2 1B/3B, untied as 3.1 8B) with
-    Llama 3.1 Instruct's tokenizer and chat template, saved as a Hugging Face folder at ``out``."""
+def llama3_folder(out: Path) -> Path:
+    """A tiny random Llama 3.x (llama3 RoPE scaling, tied embeddings as Llama 3.2 1B/3B) with Llama 3.1 Instruct's
+    tokenizer and chat template, saved as a Hugging Face folder at ``out``."""
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 
@@ -120,7 +121,7 @@ def llama3_folder(out: Path, *, tied: bool = True) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(vocab_size=128256, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
-                         rms_norm_eps=1e-5, rope_parameters=dict(LLAMA3_ROPE), tie_word_embeddings=tied,
+                         rms_norm_eps=1e-5, rope_parameters=dict(LLAMA3_ROPE), tie_word_embeddings=True,
                          bos_token_id=128000, eos_token_id=[128001, 128008, 128009])
     model = LlamaForCausalLM(config)
     _sharpen(model)

@@ -42,6 +42,17 @@ def test_recipe_selects_options_from_groups_and_overrides_values():
 
 
 @pytest.mark.quick
+def test_a_model_groups_hub_id_and_license_describe_its_own_source_only():
+    own = load_run_config(composed("+recipe=support_bot")).model
+    assert (own.hub_id, own.license) == ("HuggingFaceTB/SmolLM2-135M-Instruct", "apache-2.0")
+    other = load_run_config(composed("+recipe=support_bot", "model.source=/models/llama-3.1-8b")).model
+    assert (other.hub_id, other.license) == (None, None)  # not SmolLM2's, in the card of a Llama run
+    named = load_run_config(composed("+recipe=support_bot", "model.source=/models/llama-3.1-8b",
+                                     "model.hub_id=meta-llama/Llama-3.1-8B-Instruct", "model.license=llama3.1")).model
+    assert (named.hub_id, named.license) == ("meta-llama/Llama-3.1-8B-Instruct", "llama3.1")
+
+
+@pytest.mark.quick
 def test_command_line_group_choice_beats_the_recipe():
     run = load_run_config(composed("+recipe=support_bot", "model=tiny_random", "train=support_bot_gpu"))
     assert run.model.random_init is not None

@@ -147,8 +147,8 @@ class RunLog:
         logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
         for client in ("httpx", "httpx2"):  # one line per HTTP request: an hour of polling floods the log
             logging.getLogger(client).setLevel(logging.WARNING)
-        # transformers prints its warnings through a handler of its own (a checkpoint's tokenizer_config, e.g.
-        # Llama 3's clean_up_tokenization_spaces, earns one per decode): as records, they reach the file only.
+        # transformers prints its warnings through a handler of its own (Llama 3's tokenizer_config, with its
+        # clean_up_tokenization_spaces, earns one): as records, they reach the file only.
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_default_handler()

@@ -49,7 +49,8 @@ def llama_cpp_folder() -> Path:
 def convert_with_llama_cpp(folder: Path, out: Path, out_type: str = "f16") -> subprocess.CompletedProcess:
     """llama.cpp's ``convert_hf_to_gguf.py FOLDER``, with the sdist's own gguf-py first on the path."""
     root = llama_cpp_folder()
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root / "gguf-py"), os.environ.get("PYTHONPATH", "")])}
+    paths = [str(root / "gguf-py"), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry: the cwd
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
     return subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(folder), "--outtype", out_type,
                            "--outfile", str(out)], env=env, capture_output=True, text=True, check=True)
 

@@ -232,7 +232,7 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
     if config.get("use_sliding_window"):
         raise NotImplementedError("sliding-window attention (use_sliding_window) is not supported here")
     n_head = config["num_attention_heads"]
-    head_dim = config.get("head_dim") or config["hidden_size"] // n_head
+    head_dim = attention_head_dim(config)
     rope, rope_type = _rope(config)
     if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
@@ -261,6 +261,11 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
         log(f"note: llama.cpp attends over the whole context; training used a {window}-token window")
 
 
+def attention_head_dim(config: dict[str, Any]) -> int:
+    """The size of one attention head: ``head_dim`` where the config gives it (Gemma, Qwen 3), else hidden / heads."""
+    return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
 def _rope(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The full-attention layers' RoPE parameters and scaling type ("default" for none). transformers 5 writes
     ``rope_parameters`` (with rope_theta inside; per layer type for Gemma 3); older configs rope_theta +
@@ -285,7 +290,7 @@ def _rope_freqs(config: dict[str, Any]) -> Any | None:
     rope, rope_type = _rope(config)
     if rope_type != "llama3":
         return None
-    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    head_dim = attention_head_dim(config)
     factor = rope.get("factor", 8.0)
     low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
     context = rope.get("original_max_position_embeddings", 8192)

@@ -24,7 +24,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.export.gguf_writer import Log, _interleave_rotary_halves, gguf_architecture, temp_path
+from finetune.export.gguf_writer import (
+    Log,
+    _interleave_rotary_halves,
+    attention_head_dim,
+    gguf_architecture,
+    temp_path,
+)
 from finetune.pipeline.manifest import umask_mode
 
 LORA_OUT_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16")}
@@ -203,7 +209,7 @@ def _base_shapes(config: dict[str, Any]) -> dict[Any, tuple[int, int]]:
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     n_head = config["num_attention_heads"]
     n_kv = config.get("num_key_value_heads") or n_head
-    head_dim = config.get("head_dim") or hidden // n_head
+    head_dim = attention_head_dim(config)
     return {
         t.ATTN_Q: (n_head * head_dim, hidden),
         t.ATTN_K: (n_kv * head_dim, hidden),

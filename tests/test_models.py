@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from finetune.config import ModelConfig, RandomInitConfig
@@ -20,6 +22,28 @@ def test_embedded_gguf_is_converted_once_to_a_safetensors_folder():
     tokenizer = load_tokenizer(str(folder), ModelConfig(source=str(folder)))
     # SmolLM2's pre-tokenizer (restored after conversion) splits digits one by one, as llama.cpp's 'smollm' does
     assert tokenizer.tokenize("2026") == ["2", "0", "2", "6"]
+
+
+@pytest.mark.quick
+def test_a_tokenizer_is_parsed_once_per_content_not_per_folder(tmp_path):
+    import shutil
+    from pathlib import Path
+
+    cfg = ModelConfig(source=EMBEDDED)
+    source = Path(resolve_model_source(cfg))
+    copy = tmp_path / "merged"  # what merge writes: the same tokenizer files beside other weights
+    copy.mkdir()
+    for f in source.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy(f, copy / f.name)
+    tokenizer = load_tokenizer(str(source), cfg)
+    assert load_tokenizer(str(copy), cfg) is tokenizer
+    (copy / "chat_template.jinja").write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    changed = load_tokenizer(str(copy), cfg)
+    assert changed is not tokenizer and changed.chat_template.startswith("{% for m in messages %}")
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "model_type": "qwen2"}))  # transformers reads it
+    assert load_tokenizer(str(copy), cfg) is not changed
 
 
 def test_random_init_keeps_the_source_family_with_the_given_shape():

@@ -13,7 +13,7 @@ from .conftest import run_cli, run_dirs
 def test_real_smollm2_runs_the_support_bot_recipe_end_to_end(tmp_path):
     # The real weights where they decide something (a trained model's perplexity, its answers, the judge, the
     # parity gates); the other metrics of the recipe run on the tiny model with the same tokenizer elsewhere.
-    run_cli("+recipe=support_bot", "train.max_steps=2", "train.max_seq_len=256", "eval.max_samples=2",
+    run_cli("+recipe=support_bot", "train.max_steps=2", "train.max_seq_len=128", "eval.max_samples=2",
             "eval.metrics=[perplexity,rouge,bleu,chrf,repetition,stopped,style]", "eval.lm_eval.local_task=false",
             "eval.show_samples=1", "eval.max_new_tokens=16", "eval.judge.max_samples=1",
             "export.parity_samples=2", "export.gguf_types=[f16]", cwd=tmp_path)

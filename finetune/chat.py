@@ -133,7 +133,10 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: li
                           ) -> TokenizedConversation:
     """Tokenize a whole conversation; assistant turns (with their end-of-turn token) carry labels."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ChatTemplateError("the tokenizer has no chat template; set model.chat_template")
+        from finetune.chat_templates import NAMED
+
+        raise ChatTemplateError(f"the model's tokenizer has no chat template: set model.chat_template to "
+                                f"{', '.join(NAMED)} or a .jinja file (plain-text data needs none)")
     full = _ids(tokenizer, messages, tools, add_generation_prompt=False)
     labels = [IGNORE_INDEX] * len(full)
     for i, message in enumerate(messages):

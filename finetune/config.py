@@ -62,6 +62,9 @@ class ModelConfig:
     revision: str | None = None  # Hub revision (branch, tag or commit)
     dtype: str = _field("auto", choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = False
+    # The chat template training renders, replacing the model's own: a named one (finetune/chat_templates.py:
+    # chatml) or a .jinja file. A base model without a template needs it for chat data (plain text needs none).
+    chat_template: str | None = None
     random_init: RandomInitConfig | None = None
     hub_id: str | None = None  # the model's Hub id, named in the card (base_model); a Hub `source` is its own id
     license: str | None = None  # the model's license (an SPDX-like id the Hub knows: apache-2.0, llama3.1, …)
@@ -384,6 +387,13 @@ def _check_cross_fields(run: RunConfig) -> None:
     if not run.model.source.strip():
         raise ConfigError("model.source is empty; expected a Hub id, a model folder, a .gguf file or "
                           "package:<pkg>/<file>")
+    if run.model.chat_template is not None:
+        from finetune.chat_templates import ChatTemplateSettingError, template_text
+
+        try:
+            template_text(run.model.chat_template)
+        except ChatTemplateSettingError as e:
+            raise ConfigError(str(e)) from None
 
 
 def _check_eval(ev: EvalConfig) -> None:

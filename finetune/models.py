@@ -294,9 +294,17 @@ def _tokenizer_key(source: str, cfg: ModelConfig) -> str:
 
 
 def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
+    """The tokenizer of ``source``, with ``model.chat_template`` in place of its own template when set."""
+    from finetune.chat_templates import apply, template_text
+
     key = _tokenizer_key(source, cfg)
+    if cfg.chat_template is not None:
+        key = _key(key, template_text(cfg.chat_template))
     if key not in _TOKENIZERS:
-        _TOKENIZERS[key] = _load_tokenizer(source, cfg)
+        tokenizer = _load_tokenizer(source, cfg)
+        if cfg.chat_template is not None:
+            apply(tokenizer, cfg.chat_template)
+        _TOKENIZERS[key] = tokenizer
     return _TOKENIZERS[key]
 
 

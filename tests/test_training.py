@@ -155,3 +155,24 @@ def test_activation_estimate_extrapolates_to_what_a_longer_forward_saves(tiny_mo
         assert _activation_bytes(adapted, 256, checkpointing=False) == pytest.approx(direct, rel=0.02)
     finally:
         adapted.unload()
+
+
+@pytest.mark.quick
+def test_the_plan_orders_gpus_by_cost_and_says_when_this_cpu_is_enough():
+    from finetune.plan import gpu_costs, text
+
+    def cheapest(flops: float) -> str:
+        return min((g for g in gpu_costs(flops, 1e9) if g["fits"]), key=lambda g: (g["usd"], g["hours"]))["gpu"]
+
+    assert cheapest(1e15) == "T4 16GB"  # seconds of work cost the billing minimum: the cheapest hour wins
+    assert cheapest(1e19) == "H100 80GB"  # days of work: the cheapest FLOP wins
+    assert all(not g["fits"] for g in gpu_costs(1e15, 200e9))
+    plan = {"parameters": 135e6, "trainable_parameters": 4.9e6, "trainable_percent": 3.6, "adapter_on": ["q_proj"],
+            "train_rows": 140, "tokens_per_epoch": 77456, "optimizer_steps": 80, "tokens_to_train": 77456,
+            "memory_estimate_bytes": {"weights": 5e8, "total": 2e9}, "assumed_mfu": 0.5,
+            "gpus": gpu_costs(1e15, 1e9), "here": {"estimated_s": 462.0, "fp32_matmul_flops": 189e9}}
+    shown = text(plan).splitlines()
+    assert shown[2].endswith("; this CPU is enough, no GPU needed")
+    assert shown[3].startswith("  cheapest GPUs that fit (conf/gpu_prices.yaml): T4 16GB 31 s < $0.01;")
+    plan["here"]["estimated_s"] = 7200.0
+    assert "no GPU needed" not in text(plan)

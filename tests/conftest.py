@@ -53,6 +53,7 @@ def conversation(i: int) -> dict:
 # The tiny random model with short generations: a whole run in seconds.
 TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.show_samples=2",
         "export.parity_samples=3", "run_name=tiny"]
+TINY_ON_A_MODEL = [arg for arg in TINY if not arg.startswith("model=")]  # the same settings, for a model.source=
 STAGES = tuple(name for name in STAGE_NAMES if name != "synthesize")  # what a run without dataset.synthetic has
 
 

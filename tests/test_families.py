@@ -19,7 +19,7 @@ from finetune.export.modelfile import FAMILIES as TEMPLATE_FAMILIES
 from finetune.export.modelfile import PROBES, template_default_system, template_family
 from finetune.gguf_header import gguf_header
 
-from .conftest import TINY, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
+from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
 from .families import FAMILIES, Family
 from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, llama_cpp_folder
 from .test_chat import trained_spans
@@ -138,8 +138,7 @@ def test_rope_scaling_llama_cpp_lacks_is_refused_before_training(folders, tmp_pa
 def test_a_run_ends_in_a_gguf_that_passes_the_parity_gate_and_its_modelfile(family, tmp_path):
     spec, folder = family
     data = write_chats(tmp_path / "chats.jsonl")
-    tiny = [arg for arg in TINY if not arg.startswith("model=")]
-    proc = run_cli(*tiny, f"model.source={folder}", "model.dtype=float32", f"dataset.path={data}",
+    proc = run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", "model.dtype=float32", f"dataset.path={data}",
                    "train.max_steps=2", "stages=[validate,train,merge,export]", "hydra.run.dir=run", cwd=tmp_path)
     [run_dir] = run_dirs(tmp_path)
     parity = json.loads((run_dir / "export" / "parity.json").read_text())

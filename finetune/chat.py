@@ -1,10 +1,19 @@
 """Turn a conversation into token ids and loss labels through the model's own chat template.
 
-Labels are the token ids on assistant turns and -100 elsewhere. The assistant spans are found by rendering the
-template on growing prefixes of the conversation, so every assistant turn is trained (not only the last), the
-turn's end-of-turn token is trained (the model learns to stop, whatever the pad token is), and the spans are
-exactly what the template produces at inference time. A plain-text row (continued pre-training) is trained on
-every token, with the end-of-sequence token appended.
+Labels are the token ids on assistant turns and -100 elsewhere. Every assistant turn is trained (not only the
+last), with the turn's end-of-turn token (the model learns to stop, whatever the pad token is), and the spans are
+exactly what the template renders. They are found in one of two ways:
+
+- by prefixes, for a template that renders a conversation as the concatenation of its turns (ChatML, Llama 3,
+  Gemma, …): a turn is what rendering the conversation up to it adds to the rendering up to its generation
+  prompt;
+- in the full rendering, for a template whose rendering of a turn depends on what follows it (Qwen 3 writes an
+  empty ``<think>`` block into the last assistant turn only; Phi-3.5 ends a conversation with EOS): a turn runs
+  from its generation prompt, which must be a prefix of the full rendering, through the first end-of-turn token
+  after it (the special token the template writes right after an answer) and the whitespace that follows it.
+
+Both give the same spans where both apply (tests/test_chat.py); the first is used whenever the template allows.
+A plain-text row (continued pre-training) is trained on every token, with the end-of-sequence token appended.
 
 Tools reach the template as ``tools=`` and assistant ``tool_calls``. A template that ignores them (SmolLM2's
 does: its rendering does not change) gets them as text instead, in the widespread Hermes form — the tool
@@ -137,20 +146,90 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: li
         raise ChatTemplateError(f"the model's tokenizer has no chat template: set model.chat_template to "
                                 f"{', '.join(NAMED)} or a .jinja file (plain-text data needs none)")
     full = _ids(tokenizer, messages, tools, add_generation_prompt=False)
+    spans = _spans_by_prefixes(tokenizer, messages, tools, full) if renders_by_prefixes(tokenizer) else None
+    if spans is None:
+        spans = _spans_in_full_rendering(tokenizer, messages, tools, full)
     labels = [IGNORE_INDEX] * len(full)
+    for start, end in spans:
+        labels[start:end] = full[start:end]
+    return TokenizedConversation(input_ids=full, labels=labels)
+
+
+Span = tuple[int, int]
+
+
+def _spans_by_prefixes(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None, full: list[int]
+                       ) -> list[Span] | None:
+    """Each assistant turn as what rendering up to it adds to its generation prompt; None where the rendering
+    of this conversation is not the concatenation of its turns."""
+    spans = []
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         start = len(_ids(tokenizer, messages[:i], tools, add_generation_prompt=True))
         prefix = _ids(tokenizer, messages[: i + 1], tools, add_generation_prompt=False)
-        end = len(prefix)
-        if full[:end] != prefix or not start < end:
+        if full[: len(prefix)] != prefix or not start < len(prefix):
+            return None
+        spans.append((start, len(prefix)))
+    return spans
+
+
+def _spans_in_full_rendering(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None,
+                             full: list[int]) -> list[Span]:
+    """Each assistant turn located in the full rendering: from its generation prompt through the end-of-turn
+    token that closes it, and the whitespace the template writes after that token."""
+    end_of_turn, special = end_of_turn_id(tokenizer), _special_ids(tokenizer)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        prompt = _ids(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        start = len(prompt)
+        if full[:start] != prompt or end_of_turn not in full[start:]:
             raise ChatTemplateError(
-                "the chat template does not render a conversation as a concatenation of its turns "
-                f"(assistant turn {i}); assistant spans cannot be located"
-            )
-        labels[start:end] = full[start:end]
-    return TokenizedConversation(input_ids=full, labels=labels)
+                f"the chat template renders assistant turn {i} neither as a concatenation of turns nor after its "
+                f"generation prompt, closed by {tokenizer.convert_ids_to_tokens(end_of_turn)}; assistant spans "
+                "cannot be located")
+        end = full.index(end_of_turn, start) + 1
+        while end < len(full) and full[end] not in special and not tokenizer.decode([full[end]]).strip():
+            end += 1
+        spans.append((start, end))
+    return spans
+
+
+@functools.lru_cache(maxsize=8)
+def renders_by_prefixes(tokenizer: Any) -> bool:
+    """Whether the template renders a conversation as the concatenation of its turns: probed on two exchanges,
+    where Qwen 3's and Phi-3.5's templates are not. A template that cannot render the probe keeps the first way,
+    whose rendering of the real rows then says what is wrong."""
+    probe = [{"role": role, "content": f"{role}{n}"} for n in (1, 2) for role in ("user", "assistant")]
+    try:
+        return _spans_by_prefixes(tokenizer, probe, None, _ids(tokenizer, probe, None, False)) is not None
+    except Exception:  # e.g. a template's raise_exception on roles that do not alternate as it wants
+        return True
+
+
+@functools.lru_cache(maxsize=8)
+def _special_ids(tokenizer: Any) -> frozenset[int]:
+    """Ids of the tokenizer's special tokens, added ones marked special included."""
+    added = {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
+    return frozenset(tokenizer.all_special_ids) | added
+
+
+@functools.lru_cache(maxsize=8)
+def end_of_turn_id(tokenizer: Any) -> int:
+    """The token that ends an assistant turn: the special token the template writes right after an answer
+    (``<|im_end|>``, ``<|eot_id|>``, ``<|end|>``, ``<end_of_turn>``, ``</s>``), only whitespace between."""
+    text = render(tokenizer, [{"role": "user", "content": "U1"}, {"role": "assistant", "content": _PROBE}])
+    after = text[text.rindex(_PROBE) + len(_PROBE):]
+    special = _special_ids(tokenizer)
+    for token in tokenizer(after, add_special_tokens=False)["input_ids"]:
+        if token in special:
+            return token
+        if tokenizer.decode([token]).strip():
+            break
+    raise ChatTemplateError("the chat template ends an assistant turn with no special token; nothing can stop "
+                            "generation")
 
 
 def generation_prompt_ids(tokenizer: Any, prompt: Conversation) -> list[int]:

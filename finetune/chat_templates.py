@@ -4,6 +4,8 @@ the merged model's tokenizer saves, what the GGUF carries and what the Modelfile
 
 from __future__ import annotations
 
+import datetime
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -53,6 +55,26 @@ def template_text(value: str) -> str:
     if not path.is_file():
         raise ChatTemplateSettingError(f"model.chat_template={value!r}: no such file")
     return path.read_text(encoding="utf-8")
+
+
+# A template that writes today's date (Llama 3.2's "Today Date: …") renders another prompt every day: a rerun would
+# train on other tokens, and no Modelfile could match it. Its clock is pinned to the date Meta's templates fall back
+# to without a clock, so training, reruns, the GGUF and the Modelfile render one prompt.
+PINNED_DATE = datetime.date(2024, 7, 26)
+_STRFTIME_NOW = re.compile(r"""strftime_now\(\s*(['"])(.*?)\1\s*\)""")
+
+
+def pin_clock(jinja: str) -> str:
+    """``jinja`` with ``strftime_now`` answering ``PINNED_DATE`` in each format the template asks for: a macro
+    that shadows the renderer's function (transformers' and llama.cpp's alike). Unchanged when it never asks or is
+    pinned already (a merged model's tokenizer saves the pinned template)."""
+    formats = sorted({m.group(2) for m in _STRFTIME_NOW.finditer(jinja)})
+    if not formats:
+        return jinja
+    branches = "".join(f"{{%- {'if' if i == 0 else 'elif'} format == {fmt!r} -%}}{PINNED_DATE.strftime(fmt)}"
+                       for i, fmt in enumerate(formats))
+    macro = f"{{%- macro strftime_now(format) -%}}{branches}{{%- endif -%}}{{%- endmacro -%}}\n"
+    return jinja if jinja.startswith(macro) else macro + jinja
 
 
 def apply(tokenizer: Any, value: str) -> None:

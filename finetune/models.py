@@ -294,8 +294,9 @@ def _tokenizer_key(source: str, cfg: ModelConfig) -> str:
 
 
 def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
-    """The tokenizer of ``source``, with ``model.chat_template`` in place of its own template when set."""
-    from finetune.chat_templates import apply, template_text
+    """The tokenizer of ``source``, with ``model.chat_template`` in place of its own template when set, and the
+    template's clock pinned (``chat_templates.pin_clock``)."""
+    from finetune.chat_templates import apply, pin_clock, template_text
 
     key = _tokenizer_key(source, cfg)
     if cfg.chat_template is not None:
@@ -304,6 +305,8 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
         tokenizer = _load_tokenizer(source, cfg)
         if cfg.chat_template is not None:
             apply(tokenizer, cfg.chat_template)
+        if isinstance(tokenizer.chat_template, str):
+            tokenizer.chat_template = pin_clock(tokenizer.chat_template)
         _TOKENIZERS[key] = tokenizer
     return _TOKENIZERS[key]
 

@@ -22,6 +22,8 @@ class Family:
     vocab: str  # llama.cpp's models/ggml-vocab-*.gguf of its tokenizer, with .inp/.out expected ids
     end_of_turn: str
     after_end_of_turn: str  # what the template writes after it, before the next turn (trained with the turn)
+    last_turn_prefix: str  # what the template writes before the last assistant turn's content alone (Qwen 3's
+    # empty thinking block), trained with it
     modelfile_family: str  # finetune.export.modelfile's TemplateFamily.name
     # metadata llama.cpp's converter writes and ours does not, and the reverse (general.name differs anyway: ours is
     # the run's name)
@@ -110,6 +112,36 @@ def qwen2_tokenizer_files(out: Path, template: str = "Qwen-Qwen2.5-7B-Instruct.j
     _write_tokenizer(out, spec, config, template)
 
 
+# Qwen's added tokens after <|endoftext|>, <|im_start|> and <|im_end|> (ids 151646 on), as Qwen3's tokenizer.json
+# has them: special up to <|video_pad|>, plain text from <tool_call> on; Qwen 3 added the last four.
+QWEN3_ADDED = ("<|object_ref_start|>", "<|object_ref_end|>", "<|box_start|>", "<|box_end|>", "<|quad_start|>",
+               "<|quad_end|>", "<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>",
+               "<|video_pad|>", "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>",
+               "<|fim_pad|>", "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>",
+               "</think>")
+_QWEN_FIRST_ADDED = 151643  # <|endoftext|>: the byte-level vocabulary ends before it
+
+
+def qwen3_tokenizer_files(out: Path, template: str = "Qwen-Qwen3-0.6B.jinja") -> None:
+    """Qwen 3's tokenizer: Qwen2's vocabulary and merges (llama.cpp's ``ggml-vocab-qwen2.gguf``) without its
+    padding entries, its three special tokens and Qwen 3's 23 further added tokens (``<think>``, ``</think>``,
+    ``<tool_call>``, …; 151,669 in all, the embedding padded to 151,936 as in the released models), with Qwen3's
+    chat template: ChatML with thinking blocks."""
+    spec = _byte_level_bpe("ggml-vocab-qwen2.gguf", QWEN2_SPLIT, ignore_merges=False, normalizer={"type": "NFC"},
+                           post_processor={**_BYTE_LEVEL, "trim_offsets": False})
+    first_plain = _QWEN_FIRST_ADDED + 3 + QWEN3_ADDED.index("<tool_call>")
+    names = [token["content"] for token in spec["added_tokens"][:3]] + list(QWEN3_ADDED)
+    spec["added_tokens"] = [{"id": _QWEN_FIRST_ADDED + k, "content": name, "single_word": False, "lstrip": False,
+                             "rstrip": False, "normalized": False, "special": _QWEN_FIRST_ADDED + k < first_plain}
+                            for k, name in enumerate(names)]
+    spec["model"]["vocab"] = {t: i for t, i in spec["model"]["vocab"].items() if i < _QWEN_FIRST_ADDED}
+    spec["model"]["vocab"].update({name: _QWEN_FIRST_ADDED + k for k, name in enumerate(names)})
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": "<|im_end|>",
+              "pad_token": "<|endoftext|>", "clean_up_tokenization_spaces": False, "model_max_length": 40960,
+              "model_input_names": ["input_ids", "attention_mask"]}
+    _write_tokenizer(out, spec, config, template)
+
+
 def llama3_folder(out: Path) -> Path:
     """A tiny random Llama 3.x (llama3 RoPE scaling, tied embeddings as Llama 3.2 1B/3B) with Llama 3.1 Instruct's
     tokenizer and chat template, saved as a Hugging Face folder at ``out``."""
@@ -150,6 +182,27 @@ def qwen25_folder(out: Path) -> Path:
     return out
 
 
+def qwen3_folder(out: Path) -> Path:
+    """A tiny random Qwen 3 (RMS norms on each head's queries and keys, a head size other than hidden / heads, no
+    biases, tied embeddings as Qwen3 0.6B–4B) with Qwen 3's tokenizer and chat template, saved at ``out``."""
+    import torch
+    from transformers import GenerationConfig, Qwen3Config, Qwen3ForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    qwen3_tokenizer_files(out)
+    torch.manual_seed(0)
+    config = Qwen3Config(vocab_size=151936, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=40960,
+                         rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                         tie_word_embeddings=True, bos_token_id=151643, eos_token_id=151645)
+    model = Qwen3ForCausalLM(config)
+    _sharpen(model)
+    model.save_pretrained(out)
+    GenerationConfig(bos_token_id=151643, eos_token_id=[151645, 151643], pad_token_id=151643, do_sample=True,
+                     temperature=0.6, top_k=20, top_p=0.95).save_pretrained(out)
+    return out
+
+
 def _sharpen(model: Any) -> None:
     """Norms at 1 ± noise and biases ± noise (a mis-mapped one shows in the logits), sharp attention (q and k ×8)
     so that the rotary positions show in the logits, and the final norm ×4 so that most positions have a top-1 token
@@ -167,12 +220,16 @@ def _sharpen(model: Any) -> None:
 
 # llama.cpp's converter also writes the generation config's sampling defaults (ours are the Modelfile's PARAMETERs,
 # from export.temperature/top_p), a size label for Hub listings and, for Llama, a SEP flag. We write the head sizes,
-# RoPE dimensions and vocabulary size for every architecture; llama.cpp's converter only for Llama, and derives the
-# same values for Qwen2 when they are absent.
+# RoPE dimensions and vocabulary size for every architecture; llama.cpp's converter the head sizes only where the
+# config gives head_dim (Qwen 3) or for Llama, and llama.cpp derives the same values when they are absent.
 FAMILIES = (
-    Family("llama3", llama3_folder, "ggml-vocab-llama-bpe.gguf", "<|eot_id|>", "", "llama3",
+    Family("llama3", llama3_folder, "ggml-vocab-llama-bpe.gguf", "<|eot_id|>", "", "", "llama3",
            ("general.sampling.temp", "general.sampling.top_p", "general.size_label", "tokenizer.ggml.add_sep_token")),
-    Family("qwen2.5", qwen25_folder, "ggml-vocab-qwen2.gguf", "<|im_end|>", "\n", "chatml", ("general.size_label",),
+    Family("qwen2.5", qwen25_folder, "ggml-vocab-qwen2.gguf", "<|im_end|>", "\n", "", "chatml",
+           ("general.size_label",),
            ("qwen2.attention.key_length", "qwen2.attention.value_length", "qwen2.rope.dimension_count",
             "qwen2.vocab_size")),
+    Family("qwen3", qwen3_folder, "ggml-vocab-qwen2.gguf", "<|im_end|>", "\n", "<think>\n\n</think>\n\n", "chatml",
+           ("general.sampling.temp", "general.sampling.top_k", "general.sampling.top_p", "general.size_label"),
+           ("qwen3.rope.dimension_count", "qwen3.vocab_size")),
 )

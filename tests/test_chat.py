@@ -6,7 +6,19 @@ import json
 
 import pytest
 
-from finetune.chat import IGNORE_INDEX, ChatTemplateError, for_template, template_takes, tokenize, tokenize_conversation
+from finetune.chat import (
+    IGNORE_INDEX,
+    ChatTemplateError,
+    _spans_by_prefixes,
+    _spans_in_full_rendering,
+    end_of_turn_id,
+    for_template,
+    render,
+    renders_by_prefixes,
+    template_takes,
+    tokenize,
+    tokenize_conversation,
+)
 from finetune.config import ModelConfig
 from finetune.data.canonical import Conversation
 from finetune.models import load_tokenizer, resolve_model_source
@@ -108,6 +120,20 @@ def test_a_template_that_renders_tools_gets_them_as_given(tokenizer):
     assert tools == TOOLS and messages == TOOL_CHAT.messages
     text = tokenizer.decode(tokenize(tokenizer, TOOL_CHAT).input_ids)
     assert text.startswith("<tools>") and '<call>{"name": "get_weather", "arguments": {"city": "Paris"}}</call>' in text
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("chat", [Conversation(conversation(3)["messages"], "c:3"), TOOL_CHAT], ids=["turns", "tools"])
+def test_both_ways_of_locating_turns_agree_where_both_apply(tokenizer, chat):
+    """SmolLM2's template renders a conversation as its turns' concatenation, so the prefix way is used; the way
+    for other templates (Qwen 3's, Phi-3.5's: tests/test_families.py) finds the same spans in the full rendering."""
+    messages, tools = for_template(tokenizer, chat)
+    full = tokenizer(render(tokenizer, messages, tools), add_special_tokens=False)["input_ids"]
+    assert renders_by_prefixes(tokenizer)
+    spans = _spans_by_prefixes(tokenizer, messages, tools, full)
+    assert spans == _spans_in_full_rendering(tokenizer, messages, tools, full)
+    assert len(spans) == sum(m["role"] == "assistant" for m in messages)
+    assert end_of_turn_id(tokenizer) == tokenizer.convert_tokens_to_ids("<|im_end|>")
 
 
 @pytest.mark.quick

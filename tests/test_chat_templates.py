@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from finetune.chat import tokenize_conversation
-from finetune.chat_templates import CHATML, NAMED, ChatTemplateSettingError, apply
+from finetune.chat_templates import CHATML, NAMED, ChatTemplateSettingError, apply, pin_clock
 from finetune.config import ModelConfig, RandomInitConfig
 from finetune.gguf_header import gguf_value
 from finetune.models import load_tokenizer, resolve_model_source
@@ -33,6 +33,19 @@ def base_model(dest: Path) -> Path:
     config.pop("chat_template", None)
     (dest / "tokenizer_config.json").write_text(json.dumps(config))
     return dest
+
+
+@pytest.mark.quick
+def test_a_template_that_writes_todays_date_writes_the_pinned_date_in_every_format_it_asks_for():
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    template = ("{%- if strftime_now is defined %}{%- set day = strftime_now('%d %b %Y') %}{%- endif %}"
+                "Today Date: {{ day }}; ISO {{ strftime_now(\"%Y-%m-%d\") }}")
+    pinned = pin_clock(template)
+    rendered = ImmutableSandboxedEnvironment().from_string(pinned).render(strftime_now=lambda f: "the real today")
+    assert rendered == "Today Date: 26 Jul 2024; ISO 2024-07-26"
+    assert pin_clock(pinned) == pinned  # as a merged model's tokenizer loads it again
+    assert pin_clock(CHATML.jinja) == CHATML.jinja  # a template without a clock is left as it is
 
 
 @pytest.mark.quick

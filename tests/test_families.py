@@ -13,7 +13,14 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from finetune.chat import IGNORE_INDEX, render, tokenize_conversation
+from finetune.chat import (
+    IGNORE_INDEX,
+    _spans_by_prefixes,
+    _spans_in_full_rendering,
+    render,
+    renders_by_prefixes,
+    tokenize_conversation,
+)
 from finetune.export.gguf_writer import write_gguf
 from finetune.export.modelfile import FAMILIES as TEMPLATE_FAMILIES
 from finetune.export.modelfile import PROBES, template_default_system, template_family
@@ -64,10 +71,46 @@ def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_e
     tokenized = tokenize_conversation(tokenizer, messages)
     end = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
     after = tokenizer.encode(spec.after_end_of_turn, add_special_tokens=False)
-    expected = [tokenizer.encode(m["content"], add_special_tokens=False) + [end, *after]
-                for m in messages if m["role"] == "assistant"]
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    answers[-1] = spec.last_turn_prefix + answers[-1]
+    expected = [tokenizer.encode(answer, add_special_tokens=False) + [end, *after] for answer in answers]
     assert trained_spans(tokenized) == expected
     assert IGNORE_INDEX in tokenized.labels[: tokenized.labels.index(expected[0][0])]
+    # A template that renders a conversation as its turns' concatenation gets the same spans either way.
+    full = tokenizer.encode(render(tokenizer, messages), add_special_tokens=False)
+    if renders_by_prefixes(tokenizer):
+        assert _spans_by_prefixes(tokenizer, messages, None, full) == _spans_in_full_rendering(
+            tokenizer, messages, None, full)
+
+
+def test_qwen3s_thinking_blocks_are_trained_as_its_template_renders_them(folders):
+    """Qwen 3's template keeps the thinking of the turns after the last question and drops it from earlier ones
+    (and writes an empty block into the last turn): the labels are the rendered turns, not the data's text."""
+    tokenizer = AutoTokenizer.from_pretrained(folders("qwen3"))
+    assert not renders_by_prefixes(tokenizer)
+    messages = [{"role": "user", "content": "Export?"},
+                {"role": "assistant", "content": "<think>\nThey want CSV.\n</think>\n\nPress Export."},
+                {"role": "user", "content": "And Excel?"},
+                {"role": "assistant", "content": "<think>\nSame menu.\n</think>\n\nPick Excel."}]
+    spans = [tokenizer.decode(span) for span in trained_spans(tokenize_conversation(tokenizer, messages))]
+    assert spans == ["Press Export.<|im_end|>\n", "<think>\nSame menu.\n</think>\n\nPick Excel.<|im_end|>\n"]
+
+
+def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_eos():
+    """Phi-3.5's template ends a conversation with EOS, so no prefix of a conversation renders as a prefix of it:
+    its turns are found in the full rendering. Its real tokenizer (llama.cpp's phi-3 vocabulary, read by
+    transformers; it gives llama.cpp's expected ids) and template; each turn ends in <|end|>, EOS is not trained."""
+    models = llama_cpp_folder() / "models"
+    tokenizer = AutoTokenizer.from_pretrained(models, gguf_file="ggml-vocab-phi-3.gguf")
+    tokenizer.chat_template = (models / "templates" / "microsoft-Phi-3.5-mini-instruct.jinja").read_text("utf-8")
+    messages = conversation(3)["messages"]
+    tokenized = tokenize_conversation(tokenizer, messages)
+    assert not renders_by_prefixes(tokenizer) and tokenized.input_ids[-1] == tokenizer.eos_token_id
+    spans = trained_spans(tokenized)
+    assert [tokenizer.decode(span).rstrip() for span in spans] == [
+        f"{m['content']}<|end|>" for m in messages if m["role"] == "assistant"]
+    end = tokenizer.convert_tokens_to_ids("<|end|>")
+    assert all(tokenizer.decode(span[span.index(end) + 1:]).strip() == "" for span in spans)  # "\n" after it
 
 
 def test_the_gguf_is_llama_cpps_own_and_runs_like_the_hf_model(family, tmp_path):
@@ -115,6 +158,29 @@ def test_the_modelfile_renders_in_go_like_the_chat_template(family):
             messages = [{"role": "system", "content": default_system}, *messages]  # as Ollama adds SYSTEM
         assert bos + go_render(chosen.go_template, messages) == expected
         assert bos + chosen.render(messages) == expected
+
+
+@pytest.mark.slow
+def test_llama32s_dated_template_renders_one_prompt_on_every_day_through_llama_cpp_and_ollama(folders, tmp_path):
+    """Llama 3.2's template writes today's date (strftime_now): pinned to its own fallback date, training, the GGUF's
+    template in llama.cpp (which has a clock too) and the Llama 3 Modelfile all render the same prompt."""
+    model = tmp_path / "llama3.2"
+    shutil.copytree(folders("llama3"), model)
+    template = llama_cpp_folder() / "models" / "templates" / "meta-llama-Llama-3.2-3B-Instruct.jinja"
+    shutil.copy(template, model / "chat_template.jinja")
+    assert "strftime_now(" in template.read_text("utf-8")
+    data = write_chats(tmp_path / "chats.jsonl")
+    run_cli(*TINY_ON_A_MODEL, f"model.source={model}", "model.dtype=float32", f"dataset.path={data}",
+            "train.max_steps=1", "stages=[validate,train,merge,export]", "hydra.run.dir=run", cwd=tmp_path)
+    parity = json.loads((tmp_path / "run" / "export" / "parity.json").read_text())
+    assert parity["files"]["model-f16.gguf"]["passed"] and not parity["template_failures"]
+    assert all(p["identical"] for p in parity["templates"]["prompts"])
+    gguf_template = gguf_header(tmp_path / "run" / "export" / "model-f16.gguf")[0]["tokenizer.chat_template"]
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "merge" / "model")
+    assert tokenizer.chat_template == gguf_template
+    prompt = render(tokenizer, [{"role": "user", "content": "Hi"}], add_generation_prompt=True)
+    assert "Today Date: 26 Jul 2024\n" in prompt  # whatever today is
+    assert template_family(tokenizer).name == "llama3"
 
 
 def test_rope_scaling_llama_cpp_lacks_is_refused_before_training(folders, tmp_path):

@@ -1,5 +1,6 @@
 """The in-process generator: left-padded batches answer like prompts asked one at a time, sampling is seeded,
-llama.cpp's windowed repeat penalty never sees padding, and answers say why they ended."""
+llama.cpp's windowed repeat penalty never sees padding, answers say why they ended, and a thinking model's
+reasoning is set apart from its answer."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from finetune.data.canonical import Conversation
-from finetune.generate import Decoding
+from finetune.generate import Answer, Decoding
 from finetune.generate.hf import HFGenerator, _recent_repetition_penalty, stop_token_ids
 
 PROMPTS = [Conversation([{"role": "user", "content": text}], f"p:{i}") for i, text in enumerate(
@@ -68,3 +69,16 @@ def test_stop_tokens_are_the_end_of_turn_and_end_of_sequence(tiny_model):
 ])
 def test_decoding_describes_itself(decoding, text):
     assert decoding.describe() == text
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("reply", "text", "reasoning"), [
+    ("Open Settings.", "Open Settings.", ""),
+    ("<think>\n\n</think>\n\nOpen Settings.", "Open Settings.", ""),  # Qwen 3 trained without thinking
+    ("<think>\nThe user wants CSV.\n</think>\n\nOpen Settings. ", "Open Settings.", "The user wants CSV."),
+    ("The user wants CSV.</think>Open Settings.", "Open Settings.", "The user wants CSV."),  # <think> in the prompt
+    ("<think>\nThe user wants", "<think>\nThe user wants", ""),  # cut while thinking: no answer to set apart
+])
+def test_a_thinking_block_is_set_apart_from_the_answer(reply, text, reasoning):
+    answer = Answer.of_reply(reply, "stop", 9)
+    assert (answer.text, answer.reasoning) == (text, reasoning)

@@ -33,6 +33,7 @@ SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "llama",
     "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3",
 }
@@ -416,8 +417,9 @@ def _add_byte_level_vocab(
 
 
 def _token_list(hf_tokenizer: Any, vocab: dict[str, int], n_vocab: int) -> tuple[list[str], list[int]]:
-    """Token texts and types by id over the model's whole vocab_size: added tokens (CONTROL when special,
-    else USER_DEFINED) over the BPE vocabulary (NORMAL), [PAD<i>] (UNUSED) for rows no token reaches."""
+    """Token texts and types by id over the model's whole vocab_size: added tokens (CONTROL when special or
+    shaped like a control token, else USER_DEFINED) over the BPE vocabulary (NORMAL), [PAD<i>] (UNUSED) for rows
+    no token reaches."""
     import gguf
 
     by_id = {i: tok for tok, i in vocab.items()}
@@ -429,7 +431,8 @@ def _token_list(hf_tokenizer: Any, vocab: dict[str, int], n_vocab: int) -> tuple
     for i in range(n_vocab):
         if i in added:
             tokens.append(added[i].content)
-            types.append(gguf.TokenType.CONTROL if added[i].special else gguf.TokenType.USER_DEFINED)
+            control = added[i].special or _looks_like_control(added[i].content)
+            types.append(gguf.TokenType.CONTROL if control else gguf.TokenType.USER_DEFINED)
         elif i in by_id:
             tokens.append(by_id[i])
             types.append(gguf.TokenType.NORMAL)
@@ -437,6 +440,13 @@ def _token_list(hf_tokenizer: Any, vocab: dict[str, int], n_vocab: int) -> tuple
             tokens.append(f"[PAD{i}]")
             types.append(gguf.TokenType.UNUSED)
     return tokens, types
+
+
+def _looks_like_control(text: str) -> bool:
+    """llama.cpp's converter's rule for added tokens a tokenizer leaves unmarked that are control tokens all the
+    same (Qwen's ``<|fim_prefix|>``…, Gemma's ``<unused0>``…): the file says what llama.cpp's would."""
+    return (text in ("<pad>", "<mask>", "<2mass>", "[@BOS@]") or (text.startswith("<|") and text.endswith("|>"))
+            or (text.startswith("<｜") and text.endswith("｜>")) or (text.startswith("<unused") and text.endswith(">")))
 
 
 def _record_bos_eos(hf_tokenizer: Any, special_vocab: Any) -> None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import first_exchange, generation_prompt_ids, render, template_takes, tokenize_conversation
+from finetune.chat import end_of_turn_id, first_exchange, generation_prompt_ids, render, template_takes
 from finetune.data.canonical import Conversation, Message
 from finetune.export.modelfile import TemplateFamily
 
@@ -67,19 +67,6 @@ class Reference:
     stop_ids: frozenset[int]
 
 
-def end_of_turn(tokenizer: Any) -> int:
-    """The token that ends an assistant turn in training data: the last special token of a labelled span (the
-    answer's own tokens come first; byte-fallback pieces may count as special in some tokenizers)."""
-    probe = tokenize_conversation(tokenizer, [{"role": "user", "content": "U1"},
-                                              {"role": "assistant", "content": "A1"}])
-    special = set(tokenizer.all_special_ids) | {i for i, t in tokenizer.added_tokens_decoder.items() if t.special}
-    answer = [t for t in probe.labels if t >= 0]
-    found = next((t for t in reversed(answer) if t in special), None)
-    if found is None:
-        raise ValueError("the chat template ends an assistant turn with no special token; nothing can stop generation")
-    return found
-
-
 def held_out(test: Sequence[Conversation], limit: int) -> list[Conversation]:
     """Chat conversations of the test split (plain-text rows have no prompt to compare), at most ``limit``."""
     return [c for c in test if not c.is_text][:limit]
@@ -91,7 +78,7 @@ def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
 
     from finetune.chat import tokenize
 
-    stop_ids = frozenset({end_of_turn(tokenizer), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
+    stop_ids = frozenset({end_of_turn_id(tokenizer), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
                                                      else [])})
     rows, labels, top1 = [], [], []
     nll, count = 0.0, 0
@@ -265,7 +252,7 @@ def template_checks(gguf: Path, tokenizer: Any, family: TemplateFamily | None, s
     cases = dict(TEMPLATE_CASES)
     takes_tools = template_takes(tokenizer)[0]
     checks = []
-    eot = end_of_turn(tokenizer)
+    eot = end_of_turn_id(tokenizer)
     with llama(gguf, 512, logits_all=False) as llm:
         for case, messages in cases.items():
             checks.append(_compare(case, "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, None),

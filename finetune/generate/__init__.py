@@ -53,9 +53,20 @@ class Decoding:
 
 @dataclass(frozen=True)
 class Answer:
-    text: str
+    text: str  # the answer as scored: a thinking block before it set aside (``reasoning``)
     finish_reason: str  # "stop" (an end-of-turn or stop string) or "length" (cut at max_new_tokens)
     tokens: int
+    reasoning: str = ""
+
+    @classmethod
+    def of_reply(cls, reply: str, finish_reason: str, tokens: int) -> Answer:
+        """A model's reply, its ``<think>…</think>`` block (Qwen 3, DeepSeek-R1, also when empty) apart from the
+        answer, as those models' chat templates take a past turn apart: the answer is what follows the last
+        ``</think>``."""
+        if "</think>" not in reply:
+            return cls(reply.strip(), finish_reason, tokens)
+        thought, _, answer = reply.rpartition("</think>")
+        return cls(answer.strip(), finish_reason, tokens, thought.split("<think>")[-1].strip())
 
 
 def json_objects(text: str) -> list[dict[str, Any]]:

@@ -89,9 +89,9 @@ class HFGenerator:
                 for row in out[:, width:].tolist():
                     end = next((i for i, t in enumerate(row) if t in stops), None)
                     kept = row if end is None else row[:end]
-                    answers.append(Answer(
-                        text=self.tokenizer.decode(kept, skip_special_tokens=True).strip(),
-                        finish_reason="length" if end is None else "stop", tokens=len(kept) + (end is not None)))
+                    answers.append(Answer.of_reply(
+                        self.tokenizer.decode(kept, skip_special_tokens=True), "length" if end is None else "stop",
+                        len(kept) + (end is not None)))
                 bar.update(len(batch))
         return answers
 

@@ -30,6 +30,6 @@ class LlamaCppGenerator:
                 stop=list(decoding.stop) or None, seed=decoding.seed,
             )
             choice = out["choices"][0]
-            answers.append(Answer(text=(choice["message"]["content"] or "").strip(),
-                                  finish_reason=choice["finish_reason"], tokens=out["usage"]["completion_tokens"]))
+            answers.append(Answer.of_reply(choice["message"]["content"] or "", choice["finish_reason"],
+                                          out["usage"]["completion_tokens"]))
         return answers

@@ -58,6 +58,6 @@ class OpenAICompatGenerator:
                 raise ChatRefused(f"{self.label}: {self.client.base_url} refused model {self.model}: HTTP "
                                   f"{e.status_code} {' '.join(str(e.message).split())}") from None
             choice = out.choices[0]
-            answers.append(Answer(text=(choice.message.content or "").strip(), finish_reason=choice.finish_reason,
-                                  tokens=out.usage.completion_tokens if out.usage else 0))
+            answers.append(Answer.of_reply(choice.message.content or "", choice.finish_reason,
+                                          out.usage.completion_tokens if out.usage else 0))
         return answers

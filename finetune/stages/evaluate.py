@@ -312,6 +312,8 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         {"location": s.prompt.location, "prompt": s.prompt.messages, "reference": s.reference,
          "answers": {who: a[i].text for who, a in answers.items()},
          "finish_reason": {who: a[i].finish_reason for who, a in answers.items()},
+         **({"reasoning": {who: a[i].reasoning for who, a in answers.items()}}
+            if any(a[i].reasoning for a in answers.values()) else {}),
          "scores": {who: results.per_sample.get(who, [{}] * len(samples))[i] for who in answers},
          **(judged[1][i] if judged is not None and i < len(judged[1]) else {})}
         for i, s in enumerate(samples)

@@ -135,8 +135,8 @@ class MethodConfig:
     alpha: float = _field(32.0, low=0.0, low_open=True)
     dropout: float = _field(0.05, low=0.0, high=0.9)
     rslora: bool = False  # scale the adapter by alpha/sqrt(r) instead of alpha/r (rank-stabilised LoRA)
-    # A list of layer names, `all-linear`, or `auto` (the architecture's usual projections; finetune/methods.py).
-    target_modules: Any = _field(["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    # `auto` (every projection of the architecture's blocks: finetune/methods.py), a list of names or `all-linear`.
+    target_modules: Any = "auto"
 
 
 @dataclass

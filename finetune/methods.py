@@ -14,10 +14,14 @@ from typing import Any
 
 from finetune.errors import UserError
 
-# method.target_modules=auto: the usual projections per architecture (config.model_type); others: all-linear.
+# method.target_modules=auto: every linear projection of the architecture's blocks (config.model_type; each list is
+# checked against the model transformers builds: tests/test_methods.py); others: all-linear. Mixtral's experts are
+# fused parameters in transformers 5, not linear modules: LoRA reaches its attention.
 TARGETS_BY_ARCHITECTURE = {
     **{arch: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-       for arch in ("llama", "mistral", "mixtral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "phi3")},
+       for arch in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+    "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
+    "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused Q/K/V and gate/up
     **{arch: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
        for arch in ("falcon", "gpt_neox", "bloom")},
 }

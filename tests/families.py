@@ -203,6 +203,40 @@ def qwen3_folder(out: Path) -> Path:
     return out
 
 
+def phi35_tokenizer(template: str = "microsoft-Phi-3.5-mini-instruct.jinja") -> Any:
+    """Phi-3's tokenizer (llama.cpp's ``ggml-vocab-phi-3.gguf``, read by transformers: SentencePiece BPE with byte
+    fallback, 32,000 pieces and the 64 added tokens ``<|endoftext|>``, ``<|user|>``, ``<|end|>``, …) with
+    Phi-3.5-mini-instruct's chat template."""
+    from transformers import AutoTokenizer
+
+    models = llama_cpp_folder() / "models"
+    tokenizer = AutoTokenizer.from_pretrained(models, gguf_file="ggml-vocab-phi-3.gguf")
+    tokenizer.chat_template = (models / "templates" / template).read_text(encoding="utf-8")
+    return tokenizer
+
+
+def phi35_folder(out: Path) -> Path:
+    """A tiny random Phi-3.5-mini (fused Q/K/V and gate/up projections, LongRoPE with short and long factors, an
+    untied output) with Phi-3's tokenizer and Phi-3.5's chat template, saved at ``out``."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    out.mkdir(parents=True, exist_ok=True)
+    phi35_tokenizer().save_pretrained(out)
+    torch.manual_seed(0)
+    half_head = 64 // 4 // 2  # a factor per rotary frequency
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 4096,
+            "short_factor": [1 + i / 10 for i in range(half_head)], "long_factor": [2.0 + i for i in range(half_head)]}
+    config = Phi3Config(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=131072,
+                        original_max_position_embeddings=4096, rope_parameters=rope, rms_norm_eps=1e-5,
+                        sliding_window=262144, tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000,
+                        pad_token_id=32000)
+    model = Phi3ForCausalLM(config)
+    model.save_pretrained(out)
+    return out
+
+
 def _sharpen(model: Any) -> None:
     """Norms at 1 ± noise and biases ± noise (a mis-mapped one shows in the logits), sharp attention (q and k ×8)
     so that the rotary positions show in the logits, and the final norm ×4 so that most positions have a top-1 token

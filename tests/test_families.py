@@ -27,7 +27,7 @@ from finetune.export.modelfile import PROBES, template_default_system, template_
 from finetune.gguf_header import gguf_header
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
-from .families import FAMILIES, Family
+from .families import FAMILIES, Family, phi35_folder, phi35_tokenizer
 from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, llama_cpp_folder
 from .test_chat import trained_spans
 from .test_gguf_writer import F16_ATOL, assert_logits_match, hf_logits, llama_cpp_logits
@@ -98,11 +98,13 @@ def test_qwen3s_thinking_blocks_are_trained_as_its_template_renders_them(folders
 
 def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_eos():
     """Phi-3.5's template ends a conversation with EOS, so no prefix of a conversation renders as a prefix of it:
-    its turns are found in the full rendering. Its real tokenizer (llama.cpp's phi-3 vocabulary, read by
-    transformers; it gives llama.cpp's expected ids) and template; each turn ends in <|end|>, EOS is not trained."""
-    models = llama_cpp_folder() / "models"
-    tokenizer = AutoTokenizer.from_pretrained(models, gguf_file="ggml-vocab-phi-3.gguf")
-    tokenizer.chat_template = (models / "templates" / "microsoft-Phi-3.5-mini-instruct.jinja").read_text("utf-8")
+    its turns are found in the full rendering. Its real tokenizer (it gives llama.cpp's expected ids) and template;
+    each turn ends in <|end|>, EOS is not trained."""
+    tokenizer = phi35_tokenizer()
+    vocab = llama_cpp_folder() / "models" / "ggml-vocab-phi-3.gguf"
+    texts = vocab.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = vocab.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
+    assert [tokenizer.encode(t, add_special_tokens=False) for t in texts] == [[int(i) for i in x.split()] for x in ids]
     messages = conversation(3)["messages"]
     tokenized = tokenize_conversation(tokenizer, messages)
     assert not renders_by_prefixes(tokenizer) and tokenized.input_ids[-1] == tokenizer.eos_token_id
@@ -111,6 +113,23 @@ def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_e
         f"{m['content']}<|end|>" for m in messages if m["role"] == "assistant"]
     end = tokenizer.convert_tokens_to_ids("<|end|>")
     assert all(tokenizer.decode(span[span.index(end) + 1:]).strip() == "" for span in spans)  # "\n" after it
+
+
+@pytest.mark.slow
+def test_phi35_trains_its_fused_projections_on_multi_turn_data_and_a_gguf_is_refused_before_training(tmp_path):
+    """Phi-3.5 through train and merge (LoRA on qkv_proj, o_proj, gate_up_proj, down_proj: target_modules=auto);
+    its GGUF is not written here yet, which the pre-run check says before any training."""
+    model = phi35_folder(tmp_path / "phi35")
+    data = write_chats(tmp_path / "chats.jsonl")
+    common = (*TINY_ON_A_MODEL, f"model.source={model}", "model.dtype=float32", f"dataset.path={data}")
+    refused = run_cli_in_process(*common, "hydra.run.dir=refused", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "'Phi3ForCausalLM'" in refused.stderr
+    assert "stages=[validate,train,merge,evaluate]" in refused.stderr and not (tmp_path / "refused" / "train").exists()
+    run_cli(*common, "train.max_steps=2", "stages=[validate,train,merge]", "hydra.run.dir=run", cwd=tmp_path)
+    adapter = json.loads((tmp_path / "run" / "train" / "adapter" / "adapter_config.json").read_text())
+    assert set(adapter["target_modules"]) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
+    merged = json.loads((tmp_path / "run" / "merge" / "model" / "config.json").read_text())
+    assert merged["architectures"] == ["Phi3ForCausalLM"]
 
 
 def test_the_gguf_is_llama_cpps_own_and_runs_like_the_hf_model(family, tmp_path):

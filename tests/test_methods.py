@@ -30,6 +30,21 @@ def test_target_modules_auto_all_linear_and_lists():
     assert target_modules(["q_proj"], "llama") == ["q_proj"]
 
 
+@pytest.mark.quick
+@pytest.mark.parametrize("architecture", TARGETS_BY_ARCHITECTURE)
+def test_auto_targets_every_linear_projection_of_the_architecture_and_nothing_it_lacks(architecture):
+    """Checked on the model transformers builds for the architecture (peft adapts the names that match and is
+    silent about those that do not: a name the model lacks would leave its projection untrained)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(architecture, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                  num_attention_heads=2, num_key_value_heads=1, vocab_size=32064)
+    model = AutoModelForCausalLM.from_config(config)
+    linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
+    assert linear - {"lm_head"} == set(TARGETS_BY_ARCHITECTURE[architecture])
+
+
 def train_and_merge(tmp_path: Path, *args: str) -> Path:
     data = tmp_path / "chats.jsonl"
     from .conftest import conversation

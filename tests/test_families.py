@@ -21,10 +21,13 @@ from finetune.chat import (
     renders_by_prefixes,
     tokenize_conversation,
 )
+from finetune.config import ModelConfig
 from finetune.export.gguf_writer import write_gguf
 from finetune.export.modelfile import FAMILIES as TEMPLATE_FAMILIES
 from finetune.export.modelfile import PROBES, template_default_system, template_family
+from finetune.export.parity import template_checks, template_failures
 from finetune.gguf_header import gguf_header
+from finetune.models import load_tokenizer
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
 from .families import FAMILIES, Family, phi35_folder, phi35_tokenizer
@@ -179,26 +182,24 @@ def test_the_modelfile_renders_in_go_like_the_chat_template(family):
         assert bos + chosen.render(messages) == expected
 
 
-@pytest.mark.slow
 def test_llama32s_dated_template_renders_one_prompt_on_every_day_through_llama_cpp_and_ollama(folders, tmp_path):
-    """Llama 3.2's template writes today's date (strftime_now): pinned to its own fallback date, training, the GGUF's
-    template in llama.cpp (which has a clock too) and the Llama 3 Modelfile all render the same prompt."""
+    """Llama 3.2's template writes today's date (strftime_now): pinned to its own fallback date when the run loads
+    the tokenizer, the template the merged model saves and its GGUF carries renders, in llama.cpp (which has a clock
+    too) and as the Llama 3 Modelfile, the prompts training rendered."""
     model = tmp_path / "llama3.2"
     shutil.copytree(folders("llama3"), model)
     template = llama_cpp_folder() / "models" / "templates" / "meta-llama-Llama-3.2-3B-Instruct.jinja"
     shutil.copy(template, model / "chat_template.jinja")
     assert "strftime_now(" in template.read_text("utf-8")
-    data = write_chats(tmp_path / "chats.jsonl")
-    run_cli(*TINY_ON_A_MODEL, f"model.source={model}", "model.dtype=float32", f"dataset.path={data}",
-            "train.max_steps=1", "stages=[validate,train,merge,export]", "hydra.run.dir=run", cwd=tmp_path)
-    parity = json.loads((tmp_path / "run" / "export" / "parity.json").read_text())
-    assert parity["files"]["model-f16.gguf"]["passed"] and not parity["template_failures"]
-    assert all(p["identical"] for p in parity["templates"]["prompts"])
-    gguf_template = gguf_header(tmp_path / "run" / "export" / "model-f16.gguf")[0]["tokenizer.chat_template"]
-    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "run" / "merge" / "model")
-    assert tokenizer.chat_template == gguf_template
+    cfg = ModelConfig(source=str(model), dtype="float32")
+    load_tokenizer(str(model), cfg).save_pretrained(model)  # as merge saves the run's tokenizer with the model
+    tokenizer = AutoTokenizer.from_pretrained(model)
     prompt = render(tokenizer, [{"role": "user", "content": "Hi"}], add_generation_prompt=True)
     assert "Today Date: 26 Jul 2024\n" in prompt  # whatever today is
+    write_gguf(model, tmp_path / "f16.gguf", "f16", log=lambda _: None)
+    assert gguf_header(tmp_path / "f16.gguf")[0]["tokenizer.chat_template"] == tokenizer.chat_template
+    checks = template_checks(tmp_path / "f16.gguf", tokenizer, template_family(tokenizer), None)
+    assert not template_failures(checks) and {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
     assert template_family(tokenizer).name == "llama3"
 
 

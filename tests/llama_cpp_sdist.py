@@ -55,6 +55,14 @@ def _unpack(root: Path) -> None:
     (root / ".complete").touch()
 
 
+def expected_ids(vocab: str) -> list[tuple[str, list[int]]]:
+    """The texts of ``models/<vocab>.inp`` with the token ids llama.cpp gives them (``.out``)."""
+    path = llama_cpp_folder() / "models" / vocab
+    texts = path.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
+    ids = path.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
+    return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids, strict=True)]
+
+
 def convert_with_llama_cpp(folder: Path, out: Path, out_type: str = "f16") -> subprocess.CompletedProcess:
     """llama.cpp's ``convert_hf_to_gguf.py FOLDER``, with the sdist's own gguf-py first on the path."""
     root = llama_cpp_folder()

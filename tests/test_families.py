@@ -31,7 +31,7 @@ from finetune.models import load_tokenizer
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
 from .families import FAMILIES, Family, phi35_folder, phi35_tokenizer
-from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, llama_cpp_folder
+from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder
 from .test_chat import trained_spans
 from .test_gguf_writer import F16_ATOL, assert_logits_match, hf_logits, llama_cpp_logits
 from .test_modelfile import go_render
@@ -59,12 +59,10 @@ def family(request, folders) -> tuple[Family, Path]:
 def test_the_tokenizer_gives_llama_cpps_expected_ids(family):
     spec, folder = family
     tokenizer = AutoTokenizer.from_pretrained(folder)
-    vocab = llama_cpp_folder() / "models" / spec.vocab
-    texts = vocab.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    ids = vocab.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
-    assert len(texts) == len(ids) > 40
-    for text, expected in zip(texts, ids, strict=True):
-        assert tokenizer.encode(text, add_special_tokens=False) == [int(i) for i in expected.split()], text
+    cases = expected_ids(spec.vocab)
+    assert len(cases) > 40
+    for text, expected in cases:
+        assert tokenizer.encode(text, add_special_tokens=False) == expected, text
 
 
 def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_else(family):
@@ -104,10 +102,10 @@ def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_e
     its turns are found in the full rendering. Its real tokenizer (it gives llama.cpp's expected ids) and template;
     each turn ends in <|end|>, EOS is not trained."""
     tokenizer = phi35_tokenizer()
-    vocab = llama_cpp_folder() / "models" / "ggml-vocab-phi-3.gguf"
-    texts = vocab.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
-    ids = vocab.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
-    assert [tokenizer.encode(t, add_special_tokens=False) for t in texts] == [[int(i) for i in x.split()] for x in ids]
+    cases = expected_ids("ggml-vocab-phi-3.gguf")
+    assert len(cases) > 40
+    for text, expected in cases:
+        assert tokenizer.encode(text, add_special_tokens=False) == expected, text
     messages = conversation(3)["messages"]
     tokenized = tokenize_conversation(tokenizer, messages)
     assert not renders_by_prefixes(tokenizer) and tokenized.input_ids[-1] == tokenizer.eos_token_id

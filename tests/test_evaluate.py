@@ -5,10 +5,16 @@ built from the held-out split, beside a standard lm-eval task that cannot load i
 
 from __future__ import annotations
 
+import http.server
 import json
 import shutil
+import threading
+
+import pytest
 
 from finetune.generate.local_server import serve_gguf
+from finetune.metrics import harness
+from finetune.pipeline.manifest import atomic_write_json
 
 from .conftest import TINY, run_cli
 
@@ -55,6 +61,9 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
     assert 0 <= metrics["lm-eval finetune_heldout acc"]["tuned"] <= 1
     # A standard task whose dataset cannot be loaded offline: skipped with its reason, and not retried for tuned.
     assert "arc_easy" in result["lm_eval"]["base"]["skipped"] and not result["lm_eval"]["tuned"]["skipped"]
+    assert result["lm_eval"]["base"]["skipped"]["arc_easy"].startswith(
+        "cannot reach the Hugging Face Hub at http://127.0.0.1:9 (")  # asked once, not after a minute of retries
+    assert "arc_easy" in json.loads(harness.task_names_file().read_text())  # the names the check read, kept
     task = (out / "lm_eval_task" / "heldout.jsonl").read_text().splitlines()
     assert len(task) == result["prompts"] and json.loads(task[0])["answer"].endswith("<|im_end|>\n")
 
@@ -64,3 +73,42 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
     assert "Judge: `judge` at llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf" in md
     assert "Answers: greedy; no repeat penalty; at most 12 new tokens" in md
     assert "lm-eval `arc_easy` skipped for base: " in md
+
+
+@pytest.fixture
+def fresh_harness():
+    """``harness``'s once-per-process answers forgotten before and after the test."""
+    harness.hub_unreachable.cache_clear()
+    harness.known_tasks.cache_clear()
+    yield harness
+    harness.hub_unreachable.cache_clear()
+    harness.known_tasks.cache_clear()
+
+
+def test_the_hub_is_asked_once_whether_lm_evals_datasets_can_be_fetched(fresh_harness, monkeypatch):
+    from huggingface_hub import constants
+
+    assert fresh_harness.hub_unreachable() == (  # the closed port conftest points the Hub at
+        "cannot reach the Hugging Face Hub at http://127.0.0.1:9 ([Errno 111] Connection refused); set "
+        "HF_HUB_OFFLINE=1 to use the datasets in the local cache")
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)  # answers 501 to all
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_port}")
+        fresh_harness.hub_unreachable.cache_clear()
+        assert fresh_harness.hub_unreachable() is None  # an answer, whatever its status
+    finally:
+        server.shutdown()
+    monkeypatch.setattr(constants, "ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    fresh_harness.hub_unreachable.cache_clear()
+    assert fresh_harness.hub_unreachable() is None  # offline: the local datasets cache answers, nothing is asked
+
+
+@pytest.mark.quick
+def test_lm_evals_task_names_are_read_from_the_cache(fresh_harness, monkeypatch, tmp_path):
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path))
+    listed = fresh_harness.task_names_file()
+    assert listed.parent == tmp_path / "lm_eval"
+    atomic_write_json(listed, ["hellaswag", "arc_easy"])
+    assert fresh_harness.known_tasks() == {"hellaswag", "arc_easy"}  # the kept list, not lm-eval's index

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import json
 import logging
 from collections.abc import Iterator, Sequence
@@ -108,15 +109,61 @@ def _quiet_libraries() -> Iterator[None]:
 @functools.cache
 def standard_tasks() -> Any:
     """lm-eval's own tasks (a ``TaskManager`` indexing its ~15,000 task files: ~10–20 s on a CPU), once per process:
-    the check of the task names and every model asked use the same index."""
+    every model asked uses the same index."""
     from lm_eval.tasks import TaskManager
 
     with _quiet_libraries():
         return TaskManager()
 
 
+def task_names_file() -> Path:
+    """Where the names of lm-eval's own tasks are kept: in the cache, one list per lm-eval install."""
+    import lm_eval
+    import lm_eval.tasks
+
+    from finetune.paths import cache_dir
+
+    tasks_dir = Path(lm_eval.tasks.__file__).parent
+    install = f"{lm_eval.__version__}\0{tasks_dir}\0{tasks_dir.stat().st_mtime_ns}"
+    return cache_dir() / "lm_eval" / f"task-names-{hashlib.sha256(install.encode()).hexdigest()[:16]}.json"
+
+
+@functools.cache
 def known_tasks() -> frozenset[str]:
-    return frozenset(standard_tasks().all_tasks)
+    """The names of lm-eval's own tasks, groups and tags, for the check before training: made from the index once
+    per lm-eval install and kept (``task_names_file``), so that a typo is refused in a second, not 10–20 s."""
+    from finetune.pipeline.manifest import atomic_write_json
+
+    listed = task_names_file()
+    try:
+        return frozenset(json.loads(listed.read_text(encoding="utf-8")))
+    except (OSError, ValueError):
+        names = standard_tasks().all_tasks
+        with contextlib.suppress(OSError):  # a read-only cache: the index again next time
+            atomic_write_json(listed, names)
+        return frozenset(names)
+
+
+@functools.cache
+def hub_unreachable() -> str | None:
+    """Why lm-eval's own tasks cannot fetch their datasets now, or None. The Hugging Face Hub is asked once, with a
+    short timeout: unreachable, each task would spend ~23 s in huggingface_hub's retries before being skipped. With
+    HF_HUB_OFFLINE=1 nothing is asked: the local datasets cache answers."""
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return None
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=10).close()
+    except urllib.error.HTTPError:
+        return None  # an answer, whatever its status: the Hub is there
+    except OSError as e:  # no network, DNS, proxy, TLS, timeout
+        return (f"cannot reach the Hugging Face Hub at {constants.ENDPOINT} ({getattr(e, 'reason', None) or e}); "
+                "set HF_HUB_OFFLINE=1 to use the datasets in the local cache")
+    return None
 
 
 def _load_task(manager: Any, spec: str) -> dict[str, Any]:
@@ -140,6 +187,9 @@ def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Pa
     from lm_eval.tasks import TaskManager
 
     results: dict[str, Any] = {"tasks": {}, "higher_is_better": {}, "skipped": {}}
+    if tasks and (why := hub_unreachable()):
+        results["skipped"] = dict.fromkeys(tasks, why)
+        tasks = []
     # The held-out task is loaded from its file; lm-eval's own tasks are indexed only when one is asked for.
     specs = {t: t for t in tasks}
     if local_folder:

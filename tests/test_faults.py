@@ -127,17 +127,18 @@ def _wait_for(condition, what: str, timeout: float = 300) -> None:
 
 def test_a_second_run_into_the_same_directory_is_refused_and_ctrl_c_stops_the_first_resumably(dataset, tmp_path):
     run_dir = tmp_path / "run"
-    # 600 steps of the tiny model (~15 s of training): the second run is refused in this process, within a second
-    # of the checkpoint at step 200, while the first still has 400 steps to go; the resumed run trains only those.
+    # 240 steps of the tiny model (~6 s of training alone): the second run is refused in this process, within a
+    # second of the first checkpoint (step 40), while the first still has 200 steps to go; the resumed run trains
+    # only those.
     # The first run is a fresh interpreter, as a user's: a forked one outlived its SIGINT once in CI (2026-12-03;
     # not seen again here, not yet understood).
-    long = args(dataset, run_dir, "stages=[validate,train]", "train.max_steps=600", "train.save_steps=40",
+    long = args(dataset, run_dir, "stages=[validate,train]", "train.max_steps=240", "train.save_steps=40",
                 "train.grad_accum=1")
     import finetune.stages  # noqa: F401 - what the refusal imports, imported before the clock starts
 
     first = start_cli(*long, cwd=tmp_path, fresh=True)
-    checkpoint = run_dir / "train" / "checkpoints" / "checkpoint-200" / "trainer_state.json"
-    _wait_for(checkpoint.is_file, "the checkpoint at step 200")
+    checkpoint = run_dir / "train" / "checkpoints" / "checkpoint-40" / "trainer_state.json"
+    _wait_for(checkpoint.is_file, "the checkpoint at step 40")
 
     second = run_cli_in_process(*long, cwd=tmp_path, check=False)
     assert second.returncode == 2
@@ -157,7 +158,7 @@ def test_a_second_run_into_the_same_directory_is_refused_and_ctrl_c_stops_the_fi
 
     resumed = run_cli(*long, cwd=tmp_path)
     assert "resuming from" in resumed.stdout
-    assert json.loads((run_dir / "train" / "metrics.json").read_text())["global_step"] == 600
+    assert json.loads((run_dir / "train" / "metrics.json").read_text())["global_step"] == 240
 
 
 def test_secrets_never_reach_the_run_directory(dataset, tmp_path):

@@ -62,13 +62,11 @@ def test_pairwise_winner(reply, winner):
 SAMPLES = [Sample(Conversation([{"role": "user", "content": q}], f"t:{i}"), ref) for i, (q, ref) in enumerate([
     ("How do I reset my password?", "Use 'Forgot password' on the login page."),
     ("Where is the CSV export?", "Reports > Export > CSV."),
-    ("Can I change my invoice address?", "Yes, under Settings > Billing."),
 ])]
 ANSWERS = {
-    "base": [Answer("I don't know.", "stop", 4), Answer("Paris.", "stop", 2), Answer("No.", "stop", 2)],
+    "base": [Answer("I don't know.", "stop", 4), Answer("Paris.", "stop", 2)],
     "tuned": [Answer("Click 'Forgot password' on the login page.", "stop", 9),
-              Answer("Open Reports, then Export, then CSV.", "stop", 9),
-              Answer("Yes: Settings > Billing > Address.", "stop", 9)],
+              Answer("Open Reports, then Export, then CSV.", "stop", 9)],
 }
 
 
@@ -80,7 +78,9 @@ def judge_url():
 
 def test_a_real_local_judge_grades_and_compares(judge_url):
     cfg = JudgeConfig(base_url=judge_url, response_format="json_schema", retries=1)
-    summary, per = judge_all(Judge(cfg, judge_url, seed=42), SAMPLES, ANSWERS, pairwise=True)
+    seed = 2  # the tuned answer shown first for the first sample, second for the other
+    assert [tuned_shown_first(seed, i) for i in range(len(SAMPLES))] == [True, False]
+    summary, per = judge_all(Judge(cfg, judge_url, seed=seed), SAMPLES, ANSWERS, pairwise=True)
     for who in ("base", "tuned"):
         model = summary["models"][who]
         assert model["scored"] + model["unscored"] == len(SAMPLES)
@@ -90,10 +90,9 @@ def test_a_real_local_judge_grades_and_compares(judge_url):
         assert all(set(p[f"judge_{who}"]) == set(GUIDE_CRITERIA) for p in per)
     pair = summary["pairwise"]
     assert pair["tuned"] + pair["base"] + pair["tie"] + pair["unscored"] == len(SAMPLES)
-    assert pair["unscored"] == 0  # so that the next line checks every sample's order
-    assert all(p["judge_pairwise"]["tuned_shown_first"] == tuned_shown_first(42, i)
-               for i, p in enumerate(per) if "winner" in p["judge_pairwise"])
-    again = judge_all(Judge(cfg, judge_url, seed=42), SAMPLES[:1], {k: v[:1] for k, v in ANSWERS.items()}, True)[1]
+    assert pair["unscored"] == 0  # so that the next line checks both samples' order
+    assert [p["judge_pairwise"]["tuned_shown_first"] for p in per] == [True, False]
+    again = judge_all(Judge(cfg, judge_url, seed=seed), SAMPLES[:1], {k: v[:1] for k, v in ANSWERS.items()}, True)[1]
     assert again == per[:1]  # repeatable: the same verdicts, sample by sample
 
 
@@ -108,10 +107,9 @@ def test_an_unparseable_judgement_is_unscored_not_zero(judge_url):
     """Replies cut at 4 tokens cannot hold the JSON object: every answer is unscored, after the retries, and
     the reason and replies are kept."""
     cfg = JudgeConfig(base_url=judge_url, response_format="text", retries=1, max_tokens=4)
-    samples, answers = SAMPLES[:2], {who: given[:2] for who, given in ANSWERS.items()}
-    summary, per = judge_all(Judge(cfg, judge_url, seed=1), samples, answers, pairwise=True)
+    summary, per = judge_all(Judge(cfg, judge_url, seed=1), SAMPLES, ANSWERS, pairwise=True)
     for who in ("base", "tuned"):
-        assert summary["models"][who]["scored"] == 0 and summary["models"][who]["unscored"] == len(samples)
+        assert summary["models"][who]["scored"] == 0 and summary["models"][who]["unscored"] == len(SAMPLES)
         assert summary["models"][who]["overall"] is None
         assert all(len(p[f"judge_{who}"]["replies"]) == 2 for p in per)  # asked, then asked again
-    assert summary["pairwise"]["unscored"] == len(samples) and summary["pairwise"]["tuned_win_rate"] is None
+    assert summary["pairwise"]["unscored"] == len(SAMPLES) and summary["pairwise"]["tuned_win_rate"] is None

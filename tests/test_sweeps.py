@@ -109,8 +109,11 @@ SEARCH = [*QUICK, "train.eval_steps=2", "hparams_search=optuna", "method.r=choic
 
 def test_optuna_search_interrupted_in_its_third_trial_resumes_there(dataset, tmp_path):
     sweep = tmp_path / "sweep"
-    args = ["-m", *SEARCH, f"dataset.path={dataset}", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.name=none",
-            "train.max_steps=60", "train.save_steps=5", "train.grad_accum=1", f"hydra.sweep.dir={sweep}"]
+    # 60 steps a trial, an eval and a checkpoint every 10 (no pruning to feed): the Ctrl-C lands in the third
+    # trial within a poll of its first checkpoint, 50 steps before its end
+    search = [arg if arg != "train.eval_steps=2" else "train.eval_steps=10" for arg in SEARCH]
+    args = ["-m", *search, f"dataset.path={dataset}", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.name=none",
+            "train.max_steps=60", "train.save_steps=10", "train.grad_accum=1", f"hydra.sweep.dir={sweep}"]
     proc = start_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + 300
     # a complete checkpoint (trainer_state.json is written last): one cut off mid-save is dropped on Ctrl-C

@@ -4,10 +4,12 @@ llama.cpp, the Modelfile rendered by Go, a refusal before training, and a whole 
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,23 +53,30 @@ def folders(tmp_path_factory) -> Callable[[str], Path]:
     return folder
 
 
+@pytest.fixture(scope="module")
+def tokenizers(folders) -> Callable[[str], Any]:
+    """A family's tokenizer by the family's name, loaded once per module (Llama 3's and Qwen's 128–152k tokens take
+    1–2 s a load): for tests that only read it."""
+    return functools.cache(lambda name: AutoTokenizer.from_pretrained(folders(name)))
+
+
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
 def family(request, folders) -> tuple[Family, Path]:
     return request.param, folders(request.param.name)
 
 
-def test_the_tokenizer_gives_llama_cpps_expected_ids(family):
+def test_the_tokenizer_gives_llama_cpps_expected_ids(family, tokenizers):
     spec, folder = family
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokenizers(spec.name)
     cases = expected_ids(spec.vocab)
     assert len(cases) > 40
     for text, expected in cases:
         assert tokenizer.encode(text, add_special_tokens=False) == expected, text
 
 
-def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_else(family):
+def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_else(family, tokenizers):
     spec, folder = family
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokenizers(spec.name)
     messages = conversation(3)["messages"]  # a system message and two assistant turns
     tokenized = tokenize_conversation(tokenizer, messages)
     end = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
@@ -84,10 +93,10 @@ def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_e
             tokenizer, messages, None, full)
 
 
-def test_qwen3s_thinking_blocks_are_trained_as_its_template_renders_them(folders):
+def test_qwen3s_thinking_blocks_are_trained_as_its_template_renders_them(tokenizers):
     """Qwen 3's template keeps the thinking of the turns after the last question and drops it from earlier ones
     (and writes an empty block into the last turn): the labels are the rendered turns, not the data's text."""
-    tokenizer = AutoTokenizer.from_pretrained(folders("qwen3"))
+    tokenizer = tokenizers("qwen3")
     assert not renders_by_prefixes(tokenizer)
     messages = [{"role": "user", "content": "Export?"},
                 {"role": "assistant", "content": "<think>\nThey want CSV.\n</think>\n\nPress Export."},
@@ -133,7 +142,7 @@ def test_phi35_trains_its_fused_projections_on_multi_turn_data_and_a_gguf_is_ref
     assert merged["architectures"] == ["Phi3ForCausalLM"]
 
 
-def test_the_gguf_is_llama_cpps_own_and_runs_like_the_hf_model(family, tmp_path):
+def test_the_gguf_is_llama_cpps_own_and_runs_like_the_hf_model(family, tokenizers, tmp_path):
     spec, folder = family
     ours, reference = tmp_path / "ours.gguf", tmp_path / "llama_cpp.gguf"
     write_gguf(folder, ours, "f16", log=lambda _: None)
@@ -144,17 +153,17 @@ def test_the_gguf_is_llama_cpps_own_and_runs_like_the_hf_model(family, tmp_path)
     assert comparison["metadata"]["only_reference"] == sorted(spec.only_llama_cpps)
     assert list(comparison["metadata"]["different_values"]) == ["general.name"]
 
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokenizers(spec.name)
     ids = tokenizer.encode(render(tokenizer, conversation(3)["messages"]), add_special_tokens=False)[:96]
     assert_logits_match(llama_cpp_logits(ours, ids), hf_logits(folder, ids))
 
 
-def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, tmp_path):
+def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, tokenizers, tmp_path):
     folder = folders("llama3")
     write_gguf(folder, tmp_path / "f16.gguf", "f16", log=lambda _: None)
     assert gguf_header(tmp_path / "f16.gguf")[1][0].name == "rope_freqs.weight"
     # test_the_gguf_is_llama_cpps_own… could fail on it: without llama3 scaling the same weights give other logits
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokenizers("llama3")
     ids = tokenizer.encode(render(tokenizer, conversation(3)["messages"]), add_special_tokens=False)[:96]
     unscaled = tmp_path / "unscaled"
     shutil.copytree(folder, unscaled)
@@ -164,9 +173,9 @@ def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, tmp_
     assert np.abs(hf_logits(unscaled, ids) - hf_logits(folder, ids)).max() > 10 * F16_ATOL
 
 
-def test_the_modelfile_renders_in_go_like_the_chat_template(family):
+def test_the_modelfile_renders_in_go_like_the_chat_template(family, tokenizers):
     spec, folder = family
-    tokenizer = AutoTokenizer.from_pretrained(folder)
+    tokenizer = tokenizers(spec.name)
     chosen = template_family(tokenizer)
     assert chosen is next(f for f in TEMPLATE_FAMILIES if f.name == spec.modelfile_family)
     default_system = template_default_system(tokenizer, chosen)  # the Modelfile's SYSTEM when the data has none

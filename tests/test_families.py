@@ -66,7 +66,7 @@ def family(request, folders) -> tuple[Family, Path]:
 
 
 def test_the_tokenizer_gives_llama_cpps_expected_ids(family, tokenizers):
-    spec, folder = family
+    spec, _ = family
     tokenizer = tokenizers(spec.name)
     cases = expected_ids(spec.vocab)
     assert len(cases) > 40
@@ -75,7 +75,7 @@ def test_the_tokenizer_gives_llama_cpps_expected_ids(family, tokenizers):
 
 
 def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_else(family, tokenizers):
-    spec, folder = family
+    spec, _ = family
     tokenizer = tokenizers(spec.name)
     messages = conversation(3)["messages"]  # a system message and two assistant turns
     tokenized = tokenize_conversation(tokenizer, messages)
@@ -174,7 +174,7 @@ def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, toke
 
 
 def test_the_modelfile_renders_in_go_like_the_chat_template(family, tokenizers):
-    spec, folder = family
+    spec, _ = family
     tokenizer = tokenizers(spec.name)
     chosen = template_family(tokenizer)
     assert chosen is next(f for f in TEMPLATE_FAMILIES if f.name == spec.modelfile_family)

@@ -60,6 +60,14 @@ def tokenizers(folders) -> Callable[[str], Any]:
     return functools.cache(lambda name: AutoTokenizer.from_pretrained(folders(name)))
 
 
+def assert_llama_cpps_ids(tokenizer: Any, vocab: str) -> None:
+    """The tokenizer gives the ids llama.cpp expects for every test text of its vocab file ``vocab``."""
+    cases = expected_ids(vocab)
+    assert len(cases) > 40
+    for text, expected in cases:
+        assert tokenizer.encode(text, add_special_tokens=False) == expected, text
+
+
 @pytest.fixture(scope="module", params=FAMILIES, ids=[f.name for f in FAMILIES])
 def family(request, folders) -> tuple[Family, Path]:
     return request.param, folders(request.param.name)
@@ -67,11 +75,7 @@ def family(request, folders) -> tuple[Family, Path]:
 
 def test_the_tokenizer_gives_llama_cpps_expected_ids(family, tokenizers):
     spec, _ = family
-    tokenizer = tokenizers(spec.name)
-    cases = expected_ids(spec.vocab)
-    assert len(cases) > 40
-    for text, expected in cases:
-        assert tokenizer.encode(text, add_special_tokens=False) == expected, text
+    assert_llama_cpps_ids(tokenizers(spec.name), spec.vocab)
 
 
 def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_else(family, tokenizers):
@@ -111,10 +115,7 @@ def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_e
     its turns are found in the full rendering. Its real tokenizer (it gives llama.cpp's expected ids) and template;
     each turn ends in <|end|>, EOS is not trained."""
     tokenizer = phi35_tokenizer()
-    cases = expected_ids("ggml-vocab-phi-3.gguf")
-    assert len(cases) > 40
-    for text, expected in cases:
-        assert tokenizer.encode(text, add_special_tokens=False) == expected, text
+    assert_llama_cpps_ids(tokenizer, "ggml-vocab-phi-3.gguf")
     messages = conversation(3)["messages"]
     tokenized = tokenize_conversation(tokenizer, messages)
     assert not renders_by_prefixes(tokenizer) and tokenized.input_ids[-1] == tokenizer.eos_token_id

@@ -253,6 +253,10 @@ def main() -> None:
         from finetune.compare import main as compare
 
         sys.exit(compare(args[1:]))
+    if args[:1] == ["plan"]:
+        from finetune.plan_command import main as plan
+
+        sys.exit(plan(args[1:]))
     if word := unknown_word(args):
         _fail(unknown_word_message(word))
     given = {arg.split("=")[0].lstrip("+~") for arg in args}

@@ -143,3 +143,16 @@ def prepare(method: Method, model: Any, gradient_checkpointing: bool) -> Any:
     from peft import prepare_model_for_kbit_training
 
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+
+
+def attach(method: Method, run: Any, model: Any, dtype: Any) -> Any:
+    """The loaded base ready to train with ``method``: prepared when quantized, then wrapped in its adapter."""
+    model = prepare(method, model, run.train.gradient_checkpointing)
+    config = peft_config(method, run.method, model.config.model_type)
+    if config is None:
+        return model
+    from peft import get_peft_model
+
+    model = sets_sorted(get_peft_model(model, config))
+    adapter_in_compute_dtype(method, model, dtype)
+    return model

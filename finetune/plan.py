@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -40,8 +41,11 @@ BILLED_AT_LEAST_H = 1 / 60
 CPU_IS_ENOUGH_S = 3600.0  # an estimate here under an hour: the plan says no GPU is needed
 CPU_ALLOCATOR_SLACK = 0.5
 TRACE_TOKENS = 128
-OPTIMIZER_BYTES = {"adamw_torch": 8, "adamw_torch_fused": 8, "paged_adamw_32bit": 8, "adamw_8bit": 2,
-                   "paged_adamw_8bit": 2, "adafactor": 0.05, "sgd": 0}  # per trainable parameter
+# Per trainable parameter: torch's AdamW keeps two moments in the parameter's own dtype (bf16 weights: 4 bytes);
+# bitsandbytes' in fp32 (32-bit) or one byte each (8-bit); Adafactor a factored second moment; SGD nothing.
+MOMENTS_IN_PARAMETER_DTYPE = {"adamw_torch": 2, "adamw_torch_fused": 2}
+OPTIMIZER_BYTES = {"paged_adamw_32bit": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "adafactor": 0.05, "sgd": 0}
+NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes' NF4 with double quantisation, as methods.load_kwargs asks
 
 
 def _status_bytes(key: str) -> int | None:
@@ -64,6 +68,17 @@ def release_freed_memory() -> None:
         libc = ctypes.CDLL(name)
         if hasattr(libc, "malloc_trim"):
             libc.malloc_trim(0)
+
+
+def available_bytes() -> int:
+    """Memory available to a new process now (MemAvailable; 0 where /proc is missing)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def process_bytes() -> int:
@@ -104,8 +119,37 @@ def _parameter_count(param: Any) -> int:
     return math.prod(state.shape) if state is not None else param.numel()
 
 
-def _weight_bytes(model: Any) -> int:
-    total = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
+def _optimizer_bytes(optimizer: str, params: list[Any]) -> int:
+    trainable = [p for p in params if p.requires_grad]
+    if optimizer in MOMENTS_IN_PARAMETER_DTYPE:
+        return MOMENTS_IN_PARAMETER_DTYPE[optimizer] * sum(p.numel() * p.element_size() for p in trainable)
+    return int(OPTIMIZER_BYTES[optimizer] * sum(p.numel() for p in trainable))
+
+
+def _quantized_on_load(model: Any) -> set[int]:
+    """The weights a 4-bit load quantizes, for a model not loaded (a plan from its config): every linear layer's
+    but the output embedding's, as transformers' bitsandbytes integration leaves it (and any weight tied to it)."""
+    import torch
+
+    output = model.get_output_embeddings()
+    kept = {id(output.weight)} if output is not None else set()
+    return {id(m.weight) for m in model.modules()
+            if type(m) is torch.nn.Linear and id(m.weight) not in kept and not m.weight.requires_grad}
+
+
+def _nf4_bytes(weights: int) -> int:
+    """A weight as bitsandbytes stores it in NF4 with double quantisation: half a byte per weight, an 8-bit absmax
+    per block of 64 and an fp32 absmax per 256 of those, and two code tables (16 and 256 fp32 values)."""
+    blocks = math.ceil(weights / NF4_BLOCK)
+    return math.ceil(weights / 2) + blocks + 4 * math.ceil(blocks / NESTED_BLOCK) + 4 * (16 + 256)
+
+
+def _weight_bytes(model: Any, quantized: bool = False) -> int:
+    """The bytes of the weights as loaded; ``quantized``: of a model on the meta device as a 4-bit load would
+    store it."""
+    nf4 = _quantized_on_load(model) if quantized else set()
+    total = sum(_nf4_bytes(t.numel()) if id(t) in nf4 else t.numel() * t.element_size()
+                for t in [*model.parameters(), *model.buffers()])
     for param in model.parameters():  # NF4 quantisation constants (absmax, double-quantised)
         state = getattr(param, "quant_state", None)
         if state is not None:
@@ -123,10 +167,46 @@ class _Saved:
         self.tensor = tensor
 
 
+@contextlib.contextmanager
+def _faked_on_cpu(model: Any) -> Iterator[None]:
+    """A model on the meta device, its weights swapped for fake CPU tensors (shapes and dtypes, no data) for the
+    time of a forward: it takes the kernels a CPU run takes (SDPA's fused attention; on the meta device it would
+    be the math path, saving the T×T attention weights), and a GPU's fused kernels save the same tensors. One
+    sequence, as the trace feeds: transformers cannot tell that from fake position ids, and would build an explicit
+    mask instead of a causal kernel."""
+    from unittest import mock
+
+    import torch
+    import transformers.masking_utils as masking
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    fakes: dict[int, Any] = {}  # by the original's id: tied weights stay one tensor
+    swapped = []
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for name, tensor in list(table.items()):
+                if tensor is None:
+                    continue
+                if id(tensor) not in fakes:
+                    fake = FakeTensor(mode, tensor, torch.device("cpu"))
+                    fakes[id(tensor)] = (torch.nn.Parameter(fake, tensor.requires_grad)
+                                         if table is module._parameters else fake)
+                swapped.append((table, name, tensor))
+                table[name] = fakes[id(tensor)]
+    try:
+        with mode, mock.patch.object(masking, "find_packed_sequence_indices", lambda position_ids: None):
+            yield
+    finally:
+        for table, name, tensor in swapped:
+            table[name] = tensor
+
+
 def _saved_bytes(model: Any, tokens: int) -> int:
     """Bytes autograd keeps for backward after one training-mode forward of ``tokens`` tokens: the tensors still
     held by the graph once the forward is done (a detached side computation, such as DoRA's weight norm, lets go
-    of what it saved), weights excluded, each storage once."""
+    of what it saved), weights excluded, each storage once. A model on the meta device (a plan from its config
+    alone) runs the same forward on fake tensors."""
     import weakref
 
     import torch
@@ -139,21 +219,23 @@ def _saved_bytes(model: Any, tokens: int) -> int:
         return saved
 
     device = next(model.parameters()).device
-    ids = (torch.arange(tokens, device=device) * 7919 % model.config.vocab_size).unsqueeze(0)
+    ids = (torch.arange(tokens) * 7919 % model.config.get_text_config().vocab_size).unsqueeze(0)
     was_training = model.training
     model.train()
     # forked: the trace's dropout draws must not shift the training run's random stream
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []), \
+            _faked_on_cpu(model) if device.type == "meta" else contextlib.nullcontext(), \
             torch.autograd.graph.saved_tensors_hooks(pack, lambda saved: saved.tensor):
-        output = model(input_ids=ids, logits_to_keep=1, use_cache=False)
+        output = model(input_ids=ids if device.type == "meta" else ids.to(device), logits_to_keep=1,
+                       use_cache=False)
+        weights = {p.untyped_storage()._cdata for p in model.parameters()}
+        storages = {}
+        for ref in held:
+            if (saved := ref()) is not None:
+                storage = saved.tensor.untyped_storage()
+                if storage._cdata not in weights:
+                    storages[storage._cdata] = storage.nbytes()
     model.train(was_training)
-    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    storages = {}
-    for ref in held:
-        if (saved := ref()) is not None:
-            storage = saved.tensor.untyped_storage()
-            if storage.data_ptr() not in weights:
-                storages[storage.data_ptr()] = storage.nbytes()
     del output
     return sum(storages.values())
 
@@ -166,8 +248,8 @@ def _activation_bytes(model: Any, tokens: int, checkpointing: bool) -> int:
     per_token = (long - short) / half
     fixed = max(0.0, short - per_token * half)
     if checkpointing:  # kept: each layer's input; recomputed at a time: one layer
-        layers = model.config.num_hidden_layers
-        hidden = model.config.hidden_size * next(model.parameters()).element_size()
+        text = model.config.get_text_config()
+        layers, hidden = text.num_hidden_layers, text.hidden_size * next(model.parameters()).element_size()
         per_token, fixed = layers * hidden + per_token / layers, fixed / layers
     return int(fixed + per_token * tokens)
 
@@ -211,10 +293,15 @@ def _cpu_matmul_flops() -> float:
     return 2 * 1024**3 * n / (time.perf_counter() - start)
 
 
-def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: int) -> dict[str, Any]:
+def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: int, on_gpu: bool | None = None
+         ) -> dict[str, Any]:
     """The plan of this run (a JSON-able dict); ``train_set`` holds the tokenized rows with their ``length`` and
-    ``trained`` token counts."""
+    ``trained`` token counts. The memory is for the device the model is on, or for a GPU or this CPU (``on_gpu``)
+    when it is on the meta device (``python -m finetune plan``): in the dtype it was built in, and as the method
+    would load it (4-bit weights for QLoRA)."""
     import torch
+
+    from finetune.methods import METHODS
 
     t = run.train
     params = list(model.parameters())
@@ -227,23 +314,24 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
     steps_per_epoch = math.ceil(len(lengths) / step_rows)
     steps = t.max_steps if t.max_steps > 0 else math.ceil(steps_per_epoch * t.epochs)
     tokens = sum(lengths) * (steps / steps_per_epoch if t.max_steps > 0 else t.epochs)
-    cuda = next(model.parameters()).is_cuda
+    device = next(model.parameters()).device
+    cuda = device.type == "cuda" or (device.type == "meta" and torch.cuda.is_available())
+    on_gpu = device.type == "cuda" if on_gpu is None else on_gpu
     memory = {
-        "weights": _weight_bytes(model),
+        "weights": _weight_bytes(model, quantized=device.type == "meta" and METHODS[run.method.name].quantized),
         "gradients": grad_bytes,
-        "optimizer": int(trainable * OPTIMIZER_BYTES.get(t.optimizer, 8)),
+        "optimizer": _optimizer_bytes(t.optimizer, params),
         "activations": _activation_bytes(model, micro_tokens, t.gradient_checkpointing),
-        "logits": 3 * 4 * model.config.vocab_size * t.batch_size * max(trained),
-        "process": 0 if cuda else baseline_bytes,
+        "logits": 3 * 4 * model.config.get_text_config().vocab_size * t.batch_size * max(trained),
+        "process": 0 if on_gpu else baseline_bytes,
     }
-    memory["allocator"] = 0 if cuda else int(CPU_ALLOCATOR_SLACK * (memory["activations"] + memory["logits"]))
+    memory["allocator"] = 0 if on_gpu else int(CPU_ALLOCATOR_SLACK * (memory["activations"] + memory["logits"]))
     memory["total"] = sum(memory.values())
     adapter = trainable < total / 2
     flops_per_token = (4 if adapter else 6) * total + (2 * total if t.gradient_checkpointing else 0)
     flops = flops_per_token * tokens
     here = (torch.cuda.get_device_name() if cuda else cpu_name(), None if cuda else _cpu_matmul_flops())
-    on_gpu = memory["total"] - memory["process"] - memory["allocator"]
-    gpus = gpu_costs(flops, on_gpu)
+    gpus = gpu_costs(flops, memory["total"] - memory["process"] - memory["allocator"])
     adapter_config = getattr(model, "peft_config", {}).get("default")
     return {
         "parameters": total,
@@ -287,15 +375,22 @@ def text(plan: dict[str, Any]) -> str:
         f"{plan['optimizer_steps']} optimizer steps, {plan['tokens_to_train']:,} tokens",
         f"  memory estimate {_gb(m['total'])} ({parts})",
     ]
-    here = plan["here"]["estimated_s"]
-    if here is not None:
-        lines.append(f"  time here ≈ {_duration(here)} at {plan['here']['fp32_matmul_flops'] / 1e9:.0f} GFLOP/s × "
-                     f"{plan['assumed_mfu']} utilisation" + ("; this CPU is enough, no GPU needed"
-                                                             if here < CPU_IS_ENOUGH_S else ""))
+    here = plan["here"]
+    if here["estimated_s"] is not None:
+        enough = "; this CPU is enough, no GPU needed"
+        if here.get("memory_available_bytes") and here["memory_bytes"] > here["memory_available_bytes"]:
+            enough = (f"; in fp32 it needs {_gb(here['memory_bytes'])} of memory, this machine has "
+                      f"{_gb(here['memory_available_bytes'])} available")
+        lines.append(f"  time here ≈ {_duration(here['estimated_s'])} at {here['fp32_matmul_flops'] / 1e9:.0f} "
+                     f"GFLOP/s × {plan['assumed_mfu']} utilisation" + (enough if here["estimated_s"] <
+                                                                       CPU_IS_ENOUGH_S else ""))
     cheapest = sorted((g for g in plan["gpus"] if g["fits"]), key=lambda g: (g["usd"], g["hours"]))[:3]
     if cheapest:
         lines.append("  cheapest GPUs that fit (conf/gpu_prices.yaml): " + "; ".join(
             f"{g['gpu']} {_duration(g['hours'] * 3600)} {_usd(g['usd'])}" for g in cheapest))
+    else:
+        lines.append("  no GPU of conf/gpu_prices.yaml fits: try method=qlora, train.gradient_checkpointing=true, a "
+                     "smaller train.batch_size or train.max_seq_len, or several GPUs (train.distributed=fsdp)")
     return "\n".join(lines)
 
 

@@ -16,6 +16,7 @@ COMMANDS = (
     ("python -m finetune [+recipe=NAME] [key=value ...]", "a run: validate, train, merge, evaluate, export, card"),
     ("python -m finetune -m [+recipe=NAME] key=a,b ...", "a sweep: one run per combination, then a summary"),
     ("python -m finetune compare A B [--json]", "two run directories' config and numbers in one table"),
+    ("python -m finetune plan [+recipe=NAME] [key=value ...]", "memory, time and cost per GPU; downloads no weights"),
 )
 HELP_OVERRIDE = "hydra/help=finetune"
 

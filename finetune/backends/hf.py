@@ -18,15 +18,7 @@ def load(run: Any) -> Any:
     method = methods.METHODS[run.method.name]
     dtype = torch_dtype(run.model.dtype)
     model = load_model(resolve_model_source(run.model), run.model, **methods.load_kwargs(method, dtype))
-    model = methods.prepare(method, model, run.train.gradient_checkpointing)
-    peft_config = methods.peft_config(method, run.method, model.config.model_type)
-    if peft_config is None:
-        return model
-    from peft import get_peft_model
-
-    model = methods.sets_sorted(get_peft_model(model, peft_config))
-    methods.adapter_in_compute_dtype(method, model, dtype)
-    return model
+    return methods.attach(method, run, model, dtype)
 
 
 BACKEND = LocalBackend(load, check)

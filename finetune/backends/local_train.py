@@ -13,14 +13,14 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from finetune import curves, distributed, methods, plan
 from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.config import RunConfig
-from finetune.data.canonical import read_split
+from finetune.data.canonical import Conversation, read_split
 from finetune.models import load_tokenizer, resolve_model_source, torch_dtype
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json
@@ -30,13 +30,13 @@ from finetune.training import Batcher, jsonl_log, make_trainer, progress_bar
 log = logging.getLogger(__name__)
 
 
-def _tokenized(tokenizer: Any, split: Path, loss_on: str, max_len: int) -> Any:
+def tokenized(tokenizer: Any, split: Iterable[Conversation], loss_on: str, max_len: int) -> Any:
     """The split as ``input_ids``/``labels`` rows, cut at ``max_len`` tokens (validate has checked that every
     row keeps trained tokens within it), with each row's ``length`` and ``trained`` token counts for the plan."""
     from datasets import Dataset
 
     rows = []
-    for row in read_split(split):
+    for row in split:
         t = tokenize(tokenizer, row)
         labels = (t.input_ids if loss_on == "all" else t.labels)[:max_len]
         rows.append({"input_ids": t.input_ids[:max_len], "labels": labels, "length": len(labels),
@@ -141,8 +141,8 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
     t = run.train
     set_seed(run.seed)  # the adapter's initial weights are drawn when it is attached, before the Trainer exists
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
-    train_set = _tokenized(tokenizer, ctx.input("validate", "train"), t.loss_on, t.max_seq_len)
-    eval_set = _tokenized(tokenizer, ctx.input("validate", "validation"), t.loss_on, t.max_seq_len)
+    train_set = tokenized(tokenizer, read_split(ctx.input("validate", "train")), t.loss_on, t.max_seq_len)
+    eval_set = tokenized(tokenizer, read_split(ctx.input("validate", "validation")), t.loss_on, t.max_seq_len)
     before_model = plan.process_bytes()
     model = load(run)
     plan.release_freed_memory()

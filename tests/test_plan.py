@@ -1,0 +1,162 @@
+"""``python -m finetune plan``: a run's plan from the model's config.json alone, before any download — equal, part
+by part, to the plan a run makes from its loaded model; offline for every config snapshot that ships."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from omegaconf import OmegaConf
+
+from finetune.config import load_run_config
+from finetune.paths import CONF_DIR
+from finetune.plan_command import SNAPSHOTS, snapshot_path
+from tests.conftest import run_cli_in_process
+
+# Billions of parameters as each model's card states them, to the digits it gives (total; Qwen's cards also
+# without the embeddings).
+PUBLISHED_PARAMETERS = {
+    "meta-llama/Llama-3.1-8B-Instruct": "8.03", "meta-llama/Llama-3.2-1B": "1.24",
+    "meta-llama/Llama-3.2-3B-Instruct": "3.21", "Qwen/Qwen3-0.6B": "0.6", "Qwen/Qwen3-1.7B": "1.7",
+    "Qwen/Qwen3-4B": "4.0", "Qwen/Qwen3-8B": "8.2", "microsoft/Phi-3.5-mini-instruct": "3.8",
+}
+QWEN3_NON_EMBEDDING = {"Qwen/Qwen3-0.6B": "0.44", "Qwen/Qwen3-1.7B": "1.4", "Qwen/Qwen3-4B": "3.6",
+                       "Qwen/Qwen3-8B": "6.95"}
+
+
+def rounds_to(count: int, stated: str) -> bool:
+    """``count`` parameters, in billions rounded to the digits of ``stated``, are ``stated``."""
+    digits = len(stated.partition(".")[2])
+    return abs(count / 1e9 - float(stated)) <= 0.5 * 10**-digits + 1e-12
+
+
+@pytest.fixture
+def offline(monkeypatch, tmp_path):
+    """No Hub and an empty Hugging Face cache: what a plan has on a machine that never downloaded the model."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    return tmp_path
+
+
+@pytest.mark.quick
+def test_every_snapshot_builds_the_published_model_on_the_meta_device():
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shipped = {p.stem.replace("--", "/") for p in SNAPSHOTS.glob("*.json")}
+    assert shipped == set(PUBLISHED_PARAMETERS)
+    for hub_id, published in PUBLISHED_PARAMETERS.items():
+        config = AutoConfig.from_pretrained(snapshot_path(hub_id))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+        total = sum(p.numel() for p in model.parameters())
+        assert rounds_to(total, published), (hub_id, total)
+        if hub_id in QWEN3_NON_EMBEDDING:
+            embedding = model.get_input_embeddings().weight.numel() * (1 if config.tie_word_embeddings else 2)
+            assert rounds_to(total - embedding, QWEN3_NON_EMBEDDING[hub_id]), (hub_id, total - embedding)
+
+
+def test_the_plan_from_the_config_alone_equals_the_plan_of_the_run_that_loaded_the_model(tiny_run):
+    """The tiny run's own plan (its loaded fp32 model, on this CPU) against the plan command's (the same config,
+    the model built on the meta device): every part but what only a running process has."""
+    from finetune import plan_command, resolvers
+
+    resolvers.register()
+    run = load_run_config(OmegaConf.load(tiny_run.dir / ".hydra" / "config.yaml"))
+    from_config = plan_command.make(run)
+    loaded = json.loads((tiny_run.dir / "train" / "plan.json").read_text())
+    for key in ("parameters", "trainable_parameters", "adapter_on", "train_rows", "tokens_per_epoch",
+                "tokens_to_train", "optimizer_steps", "largest_micro_batch_tokens", "flops"):
+        assert from_config[key] == loaded[key], key
+    ours, theirs = from_config["memory_estimate_bytes"], loaded["memory_estimate_bytes"]
+    for part in ("weights", "gradients", "optimizer", "activations", "logits"):  # fake tensors: the same shapes
+        assert ours[part] == theirs[part], part
+    assert ours["process"] == ours["allocator"] == 0 < theirs["process"]  # a GPU's memory: no CPU process
+    assert from_config["dtype"] == "float32" and from_config["tokens_counted_with"].startswith("the model's own")
+
+
+def test_a_4bit_plan_counts_the_weights_bitsandbytes_stores(tiny_model, tmp_path):
+    """QLoRA on the meta device: the bytes of the NF4 weights with their quantisation constants, as the tiny model
+    loaded in 4 bit by bitsandbytes holds them (on this CPU)."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    from finetune.plan import _weight_bytes
+
+    model, _ = tiny_model
+    config = model.config
+    with torch.device("meta"):
+        meta = AutoModelForCausalLM.from_config(config, dtype=torch.float32).requires_grad_(False)
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path, dtype=torch.float32, device_map={"": "cpu"},
+                                                  quantization_config=BitsAndBytesConfig(
+                                                      load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                      bnb_4bit_use_double_quant=True,
+                                                      bnb_4bit_compute_dtype=torch.float32))
+    assert _weight_bytes(meta, quantized=True) == _weight_bytes(loaded)
+    assert _weight_bytes(meta, quantized=True) < _weight_bytes(meta)
+
+
+def test_plan_works_offline_for_a_shipped_model_and_downloads_nothing(offline):
+    proc = run_cli_in_process("plan", "+recipe=support_bot", "model=llama3_1_8b", "method=qlora", cwd=offline)
+    out = proc.stdout
+    assert "snapshot meta-llama--Llama-3.1-8B-Instruct.json" in out and "method=qlora, bfloat16 on a GPU" in out
+    assert "SmolLM2-135M's tokenizer" in out  # Llama 3's own is not here: said, not hidden
+    saved = offline / "outputs" / "support_bot" / "plan.Llama-3.1-8B-Instruct.qlora.json"
+    plan = json.loads(saved.read_text())
+    assert plan["parameters"] == pytest.approx(8.03e9 + plan["trainable_parameters"], rel=1e-3)
+    memory = plan["memory_estimate_bytes"]
+    # NF4 linear layers (~0.52 bytes a weight) beside the embedding and output layer, which stay unquantized and
+    # which peft's k-bit preparation casts to fp32 (2 × 128,256 × 4,096 × 4 bytes), and the adapter in bf16
+    linear = 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336)
+    expected = linear * (0.5 + 1 / 64) + 2 * 128256 * 4096 * 4 + plan["trainable_parameters"] * 2
+    assert memory["weights"] == pytest.approx(expected, rel=1e-3)
+    assert memory["process"] == memory["allocator"] == 0
+    fits = [g for g in plan["gpus"] if g["fits"]]
+    assert fits and all(g["memory_gb"] * 1e9 > memory["total"] for g in fits)
+    cheapest = min(fits, key=lambda g: (g["usd"], g["hours"]))["gpu"]
+    assert f"cheapest GPUs that fit (conf/gpu_prices.yaml): {cheapest}" in out
+    assert f"saved: {saved.relative_to(offline)}" in out
+    assert not (offline / "hf-cache").exists()  # no weights, no config fetched: nothing in the HF cache
+    assert [p.name for p in offline.iterdir()] == ["outputs"]  # and no run folder
+
+
+def test_plan_of_a_model_it_cannot_read_offline_says_which_ship(offline):
+    proc = run_cli_in_process("plan", "+recipe=support_bot", "model.source=someone/unknown-7b", cwd=offline,
+                              check=False)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert "\n" not in line and "someone/unknown-7b" in line and "HF_HUB_OFFLINE is set" in line
+    assert "Qwen/Qwen3-8B" in line and "meta-llama/Llama-3.1-8B-Instruct" in line
+    assert not (offline / "outputs").exists()
+
+
+def test_plan_refuses_a_hosted_backend_in_one_line(offline):
+    proc = run_cli_in_process("plan", "+recipe=support_bot", "backend=openai", cwd=offline, check=False)
+    assert proc.returncode == 2 and "backend.name=openai" in proc.stderr and "submit" in proc.stderr
+
+
+HUB_MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")
+                    if snapshot_path(str(OmegaConf.load(p).source)).is_file())
+
+
+def test_plan_works_offline_for_every_shipped_model(offline, dataset):
+    """Each conf/model option whose config ships, with LoRA (QLoRA: the Llama 3.1 test above): built, traced and
+    planned offline."""
+    from finetune import plan_command, resolvers
+    from finetune.cli import register_recipes
+
+    resolvers.register()
+    register_recipes()
+    assert len(HUB_MODELS) == len(PUBLISHED_PARAMETERS)
+    for model in HUB_MODELS:
+        run = plan_command.composed([f"model={model}", f"dataset.path={dataset}", "train.max_seq_len=256"])
+        plan = plan_command.make(run)
+        memory = plan["memory_estimate_bytes"]
+        assert plan["config_from"].startswith("snapshot") and memory["activations"] > 0, model
+        assert 0 < plan["trainable_parameters"] < plan["parameters"] / 50, model
+        base = plan["parameters"] - plan["trainable_parameters"]  # bf16, and the adapter in fp32 (peft's autocast)
+        assert memory["weights"] == pytest.approx(2 * base + 4 * plan["trainable_parameters"], rel=1e-4), model

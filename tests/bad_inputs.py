@@ -146,7 +146,8 @@ CASES: list[Case] = [
          "error: train.lr_sched: no such key; did you mean train.lr_scheduler?"),
     Case("unknown-group-misspelt", ("mehtod.r=8",), "error: mehtod.r: no such key; did you mean method?"),
     Case("unknown-group-option", ("model=nope",),
-         "error: Could not find 'model/nope'; available: smollm2_135m, smollm2_135m_hub, tiny_random"),
+         "error: Could not find 'model/nope'; available: llama3_1_8b, llama3_2_1b, llama3_2_3b, phi3_5_mini, "
+         "qwen3_0_6b, qwen3_1_7b, qwen3_4b, qwen3_8b, smollm2_135m, smollm2_135m_hub, tiny_random"),
     Case("unknown-recipe", ("+recipe=nope",),
          "error: Could not find 'recipe/nope'; available: code_assistant, support_bot"),
     Case("override-syntax", ("train.lr=[",), "error: no viable alternative at input '['; ..."),
@@ -290,7 +291,8 @@ CASES: list[Case] = [
          "error: model.source: cannot read {cwd}/broken.gguf as a GGUF model (...)",
          files={"data.jsonl": GOOD, "broken.gguf": b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64}),
     Case("chat-template-unknown", (*DATA, "model.chat_template=vicuna"),
-         "error: model.chat_template='vicuna': expected a named template (chatml, llama3) or a .jinja file",
+         "error: model.chat_template='vicuna': expected a named template (chatml, llama3, alpaca, alpaca_en) or a "
+         ".jinja file",
          files={"data.jsonl": GOOD}),
     Case("chat-template-file-missing", (*DATA, "model.chat_template=mine.jinja"),
          "error: model.chat_template='mine.jinja': no such file", files={"data.jsonl": GOOD}),

@@ -143,6 +143,7 @@ def families(tokenizer: Any) -> tuple[TemplateFamily, ...]:
     eos, bos = tokenizer.eos_token or "", adds_bos(tokenizer)
     return (*FAMILIES, *(instruction_family(name, prompt, eos, bos) for name, prompt in ALPACA_PROMPTS.items()))
 
+
 PROBES: tuple[list[Message], ...] = (
     [{"role": "system", "content": "S1"}, {"role": "user", "content": "U1"}],
     [

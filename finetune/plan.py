@@ -240,11 +240,46 @@ def _saved_bytes(model: Any, tokens: int) -> int:
     return sum(storages.values())
 
 
+def _uniform_layers(model: Any) -> tuple[Any, str] | None:
+    """The module holding the decoder's layers and the attribute's name, when every layer has the same
+    parameters of the same shapes (a plain decoder; not one that mixes dense and expert layers)."""
+    import torch
+
+    count = model.config.get_text_config().num_hidden_layers
+    for parent in model.modules():
+        for name, child in parent.named_children():
+            if isinstance(child, torch.nn.ModuleList) and len(child) == count:
+                shapes = {tuple((n, tuple(p.shape)) for n, p in layer.named_parameters()) for layer in child}
+                return (parent, name) if len(shapes) == 1 else None
+    return None
+
+
+def _traced_bytes(model: Any, tokens: int) -> int:
+    """``_saved_bytes``; for a model on the meta device whose layers are all alike, from its first layer and its
+    first two alone (L layers save A(1) + (L − 1)·(A(2) − A(1))): fake tensors cost per operation, and a 70B
+    model has 80 layers."""
+    import torch
+
+    found = _uniform_layers(model) if next(model.parameters()).device.type == "meta" else None
+    layers = getattr(*found) if found else ()
+    if len(layers) <= 2:
+        return _saved_bytes(model, tokens)
+    parent, name = found
+    try:
+        setattr(parent, name, torch.nn.ModuleList(layers[:1]))
+        one = _saved_bytes(model, tokens)
+        setattr(parent, name, torch.nn.ModuleList(layers[:2]))
+        two = _saved_bytes(model, tokens)
+    finally:
+        setattr(parent, name, layers)
+    return one + (len(layers) - 1) * (two - one)
+
+
 def _activation_bytes(model: Any, tokens: int, checkpointing: bool) -> int:
     """Saved activations for a micro-batch of ``tokens``: traced at two lengths, so that what grows with the
     tokens and what does not (anything the size of a weight) are told apart."""
     half = TRACE_TOKENS // 2
-    short, long = _saved_bytes(model, half), _saved_bytes(model, TRACE_TOKENS)
+    short, long = _traced_bytes(model, half), _traced_bytes(model, TRACE_TOKENS)
     per_token = (long - short) / half
     fixed = max(0.0, short - per_token * half)
     if checkpointing:  # kept: each layer's input; recomputed at a time: one layer

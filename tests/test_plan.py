@@ -160,3 +160,23 @@ def test_plan_works_offline_for_every_shipped_model(offline, dataset):
         assert 0 < plan["trainable_parameters"] < plan["parameters"] / 50, model
         base = plan["parameters"] - plan["trainable_parameters"]  # bf16, and the adapter in fp32 (peft's autocast)
         assert memory["weights"] == pytest.approx(2 * base + 4 * plan["trainable_parameters"], rel=1e-4), model
+
+
+@pytest.mark.quick
+def test_a_deep_model_on_the_meta_device_is_traced_from_two_layers_exactly():
+    """Fake tensors cost per operation: a model whose layers are all alike is traced from its first layer and
+    its first two, and that gives exactly what tracing every layer gives."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    from finetune.plan import _saved_bytes, _traced_bytes
+
+    config = Qwen3Config(hidden_size=64, intermediate_size=96, num_hidden_layers=5, num_attention_heads=4,
+                         num_key_value_heads=2, head_dim=32, vocab_size=1000)
+    with torch.device("meta"):
+        model = get_peft_model(AutoModelForCausalLM.from_config(config), LoraConfig(r=4, lora_dropout=0.1,
+                                                                                     target_modules="all-linear"))
+    for tokens in (64, 128):
+        assert _traced_bytes(model, tokens) == _saved_bytes(model, tokens) > 0
+    assert len(model.get_base_model().model.layers) == 5  # put back

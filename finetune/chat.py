@@ -56,9 +56,17 @@ class TokenizedConversation:
 
 def render(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None = None,
            add_generation_prompt: bool = False) -> str:
-    """The model's chat template applied as text (what it will see before tokenization)."""
-    return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
-                                         add_generation_prompt=add_generation_prompt)
+    """The model's chat template applied as text (what it will see before tokenization). A template that refuses
+    the conversation (Gemma 2's raises on a system message) is a ``ChatTemplateError`` naming its reason."""
+    from jinja2 import TemplateError
+
+    try:
+        return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
+                                             add_generation_prompt=add_generation_prompt)
+    except TemplateError as e:
+        raise ChatTemplateError(f"the model's chat template refuses this conversation ({e}); set "
+                                f"model.chat_template to one that takes it ({', '.join(NAMED)} or a .jinja file), "
+                                "or change the data") from None
 
 
 @functools.lru_cache(maxsize=8)

@@ -294,6 +294,16 @@ CASES: list[Case] = [
          "error: model.chat_template='vicuna': expected a named template (chatml, llama3, alpaca, alpaca_en) or a "
          ".jinja file",
          files={"data.jsonl": GOOD}),
+    # Gemma 2's template as Google ships it (llama.cpp's models/templates/google-gemma-2-2b-it.jinja): no system role
+    Case("chat-template-refuses-the-data", (*DATA, "model.chat_template=gemma2.jinja"),
+         "error: data.jsonl:1: the model's chat template refuses this conversation (System role not "
+         "supported); set model.chat_template to one that takes it (chatml, llama3, alpaca, alpaca_en or a .jinja "
+         "file), or change the data",
+         files={"data.jsonl": GOOD, "gemma2.jinja": (
+             b"{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
+             b"{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}"
+             b"{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
+             b"{% endfor %}")}),
     Case("chat-template-file-missing", (*DATA, "model.chat_template=mine.jinja"),
          "error: model.chat_template='mine.jinja': no such file", files={"data.jsonl": GOOD}),
     Case("package-not-installed", (*DATA, "model.source=package:no_such_pkg/model.gguf"),

@@ -175,5 +175,10 @@ def test_the_plan_orders_gpus_by_cost_and_says_when_this_cpu_is_enough():
     shown = text(plan).splitlines()
     assert shown[2].endswith("; this CPU is enough, no GPU needed")
     assert shown[3].startswith("  cheapest GPUs that fit (conf/gpu_prices.yaml): T4 16GB 31 s < $0.01;")
+    plan["here"] |= {"memory_bytes": 30e9, "memory_available_bytes": 20e9}  # a plan from the config alone
+    assert text(plan).splitlines()[2].endswith("; in fp32 it needs 30.00 GB of memory, this machine has 20.00 GB "
+                                                "available")
     plan["here"]["estimated_s"] = 7200.0
     assert "no GPU needed" not in text(plan)
+    plan["gpus"] = gpu_costs(1e15, 200e9)
+    assert text(plan).splitlines()[-1].startswith("  no GPU of conf/gpu_prices.yaml fits: try method=qlora")

@@ -28,3 +28,4 @@ def test_wheel_runs_from_any_directory(tmp_path):
     assert spec.dataset.path == str(target / "finetune" / "bundled_data" / "support_bot" / "conversations.jsonl")
     assert (target / "finetune" / "conf" / "config.yaml").is_file()
     assert (target / "finetune" / "recipes" / "support_bot.yaml").is_file()
+    assert (target / "finetune" / "model_configs" / "meta-llama--Llama-3.1-8B-Instruct.json").is_file()  # plan, offline

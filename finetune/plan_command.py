@@ -60,7 +60,7 @@ def model_config(cfg: ModelConfig) -> tuple[Any, str]:
     from finetune.models import is_hub_id, load_config
 
     if not is_hub_id(cfg.source) or cfg.random_init is not None:
-        return load_config(cfg), cfg.source
+        return load_config(cfg), "its config.json"
     if cached := _hub_file(cfg, "config.json"):
         return AutoConfig.from_pretrained(cached.parent, trust_remote_code=cfg.trust_remote_code), "local HF cache"
     if cfg.revision is None and snapshot_path(cfg.source).is_file():

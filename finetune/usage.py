@@ -16,7 +16,7 @@ COMMANDS = (
     ("python -m finetune [+recipe=NAME] [key=value ...]", "a run: validate, train, merge, evaluate, export, card"),
     ("python -m finetune -m [+recipe=NAME] key=a,b ...", "a sweep: one run per combination, then a summary"),
     ("python -m finetune compare A B [--json]", "two run directories' config and numbers in one table"),
-    ("python -m finetune plan [+recipe=NAME] [key=value ...]", "memory, time and cost per GPU; downloads no weights"),
+    ("python -m finetune plan [+recipe=NAME] [key=value ...]", "memory, time and cost per GPU; no weights"),
 )
 HELP_OVERRIDE = "hydra/help=finetune"
 
@@ -51,7 +51,7 @@ def _literal(text: str) -> str:
 
 
 def help_template(recipes: Sequence[Path]) -> str:
-    commands = "\n".join(f"  {usage:<52} {what}" for usage, what in COMMANDS)
+    commands = "\n".join(f"  {usage:<56} {what}" for usage, what in COMMANDS)
     listed = "\n".join(_recipe_line(p) for p in recipes)
     page = (f"{ABOUT}\n\n== Commands ==\n{commands}\n\n== Recipes (+recipe=NAME) ==\n{listed}\n\n"
             "== Configuration groups (group=option) ==\n")

@@ -15,7 +15,8 @@ from omegaconf import OmegaConf
 from finetune.config import load_run_config
 from finetune.paths import CONF_DIR
 from finetune.plan_command import SNAPSHOTS, snapshot_path
-from tests.conftest import run_cli, run_cli_in_process
+
+from .conftest import run_cli, run_cli_in_process
 
 # Billions of parameters as each model's card states them, to the digits it gives (total; Qwen's cards also
 # without the embeddings).

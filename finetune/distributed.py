@@ -32,14 +32,17 @@ class Strategy:
     cuda_only: bool  # shards the model across CUDA GPUs
     package: str | None = None  # an optional dependency it runs on
     arguments: dict[str, Any] = field(default_factory=dict)
+    sharded: tuple[str, ...] = ()  # the plan's memory parts split across the processes (each holds 1/N)
 
 
 STRATEGIES: dict[str, Strategy] = {
     "ddp": Strategy(cuda_only=False),
     "fsdp": Strategy(cuda_only=True, arguments={"fsdp": "full_shard auto_wrap",
-                                                "fsdp_config": {"use_orig_params": True}}),
-    "deepspeed": Strategy(cuda_only=True, package="deepspeed",
-                          arguments={"deepspeed": str(CONF_DIR / "deepspeed" / "zero2.json")}),
+                                                "fsdp_config": {"use_orig_params": True}},
+                     sharded=("weights", "gradients", "optimizer")),
+    "deepspeed": Strategy(cuda_only=True, package="deepspeed",  # ZeRO stage 2: gradients and optimizer state
+                          arguments={"deepspeed": str(CONF_DIR / "deepspeed" / "zero2.json")},
+                          sharded=("gradients", "optimizer")),
 }
 
 

@@ -295,13 +295,15 @@ def _gpu_table() -> list[dict[str, Any]]:
     return yaml.safe_load((CONF_DIR / "gpu_prices.yaml").read_text(encoding="utf-8"))["gpus"]
 
 
-def gpu_costs(flops: float, memory_bytes: float) -> list[dict[str, Any]]:
-    """Each GPU of the price table: whether ``memory_bytes`` fits, the hours ``flops`` take and what they cost."""
+def gpu_costs(flops: float, memory_bytes: float, count: int = 1) -> list[dict[str, Any]]:
+    """Each GPU of the price table, ``count`` of them sharing the work: whether ``memory_bytes`` (one process's)
+    fits, the hours ``flops`` take and what the ``count`` GPUs cost for them."""
     gpus = []
     for g in _gpu_table():
-        hours = flops / (g["bf16_tflops"] * 1e12 * ASSUMED_MFU) / 3600
-        gpus.append({"gpu": g["name"], "memory_gb": g["memory_gb"], "fits": memory_bytes < g["memory_gb"] * 1e9,
-                     "hours": round(hours, 5), "usd": round(max(hours, BILLED_AT_LEAST_H) * g["usd_per_hour"], 4)})
+        hours = flops / (count * g["bf16_tflops"] * 1e12 * ASSUMED_MFU) / 3600
+        gpus.append({"gpu": g["name"], "count": count, "memory_gb": g["memory_gb"],
+                     "fits": memory_bytes < g["memory_gb"] * 1e9, "hours": round(hours, 5),
+                     "usd": round(count * max(hours, BILLED_AT_LEAST_H) * g["usd_per_hour"], 4)})
     return gpus
 
 
@@ -336,6 +338,7 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
     would load it (4-bit weights for QLoRA)."""
     import torch
 
+    from finetune.distributed import STRATEGIES
     from finetune.methods import METHODS
 
     t = run.train
@@ -360,13 +363,15 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
         "logits": 3 * 4 * model.config.get_text_config().vocab_size * t.batch_size * max(trained),
         "process": 0 if on_gpu else baseline_bytes,
     }
+    for part in STRATEGIES[t.distributed].sharded if processes > 1 else ():  # each process holds its share
+        memory[part] = math.ceil(memory[part] / processes)
     memory["allocator"] = 0 if on_gpu else int(CPU_ALLOCATOR_SLACK * (memory["activations"] + memory["logits"]))
     memory["total"] = sum(memory.values())
     adapter = trainable < total / 2
     flops_per_token = (4 if adapter else 6) * total + (2 * total if t.gradient_checkpointing else 0)
     flops = flops_per_token * tokens
     here = (torch.cuda.get_device_name() if cuda else cpu_name(), None if cuda else _cpu_matmul_flops())
-    gpus = gpu_costs(flops, memory["total"] - memory["process"] - memory["allocator"])
+    gpus = gpu_costs(flops, memory["total"] - memory["process"] - memory["allocator"], processes)
     adapter_config = getattr(model, "peft_config", {}).get("default")
     return {
         "parameters": total,
@@ -378,6 +383,8 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
         "tokens_to_train": int(tokens),
         "optimizer_steps": steps,
         "largest_micro_batch_tokens": micro_tokens,
+        "processes": processes,
+        "distributed": t.distributed if processes > 1 else None,
         "memory_estimate_bytes": memory,
         "flops": flops,
         "assumed_mfu": ASSUMED_MFU,
@@ -408,7 +415,8 @@ def text(plan: dict[str, Any]) -> str:
         f"({plan['trainable_percent']}%{where}); "
         f"{plan['train_rows']} rows, {plan['tokens_per_epoch']:,} tokens per epoch, "
         f"{plan['optimizer_steps']} optimizer steps, {plan['tokens_to_train']:,} tokens",
-        f"  memory estimate {_gb(m['total'])} ({parts})",
+        f"  memory estimate {_gb(m['total'])}" + (f" per process ({plan['distributed']} over {plan['processes']})"
+                                                  if plan.get("distributed") else "") + f" ({parts})",
     ]
     here = plan["here"]
     if here["estimated_s"] is not None:
@@ -422,7 +430,8 @@ def text(plan: dict[str, Any]) -> str:
     cheapest = sorted((g for g in plan["gpus"] if g["fits"]), key=lambda g: (g["usd"], g["hours"]))[:3]
     if cheapest:
         lines.append("  cheapest GPUs that fit (conf/gpu_prices.yaml): " + "; ".join(
-            f"{g['gpu']} {_duration(g['hours'] * 3600)} {_usd(g['usd'])}" for g in cheapest))
+            f"{g.get('count', 1)}× " * (g.get("count", 1) > 1) + f"{g['gpu']} {_duration(g['hours'] * 3600)} "
+            f"{_usd(g['usd'])}" for g in cheapest))
     else:
         lines.append("  no GPU of conf/gpu_prices.yaml fits: try method=qlora, train.gradient_checkpointing=true, a "
                      "smaller train.batch_size or train.max_seq_len, or several GPUs (train.distributed=fsdp)")

@@ -241,3 +241,29 @@ def test_plan_of_any_hub_model_online_reads_its_config_and_tokenizer_and_no_weig
     assert plan["parameters"] == pytest.approx(0.596e9 + plan["trainable_parameters"], rel=1e-3)
     asked = {r.split()[1].split("?")[0].rpartition("/")[2] for r in ModelHub.requests if "/resolve/" in r}
     assert {"config.json", "tokenizer.json"} <= asked and not any(name.endswith(".safetensors") for name in asked)
+
+
+def test_a_plan_over_several_gpus_gives_each_its_share(offline, dataset):
+    """FSDP shards weights, gradients and optimizer state across the processes, ZeRO-2 the last two, DDP none; the
+    GPU time divides by their number and the bill multiplies by it."""
+    from finetune import plan_command, resolvers
+    from finetune.cli import register_recipes
+
+    resolvers.register()
+    register_recipes()
+    common = ["model=llama3_2_1b", "method=full", f"dataset.path={dataset}", "train.max_seq_len=256"]
+    one = plan_command.make(plan_command.composed(common))
+    memory = one["memory_estimate_bytes"]
+    for strategy, sharded in (("ddp", ()), ("fsdp", ("weights", "gradients", "optimizer")),
+                              ("deepspeed", ("gradients", "optimizer"))):
+        four = plan_command.make(plan_command.composed([*common, "train.num_processes=4",
+                                                        f"train.distributed={strategy}"]))
+        shares = four["memory_estimate_bytes"]
+        for part in ("weights", "gradients", "optimizer", "activations", "logits"):
+            assert shares[part] == (-(-memory[part] // 4) if part in sharded else memory[part]), (strategy, part)
+        assert all(g["count"] == 4 for g in four["gpus"]) and four["flops"] == one["flops"]
+    from finetune.plan import gpu_costs
+
+    [alone], [shared] = ([g for g in gpu_costs(1e19, 1e9, n) if g["gpu"] == "H100 80GB"] for n in (1, 4))
+    assert shared["hours"] == pytest.approx(alone["hours"] / 4, rel=1e-3)
+    assert shared["usd"] == pytest.approx(alone["usd"], rel=1e-3)  # four GPUs for a quarter of the time

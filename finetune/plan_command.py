@@ -141,8 +141,10 @@ def make(run: RunConfig) -> dict[str, Any]:
                            baseline_bytes=plan.process_bytes(), on_gpu=False)
         here |= {"memory_bytes": on_cpu["memory_estimate_bytes"]["total"],
                  "memory_available_bytes": plan.available_bytes()}
+    notices = ["dataset.synthetic: its conversations are written by the run (the synthesize stage), not for a plan; "
+               "the rows counted are the other sources'"] if run.dataset.synthetic is not None else []
     return {**the_plan, "model": run.model.source, "config_from": source, "method": run.method.name,
-            "dtype": dtype, "tokens_counted_with": counted}
+            "dtype": dtype, "tokens_counted_with": counted, "notices": notices}
 
 
 def composed(overrides: list[str]) -> RunConfig:
@@ -185,5 +187,7 @@ def main(args: list[str]) -> int:
     print(f"plan for {run.model.source} ({the_plan['config_from']}), method={run.method.name}, "
           f"{the_plan['dtype']} on a GPU; tokens counted with {the_plan['tokens_counted_with']}")
     print(plan.text(the_plan))
+    for notice in the_plan["notices"]:
+        print(f"  note: {notice}")
     print(f"saved: {out}")
     return 0

@@ -126,7 +126,13 @@ def test_plan_works_offline_for_a_shipped_model_and_downloads_nothing(offline):
     assert f"cheapest GPUs that fit (conf/gpu_prices.yaml): {cheapest}" in out
     assert f"saved: {saved.relative_to(offline)}" in out
     assert not (offline / "hf-cache").exists()  # no weights, no config fetched: nothing in the HF cache
+    assert plan["notices"] == [] and "note:" not in out
     assert [p.name for p in offline.iterdir()] == ["outputs"]  # and no run folder
+
+
+def test_a_plan_says_that_synthetic_conversations_are_not_counted(offline):
+    proc = run_cli_in_process("plan", "+recipe=support_bot", "+dataset/synthetic=example", cwd=offline)
+    assert "  note: dataset.synthetic: its conversations are written by the run" in proc.stdout
 
 
 def test_plan_of_a_model_it_cannot_read_offline_says_which_ship(offline):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -22,7 +23,35 @@ REPOS = {
 ERRORS = {"org/missing": (401, "RepoNotFound"), "org/gated": (403, "GatedRepo")}
 
 
-class Hub(BaseHTTPRequestHandler):
+class WireFormat(BaseHTTPRequestHandler):
+    """A handler of a local server standing in for the Hub: replies as the Hub does, and logs nothing."""
+
+    def reply(self, status: int, body: bytes, headers: dict[str, str]) -> None:
+        """``status`` with ``headers`` and ``body`` (not sent for a HEAD request, as the Hub does)."""
+        self.send_response(status)
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def serving(handler: type[WireFormat]) -> Iterator[str]:
+    """``handler`` served on a free local port for the block: its URL, for ``HF_ENDPOINT``."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+
+
+class Hub(WireFormat):
     requests: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's name)
@@ -33,24 +62,13 @@ class Hub(BaseHTTPRequestHandler):
         else:
             status, code = ERRORS.get(repo, (404, "RepoNotFound"))
             body, headers = json.dumps({"error": code}).encode(), {"X-Error-Code": code}
-        self.send_response(status)
-        for name, value in {"Content-Type": "application/json", **headers}.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
+        self.reply(status, body, {"Content-Type": "application/json", **headers})
 
 
 @pytest.fixture(scope="module")
 def hub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Hub)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(Hub) as url:
+        yield url
 
 
 @pytest.mark.parametrize(("repo", "line"), [
@@ -77,22 +95,13 @@ DATASET_SHA = "d" * 40
 DATASET_FILES = {"data/train.jsonl": GOOD}
 
 
-class DatasetHub(BaseHTTPRequestHandler):
+class DatasetHub(WireFormat):
     """Just enough of the Hub for `load_dataset("org/chats")`: repo info, tree listings, file downloads."""
 
     requests: list[str] = []
 
-    def _send(self, status: int, body: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
     def _json(self, data: object) -> None:
-        self._send(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
+        self.reply(200, json.dumps(data).encode(), {"Content-Type": "application/json"})
 
     def _tree(self, folder: str, recursive: bool) -> list[dict]:
         items: list[dict] = []
@@ -117,22 +126,17 @@ class DatasetHub(BaseHTTPRequestHandler):
             return self._json(self._tree(folder, "recursive=true" in self.path.lower()))
         name = path.partition(f"/datasets/org/chats/resolve/{DATASET_SHA}/")[2]
         if name in DATASET_FILES:
-            return self._send(200, DATASET_FILES[name], {"ETag": '"1"', "X-Repo-Commit": DATASET_SHA})
+            return self.reply(200, DATASET_FILES[name], {"ETag": '"1"', "X-Repo-Commit": DATASET_SHA})
         code = "RepoNotFound" if path.startswith("/api/datasets/") else "EntryNotFound"
-        self._send(404, json.dumps({"error": code}).encode(), {"X-Error-Code": code})
+        self.reply(404, json.dumps({"error": code}).encode(), {"X-Error-Code": code})
 
     do_HEAD = do_GET  # noqa: N815
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 @pytest.fixture(scope="module")
 def dataset_hub() -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DatasetHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
+    with serving(DatasetHub) as url:
+        yield url
 
 
 def test_a_hub_dataset_loads_through_datasets(dataset_hub, tmp_path: Path):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from finetune.paths import CONF_DIR
 from finetune.plan_command import SNAPSHOTS, snapshot_path
 
 from .conftest import run_cli, run_cli_in_process
+from .test_hub_source import WireFormat, serving
 
 # Billions of parameters as each model's card states them, to the digits it gives (total; Qwen's cards also
 # without the embeddings).
@@ -193,7 +192,7 @@ def test_a_deep_model_on_the_meta_device_is_traced_from_two_layers_exactly():
     assert len(model.get_base_model().model.layers) == 5  # put back
 
 
-class ModelHub(BaseHTTPRequestHandler):
+class ModelHub(WireFormat):
     """Just enough of the Hub for ``from_pretrained`` to read a model repo's files: ``/<repo>/resolve/<rev>/<file>``
     (HEAD and GET, with the commit and ETag headers huggingface_hub reads), 404 for a file the repo lacks."""
 
@@ -208,18 +207,9 @@ class ModelHub(BaseHTTPRequestHandler):
             headers = {"ETag": f'"{hashlib.sha256(body).hexdigest()}"', "X-Repo-Commit": "a" * 40}
         else:
             body, status, headers = b'{"error": "EntryNotFound"}', 404, {"X-Error-Code": "EntryNotFound"}
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
+        self.reply(status, body, headers)
 
     do_HEAD = do_GET  # noqa: N815
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def test_plan_of_any_hub_model_online_reads_its_config_and_tokenizer_and_no_weights(tmp_path, dataset):
@@ -233,14 +223,9 @@ def test_plan_of_any_hub_model_online_reads_its_config_and_tokenizer_and_no_weig
                       **{f.name: f.read_bytes() for f in smollm2.iterdir() if f.suffix != ".safetensors"
                          and f.name != "config.json"},
                       "model.safetensors": b"never asked for"}
-    server = ThreadingHTTPServer(("127.0.0.1", 0), ModelHub)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(ModelHub) as url:
         proc = run_cli("plan", "model.source=org/qwen3", f"dataset.path={dataset}", "train.max_seq_len=256",
-                       cwd=tmp_path, env={"HF_ENDPOINT": f"http://127.0.0.1:{server.server_address[1]}",
-                                          "HF_HOME": str(tmp_path / "hf")})
-    finally:
-        server.shutdown()
+                       cwd=tmp_path, env={"HF_ENDPOINT": url, "HF_HOME": str(tmp_path / "hf")})
     assert "plan for org/qwen3 (the Hub (config.json))" in proc.stdout
     assert "tokens counted with the model's own tokenizer" in proc.stdout
     plan = json.loads((tmp_path / "outputs" / "default" / "plan.qwen3.lora.json").read_text())

@@ -123,18 +123,19 @@ def apply(tokenizer: Any, value: str) -> None:
     """Give ``tokenizer`` the template ``value`` names; a named template's special tokens must be tokens of it
     (a template whose end-of-turn splits into pieces could not be trained to stop). An instruction prompt starts
     with the BOS token where the tokenizer adds one (``adds_bos``)."""
-    if value in NAMED:
-        if NAMED[value].ends_with_eos and not tokenizer.eos_token:
+    named = NAMED.get(value)
+    if named is not None:
+        if named.ends_with_eos and not tokenizer.eos_token:
             raise ChatTemplateSettingError(f"model.chat_template={value}: ends each answer with the model's EOS "
                                            "token, and this tokenizer has none; choose a .jinja file")
         vocab = tokenizer.get_vocab()
-        missing = [t for t in NAMED[value].tokens if t not in vocab]
+        missing = [t for t in named.tokens if t not in vocab]
         if missing:
             raise ChatTemplateSettingError(
                 f"model.chat_template={value}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                 f"a token of this model's vocabulary; choose another template ({', '.join(NAMED)}) or a .jinja "
                 "file written in tokens the model has")
     text = template_text(value)
-    if value in NAMED and NAMED[value].ends_with_eos and adds_bos(tokenizer):
+    if named is not None and named.ends_with_eos and adds_bos(tokenizer):
         text = "{{ bos_token }}" + text
     tokenizer.chat_template = text

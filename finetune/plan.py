@@ -430,7 +430,7 @@ def text(plan: dict[str, Any]) -> str:
     cheapest = sorted((g for g in plan["gpus"] if g["fits"]), key=lambda g: (g["usd"], g["hours"]))[:3]
     if cheapest:
         lines.append("  cheapest GPUs that fit (conf/gpu_prices.yaml): " + "; ".join(
-            f"{g.get('count', 1)}× " * (g.get("count", 1) > 1) + f"{g['gpu']} {_duration(g['hours'] * 3600)} "
+            (f"{g['count']}× " if g["count"] > 1 else "") + f"{g['gpu']} {_duration(g['hours'] * 3600)} "
             f"{_usd(g['usd'])}" for g in cheapest))
     else:
         lines.append("  no GPU of conf/gpu_prices.yaml fits: try method=qlora, train.gradient_checkpointing=true, a "

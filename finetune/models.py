@@ -311,6 +311,19 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     return _TOKENIZERS[key]
 
 
+def save_tokenizer(tokenizer: Any, source: str, cfg: ModelConfig, out: Path) -> None:
+    """``save_pretrained`` into ``out``, with the SentencePiece model of ``source`` (``tokenizer.model``) beside it
+    where it has one: transformers 5 no longer writes that file, and a GGUF's token scores come from it, as in
+    llama.cpp's own conversion."""
+    from transformers.utils import cached_file
+
+    tokenizer.save_pretrained(str(out))
+    found = cached_file(source, "tokenizer.model", revision=cfg.revision,
+                        _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
+    if found and not (out / "tokenizer.model").is_file():
+        shutil.copyfile(found, out / "tokenizer.model")
+
+
 def _load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     from transformers import AutoTokenizer
 

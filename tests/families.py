@@ -25,10 +25,14 @@ class Family:
     last_turn_prefix: str  # what the template writes before the last assistant turn's content alone (Qwen 3's
     # empty thinking block), trained with it
     modelfile_family: str  # finetune.export.modelfile's TemplateFamily.name
+    target_modules: tuple[str, ...]  # what method.target_modules=auto picks: the block's projections
     # metadata llama.cpp's converter writes and ours does not, and the reverse (general.name differs anyway: ours is
     # the run's name)
     only_llama_cpps: tuple[str, ...]
     only_ours: tuple[str, ...] = ()
+    # transformers 5 reads the tokenizer as a Llama one, which adds ▁ only to a text's start and not where the text
+    # starts with a space, unlike SentencePiece and llama.cpp: its ids differ on such texts
+    space_prefix_at_start_only: bool = False
 
 
 # Llama 3.1's RoPE scaling with a short original context, so that its factors change the rotations within a short
@@ -203,26 +207,66 @@ def qwen3_folder(out: Path) -> Path:
     return out
 
 
-def phi35_tokenizer(template: str = "microsoft-Phi-3.5-mini-instruct.jinja") -> Any:
-    """Phi-3's tokenizer (llama.cpp's ``ggml-vocab-phi-3.gguf``, read by transformers: SentencePiece BPE with byte
-    fallback, 32,000 pieces and the 64 added tokens ``<|endoftext|>``, ``<|user|>``, ``<|end|>``, …) with
-    Phi-3.5-mini-instruct's chat template."""
+# Phi-3's added tokens after its SentencePiece model's 32,000 pieces (ids 32000 on), and which of all its added
+# tokens the released tokenizer_config.json marks special and right-stripping (whitespace after it is part of it).
+PHI3_ADDED = ("<|endoftext|>", "<|assistant|>", "<|placeholder1|>", "<|placeholder2|>", "<|placeholder3|>",
+              "<|placeholder4|>", "<|system|>", "<|end|>", "<|placeholder5|>", "<|placeholder6|>", "<|user|>")
+_PHI3_NOT_SPECIAL, _PHI3_NOT_RSTRIP = {"</s>"}, {"<unk>", "<s>", "<|endoftext|>"}
+
+
+def phi3_sentencepiece_model(out: Path) -> None:
+    """Phi-3's ``tokenizer.model`` (Llama 2's SentencePiece BPE model): the 32,000 pieces and scores of llama.cpp's
+    ``ggml-vocab-phi-3.gguf``, ``<unk>``, ``<s>``, ``</s>`` and the 256 byte pieces typed as SentencePiece types
+    them, Llama 2's normaliser (a space prefix, spaces as ▁, nothing else) and byte fallback."""
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    from finetune.gguf_header import gguf_value
+
+    path = llama_cpp_folder() / "models" / "ggml-vocab-phi-3.gguf"
+    tokens, scores = gguf_value(path, "tokenizer.ggml.tokens"), gguf_value(path, "tokenizer.ggml.scores")
+    piece_type = sp.ModelProto.SentencePiece
+    model = sp.ModelProto()
+    for i in range(32000):
+        kind = (piece_type.UNKNOWN if i == 0 else piece_type.CONTROL if i < 3 else piece_type.BYTE if i < 259
+                else piece_type.NORMAL)
+        model.pieces.add(piece=tokens[i], type=kind, score=scores[i] if kind == piece_type.NORMAL else 0.0)
+    model.trainer_spec.MergeFrom(sp.TrainerSpec(model_type=sp.TrainerSpec.BPE, vocab_size=32000, byte_fallback=True,
+                                                split_digits=True, unk_id=0, bos_id=1, eos_id=2, pad_id=-1))
+    model.normalizer_spec.MergeFrom(sp.NormalizerSpec(name="identity", add_dummy_prefix=True,
+                                                      remove_extra_whitespaces=False, escape_whitespaces=True))
+    (out / "tokenizer.model").write_bytes(model.SerializeToString())
+
+
+def phi35_tokenizer_files(out: Path, template: str = "microsoft-Phi-3.5-mini-instruct.jinja") -> None:
+    """Phi-3.5-mini-instruct's tokenizer as released: ``tokenizer.model``, a ``tokenizer_config.json`` with its
+    settings (LlamaTokenizer, ``legacy: false``, no BOS added, EOS ``<|endoftext|>``, the added tokens special and
+    right-stripping as released) and chat template; ``tokenizer.json`` as transformers writes it from them."""
     from transformers import AutoTokenizer
 
-    models = llama_cpp_folder() / "models"
-    tokenizer = AutoTokenizer.from_pretrained(models, gguf_file="ggml-vocab-phi-3.gguf")
-    tokenizer.chat_template = (models / "templates" / template).read_text(encoding="utf-8")
-    return tokenizer
+    out.mkdir(parents=True, exist_ok=True)
+    phi3_sentencepiece_model(out)
+    names = ["<unk>", "<s>", "</s>", *PHI3_ADDED]
+    ids = [0, 1, 2, *range(32000, 32000 + len(PHI3_ADDED))]
+    added = {str(i): {"content": name, "lstrip": False, "normalized": False, "rstrip": name not in _PHI3_NOT_RSTRIP,
+                      "single_word": False, "special": name not in _PHI3_NOT_SPECIAL}
+             for i, name in zip(ids, names, strict=True)}
+    config = {"add_bos_token": False, "add_eos_token": False, "added_tokens_decoder": added, "bos_token": "<s>",
+              "chat_template": (llama_cpp_folder() / "models" / "templates" / template).read_text("utf-8"),
+              "clean_up_tokenization_spaces": False, "eos_token": "<|endoftext|>", "legacy": False,
+              "model_max_length": 131072, "pad_token": "<|endoftext|>", "padding_side": "left",
+              "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
+              "use_default_system_prompt": False}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    AutoTokenizer.from_pretrained(out).save_pretrained(out)
 
 
 def phi35_folder(out: Path) -> Path:
     """A tiny random Phi-3.5-mini (fused Q/K/V and gate/up projections, LongRoPE with short and long factors, an
-    untied output) with Phi-3's tokenizer and Phi-3.5's chat template, saved at ``out``."""
+    untied output) with Phi-3.5's tokenizer and chat template, saved at ``out``."""
     import torch
-    from transformers import Phi3Config, Phi3ForCausalLM
+    from transformers import GenerationConfig, Phi3Config, Phi3ForCausalLM
 
-    out.mkdir(parents=True, exist_ok=True)
-    phi35_tokenizer().save_pretrained(out)
+    phi35_tokenizer_files(out)
     torch.manual_seed(0)
     half_head = 64 // 4 // 2  # a factor per rotary frequency
     rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 4096,
@@ -233,7 +277,9 @@ def phi35_folder(out: Path) -> Path:
                         sliding_window=262144, tie_word_embeddings=False, bos_token_id=1, eos_token_id=32000,
                         pad_token_id=32000)
     model = Phi3ForCausalLM(config)
+    _sharpen(model)
     model.save_pretrained(out)
+    GenerationConfig(bos_token_id=1, eos_token_id=[32007, 32001, 32000], pad_token_id=32000).save_pretrained(out)
     return out
 
 
@@ -247,7 +293,7 @@ def _sharpen(model: Any) -> None:
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.normal_(1.0 if "norm" in name else 0.0, 0.3)
-            elif name.endswith(("q_proj.weight", "k_proj.weight")):
+            elif name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 p.mul_(8)
         model.model.norm.weight.mul_(4)
 
@@ -255,15 +301,27 @@ def _sharpen(model: Any) -> None:
 # llama.cpp's converter also writes the generation config's sampling defaults (ours are the Modelfile's PARAMETERs,
 # from export.temperature/top_p), a size label for Hub listings and, for Llama, a SEP flag. We write the head sizes,
 # RoPE dimensions and vocabulary size for every architecture; llama.cpp's converter the head sizes only where the
-# config gives head_dim (Qwen 3) or for Llama, and llama.cpp derives the same values when they are absent.
+# config gives head_dim (Qwen 3) or for Llama, and llama.cpp derives the same values when they are absent. For
+# Phi-3.5, llama.cpp's converter names the SentencePiece vocabulary's pre-tokenizer "default" (which llama.cpp does
+# not read for it) and writes no add-BOS/EOS flags, as the tokenizer_config.json transformers 5 saves has none:
+# llama.cpp would then add BOS, which the tokenizer does not; and no space-prefix flag, so llama.cpp would add ▁
+# after every special token, which the tokenizer does not (gguf_writer._space_prefix).
+_LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FAMILIES = (
-    Family("llama3", llama3_folder, "ggml-vocab-llama-bpe.gguf", "<|eot_id|>", "", "", "llama3",
+    Family("llama3", llama3_folder, "ggml-vocab-llama-bpe.gguf", "<|eot_id|>", "", "", "llama3", _LLAMA_PROJECTIONS,
            ("general.sampling.temp", "general.sampling.top_p", "general.size_label", "tokenizer.ggml.add_sep_token")),
-    Family("qwen2.5", qwen25_folder, "ggml-vocab-qwen2.gguf", "<|im_end|>", "\n", "", "chatml",
+    Family("qwen2.5", qwen25_folder, "ggml-vocab-qwen2.gguf", "<|im_end|>", "\n", "", "chatml", _LLAMA_PROJECTIONS,
            ("general.size_label",),
            ("qwen2.attention.key_length", "qwen2.attention.value_length", "qwen2.rope.dimension_count",
             "qwen2.vocab_size")),
     Family("qwen3", qwen3_folder, "ggml-vocab-qwen2.gguf", "<|im_end|>", "\n", "<think>\n\n</think>\n\n", "chatml",
+           _LLAMA_PROJECTIONS,
            ("general.sampling.temp", "general.sampling.top_k", "general.sampling.top_p", "general.size_label"),
            ("qwen3.rope.dimension_count", "qwen3.vocab_size")),
+    # Phi-3's <|end|> swallows the newline its template writes after it (right-stripping), so none is trained
+    Family("phi3.5", phi35_folder, "ggml-vocab-phi-3.gguf", "<|end|>", "", "", "phi3",
+           ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("general.size_label", "tokenizer.ggml.pre"),
+           ("phi3.attention.key_length", "phi3.attention.value_length", "phi3.vocab_size",
+            "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"),
+           space_prefix_at_start_only=True),
 )

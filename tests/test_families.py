@@ -25,6 +25,7 @@ from finetune.chat import (
 )
 from finetune.config import ModelConfig
 from finetune.export.gguf_writer import write_gguf
+from finetune.export.lora_gguf import write_lora_gguf
 from finetune.export.modelfile import FAMILIES as TEMPLATE_FAMILIES
 from finetune.export.modelfile import PROBES, template_default_system, template_family
 from finetune.export.parity import template_checks, template_failures
@@ -32,10 +33,12 @@ from finetune.gguf_header import gguf_header
 from finetune.models import load_tokenizer
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
-from .families import FAMILIES, Family, phi35_folder, phi35_tokenizer
+from .families import FAMILIES, Family
 from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder
 from .test_chat import trained_spans
 from .test_gguf_writer import F16_ATOL, assert_logits_match, hf_logits, llama_cpp_logits
+from .test_lora_gguf import llama_cpp_logits as lora_logits
+from .test_lora_gguf import save_adapter
 from .test_modelfile import go_render
 
 
@@ -60,10 +63,8 @@ def tokenizers(folders) -> Callable[[str], Any]:
     return functools.cache(lambda name: AutoTokenizer.from_pretrained(folders(name)))
 
 
-def assert_llama_cpps_ids(tokenizer: Any, vocab: str) -> None:
-    """The tokenizer gives the ids llama.cpp expects for every test text of its vocab file ``vocab``."""
-    cases = expected_ids(vocab)
-    assert len(cases) > 40
+def assert_llama_cpps_ids(tokenizer: Any, cases: list[tuple[str, list[int]]]) -> None:
+    """The tokenizer gives the ids llama.cpp expects for every text of ``cases`` (``expected_ids``)."""
     for text, expected in cases:
         assert tokenizer.encode(text, add_special_tokens=False) == expected, text
 
@@ -74,8 +75,17 @@ def family(request, folders) -> tuple[Family, Path]:
 
 
 def test_the_tokenizer_gives_llama_cpps_expected_ids(family, tokenizers):
-    spec, _ = family
-    assert_llama_cpps_ids(tokenizers(spec.name), spec.vocab)
+    spec, folder = family
+    cases = expected_ids(spec.vocab)
+    assert len(cases) > 40
+    if spec.space_prefix_at_start_only:  # the SentencePiece model gives them all; transformers 5 not those
+        from sentencepiece import SentencePieceProcessor
+
+        sentencepiece = SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
+        assert all(sentencepiece.encode(text) == expected for text, expected in cases)
+        cases = [(text, expected) for text, expected in cases if not text.startswith(" ")]
+    assert len(cases) > 30
+    assert_llama_cpps_ids(tokenizers(spec.name), cases)
 
 
 def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_else(family, tokenizers):
@@ -87,7 +97,9 @@ def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_e
     after = tokenizer.encode(spec.after_end_of_turn, add_special_tokens=False)
     answers = [m["content"] for m in messages if m["role"] == "assistant"]
     answers[-1] = spec.last_turn_prefix + answers[-1]
-    expected = [tokenizer.encode(answer, add_special_tokens=False) + [end, *after] for answer in answers]
+    # each answer's tokens as they follow a special token (transformers 5's Llama tokenizers add no ▁ there)
+    expected = [tokenizer.encode(spec.end_of_turn + answer, add_special_tokens=False)[1:] + [end, *after]
+                for answer in answers]
     assert trained_spans(tokenized) == expected
     assert IGNORE_INDEX in tokenized.labels[: tokenized.labels.index(expected[0][0])]
     # A template that renders a conversation as its turns' concatenation gets the same spans either way.
@@ -110,37 +122,17 @@ def test_qwen3s_thinking_blocks_are_trained_as_its_template_renders_them(tokeniz
     assert spans == ["Press Export.<|im_end|>\n", "<think>\nSame menu.\n</think>\n\nPick Excel.<|im_end|>\n"]
 
 
-def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_eos():
+def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_eos(tokenizers):
     """Phi-3.5's template ends a conversation with EOS, so no prefix of a conversation renders as a prefix of it:
-    its turns are found in the full rendering. Its real tokenizer (it gives llama.cpp's expected ids) and template;
-    each turn ends in <|end|>, EOS is not trained."""
-    tokenizer = phi35_tokenizer()
-    assert_llama_cpps_ids(tokenizer, "ggml-vocab-phi-3.gguf")
+    its turns are found in the full rendering. Each turn ends in <|end|>, which swallows the newline after it; the
+    EOS is not trained."""
+    tokenizer = tokenizers("phi3.5")
     messages = conversation(3)["messages"]
     tokenized = tokenize_conversation(tokenizer, messages)
     assert not renders_by_prefixes(tokenizer) and tokenized.input_ids[-1] == tokenizer.eos_token_id
-    spans = trained_spans(tokenized)
-    assert [tokenizer.decode(span).rstrip() for span in spans] == [
+    assert [tokenizer.decode(span) for span in trained_spans(tokenized)] == [
         f"{m['content']}<|end|>" for m in messages if m["role"] == "assistant"]
-    end = tokenizer.convert_tokens_to_ids("<|end|>")
-    assert all(tokenizer.decode(span[span.index(end) + 1:]).strip() == "" for span in spans)  # "\n" after it
-
-
-@pytest.mark.slow
-def test_phi35_trains_its_fused_projections_on_multi_turn_data_and_a_gguf_is_refused_before_training(tmp_path):
-    """Phi-3.5 through train and merge (LoRA on qkv_proj, o_proj, gate_up_proj, down_proj: target_modules=auto);
-    its GGUF is not written here yet, which the pre-run check says before any training."""
-    model = phi35_folder(tmp_path / "phi35")
-    data = write_chats(tmp_path / "chats.jsonl")
-    common = (*TINY_ON_A_MODEL, f"model.source={model}", "model.dtype=float32", f"dataset.path={data}")
-    refused = run_cli_in_process(*common, "hydra.run.dir=refused", cwd=tmp_path, check=False)
-    assert refused.returncode == 2 and "'Phi3ForCausalLM'" in refused.stderr
-    assert "stages=[validate,train,merge,evaluate]" in refused.stderr and not (tmp_path / "refused" / "train").exists()
-    run_cli(*common, "train.max_steps=2", "stages=[validate,train,merge]", "hydra.run.dir=run", cwd=tmp_path)
-    adapter = json.loads((tmp_path / "run" / "train" / "adapter" / "adapter_config.json").read_text())
-    assert set(adapter["target_modules"]) == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
-    merged = json.loads((tmp_path / "run" / "merge" / "model" / "config.json").read_text())
-    assert merged["architectures"] == ["Phi3ForCausalLM"]
+    assert "\n" in render(tokenizer, messages).split("<|end|>")[1]  # written by the template, not a token
 
 
 def test_the_gguf_is_llama_cpps_own_and_runs_like_the_hf_model(family, tokenizers, tmp_path):
@@ -159,6 +151,34 @@ def test_the_gguf_is_llama_cpps_own_and_runs_like_the_hf_model(family, tokenizer
     assert_logits_match(llama_cpp_logits(ours, ids), hf_logits(folder, ids))
 
 
+def test_phi35s_lora_adapter_gguf_on_its_fused_projections_runs_in_llama_cpp_like_peft(folders, tokenizers,
+                                                                                         tmp_path):
+    """A LoRA adapter on Phi-3.5's fused qkv_proj and gate_up_proj (and o_proj, down_proj) as a GGUF adapter:
+    llama.cpp applies it to the f16 base as peft's merge does."""
+    folder, tokenizer = folders("phi3.5"), tokenizers("phi3.5")
+    ids = tokenizer.encode(render(tokenizer, conversation(3)["messages"]), add_special_tokens=False)[:64]
+    phi = next(f for f in FAMILIES if f.name == "phi3.5")
+    merged = save_adapter(folder, tmp_path / "adapter", ids, target_modules=list(phi.target_modules))
+    write_gguf(folder, tmp_path / "base.gguf", "f16", log=lambda _: None)
+    write_lora_gguf(tmp_path / "adapter", folder, tmp_path / "adapter.gguf", name="phi-lora", log=lambda _: None)
+    assert_logits_match(lora_logits(tmp_path / "base.gguf", ids, lora=tmp_path / "adapter.gguf"), merged)
+    assert np.abs(lora_logits(tmp_path / "base.gguf", ids) - merged).max() > 10 * F16_ATOL  # the adapter matters
+
+
+def test_llama_cpp_strips_whitespace_after_phi3s_special_tokens_only_under_a_phi3_name(folders, tmp_path):
+    """llama.cpp right-strips as Phi-3's tokenizer does only for a model whose general.name says Phi-3: the name
+    says so for a Phi-3 tokenizer (else its prompts tokenize otherwise: the parity gate's check fails), and a name
+    that says so for another tokenizer is refused before training."""
+    for name, written in (("support_bot", "support_bot (phi-3)"), ("Phi3-support", "Phi3-support")):
+        write_gguf(folders("phi3.5"), tmp_path / "phi.gguf", "f16", name=name, log=lambda _: None)
+        assert gguf_header(tmp_path / "phi.gguf")[0]["general.name"] == written
+    data = write_chats(tmp_path / "chats.jsonl")
+    refused = run_cli_in_process(f"model.source={folders('qwen2.5')}", "model.dtype=float32", f"dataset.path={data}",
+                                 "run_name=phi3-bot", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert refused.returncode == 2 and "llama.cpp takes a model named 'phi3-bot' for Phi-3" in refused.stderr
+    assert not (tmp_path / "run" / "train").exists()
+
+
 def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, tokenizers, tmp_path):
     folder = folders("llama3")
     write_gguf(folder, tmp_path / "f16.gguf", "f16", log=lambda _: None)
@@ -172,6 +192,24 @@ def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, toke
     config["rope_parameters"] = {"rope_type": "default", "rope_theta": config["rope_parameters"]["rope_theta"]}
     (unscaled / "config.json").write_text(json.dumps(config))
     assert np.abs(hf_logits(unscaled, ids) - hf_logits(folder, ids)).max() > 10 * F16_ATOL
+
+
+def test_phi35s_longrope_is_in_the_gguf_and_changes_the_logits(folders, tokenizers, tmp_path):
+    """LongRoPE's factors go into the GGUF as llama.cpp's rope_factors_long/short and its attention factor into the
+    metadata; test_the_gguf_is_llama_cpps_own… could fail on them: other short factors give other logits."""
+    folder = folders("phi3.5")
+    write_gguf(folder, tmp_path / "f16.gguf", "f16", log=lambda _: None)
+    metadata, tensors, _ = gguf_header(tmp_path / "f16.gguf")
+    assert [t.name for t in tensors[:2]] == ["rope_factors_long.weight", "rope_factors_short.weight"]
+    assert metadata["phi3.rope.scaling.attn_factor"] == pytest.approx((1 + np.log(32) / np.log(4096)) ** 0.5)
+    tokenizer = tokenizers("phi3.5")
+    ids = tokenizer.encode(render(tokenizer, conversation(3)["messages"]), add_special_tokens=False)[:96]
+    plain = tmp_path / "plain"
+    shutil.copytree(folder, plain)
+    config = json.loads((plain / "config.json").read_text())
+    config["rope_parameters"]["short_factor"] = [1.0] * len(config["rope_parameters"]["short_factor"])
+    (plain / "config.json").write_text(json.dumps(config))
+    assert np.abs(hf_logits(plain, ids) - hf_logits(folder, ids)).max() > 10 * F16_ATOL
 
 
 def test_the_modelfile_renders_in_go_like_the_chat_template(family, tokenizers):
@@ -223,8 +261,9 @@ def test_rope_scaling_llama_cpp_lacks_is_refused_before_training(folders, tmp_pa
                               "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
-        f"error: export: {model}: RoPE scaling 'yarn' is not supported by this converter (none, linear and llama3 "
-        "are); to train and merge it without a GGUF, leave export out: stages=[validate,train,merge,evaluate]")
+        f"error: export: {model}: RoPE scaling 'yarn' is not supported by this converter (none, linear, llama3 and, "
+        "for phi3, longrope are); to train and merge it without a GGUF, leave export out: "
+        "stages=[validate,train,merge,evaluate]")
     assert not (tmp_path / "run" / "train").exists()
 
 
@@ -243,4 +282,6 @@ def test_a_run_ends_in_a_gguf_that_passes_the_parity_gate_and_its_modelfile(fami
     assert stop["Modelfile stops on it"]
     modelfile = (run_dir / "export" / "Modelfile").read_text()
     assert f'PARAMETER stop "{spec.end_of_turn}"' in modelfile
+    adapter = json.loads((run_dir / "train" / "adapter" / "adapter_config.json").read_text())
+    assert sorted(adapter["target_modules"]) == sorted(spec.target_modules)
     assert "[transformers]" not in proc.stderr + proc.stdout  # Llama 3's tokenizer_config earns it a warning

@@ -21,7 +21,7 @@ from finetune import curves, distributed, methods, plan
 from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import Conversation, read_split
-from finetune.models import load_tokenizer, resolve_model_source, torch_dtype
+from finetune.models import load_tokenizer, resolve_model_source, save_tokenizer, torch_dtype
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json
 from finetune.sweep import trial
@@ -185,7 +185,7 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
                  "tensorboard": "tensorboard", "plan": "plan.json", "curves": "training_curves.png"}
     if not main:
         return artifacts
-    tokenizer.save_pretrained(str(ctx.out_dir / out_name))
+    save_tokenizer(tokenizer, resolve_model_source(run.model), run.model, ctx.out_dir / out_name)
     train_log, eval_log = curves.read_log(ctx.out_dir / "loss.jsonl")
     curves.plot(train_log, eval_log, ctx.out_dir / "training_curves.png")
     overfit = curves.overfitting(train_log, eval_log, t.overfit_ratio, t.overfit_rising_evals)

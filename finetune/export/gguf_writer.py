@@ -36,8 +36,15 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3",
+    "Phi3ForCausalLM": "phi3",
 }
 _GEMMA = ("gemma2", "gemma3")
+# RoPE scalings llama.cpp applies through tensors the writer adds (_rope_tensors), and the one graph for each.
+_ROPE_TENSORS = {"llama3": "llama", "longrope": "phi3"}
+# What llama.cpp looks for in general.name to strip whitespace after special tokens as Phi-3 does, and the tokens its
+# rule names, which the vocabulary must hold (_llama_cpp_name).
+_PHI3_NAMES = ("phi-3", "phi3")
+_PHI3_ALWAYS = ("<unk>", "<s>", "</s>", "<|endoftext|>")
 # Layer count at which llama.cpp takes a Gemma model for the 27B size and scales queries by hidden/heads, not head_dim.
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 # Rows of a tensor read, converted and quantized at a time (about this many bytes of float32 each).
@@ -128,6 +135,7 @@ def check_convertible(config: dict[str, Any]) -> str:
     training, so that a model we cannot convert is refused before anyone pays for its training."""
     arch = gguf_architecture(config)
     _add_hyperparameters(_DiscardedMetadata(), config, arch, log=lambda _: None)
+    _rope_tensors(config)
     return arch
 
 
@@ -170,11 +178,12 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
     writer = gguf_writer_class()(path, arch)
     try:
         writer.add_type(gguf.GGUFType.MODEL)
-        writer.add_name(name or _model_name(config, model_dir))
         writer.add_file_type(gguf.LlamaFileType[file_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hyperparameters(writer, config, arch, log)
-        _add_tokenizer(writer, model_dir, config["vocab_size"], log)
+        hf_tokenizer = _hf_tokenizer(model_dir)
+        writer.add_name(_llama_cpp_name(name or _model_name(config, model_dir), hf_tokenizer))
+        _add_tokenizer(writer, model_dir, hf_tokenizer, config["vocab_size"], log)
         tensors = _plan_tensors(model_dir, config, arch, gguf.GGMLQuantizationType[tensor_type])
         for t in tensors:
             byte_shape = gguf.quant_shape_to_byte_shape(t.shape, t.qtype)
@@ -223,6 +232,29 @@ def _model_name(config: dict[str, Any], model_dir: Path) -> str:
     return Path(recorded).name if recorded else model_dir.resolve().name
 
 
+def _llama_cpp_name(name: str, hf_tokenizer: Any) -> str:
+    """``general.name``, with what llama.cpp needs to strip whitespace after the tokens the tokenizer does.
+
+    llama.cpp has one rule for it, keyed by the name (llama-vocab.cpp): in a model whose name says Phi-3, every
+    special token and ``</s>`` but ``<unk>``, ``<s>`` and ``<|endoftext|>`` swallows the whitespace after it, as
+    Phi-3's tokenizer does (its chat template's newlines after ``<|end|>``, ``<|user|>``… are never tokens). So a
+    tokenizer that strips so gets a name that says Phi-3; any other stripping, or a name that says Phi-3 without
+    it, llama.cpp would tokenize otherwise than training did: refused."""
+    added = {token.content: token for token in hf_tokenizer.added_tokens_decoder.values()}
+    stripped = {text for text, token in added.items() if token.rstrip}
+    rule = (set(added) | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
+    says_phi3 = any(marker in name.lower() for marker in _PHI3_NAMES)
+    if not stripped and not says_phi3:
+        return name
+    if stripped == rule and set(_PHI3_ALWAYS) <= set(added):
+        return name if says_phi3 else f"{name} (phi-3)"
+    if stripped:
+        raise ValueError(f"llama.cpp cannot strip the whitespace after {', '.join(sorted(stripped))} as the tokenizer "
+                         "does (only after every special token but <unk>, <s>, <|endoftext|>, as Phi-3's does)")
+    raise ValueError(f"llama.cpp takes a model named {name!r} for Phi-3 and strips the whitespace after its special "
+                     "tokens, which this tokenizer does not: choose a name without 'phi3' or 'phi-3' (run_name)")
+
+
 def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Log) -> None:
     """The keys llama.cpp's graphs read; refuse settings they would compute differently."""
     import gguf
@@ -240,11 +272,13 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
     if rope_type == "linear":
         writer.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
         writer.add_rope_scaling_factor(rope["factor"])
-    elif rope_type == "llama3" and arch != "llama":
-        raise NotImplementedError(f"RoPE scaling 'llama3' is not supported for {arch} (only for llama)")
-    elif rope_type not in ("default", "llama3"):  # llama3: the rope_freqs tensor (_rope_freqs), no metadata
+    elif rope_type in _ROPE_TENSORS and arch != _ROPE_TENSORS[rope_type]:
         raise NotImplementedError(
-            f"RoPE scaling {rope_type!r} is not supported by this converter (none, linear and llama3 are)"
+            f"RoPE scaling {rope_type!r} is not supported for {arch} (only for {_ROPE_TENSORS[rope_type]})")
+    elif rope_type not in ("default", *_ROPE_TENSORS):
+        raise NotImplementedError(
+            f"RoPE scaling {rope_type!r} is not supported by this converter (none, linear, llama3 and, for phi3, "
+            "longrope are)"
         )
     writer.add_context_length(config["max_position_embeddings"])
     writer.add_embedding_length(config["hidden_size"])
@@ -254,19 +288,58 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
     writer.add_head_count_kv(config.get("num_key_value_heads") or n_head)
     writer.add_key_length(head_dim)
     writer.add_value_length(head_dim)
-    writer.add_rope_dimension_count(head_dim)
+    writer.add_rope_dimension_count(_rotary_dims(config))
     writer.add_rope_freq_base(_rope_theta(config, rope))
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
     if arch in _GEMMA:
         _add_gemma_hyperparameters(writer, config, arch, head_dim)
+    elif arch == "phi3":
+        _add_phi3_hyperparameters(writer, config, rope, log)
     elif (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
         log(f"note: llama.cpp attends over the whole context; training used a {window}-token window")
+
+
+def _add_phi3_hyperparameters(writer: Any, config: dict[str, Any], rope: dict[str, Any], log: Log) -> None:
+    """Phi-3's pre-LongRoPE context, its sliding window (0 for none: Phi-4's way of saying so) and, with LongRoPE,
+    the attention factor transformers applies to the rotations, from the same formula."""
+    writer.add_rope_scaling_orig_ctx_len(_original_context(config, rope))
+    writer.add_sliding_window(config.get("sliding_window") or 0)
+    if (factor := _longrope_attention_factor(config, rope)) is not None:
+        writer.add_rope_scaling_attn_factors(factor)
+        log(f"note: llama.cpp takes LongRoPE's long factors when its context (num_ctx) exceeds "
+            f"{_original_context(config, rope)} tokens, transformers when the sequence does")
+
+
+def _original_context(config: dict[str, Any], rope: dict[str, Any]) -> int:
+    return (rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+            or config["max_position_embeddings"])
+
+
+def _longrope_attention_factor(config: dict[str, Any], rope: dict[str, Any]) -> float | None:
+    """LongRoPE's scale of the rotations, √(1 + ln s / ln n) for a context s times the original n (1 when not
+    longer), or None without LongRoPE; refused where the config sets another than llama.cpp would compute."""
+    if not rope.get("long_factor"):
+        return None
+    original = _original_context(config, rope)
+    scale = config["max_position_embeddings"] / original
+    factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
+    if rope.get("attention_factor") not in (None, factor) or rope.get("factor") not in (None, scale):
+        raise NotImplementedError(
+            "LongRoPE with its own attention_factor or factor is not supported: llama.cpp derives them from "
+            f"max_position_embeddings / original_max_position_embeddings = {scale:g}")
+    return factor
 
 
 def attention_head_dim(config: dict[str, Any]) -> int:
     """The size of one attention head: ``head_dim`` where the config gives it (Gemma, Qwen 3), else hidden / heads."""
     return config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+
+
+def _rotary_dims(config: dict[str, Any]) -> int:
+    """How many of a head's dimensions are rotated: all but where ``partial_rotary_factor`` says (Phi-4-mini)."""
+    rope, _ = _rope(config)
+    return int(attention_head_dim(config) * rope.get("partial_rotary_factor", config.get("partial_rotary_factor", 1)))
 
 
 def _rope(config: dict[str, Any]) -> tuple[dict[str, Any], str]:
@@ -282,17 +355,36 @@ def _rope_theta(config: dict[str, Any], rope: dict[str, Any]) -> float:
     return float(rope.get("rope_theta", config.get("rope_theta", 10000.0)))
 
 
-def _rope_freqs(config: dict[str, Any]) -> Any | None:
+def _rope_tensors(config: dict[str, Any]) -> list[tuple[str, Any]]:
+    """The RoPE tensors llama.cpp needs that the checkpoint does not hold, by GGUF name: Llama 3's ``rope_freqs``
+    or LongRoPE's long and short factors, in the order llama.cpp's converter writes them."""
+    import gguf
+    import numpy as np
+
+    rope, rope_type = _rope(config)
+    names = gguf.TENSOR_NAMES
+    if rope_type == "llama3":
+        return [(names[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight", _rope_freqs(config))]
+    if rope_type != "longrope" or not rope.get("long_factor"):
+        return []
+    long, short = rope["long_factor"], rope.get("short_factor") or []
+    rotary = _rotary_dims(config)
+    if len(long) != rotary // 2 or len(short) != rotary // 2:
+        raise ValueError(f"LongRoPE needs {rotary // 2} long and short factors; the config has {len(long)} and "
+                         f"{len(short)}")
+    return [(names[gguf.MODEL_TENSOR.ROPE_FACTORS_LONG] + ".weight", np.asarray(long, dtype=np.float32)),
+            (names[gguf.MODEL_TENSOR.ROPE_FACTORS_SHORT] + ".weight", np.asarray(short, dtype=np.float32))]
+
+
+def _rope_freqs(config: dict[str, Any]) -> Any:
     """Llama 3.1+'s RoPE scaling as llama.cpp applies it: a factor per rotary frequency that the frequency is
-    divided by (``rope_freqs``), or None for a model without llama3 scaling. Meta's rule: frequencies whose
+    divided by (``rope_freqs``). Meta's rule: frequencies whose
     wavelength is under ``original_max_position_embeddings / high_freq_factor`` stay, those over ``... /
     low_freq_factor`` are divided by ``factor``, and those between are interpolated smoothly. Computed in float32
     one frequency at a time, the arithmetic llama.cpp's converter does, so the two files hold the same bytes."""
     import torch
 
-    rope, rope_type = _rope(config)
-    if rope_type != "llama3":
-        return None
+    rope, _ = _rope(config)
     head_dim = attention_head_dim(config)
     factor = rope.get("factor", 8.0)
     low, high = rope.get("low_freq_factor", 1.0), rope.get("high_freq_factor", 4.0)
@@ -365,7 +457,16 @@ def _gemma_sliding_layers(config: dict[str, Any], arch: str) -> list[bool]:
     return [t == "sliding_attention" for t in types]
 
 
-def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None:
+def _hf_tokenizer(model_dir: Path) -> Any:
+    """The tokenizer transformers builds for the folder, which is what training used."""
+    from transformers import AutoTokenizer
+
+    if not (model_dir / "tokenizer.json").is_file():
+        raise ValueError(f"{model_dir} has no tokenizer.json; GGUF export needs a BPE tokenizer")
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
+def _add_tokenizer(writer: Any, model_dir: Path, hf_tokenizer: Any, n_vocab: int, log: Log) -> None:
     """The vocabulary as llama.cpp's tokenizer of the same kind: byte-level BPE (GPT-2 style) or SentencePiece
     style BPE (▁ for spaces, byte fallback), with special ids, add-BOS/EOS flags and the chat template.
 
@@ -373,38 +474,52 @@ def _add_tokenizer(writer: Any, model_dir: Path, n_vocab: int, log: Log) -> None
     differ from tokenizer.json (transformers 5 imposes Qwen2's pre-tokenizer on every qwen2 model, and a
     Metaspace pre-tokenizer on Llama tokenizers).
     """
-    from transformers import AutoTokenizer
+    kind, spec, setting = _vocabulary(hf_tokenizer, model_dir, log)
+    if kind == "llama":
+        _add_sentencepiece_vocab(writer, hf_tokenizer, spec, model_dir, n_vocab, setting, log)
+    else:
+        _add_byte_level_vocab(writer, hf_tokenizer, spec, model_dir, n_vocab, setting, log)
 
-    if not (model_dir / "tokenizer.json").is_file():
-        raise ValueError(f"{model_dir} has no tokenizer.json; GGUF export needs a BPE tokenizer")
-    hf_tokenizer = AutoTokenizer.from_pretrained(model_dir)
+
+def check_tokenizer(hf_tokenizer: Any, name: str) -> None:
+    """The refusals ``write_gguf`` makes of the tokenizer and of ``name`` as the file's name, from the tokenizer
+    alone: ``stages/export.check`` makes them before training."""
+    _llama_cpp_name(name, hf_tokenizer)
+    _vocabulary(hf_tokenizer, hf_tokenizer.name_or_path, log=lambda _: None)
+
+
+def _vocabulary(hf_tokenizer: Any, where: Path | str, log: Log) -> tuple[str, dict[str, Any], Any]:
+    """The tokenizer's llama.cpp kind with its tokenizer.json and the setting that kind needs, after every check
+    that llama.cpp would tokenize as it does: ("llama", spec, add_space_prefix) for SentencePiece-style BPE,
+    ("gpt2", spec, pre-tokenizer name) for byte-level BPE."""
     backend = getattr(hf_tokenizer, "backend_tokenizer", None)
     spec = json.loads(backend.to_str()) if backend is not None else {}
     model = spec.get("model", {})
     byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
     if model.get("type") == "BPE" and model.get("byte_fallback"):
-        _add_sentencepiece_vocab(writer, hf_tokenizer, spec, model_dir, n_vocab, log)
-    elif model.get("type") == "BPE" and byte_level:
-        _add_byte_level_vocab(writer, hf_tokenizer, spec, model_dir, n_vocab, log)
-    else:
-        raise ValueError(
-            f"the tokenizer in {model_dir} is neither byte-level BPE nor SentencePiece-style BPE with byte "
-            "fallback, the kinds exported here"
-        )
+        if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("ignore_merges"):
+            raise ValueError(f"the BPE options of the tokenizer in {where} have no llama.cpp SPM equivalent")
+        missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in model["vocab"]]
+        if missing:
+            raise ValueError(f"the tokenizer in {where} lacks byte-fallback tokens {', '.join(missing[:5])}")
+        return "llama", spec, _space_prefix(spec, hf_tokenizer, where, log)
+    if model.get("type") == "BPE" and byte_level:
+        if not model.get("merges"):
+            raise ValueError(f"the tokenizer in {where} has no BPE merges")
+        return "gpt2", spec, _pre_tokenizer(hf_tokenizer, spec, where)
+    raise ValueError(f"the tokenizer in {where} is neither byte-level BPE nor SentencePiece-style BPE with byte "
+                     "fallback, the kinds exported here")
 
 
 def _add_byte_level_vocab(
-    writer: Any, hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path, n_vocab: int, log: Log
+    writer: Any, hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path, n_vocab: int, pre: str, log: Log
 ) -> None:
     """Byte-level BPE as llama.cpp's "gpt2" vocabulary: tokens, merges and the pre-tokenizer by name."""
     import gguf
 
-    pre = _pre_tokenizer(hf_tokenizer, spec, model_dir)
     tokens, types = _token_list(hf_tokenizer, spec["model"]["vocab"], n_vocab)
     special_vocab = gguf.SpecialVocab(model_dir, n_vocab=n_vocab)  # special ids and the chat template
-    special_vocab.merges = _gguf_merges(spec["model"].get("merges") or [])
-    if not special_vocab.merges:
-        raise ValueError(f"{model_dir / 'tokenizer.json'} has no BPE merges")
+    special_vocab.merges = _gguf_merges(spec["model"]["merges"])
     _record_bos_eos(hf_tokenizer, special_vocab)
 
     writer.add_tokenizer_model("gpt2")
@@ -469,7 +584,8 @@ def _record_bos_eos(hf_tokenizer: Any, special_vocab: Any) -> None:
 
 
 def _add_sentencepiece_vocab(
-    writer: Any, hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path, n_vocab: int, log: Log
+    writer: Any, hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path, n_vocab: int, add_space_prefix: bool,
+    log: Log
 ) -> None:
     """SentencePiece-style BPE (Llama 2, Mistral v0.1, Gemma) as llama.cpp's "llama" (SPM) vocabulary.
 
@@ -477,31 +593,26 @@ def _add_sentencepiece_vocab(
     Hugging Face's BPE applies the earliest listed merge. So each token made by a merge scores minus the rank
     of the first merge making it, and every other token scores below all merges. That is the same order, and
     exactly the same tokenization when every pair that joins into a token is a listed merge, as in tokenizers
-    converted from SentencePiece models. llama.cpp's converter, lacking tokenizer.model, scores all -1000.
-    Byte tokens <0x00>..<0xFF> become BYTE, as llama.cpp needs all 256 for text outside the vocabulary.
+    converted from SentencePiece models. Where the folder keeps the SentencePiece model itself
+    (``tokenizer.model``), its scores are taken instead, as llama.cpp's converter takes them; lacking it, that
+    converter scores all -1000. Byte tokens <0x00>..<0xFF> become BYTE, as llama.cpp needs all 256 for text
+    outside the vocabulary.
     """
     import gguf
 
     model = spec["model"]
-    if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("ignore_merges"):
-        raise ValueError(f"the BPE options of the tokenizer in {model_dir} have no llama.cpp SPM equivalent")
-    add_space_prefix = _space_prefix(spec, model_dir, log)
     vocab: dict[str, int] = model["vocab"]
-    missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in vocab]
-    if missing:
-        raise ValueError(f"the tokenizer in {model_dir} lacks byte-fallback tokens {', '.join(missing[:5])}")
     tokens, types = _token_list(hf_tokenizer, vocab, n_vocab)
-    merges = [pair if isinstance(pair, list) else pair.split(" ", 1) for pair in model["merges"]]
-    rank = {}
-    for r, (left, right) in enumerate(merges):
-        rank.setdefault(left + right, r)
-    unmerged = -float(len(merges) + 1)
-    scores = [-float(rank[t]) if t in rank else unmerged for t in tokens]
-    unk_id = vocab.get(model.get("unk_token") or hf_tokenizer.unk_token)  # transformers 5 Llama: only the latter
+    if (model_dir / "tokenizer.model").is_file():
+        scores, source = _sentencepiece_scores(model_dir / "tokenizer.model", tokens, types), "tokenizer.model"
+    else:
+        merges = [pair if isinstance(pair, list) else pair.split(" ", 1) for pair in model["merges"]]
+        scores, source = _merge_rank_scores(merges, tokens), f"{len(merges)} merges"
+        unk_id = vocab.get(model.get("unk_token") or hf_tokenizer.unk_token)  # transformers 5 Llama: only the latter
+        if unk_id is not None:
+            types[unk_id] = gguf.TokenType.UNKNOWN
     for i, t in enumerate(tokens):
-        if i == unk_id:
-            types[i] = gguf.TokenType.UNKNOWN
-        elif vocab.get(t) == i and re.fullmatch(r"<0x[0-9A-F]{2}>", t):  # also when trained as special tokens
+        if vocab.get(t) == i and re.fullmatch(r"<0x[0-9A-F]{2}>", t):  # also when trained as special tokens
             types[i] = gguf.TokenType.BYTE
         elif types[i] == gguf.TokenType.USER_DEFINED:
             tokens[i] = t.replace("▁", " ")  # llama.cpp matches user-defined tokens in the raw text
@@ -515,18 +626,55 @@ def _add_sentencepiece_vocab(
     writer.add_add_space_prefix(add_space_prefix)
     special_vocab.add_to_gguf(writer, quiet=True)
     log(
-        f"tokenizer: {len(tokens)} SentencePiece-style tokens, scores from {len(merges)} merges, space prefix "
+        f"tokenizer: {len(tokens)} SentencePiece-style tokens, scores from {source}, space prefix "
         f"{add_space_prefix}, special ids {special_vocab.special_token_ids}, chat template "
         f"{'present' if special_vocab.chat_template else 'absent'}"
     )
 
 
-def _space_prefix(spec: dict[str, Any], model_dir: Path, log: Log) -> bool:
+def _merge_rank_scores(merges: list[list[str]], tokens: list[str]) -> list[float]:
+    """Each token made by a merge scores minus the merge's rank, every other token below all merges."""
+    rank: dict[str, int] = {}
+    for r, (left, right) in enumerate(merges):
+        rank.setdefault(left + right, r)
+    unmerged = -float(len(merges) + 1)
+    return [-float(rank[t]) if t in rank else unmerged for t in tokens]
+
+
+def _sentencepiece_scores(path: Path, tokens: list[str], types: list[int]) -> list[float]:
+    """Scores of the SentencePiece model's pieces, and their types in ``types`` (unknown, control, byte, unused),
+    as llama.cpp's converter reads them; added tokens score -1000, rows no token reaches -10000 as there. The
+    pieces must be the tokenizer's own tokens, id for id."""
+    import gguf
+    from sentencepiece import SentencePieceProcessor
+
+    processor = SentencePieceProcessor(model_file=str(path))
+    pieces = processor.get_piece_size()
+    kinds = ((processor.is_unknown, gguf.TokenType.UNKNOWN), (processor.is_control, gguf.TokenType.CONTROL),
+             (processor.is_unused, gguf.TokenType.UNUSED), (processor.is_byte, gguf.TokenType.BYTE))
+    scores = []
+    for i, token in enumerate(tokens):
+        if types[i] in (gguf.TokenType.CONTROL, gguf.TokenType.USER_DEFINED):  # added tokens
+            scores.append(-1000.0)
+        elif i >= pieces and types[i] == gguf.TokenType.UNUSED:
+            scores.append(-10000.0)
+        elif i < pieces and processor.id_to_piece(i) == token:
+            scores.append(processor.get_score(i))
+            types[i] = next((kind for test, kind in kinds if test(i)), gguf.TokenType.NORMAL)
+        else:
+            raise ValueError(f"{path} does not match the tokenizer: token {i} is {token!r} in tokenizer.json, "
+                             f"{processor.id_to_piece(i) if i < pieces else 'absent'!r} in tokenizer.model")
+    return scores
+
+
+def _space_prefix(spec: dict[str, Any], hf_tokenizer: Any, where: Path | str, log: Log) -> bool:
     """llama.cpp's add_space_prefix for how the tokenizer turns spaces into ▁: True when it prepends one.
 
     llama.cpp prepends a space to every run of text, also after a special token, as SentencePiece and the
-    Prepend normalizer of older tokenizer.json files do. A Metaspace pre-tokenizer prepends only to text not
-    already starting with a space, and with prepend_scheme "first" only at the start: those cases differ.
+    Prepend normalizer of older tokenizer.json files do, or to none. A Metaspace pre-tokenizer prepends only to
+    text not already starting with a space, and with prepend_scheme "first" (transformers 5's Llama tokenizers)
+    only at the start. Where a chat template's prompts start with a special token, "first" adds none after it, so
+    llama.cpp reproduces the prompts only by adding none; otherwise the cases differ (logged).
     """
     replace = {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}
     normalizer, pre = spec.get("normalizer"), spec.get("pre_tokenizer")
@@ -539,6 +687,10 @@ def _space_prefix(spec: dict[str, Any], model_dir: Path, log: Log) -> bool:
     if normalizer is None and pre and pre.get("type") == "Metaspace" and pre.get("replacement") == "▁":
         scheme = pre.get("prepend_scheme", "always")
         if not pre.get("split") and scheme in ("always", "first", "never"):
+            if scheme == "first" and _prompts_start_with_a_special_token(hf_tokenizer):
+                log("note: llama.cpp adds no space prefix, as the tokenizer adds none after the special token the "
+                    "chat template's prompts start with; a text with no special token first gets none either")
+                return False
             if scheme != "never":
                 log(
                     "note: llama.cpp adds the space prefix also before text that starts with a space"
@@ -547,12 +699,23 @@ def _space_prefix(spec: dict[str, Any], model_dir: Path, log: Log) -> bool:
                 )
             return scheme != "never"
     raise ValueError(
-        f"the tokenizer in {model_dir} turns spaces into ▁ in a way llama.cpp's SentencePiece tokenizer does not "
+        f"the tokenizer in {where} turns spaces into ▁ in a way llama.cpp's SentencePiece tokenizer does not "
         f"reproduce (normalizer {json.dumps(normalizer)}, pre-tokenizer {json.dumps(pre)})"
     )
 
 
-def _pre_tokenizer(hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path) -> str:
+def _prompts_start_with_a_special_token(hf_tokenizer: Any) -> bool:
+    """Whether the tokenizer's chat template writes a special token first (Phi-3's ``<|user|>``, ``<s>``)."""
+    try:
+        prompt = hf_tokenizer.apply_chat_template([{"role": "user", "content": "Hi"}], tokenize=False,
+                                                  add_generation_prompt=True)
+    except Exception:  # no template, or one that refuses the probe
+        return False
+    return any(prompt.startswith(token.content) for token in hf_tokenizer.added_tokens_decoder.values()
+               if token.special)
+
+
+def _pre_tokenizer(hf_tokenizer: Any, spec: dict[str, Any], where: Path | str) -> str:
     """llama.cpp's pre-tokenizer name for the tokenizer; a ValueError rather than a file llama.cpp refuses.
 
     First, as llama.cpp's converter does, the sha256 of the ids the tokenizer gives for _CHKTXT: the ids
@@ -581,9 +744,9 @@ def _pre_tokenizer(hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path) -> 
     ):
         return "qwen2"
     raise ValueError(
-        f"the tokenizer in {model_dir} is not one whose llama.cpp pre-tokenizer is known here "
+        f"the tokenizer in {where} is not one whose llama.cpp pre-tokenizer is known here "
         f"(encoding hash {digest}; known: {', '.join(sorted(set(_PRE_TOKENIZERS.values())))}). "
-        "llama.cpp would refuse or mis-tokenize the file, so none was written."
+        "llama.cpp would refuse or mis-tokenize the file, so no GGUF is written."
     )
 
 
@@ -627,10 +790,9 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: str, weight_typ
                 )
     if unknown:
         raise ValueError(f"tensors with no GGUF name for {arch}: {', '.join(unknown[:10])}")
-    if (freqs := _rope_freqs(config)) is not None:  # first, where llama.cpp's converter writes it
-        name = gguf.TENSOR_NAMES[gguf.MODEL_TENSOR.ROPE_FREQS] + ".weight"
-        plan.insert(0, _Tensor(source=None, hf_name="(llama3 RoPE scaling)", name=name, shape=freqs.shape,
-                               qtype=gguf.GGMLQuantizationType.F32, rotary_heads=None, values=freqs))
+    plan[:0] = [_Tensor(source=None, hf_name="(RoPE scaling)", name=name, shape=values.shape,
+                        qtype=gguf.GGMLQuantizationType.F32, rotary_heads=None, values=values)
+                for name, values in _rope_tensors(config)]  # first, where llama.cpp's converter writes them
     if not tied and not any(t.name == "output.weight" for t in plan):
         raise ValueError("config says embeddings are not tied but the checkpoint has no lm_head.weight")
     return plan

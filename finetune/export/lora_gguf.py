@@ -125,7 +125,7 @@ def _plan_pairs(
 
     n_layer = config["num_hidden_layers"]
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layer)
-    expected = _base_shapes(config)
+    expected = _base_shapes(config, arch)
     rotary_heads = {}
     if arch == "llama":
         n_head = config["num_attention_heads"]
@@ -154,7 +154,8 @@ def _plan_pairs(
         raise ValueError(
             f"llama.cpp cannot apply LoRA to {', '.join(sorted(unmapped)[:5])}"
             f"{f' (and {len(unmapped) - 5} more)' if len(unmapped) > 5 else ''}: a GGUF LoRA for {arch} adapts "
-            "only the q/k/v/o attention and gate/up/down MLP projections of the base model's layers"
+            "only the attention (q/k/v or fused qkv, o) and MLP (gate/up or fused gate_up, down) projections of "
+            "the base model's layers"
         )
     if others:
         raise ValueError(f"cannot convert the adapter to a GGUF LoRA: {_not_a_pair(others[0])}")
@@ -201,8 +202,9 @@ def _natural(name: str) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in name.split("."))
 
 
-def _base_shapes(config: dict[str, Any]) -> dict[Any, tuple[int, int]]:
-    """(out, in) of each adaptable base weight: the projections llama.cpp's llama/qwen2 graphs apply LoRA to."""
+def _base_shapes(config: dict[str, Any], arch: str) -> dict[Any, tuple[int, int]]:
+    """(out, in) of each adaptable base weight: the projections llama.cpp's graphs apply LoRA to, Phi-3's fused
+    Q/K/V and gate/up among them."""
     import gguf
 
     t = gguf.MODEL_TENSOR
@@ -214,9 +216,10 @@ def _base_shapes(config: dict[str, Any]) -> dict[Any, tuple[int, int]]:
         t.ATTN_Q: (n_head * head_dim, hidden),
         t.ATTN_K: (n_kv * head_dim, hidden),
         t.ATTN_V: (n_kv * head_dim, hidden),
+        t.ATTN_QKV: ((n_head + 2 * n_kv) * head_dim, hidden),
         t.ATTN_OUT: (hidden, n_head * head_dim),
         t.FFN_GATE: (inter, hidden),
-        t.FFN_UP: (inter, hidden),
+        t.FFN_UP: (2 * inter if arch == "phi3" else inter, hidden),  # phi3's holds gate and up
         t.FFN_DOWN: (hidden, inter),
     }
 

@@ -107,7 +107,27 @@ LLAMA3 = TemplateFamily(
     system_block=r"^(?!)",  # an empty system message is the template's default: nothing for SYSTEM to say
     bos=True,
 )
-FAMILIES = (CHATML, GEMMA, LLAMA3)
+
+
+def _render_phi3(messages: list[Message]) -> str:
+    kept = [m for m in messages if m["role"] in ("user", "assistant") or (m["role"] == "system" and m["content"])]
+    return "".join(f"<|{m['role']}|>\n{m['content']}<|end|>\n" for m in kept) + "<|assistant|>\n"
+
+
+# Phi-3 / 3.5: a block per turn, an empty system message left out, each turn ended by <|end|>; no default system.
+PHI3 = TemplateFamily(
+    name="phi3",
+    go_template=(
+        '{{- range .Messages }}{{- if and (eq .Role "system") .Content }}<|system|>\n{{ .Content }}<|end|>\n'
+        '{{ else if eq .Role "user" }}<|user|>\n{{ .Content }}<|end|>\n'
+        '{{ else if eq .Role "assistant" }}<|assistant|>\n{{ .Content }}<|end|>\n'
+        '{{ end }}{{- end }}<|assistant|>\n'
+    ),
+    render=_render_phi3,
+    stop=("<|end|>", "<|user|>", "<|assistant|>"),
+    system_block=r"^(?!)",  # Phi-3's template writes no default system prompt
+)
+FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3)
 
 
 def _render_instruction(prompt: InstructionPrompt, eos: str, messages: list[Message]) -> str:

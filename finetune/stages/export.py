@@ -40,18 +40,19 @@ class ParityError(UserError, RuntimeError):
 
 
 def check(run: RunConfig) -> None:
-    """Refuse, before training, a model the GGUF writer does not convert, a chat template no Modelfile TEMPLATE
-    reproduces, and an adapter llama.cpp cannot apply."""
-    from finetune.export.gguf_writer import check_convertible
+    """Refuse, before training, a model or tokenizer the GGUF writer does not convert, a chat template no Modelfile
+    TEMPLATE reproduces, and an adapter llama.cpp cannot apply."""
+    from finetune.export.gguf_writer import check_convertible, check_tokenizer
 
+    tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
     try:
         check_convertible(load_config(run.model).to_dict())
+        check_tokenizer(tokenizer, run.run_name)
     except (ValueError, NotImplementedError) as e:
         raise ExportError(f"export: {run.model.source}: {e}; to train and merge it without a "
                           "GGUF, leave export out: stages=[validate,train,merge,evaluate]") from None
     if run.export.ollama:
-        source = resolve_model_source(run.model)
-        template_family(load_tokenizer(source, run.model))
+        template_family(tokenizer)
     if run.export.adapter and not METHODS[run.method.name].plain_lora:
         raise ExportError(f"export.adapter=true: method {run.method.name!r} has no LoRA adapter llama.cpp can apply "
                           "(lora, qlora do); export the merged model only")

@@ -12,7 +12,7 @@ import shutil
 
 from finetune.config import RunConfig
 from finetune.methods import METHODS
-from finetune.models import load_model, load_tokenizer, resolve_model_source, torch_dtype
+from finetune.models import load_model, load_tokenizer, resolve_model_source, save_tokenizer, torch_dtype
 from finetune.pipeline.graph import StageContext
 
 log = logging.getLogger(__name__)
@@ -33,6 +33,6 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
     tmp = ctx.out_dir / ".model.tmp"
     merged.save_pretrained(str(tmp))
-    load_tokenizer(str(adapter), run.model).save_pretrained(str(tmp))
+    save_tokenizer(load_tokenizer(str(adapter), run.model), str(adapter), run.model, tmp)
     tmp.rename(out)
     return {"model": "model"}

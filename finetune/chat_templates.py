@@ -66,6 +66,17 @@ LLAMA3 = NamedTemplate(
            "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"),
     tokens=("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"),
 )
+# Gemma's turns, the conversation's system message written at the start of the first user turn as Gemma 3's template
+# writes it: for Gemma 2, whose own template refuses a system message. Contents not trimmed, as above.
+GEMMA = NamedTemplate(
+    jinja=("{{ bos_token }}{% set prefix = '' %}{% if messages and messages[0]['role'] == 'system' %}"
+           "{% set prefix = messages[0]['content'] + '\n\n' %}{% set messages = messages[1:] %}{% endif %}"
+           "{% for message in messages %}"
+           "{% set role = 'model' if message['role'] == 'assistant' else message['role'] %}"
+           "{{ '<start_of_turn>' + role + '\n' + (prefix if loop.first else '') + message['content'] + "
+           "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"),
+    tokens=("<start_of_turn>", "<end_of_turn>"),
+)
 # The guide's §5 instruction prompt (Japanese Alpaca), and Stanford Alpaca's own.
 ALPACA_PROMPTS = {
     "alpaca": InstructionPrompt(preamble="以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。",
@@ -74,7 +85,7 @@ ALPACA_PROMPTS = {
                                             "appropriately completes the request.",
                                    instruction="### Instruction:", response="### Response:"),
 }
-NAMED = {"chatml": CHATML, "llama3": LLAMA3,
+NAMED = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA,
          **{name: NamedTemplate(jinja=prompt.jinja(), tokens=(), ends_with_eos=True)
             for name, prompt in ALPACA_PROMPTS.items()}}
 

@@ -111,6 +111,37 @@ def test_llama3_renders_as_llama_3_1_instruct_and_its_modelfile(tmp_path):
     assert labelled_spans(base, TWO_TURNS) == ["A1<|eot_id|>", "A2<|eot_id|>"]
 
 
+def test_gemma_takes_a_system_message_as_gemma_3_and_renders_as_gemma_2_without_one(tmp_path):
+    """Gemma 2's own template (Google's, from llama.cpp's files) refuses a system message; the named ``gemma``
+    writes it at the start of the first user turn, as Gemma 3's does, and otherwise renders what Gemma 2's renders.
+    On a tokenizer of Gemma's kind (tests/test_gguf_families.py: Gemma's special tokens, spaces as ▁)."""
+    from jinja2 import TemplateError
+    from transformers import AutoTokenizer
+
+    from finetune.export.modelfile import GEMMA as GEMMA_FAMILY
+    from finetune.export.modelfile import PROBES, template_family
+
+    from .llama_cpp_sdist import llama_cpp_folder
+    from .test_gguf_families import save_tokenizer
+
+    folder = save_tokenizer("gemma", tmp_path / "gemma")
+    google = AutoTokenizer.from_pretrained(folder)
+    google.chat_template = (llama_cpp_folder() / "models" / "templates" / "google-gemma-2-2b-it.jinja").read_text()
+    with pytest.raises(TemplateError, match="System role not supported"):
+        google.apply_chat_template(PROBES[0], tokenize=False)
+    named = AutoTokenizer.from_pretrained(folder)
+    apply(named, "gemma")
+    assert template_family(named) is GEMMA_FAMILY
+    for messages in (TWO_TURNS, TWO_TURNS[:1], TWO_TURNS[:3]):
+        for prompt in (True, False):
+            assert named.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt) == (
+                google.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt))
+    system = [{"role": "system", "content": "S1"}, *TWO_TURNS]
+    first_turn = "<bos><start_of_turn>user\nS1\n\nU1<end_of_turn>"
+    assert named.apply_chat_template(system, tokenize=False).startswith(first_turn)
+    assert labelled_spans(named, system) == ["A1<end_of_turn>\n", "A2<end_of_turn>\n"]
+
+
 @pytest.mark.quick
 @pytest.mark.parametrize("name", ["alpaca", "alpaca_en"])
 def test_the_alpaca_prompts_end_each_answer_with_eos_and_train_only_the_answers(name, tmp_path):
@@ -144,8 +175,8 @@ def test_a_base_model_without_a_template_is_refused_before_training(tmp_path):
     assert proc.returncode == 2
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and line.endswith(
-        "the model's tokenizer has no chat template: set model.chat_template to chatml, llama3, alpaca, alpaca_en "
-        "or a .jinja file (plain-text data needs none)"), line
+        "the model's tokenizer has no chat template: set model.chat_template to chatml, llama3, gemma, alpaca, "
+        "alpaca_en or a .jinja file (plain-text data needs none)"), line
     assert snapshot(work) == before
 
 
@@ -158,9 +189,19 @@ def llama3_base_model(dest: Path) -> Path:
     return dest
 
 
+def gemma2_base_model(dest: Path) -> Path:
+    """A tiny random Gemma 2 with a tokenizer of Gemma's kind (tests/test_gguf_families.py) and no chat template."""
+    from .test_gguf_families import save_family_model
+
+    save_family_model(dest, "gemma2")
+    (dest / "chat_template.jinja").unlink()
+    return dest
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("name", "build", "end_of_turn"), [("chatml", base_model, "<|im_end|>"),
                                                             ("llama3", llama3_base_model, "<|eot_id|>"),
+                                                            ("gemma", gemma2_base_model, "<end_of_turn>"),
                                                             ("alpaca", base_model, "<|im_end|>"),
                                                             ("alpaca_en", llama3_base_model, "<|eot_id|>")])
 def test_a_base_model_trains_with_a_named_template_and_exports_it(name, build, end_of_turn, tmp_path):

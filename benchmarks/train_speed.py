@@ -1,5 +1,4 @@
-"""Training speed against plain TRL and the guide's script: `python benchmarks/train_speed.py [STEPS]`
-(needs `pip install -e '.[bench]'` for TRL).
+"""Training speed against plain TRL and the guide's script: `python benchmarks/train_speed.py [STEPS]`.
 
 Trains the same LoRA (r=16, alpha 32, dropout 0.05, q/k/v/o/gate/up/down) on SmolLM2-135M over the same
 support_bot training conversations for STEPS optimizer steps (default 6) of 8 conversations each, one after the

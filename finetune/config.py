@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from finetune.backends import BACKENDS
-from finetune.backends.base import OBJECTIVES
+from finetune.backends.base import LOCAL_WEIGHTS
 from finetune.data.checks import CHECKS
 from finetune.data.formats import READABLE, WRITABLE
 from finetune.data.python_source import PythonSourceConfig
@@ -34,6 +34,7 @@ from finetune.metrics import METRICS
 from finetune.metrics.formats import StyleRule, check_style_rules
 from finetune.metrics.harness import LmEvalConfig
 from finetune.metrics.judge import RESPONSE_FORMATS, JudgeConfig
+from finetune.objectives import DPO_LOSSES, OBJECTIVES
 
 STAGE_NAMES = ("synthesize", "validate", "train", "merge", "evaluate", "export", "card", "publish")
 
@@ -141,6 +142,18 @@ class MethodConfig:
 
 
 @dataclass
+class ObjectiveConfig:
+    """What training optimises (finetune/objectives/): ``sft`` on conversations, or a preference objective on
+    chosen/rejected pairs from the data."""
+
+    name: str = _field("sft", choices=tuple(OBJECTIVES))
+    # dpo: how far the policy may move from the reference (the model before training); null: the trainer's own
+    # (TRL's 0.1; OpenAI's "auto")
+    beta: float | None = _field(None, low=0.0, low_open=True)
+    loss_type: str = _field("sigmoid", choices=DPO_LOSSES)  # dpo: TRL's loss (sigmoid: the DPO paper's)
+
+
+@dataclass
 class BackendConfig:
     """Where training runs. The hosted backends' settings (finetune/backends/hosted/) say which job is run; the
     ``RUNTIME`` ones only how this process submits and watches it, so changing them never starts a second job."""
@@ -161,9 +174,6 @@ class BackendConfig:
     epochs: int | None = _field(None, low=1)  # null: the provider's default
     batch_size: int | None = _field(None, low=1)  # null: the provider's default
     lr_multiplier: float | None = _field(None, low=0.0, low_open=True)  # × the provider's learning rate; null: default
-    # openai: supervised fine-tuning, or DPO (preference tuning) on chosen/rejected pairs from the data
-    objective: str = _field("supervised", choices=tuple(OBJECTIVES))
-    dpo_beta: float | None = _field(None, low=0.0, low_open=True)  # DPO's beta (how far from the base); null: auto
     submit: bool = False  # submitting costs money: false writes the plan, its cost and the exact files, then stops
     poll_interval_s: float = _field(30.0, low=0.0, low_open=True)
     # The OpenAI-compatible endpoint evaluate asks the base and tuned models through; null: the provider's own
@@ -294,6 +304,7 @@ class RunConfig:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -379,11 +390,14 @@ def _check_cross_fields(run: RunConfig) -> None:
     if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
                                                   not all(isinstance(t, str) and t for t in targets)):
         raise ConfigError(f"method.target_modules={targets!r}: expected a list of layer names, all-linear or auto")
-    objective = run.backend.objective
+    objective = run.objective.name
     if objective not in BACKENDS[run.backend.name].objectives:
         able = " or ".join(f"backend={b.name}" for b in BACKENDS.values() if objective in b.objectives)
-        raise ConfigError(f"backend.objective={objective}: {OBJECTIVES[objective]} runs only with {able}, not "
+        raise ConfigError(f"objective={objective}: {OBJECTIVES[objective].description} runs only with {able}, not "
                           f"backend={run.backend.name}")
+    if run.objective.loss_type != "sigmoid" and LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities:
+        raise ConfigError(f"objective.loss_type={run.objective.loss_type}: backend={run.backend.name} trains DPO's "
+                          "sigmoid loss only")
     _check_eval(run.eval)
     if not run.model.source.strip():
         raise ConfigError("model.source is empty; expected a Hub id, a model folder, a .gguf file or "

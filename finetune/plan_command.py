@@ -102,8 +102,8 @@ def meta_model(run: RunConfig, config: Any, dtype_name: str) -> Any:
 
 def _train_rows(run: RunConfig) -> tuple[Any, str]:
     """The training split as validate makes it, tokenized for the plan; and which tokenizer counted it."""
-    from finetune.backends.local_train import tokenized
     from finetune.models import load_tokenizer, resolve_model_source
+    from finetune.objectives import OBJECTIVES
     from finetune.stages import validate
 
     model = counting_model(run.model)
@@ -114,7 +114,8 @@ def _train_rows(run: RunConfig) -> tuple[Any, str]:
                    "here (offline); its count differs with its vocabulary")
     splits = validate.prepare(run).splits
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
-    return tokenized(tokenizer, splits["train"], run.train.loss_on, run.train.max_seq_len), counted
+    train_set, _ = OBJECTIVES[run.objective.name].implementation().datasets(run, tokenizer, splits["train"], [])
+    return train_set, counted
 
 
 def _file_name(run: RunConfig) -> str:

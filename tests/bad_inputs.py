@@ -256,8 +256,8 @@ CASES: list[Case] = [
     Case("row-not-an-object", (*TINY_MODEL, *DATA), "error: data.jsonl:3: a record must be a JSON object, got list",
          files={"data.jsonl": GOOD.replace(b"\n", b"\n[1, 2]\n", 2).replace(b"\n[1, 2]\n", b"\n", 1)}),
     Case("preference-data", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:1: preference data (chosen/rejected); this run trains supervised — set backend=openai "
-         "backend.objective=dpo for hosted DPO, or keep only the chosen answers",
+         "error: data.jsonl:1: preference data (chosen/rejected); this run trains on conversations (objective=sft) "
+         "— set objective=dpo, or keep only the chosen answers",
          files={"data.jsonl": jsonl([{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3)}),
     Case("hub-dataset-offline", (*TINY_MODEL, "dataset.path=someone/support_chats"),
          "error: someone/support_chats: a Hub dataset that is not in the local datasets cache, and HF_HUB_OFFLINE "

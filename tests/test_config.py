@@ -68,14 +68,25 @@ def test_command_line_group_choice_beats_the_recipe():
     ("+method.foo=1", "method.foo: no such key"),
     ("dataset.path=/no/such/file.jsonl", "dataset.path: file not found: /no/such/file.jsonl"),
     ("stages=[validate,deploy]", "stages: unknown stage 'deploy'"),
-    ("backend.objective=dpo", "backend.objective=dpo: preference tuning runs only with backend=openai"),
-    ("backend.dpo_beta=0", "backend.dpo_beta=0.0: must be"),
+    ("objective.beta=0", "objective.beta=0.0: must be"),
 ])
 def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
         load_run_config(composed("+recipe=support_bot", override))
     assert message in str(e.value)
     assert "\n" not in str(e.value)
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("overrides", "message"), [
+    (("backend=vertex", "objective=dpo"),
+     "objective=dpo: preference tuning (DPO) runs only with backend=hf or backend=openai, not backend=vertex"),
+    (("backend=openai", "objective=dpo", "objective.loss_type=ipo"),
+     "objective.loss_type=ipo: backend=openai trains DPO's sigmoid loss only"),
+])
+def test_an_objective_the_backend_does_not_train_is_refused(overrides, message):
+    with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+        load_run_config(composed("+recipe=support_bot", *overrides))
 
 
 def test_cli_rejects_a_bad_rank_before_any_work(tmp_path):

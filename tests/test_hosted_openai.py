@@ -60,7 +60,7 @@ def pairs(tmp_path_factory) -> Path:
 
 
 def test_preference_pairs_tune_with_dpo_and_the_tuned_model_is_evaluated(api, pairs, tmp_path):
-    run_cli(*args(api, pairs, tmp_path, "backend.objective=dpo", "backend.dpo_beta=0.2", "backend.submit=true"),
+    run_cli(*args(api, pairs, tmp_path, "objective=dpo", "objective.beta=0.2", "backend.submit=true"),
             cwd=tmp_path, env={"OPENAI_API_KEY": KEY})
     (job,) = api.jobs.values()
     assert job["method"] == {"type": "dpo", "dpo": {"hyperparameters": {"beta": 0.2}}}
@@ -75,13 +75,13 @@ def test_preference_pairs_tune_with_dpo_and_the_tuned_model_is_evaluated(api, pa
 
 
 @pytest.mark.parametrize(("which", "objective", "message"), [
-    ("pairs", "supervised", "pairs.jsonl:1: preference data (chosen/rejected); this run trains supervised — set "
-                            "backend=openai backend.objective=dpo for hosted DPO, or keep only the chosen answers"),
-    ("dataset", "dpo", "chats.jsonl:1: no rejected answer; backend.objective=dpo trains on preference pairs"),
-], ids=["pairs-supervised", "chats-dpo"])
+    ("pairs", "sft", "pairs.jsonl:1: preference data (chosen/rejected); this run trains on conversations "
+                     "(objective=sft) — set objective=dpo, or keep only the chosen answers"),
+    ("dataset", "dpo", "chats.jsonl:1: no rejected answer; objective=dpo trains on preference pairs"),
+], ids=["pairs-sft", "chats-dpo"])
 def test_data_that_does_not_fit_the_objective_is_refused_in_one_line(api, request, which, objective, message,
                                                                        tmp_path):
-    proc = run_cli(*args(api, request.getfixturevalue(which), tmp_path, f"backend.objective={objective}",
+    proc = run_cli(*args(api, request.getfixturevalue(which), tmp_path, f"objective={objective}",
                          "backend.submit=true"), cwd=tmp_path, check=False, env={"OPENAI_API_KEY": KEY})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert message in proc.stderr.strip().splitlines()[-1]
@@ -216,7 +216,7 @@ def test_dpo_pairs_are_checked_and_counted_as_openai_takes_them():
     from finetune.config import RunConfig
 
     run = RunConfig()
-    run.backend.name, run.backend.objective, run.backend.base_model = "openai", "dpo", MODEL
+    run.backend.name, run.objective.name, run.backend.base_model = "openai", "dpo", MODEL
     pair = {"input": {"messages": [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]},
             "preferred_output": [{"role": "assistant", "content": "Hey"}],
             "non_preferred_output": [{"role": "assistant", "content": " "}]}

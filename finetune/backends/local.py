@@ -14,7 +14,7 @@ from finetune.errors import UserError
 from finetune.models import load_config, load_tokenizer, resolve_model_source
 
 # What local training reads: a change to one of them trains again
-CONFIG_KEYS = ("model", "method", "backend.name", "train", "seed")
+CONFIG_KEYS = ("model", "method", "backend.name", "objective", "train", "seed")
 
 
 class TrainError(UserError, RuntimeError):

@@ -1,7 +1,6 @@
 """The local backends' training, in this process: the validated splits tokenized with the model's chat template,
-the model the backend loads, and transformers' ``Trainer`` with our loop (``finetune.training``): labels from
-``finetune.chat`` (assistant turns with their end-of-turn token, or every token with ``train.loss_on=all``),
-logits only where there is a target, optional packing without attention across samples. Before the first step
+the model the backend loads, and the objective's trainer (``finetune.objectives``: our own loop for ``sft``, TRL's
+trainers for the preference objectives), with the same arguments, callbacks and checkpoints. Before the first step
 the plan (``finetune.plan``) is printed and saved; afterwards the measured peak memory sits beside its estimate.
 Checkpoints go to ``checkpoints/``; an interrupted run resumes from the last one and ends bit-identical to an
 uninterrupted one (same seed, CPU). Every logged figure goes to ``loss.jsonl`` and TensorBoard, the curves to
@@ -13,35 +12,21 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from finetune import curves, distributed, methods, plan
-from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.config import RunConfig
-from finetune.data.canonical import Conversation, read_split
+from finetune.data.canonical import read_split
 from finetune.models import load_tokenizer, resolve_model_source, save_tokenizer, torch_dtype
+from finetune.objectives import OBJECTIVES
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json
 from finetune.sweep import trial
-from finetune.training import Batcher, jsonl_log, make_trainer, progress_bar
+from finetune.training import jsonl_log, progress_bar
 
 log = logging.getLogger(__name__)
-
-
-def tokenized(tokenizer: Any, split: Iterable[Conversation], loss_on: str, max_len: int) -> Any:
-    """The split as ``input_ids``/``labels`` rows, cut at ``max_len`` tokens (validate has checked that every
-    row keeps trained tokens within it), with each row's ``length`` and ``trained`` token counts for the plan."""
-    from datasets import Dataset
-
-    rows = []
-    for row in split:
-        t = tokenize(tokenizer, row)
-        labels = (t.input_ids if loss_on == "all" else t.labels)[:max_len]
-        rows.append({"input_ids": t.input_ids[:max_len], "labels": labels, "length": len(labels),
-                     "trained": sum(label != IGNORE_INDEX for label in labels)})
-    return Dataset.from_list(rows) if rows else None
 
 
 def _last_checkpoint(checkpoints: Path) -> Path | None:
@@ -63,14 +48,14 @@ def _drop_incomplete_checkpoints(checkpoints: Path) -> None:
             shutil.rmtree(path, ignore_errors=True)
 
 
-def _arguments(run: RunConfig, checkpoints: Path, has_eval: bool) -> Any:
+def _arguments(run: RunConfig, checkpoints: Path, has_eval: bool) -> dict[str, Any]:
+    """transformers' ``TrainingArguments`` for the run, as keywords: each objective's trainer takes its own kind."""
     import torch
-    from transformers import TrainingArguments
 
     t = run.train
     dtype = torch_dtype(run.model.dtype)
     keep_best = has_eval and (t.keep_best or t.early_stopping_patience is not None)
-    return TrainingArguments(
+    return dict(
         output_dir=str(checkpoints),
         max_steps=t.max_steps,
         num_train_epochs=t.epochs,
@@ -133,6 +118,25 @@ def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, 
     return callbacks, tensorboard
 
 
+def _end_of_turn_ids(model: Any) -> tuple[Any, Any]:
+    """The EOS ids of the model's config and generation config: its end of turn, where generation stops."""
+    generation = getattr(model, "generation_config", None)
+    return model.config.eos_token_id, getattr(generation, "eos_token_id", None)
+
+
+def _keep_end_of_turn_ids(model: Any, ids: tuple[Any, Any]) -> None:
+    """Put back the EOS ids training changed: transformers' Trainer (TRL's too) sets them to the tokenizer's EOS
+    when it starts, which for an instruct model whose tokenizer's EOS is not its end of turn (a Llama 3 tokenizer's
+    <|end_of_text|> under <|eot_id|>) would save a fully fine-tuned model that never stops at the end of its turn."""
+    config_ids, generation_ids = ids
+    if model.config.eos_token_id != config_ids:
+        log.info("keeping the model's eos_token_id %s (the trainer set %s)", config_ids, model.config.eos_token_id)
+        model.config.eos_token_id = config_ids
+    generation = getattr(model, "generation_config", None)
+    if generation is not None and generation.eos_token_id != generation_ids:
+        generation.eos_token_id = generation_ids
+
+
 def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], Any]) -> dict[str, str]:
     """Train the model ``load`` gives in this process (one of several workers, or alone); only the main process
     writes files."""
@@ -141,8 +145,9 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
     t = run.train
     set_seed(run.seed)  # the adapter's initial weights are drawn when it is attached, before the Trainer exists
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
-    train_set = tokenized(tokenizer, read_split(ctx.input("validate", "train")), t.loss_on, t.max_seq_len)
-    eval_set = tokenized(tokenizer, read_split(ctx.input("validate", "validation")), t.loss_on, t.max_seq_len)
+    objective = OBJECTIVES[run.objective.name].implementation()
+    train_set, eval_set = objective.datasets(run, tokenizer, read_split(ctx.input("validate", "train")),
+                                             read_split(ctx.input("validate", "validation")))
     before_model = plan.process_bytes()
     model = load(run)
     plan.release_freed_memory()
@@ -153,11 +158,11 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
     resume_from = _last_checkpoint(checkpoints) if ctx.resume else None
     resume_step = int(resume_from.name.split("-")[1]) if resume_from else 0
     tokens_before = _tokens_seen(resume_from) if resume_from else 0  # read now: checkpoints rotate away
-    args = _arguments(run, checkpoints, eval_set is not None)
     callbacks, tensorboard = _callbacks(run, ctx, main, resume_step, eval_set is not None)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    trainer = make_trainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
-                           data_collator=Batcher(pad_id, t.packing), processing_class=tokenizer, callbacks=callbacks)
+    end_of_turn = _end_of_turn_ids(model)
+    trainer = objective.trainer(run, model, tokenizer, _arguments(run, checkpoints, eval_set is not None),
+                                train_set, eval_set, callbacks)
+    args = trainer.args
     trainer.remove_callback(PrinterCallback)
     if main:
         the_plan = plan.make(run, model, train_set, trainer.accelerator.num_processes, before_model)
@@ -176,6 +181,7 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
         if tensorboard is not None:
             tensorboard.close()
     measured = peak.read()
+    _keep_end_of_turn_ids(model, end_of_turn)
     out_name = "adapter" if methods.METHODS[run.method.name].adapter else "model"
     trainer.save_model(str(ctx.out_dir / out_name))  # the Trainer saves from the main process only
     # …with training_args.bin, a pickle that holds this run's paths: the folder would differ in every run directory,
@@ -197,6 +203,7 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
     tokens_now = tokens - tokens_before
     metrics = {
         "method": run.method.name,
+        "objective": run.objective.name,
         "backend": run.backend.name,
         "processes": trainer.accelerator.num_processes,
         "lr": args.learning_rate,

@@ -7,7 +7,7 @@ What a format cannot express (tools in Bedrock's format, a plain-text row in a c
 
 Preference records (OpenAI's DPO format, TRL's prompt/chosen/rejected) are read into conversations whose last
 assistant message is the chosen answer and ``rejected`` the other; only ``openai_dpo`` writes them back, and the
-validate stage takes them only for hosted DPO (``backend.objective=dpo``).
+validate stage takes them only for a preference objective (``objective=dpo``).
 """
 
 from __future__ import annotations

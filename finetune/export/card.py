@@ -15,6 +15,7 @@ from finetune.config import RunConfig
 from finetune.gguf_header import gguf_value
 from finetune.methods import METHODS
 from finetune.models import is_hub_id, package_file
+from finetune.objectives import OBJECTIVES
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,20 @@ def _metadata(run: RunConfig, hub_id: str | None, inputs: CardInputs, tags: list
     )
 
 
+def _objective(run: RunConfig) -> str:
+    o = run.objective
+    if not OBJECTIVES[o.name].pairs:
+        return f"{o.name}: {OBJECTIVES[o.name].description}"
+    beta = o.beta if o.beta is not None else "the trainer's default"
+    return f"{o.name}: {OBJECTIVES[o.name].description} on chosen/rejected pairs, beta {beta}, {o.loss_type} loss"
+
+
+def _trained_tokens(run: RunConfig) -> str:
+    if OBJECTIVES[run.objective.name].pairs:
+        return "each pair's two answers scored after its prompt, end-of-turn token included"
+    return "loss on assistant tokens only, end-of-turn token included"
+
+
 def _training(run: RunConfig, inputs: CardInputs) -> list[str]:
     m, t, train = run.method, run.train, inputs.train
     lr = t.lr if t.lr is not None else METHODS[m.name].lr
@@ -85,10 +100,11 @@ def _training(run: RunConfig, inputs: CardInputs) -> list[str]:
         f"| data | `{Path(inputs.report['dataset']).name}` ({inputs.report['format']}): {splits['train']} train, "
         f"{splits['validation']} validation, {splits['test']} test conversations |",
         f"| method | {method} |",
+        f"| objective | {_objective(run)} |",
         f"| length | {length}, {train.get('input_tokens_seen', '?'):,} tokens seen |",
         f"| batch | {t.batch_size} × {t.grad_accum} accumulation × {train.get('processes', 1)} process(es) |",
         f"| learning rate | {lr} ({t.lr_scheduler}), optimizer {train.get('optimizer', '?')} |",
-        f"| sequence length | {t.max_seq_len} tokens; loss on assistant tokens only, end-of-turn token included |",
+        f"| sequence length | {t.max_seq_len} tokens; {_trained_tokens(run)} |",
         f"| hardware | {inputs.plan.get('here', {}).get('device', '?')}, {train.get('dtype', '?')} |",
         f"| time | {minutes} ({train.get('tokens_per_s', '?')} tokens/s); final train loss "
         f"{train.get('train_loss', float('nan')):.4f}, eval loss {train.get('last_eval_loss') or float('nan'):.4f} |",

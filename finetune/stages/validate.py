@@ -21,7 +21,6 @@ from typing import Any
 
 import numpy as np
 
-from finetune.backends import BACKENDS
 from finetune.chat import template_takes
 from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
@@ -33,6 +32,7 @@ from finetune.data.report import markdown, summary_table
 from finetune.data.splits import SPLITS, random_split, weighted
 from finetune.data.tokens import TokenStats, token_stats
 from finetune.models import load_tokenizer, resolve_model_source
+from finetune.objectives import OBJECTIVES
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
@@ -123,19 +123,20 @@ def _length_stats(values: np.ndarray) -> dict[str, float]:
 
 
 def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
-    """Preference pairs train only as hosted DPO, and DPO only on pairs: the first row that does not fit is named
-    before any check runs, rather than a provider's format refusing every row later (or dropping the rejected)."""
-    dpo = run.backend.objective == "dpo"
-    misfit = next((c for c in rows if (c.rejected is None) == dpo), None)
+    """Preference pairs train only with a preference objective, and it only on pairs: the first row that does not
+    fit is named before any check runs, rather than a trainer or a provider's format refusing it later (or the
+    rejected answer being dropped)."""
+    objective = OBJECTIVES[run.objective.name]
+    misfit = next((c for c in rows if (c.rejected is None) == objective.pairs), None)
     if misfit is None:
         return
-    if dpo:
-        raise DataError(f"{misfit.location}: no rejected answer; backend.objective=dpo trains on preference pairs "
-                        "(prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output) — give "
-                        "pairs on every row, or set backend.objective=supervised")
-    able = " or ".join(f"backend={b.name}" for b in BACKENDS.values() if "dpo" in b.objectives)
-    raise DataError(f"{misfit.location}: preference data (chosen/rejected); this run trains supervised — set "
-                    f"{able} backend.objective=dpo for hosted DPO, or keep only the chosen answers")
+    if objective.pairs:
+        raise DataError(f"{misfit.location}: no rejected answer; objective={objective.name} trains on preference "
+                        "pairs (prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output) — "
+                        "give pairs on every row, or set objective=sft")
+    preference = " or ".join(f"objective={o.name}" for o in OBJECTIVES.values() if o.pairs)
+    raise DataError(f"{misfit.location}: preference data (chosen/rejected); this run trains on conversations "
+                    f"(objective={objective.name}) — set {preference}, or keep only the chosen answers")
 
 
 @dataclass
@@ -223,7 +224,7 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
 
 
 # What prepare reads (the stage's fingerprint); the objective decides whether preference pairs are taken
-CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len", "backend.objective")
+CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len", "objective.name")
 
 
 def input_files(run: RunConfig) -> list[Path]:

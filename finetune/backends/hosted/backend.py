@@ -16,7 +16,7 @@ from finetune.config import BackendConfig
 # What makes a hosted job another job: its backend settings but BackendConfig.RUNTIME (submit, polling), the
 # seed and run name it is created with, the adapter size (method.r); train.* is local training's
 CONFIG_KEYS = ("method", *(f"backend.{f.name}" for f in dataclasses.fields(BackendConfig)
-                           if f.name not in BackendConfig.RUNTIME), "seed", "run_name")
+                           if f.name not in BackendConfig.RUNTIME), "objective", "seed", "run_name")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """backend=openai: any OpenAI-compatible fine-tuning API (``backend.base_url``), through the official ``openai``
 SDK: files uploaded with ``purpose=fine-tune``, ``fine_tuning.jobs.create`` with ``method={type: supervised}``
-(or ``dpo`` with ``backend.objective=dpo``, on preference pairs), status and metrics events polled, checkpoints
+(or ``dpo`` with ``objective=dpo``, on preference pairs), status and metrics events polled, checkpoints
 listed, the tuned model asked through the same API.
 
 OpenAI itself is winding self-serve fine-tuning down (no new organisations since 2026-05-07, no one from
@@ -81,12 +81,16 @@ def _dpo_problems(record: dict[str, Any]) -> list[str]:
     return found
 
 
+# objective.name -> the API's fine-tuning method type
+_METHODS = {"sft": "supervised", "dpo": "dpo"}
+
+
 class OpenAIProvider:
     name = "openai"
     title = "OpenAI-compatible fine-tuning API"
 
     def data_format(self, run: Any) -> str:
-        return "openai_dpo" if run.backend.objective == "dpo" else "openai"
+        return "openai_dpo" if run.objective.name == "dpo" else "openai"
 
     def check(self, run: Any) -> None:
         cfg = run.backend
@@ -99,7 +103,7 @@ class OpenAIProvider:
                                     f"jobs to {cfg.base_url} with the key from that environment variable")
 
     def problems(self, record: dict[str, Any], run: Any) -> list[str]:
-        if run.backend.objective == "dpo":
+        if run.objective.name == "dpo":
             return _dpo_problems(record)
         messages = record["messages"]
         found = [f"message {i} has role {m['role']!r}" for i, m in enumerate(messages) if m["role"] not in ROLES]
@@ -115,7 +119,7 @@ class OpenAIProvider:
         exact = model.startswith(("gpt-", "o1", "o3", "o4"))
         how = f"tiktoken's {name} and OpenAI's chat counting recipe"
         count = _count_chat
-        if run.backend.objective == "dpo":
+        if run.objective.name == "dpo":
             how, count = f"{how}, the input and both outputs of each pair (what DPO trains and bills)", _count_dpo
         return TokenCount(count(tiktoken_encoding(name)),
                           how if exact else f"{how} (an approximation for {model}, whose tokenizer differs)")
@@ -124,7 +128,7 @@ class OpenAIProvider:
         cfg = run.backend
         hp = {"n_epochs": cfg.epochs or "auto", "batch_size": cfg.batch_size or "auto",
               "learning_rate_multiplier": cfg.lr_multiplier or "auto"}
-        return {**hp, "beta": cfg.dpo_beta or "auto"} if cfg.objective == "dpo" else hp
+        return {**hp, "beta": run.objective.beta or "auto"} if run.objective.name == "dpo" else hp
 
     def notices(self, run: Any) -> Sequence[str]:
         if urlparse(run.backend.base_url or "").hostname != "api.openai.com":
@@ -172,7 +176,7 @@ class OpenAISession:
         job = self._call("the fine-tuning job", self.client.fine_tuning.jobs.create,
                          model=run.backend.base_model, training_file=ids["train"],
                          validation_file=ids.get("validation"), seed=run.seed, suffix=run.run_name[:40],
-                         method={"type": run.backend.objective, run.backend.objective: {"hyperparameters": hp}})
+                         method={"type": (method := _METHODS[run.objective.name]), method: {"hyperparameters": hp}})
         return job.id
 
     def job(self, job_id: str) -> Job:

@@ -1,0 +1,34 @@
+"""Training objectives as a registry: ``objective.name`` picks what the model is trained to do.
+
+``sft`` (the default) trains on conversations with our own loop (``finetune.training``); the others on preference
+pairs through TRL's trainers, with our data layer, methods, plan, progress bar, curves, checkpoints, resume and
+manifests. An entry says what its data is and which module trains it, imported only when training starts, so
+``import finetune.config`` loads no TRL. A backend lists the objectives it trains (``Backend.objectives``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+# DPO's losses as TRL names them (trl.DPOConfig.loss_type); sigmoid is the paper's (and OpenAI's)
+DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+              "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    description: str  # as messages name it
+    pairs: bool  # trains on preference pairs (a chosen and a rejected answer) rather than conversations
+    module: str  # finetune.objectives.<module>: its ``datasets`` and ``trainer`` (finetune.backends.local_train)
+
+    def implementation(self) -> Any:
+        return importlib.import_module(f"finetune.objectives.{self.module}")
+
+
+OBJECTIVES = {o.name: o for o in (
+    Objective("sft", "supervised fine-tuning", pairs=False, module="sft"),
+    Objective("dpo", "preference tuning (DPO)", pairs=True, module="dpo"),
+)}

@@ -1,0 +1,46 @@
+"""sft: supervised fine-tuning on conversations with our own loop (``finetune.training``): labels from
+``finetune.chat`` (assistant turns with their end-of-turn token, or every token with ``train.loss_on=all``), logits
+only where there is a target, optional packing without attention across samples."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from finetune.chat import IGNORE_INDEX, tokenize
+from finetune.data.canonical import Conversation
+
+
+def tokenized(tokenizer: Any, split: Iterable[Conversation], loss_on: str, max_len: int) -> Any:
+    """The split as ``input_ids``/``labels`` rows, cut at ``max_len`` tokens (validate has checked that every
+    row keeps trained tokens within it), with each row's ``length`` and ``trained`` token counts for the plan."""
+    from datasets import Dataset
+
+    rows = []
+    for row in split:
+        t = tokenize(tokenizer, row)
+        labels = (t.input_ids if loss_on == "all" else t.labels)[:max_len]
+        rows.append({"input_ids": t.input_ids[:max_len], "labels": labels, "length": len(labels),
+                     "trained": sum(label != IGNORE_INDEX for label in labels)})
+    return Dataset.from_list(rows) if rows else None
+
+
+def datasets(run: Any, tokenizer: Any, train: Iterable[Conversation], validation: Iterable[Conversation]
+             ) -> tuple[Any, Any]:
+    """The training and validation splits as the trainer takes them (None for an empty split)."""
+    t = run.train
+    return (tokenized(tokenizer, train, t.loss_on, t.max_seq_len),
+            tokenized(tokenizer, validation, t.loss_on, t.max_seq_len))
+
+
+def trainer(run: Any, model: Any, tokenizer: Any, arguments: dict[str, Any], train_set: Any, eval_set: Any,
+            callbacks: list[Any]) -> Any:
+    """transformers' Trainer with our loss (``finetune.training.make_trainer``) and batching."""
+    from transformers import TrainingArguments
+
+    from finetune.training import Batcher, make_trainer
+
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return make_trainer(model=model, args=TrainingArguments(**arguments), train_dataset=train_set,
+                        eval_dataset=eval_set, data_collator=Batcher(pad_id, run.train.packing),
+                        processing_class=tokenizer, callbacks=callbacks)

@@ -147,10 +147,11 @@ class ObjectiveConfig:
     chosen/rejected pairs from the data."""
 
     name: str = _field("sft", choices=tuple(OBJECTIVES))
-    # dpo: how far the policy may move from the reference (the model before training); null: the trainer's own
-    # (TRL's 0.1; OpenAI's "auto")
+    # dpo: how far the policy may move from the reference (the model before training); orpo: the weight of the odds
+    # ratio term; simpo: the scale of the reward margin. null: the trainer's own (TRL's 0.1; OpenAI's "auto")
     beta: float | None = _field(None, low=0.0, low_open=True)
     loss_type: str = _field("sigmoid", choices=DPO_LOSSES)  # dpo: TRL's loss (sigmoid: the DPO paper's)
+    simpo_gamma: float = _field(0.5, low=0.0)  # simpo: the target reward margin (TRL's default)
 
 
 @dataclass
@@ -313,6 +314,16 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
+def _check_objective_settings(objective: ObjectiveConfig) -> None:
+    """A setting the chosen objective does not read is refused, naming the objectives that read it."""
+    used = OBJECTIVES[objective.name].settings
+    for f in dataclasses.fields(ObjectiveConfig):
+        if f.name != "name" and f.name not in used and getattr(objective, f.name) != f.default:
+            readers = [o.name for o in OBJECTIVES.values() if f.name in o.settings]
+            raise ConfigError(f"objective.{f.name}={getattr(objective, f.name)}: objective={objective.name} does not "
+                              f"use it ({', '.join(readers)} {'does' if len(readers) == 1 else 'do'})")
+
+
 def _range_text(meta: dict[str, Any]) -> str:
     low, high = meta["low"], meta["high"]
     if low is not None and high is not None:
@@ -395,6 +406,7 @@ def _check_cross_fields(run: RunConfig) -> None:
         able = " or ".join(f"backend={b.name}" for b in BACKENDS.values() if objective in b.objectives)
         raise ConfigError(f"objective={objective}: {OBJECTIVES[objective].description} runs only with {able}, not "
                           f"backend={run.backend.name}")
+    _check_objective_settings(run.objective)
     if run.objective.loss_type != "sigmoid" and LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities:
         raise ConfigError(f"objective.loss_type={run.objective.loss_type}: backend={run.backend.name} trains DPO's "
                           "sigmoid loss only")

@@ -370,6 +370,9 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
     adapter = trainable < total / 2
     flops_per_token = (4 if adapter else 6) * total + (2 * total if t.gradient_checkpointing else 0)
     flops = flops_per_token * tokens
+    reference = _reference(run, memory["weights"], adapter)
+    if reference:  # a forward pass of the model before training: each step's pairs, or every pair once ahead
+        flops += 2 * total * (tokens if adapter else sum(lengths))
     here = (torch.cuda.get_device_name() if cuda else cpu_name(), None if cuda else _cpu_matmul_flops())
     gpus = gpu_costs(flops, memory["total"] - memory["process"] - memory["allocator"], processes)
     adapter_config = getattr(model, "peft_config", {}).get("default")
@@ -386,12 +389,25 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
         "processes": processes,
         "distributed": t.distributed if processes > 1 else None,
         "memory_estimate_bytes": memory,
+        "reference": reference,
         "flops": flops,
         "assumed_mfu": ASSUMED_MFU,
         "here": {"device": here[0], "fp32_matmul_flops": here[1],
                  "estimated_s": round(flops / (here[1] * ASSUMED_MFU), 1) if here[1] else None},
         "gpus": gpus,
     }
+
+
+def _reference(run: Any, weight_bytes: int, adapter: bool) -> dict[str, Any] | None:
+    """How an objective that compares the policy with the model before training (DPO) gets that model, at what
+    memory, and what a second copy — TRL's way without an adapter or precomputed scores — would take."""
+    from finetune.objectives import OBJECTIVES
+
+    if not OBJECTIVES[run.objective.name].reference:
+        return None
+    how = ("the policy with its adapter switched off" if adapter else
+           "its log-probabilities, computed in one forward pass over the data before the first step")
+    return {"how": how, "bytes": 0, "second_copy_bytes": weight_bytes}
 
 
 def _gb(n: float) -> str:
@@ -418,6 +434,9 @@ def text(plan: dict[str, Any]) -> str:
         f"  memory estimate {_gb(m['total'])}" + (f" per process ({plan['distributed']} over {plan['processes']})"
                                                   if plan.get("distributed") else "") + f" ({parts})",
     ]
+    if reference := plan.get("reference"):
+        lines.append(f"  reference model: {reference['how']}, {_gb(reference['bytes'])} (a second copy would take "
+                     f"{_gb(reference['second_copy_bytes'])})")
     here = plan["here"]
     if here["estimated_s"] is not None:
         enough = "; this CPU is enough, no GPU needed"

@@ -244,10 +244,11 @@ CASES: list[Case] = [
          files={"data.jsonl": _bad_row({"messages": [{"role": "user", "content": "hi"}]})}),
     Case("format-cannot-be-told", (*TINY_MODEL, *DATA, "dataset.format=auto"),
          "error: data.jsonl:1: cannot tell the format from keys (answer, question); expected 'messages' (OpenAI "
-         "chat); 'conversations' (ShareGPT); 'instruction' + 'output' (Alpaca); 'contents' (Gemini); 'prompt' + "
+         "chat); 'conversations' (ShareGPT; + 'chosen' + 'rejected': LLaMA-Factory's ranking); 'instruction' + "
+         "'output' (Alpaca; 'chosen' + 'rejected' for 'output': ranking); 'contents' (Gemini); 'prompt' + "
          "'completion'; 'input' + 'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + "
-         "'rejected' (preference pairs); 'text' (plain text, continued pre-training); map other column names with "
-         "dataset.columns, or set dataset.format",
+         "'rejected' (preference pairs); 'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH); 'text' "
+         "(plain text, continued pre-training); map other column names with dataset.columns, or set dataset.format",
          files={"data.jsonl": jsonl([{"question": "q", "answer": "a"}])}),
     Case("every-record-empty", (*TINY_MODEL, *DATA),
          "error: data.jsonl: no usable conversation is left of 5 records: empty_answer dropped 5 (e.g. "
@@ -257,7 +258,7 @@ CASES: list[Case] = [
          files={"data.jsonl": GOOD.replace(b"\n", b"\n[1, 2]\n", 2).replace(b"\n[1, 2]\n", b"\n", 1)}),
     Case("preference-data", (*TINY_MODEL, *DATA),
          "error: data.jsonl:1: preference data (chosen/rejected); this run trains on conversations (objective=sft) "
-         "— set objective=dpo, or keep only the chosen answers",
+         "— set objective to one of dpo, orpo, simpo, or keep only the chosen answers",
          files={"data.jsonl": jsonl([{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3)}),
     Case("hub-dataset-offline", (*TINY_MODEL, "dataset.path=someone/support_chats"),
          "error: someone/support_chats: a Hub dataset that is not in the local datasets cache, and HF_HUB_OFFLINE "

@@ -83,6 +83,9 @@ def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
      "objective=dpo: preference tuning (DPO) runs only with backend=hf or backend=openai, not backend=vertex"),
     (("backend=openai", "objective=dpo", "objective.loss_type=ipo"),
      "objective.loss_type=ipo: backend=openai trains DPO's sigmoid loss only"),
+    (("objective=orpo", "objective.loss_type=ipo"),
+     "objective.loss_type=ipo: objective=orpo does not use it (dpo does)"),
+    (("objective.simpo_gamma=1",), "objective.simpo_gamma=1.0: objective=sft does not use it (simpo does)"),
 ])
 def test_an_objective_the_backend_does_not_train_is_refused(overrides, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):

@@ -107,10 +107,11 @@ def test_openai_tool_calls_with_null_content_and_tool_messages():
 @pytest.mark.parametrize(("record", "message"), [
     ({"question": "q", "answer": "a"},
      "cannot tell the format from keys (answer, question); expected 'messages' (OpenAI chat); 'conversations' "
-     "(ShareGPT); 'instruction' + 'output' (Alpaca); 'contents' (Gemini); 'prompt' + 'completion'; 'input' + "
+     "(ShareGPT; + 'chosen' + 'rejected': LLaMA-Factory's ranking); 'instruction' + 'output' (Alpaca; 'chosen' + "
+     "'rejected' for 'output': ranking); 'contents' (Gemini); 'prompt' + 'completion'; 'input' + "
      "'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + 'rejected' (preference "
-     "pairs); 'text' (plain text, continued pre-training); map other column names with dataset.columns, or set "
-     "dataset.format"),
+     "pairs); 'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH); 'text' (plain text, continued "
+     "pre-training); map other column names with dataset.columns, or set dataset.format"),
     ({"messages": [], "conversations": []},
      "keys (conversations, messages) fit several formats (messages, sharegpt); set dataset.format"),
     (["not", "an", "object"], "a record must be a JSON object, got list"),
@@ -212,6 +213,14 @@ SAME_PAIR_IN_EVERY_FORMAT = {
     "preference (strings)": {"prompt": "Translate\n\nhello", "chosen": "こんにちは", "rejected": "Hello."},
     "preference (conversational)": {"prompt": PAIR, "chosen": OPENAI_DPO["preferred_output"],
                                     "rejected": OPENAI_DPO["non_preferred_output"]},
+    # LLaMA-Factory's ranking data (its data/dpo_en_demo.json, README's Alpaca preference layout)
+    "sharegpt (ranking)": {"conversations": [{"from": "human", "value": "Translate\n\nhello"}],
+                           "chosen": {"from": "gpt", "value": "こんにちは"},
+                           "rejected": {"from": "gpt", "value": "Hello."}},
+    "alpaca (ranking)": {"instruction": "Translate", "input": "hello", "chosen": "こんにちは", "rejected": "Hello."},
+    # Anthropic HH-RLHF: whole transcripts
+    "hh": {"chosen": "\n\nHuman: Translate\n\nhello\n\nAssistant: こんにちは",
+           "rejected": "\n\nHuman: Translate\n\nhello\n\nAssistant: Hello."},
 }
 
 
@@ -222,6 +231,14 @@ def test_preference_pairs_read_into_the_chosen_conversation_and_its_rejected_ans
     (c,) = loaded.conversations
     assert loaded.format == name.split(" ")[0]
     assert (c.messages, c.rejected, c.location) == (EXPECTED, "Hello.", f"{tmp_path / 'd.jsonl'}:1")
+
+
+@pytest.mark.parametrize("name", list(SAME_PAIR_IN_EVERY_FORMAT))
+def test_every_preference_format_round_trips_through_openai_dpo(name):
+    record = SAME_PAIR_IN_EVERY_FORMAT[name]
+    c = formats.read(record, formats.detect(record))
+    written = json.loads(json.dumps(formats.write(c, "openai_dpo")))
+    assert formats.read(written, formats.detect(written)) == c and c.rejected == "Hello."
 
 
 def test_a_preference_pair_round_trips_through_openai_dpo_and_the_split_file(tmp_path):
@@ -241,6 +258,12 @@ def test_a_preference_pair_round_trips_through_openai_dpo_and_the_split_file(tmp
     ({"input": {"messages": PAIR}, "preferred_output": [], "non_preferred_output": []},
      "'preferred_output' must be one assistant message"),
     ({"input": PAIR, "preferred_output": [], "non_preferred_output": []}, "'input' must be an object with 'messages'"),
+    ({"conversations": [{"from": "human", "value": "q"}], "chosen": {"from": "human", "value": "a"}, "rejected": "b"},
+     "'chosen' must be a turn from the model ('from': 'gpt', 'value')"),
+    ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: other\n\nAssistant: b"},
+     "'chosen' and 'rejected' must be one conversation that differs only in its last Assistant turn"),
+    ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "just text"},
+     "'rejected' is not a transcript of '\\n\\nHuman:' and '\\n\\nAssistant:' turns"),
 ])
 def test_bad_preference_records_name_the_field(record, message):
     with pytest.raises(DataError) as e:

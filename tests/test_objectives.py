@@ -12,7 +12,7 @@ import pytest
 
 from finetune.chat import render
 from finetune.data.canonical import Conversation
-from finetune.objectives.dpo import pair
+from finetune.objectives.pairs import pair
 from finetune.pipeline.manifest import sha256_path
 
 from .conftest import TINY, TINY_ON_A_MODEL, conversation, run_cli, start_cli, word
@@ -54,18 +54,22 @@ def test_a_pair_is_the_prompt_as_the_template_renders_it_and_each_answer_as_supe
 
 
 @pytest.mark.slow
-def test_dpo_trains_the_adapter_against_the_model_before_training(tmp_path):
-    """The first step's loss is ln 2: the reference is the policy as it was, the adapter switched off (no second
-    model); the margin between chosen and rejected then grows."""
+@pytest.mark.parametrize("objective", ["dpo", "orpo", "simpo"])
+def test_each_preference_objective_learns_to_prefer_the_chosen_answer(objective, tmp_path):
+    """The margin between the chosen and the rejected answer's rewards grows over a few steps. DPO's first loss is
+    ln 2: its reference is the policy as it was, the adapter switched off (no second model); ORPO and SimPO have
+    no reference."""
     data = pairs(tmp_path / "pairs.jsonl")
-    run_cli(*TINY, f"dataset.path={data}", "objective=dpo", "train.max_steps=6", "train.lr=0.005",
+    run_cli(*TINY, f"dataset.path={data}", f"objective={objective}", "train.max_steps=6", "train.lr=0.005",
             "train.logging_steps=1", "stages=[validate,train]", "hydra.run.dir=run", cwd=tmp_path)
     log = [json.loads(line) for line in (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines()]
     steps = [r for r in log if "rewards/margins" in r]
-    assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and steps[0]["rewards/margins"] == 0
-    assert steps[-1]["rewards/margins"] > 0.1 and steps[-1]["loss"] < math.log(2)
+    assert len(steps) == 6 and steps[-1]["rewards/margins"] > steps[0]["rewards/margins"] + 0.005  # × beta 0.1
+    assert steps[-1]["loss"] < steps[0]["loss"] and steps[-1]["tokens_seen"] > steps[0]["tokens_seen"] > 0
+    if objective == "dpo":
+        assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and steps[0]["rewards/margins"] == 0
     metrics = json.loads((tmp_path / "run" / "train" / "metrics.json").read_text())
-    assert metrics["objective"] == "dpo" and metrics["global_step"] == 6
+    assert metrics["objective"] == objective and metrics["global_step"] == 6 and metrics["tokens_per_s"] > 0
 
 
 @pytest.mark.slow
@@ -117,7 +121,7 @@ def test_pairs_need_a_preference_objective_and_it_needs_pairs(tmp_path):
     sft = run_cli(*TINY, f"dataset.path={data}", "hydra.run.dir=sft", cwd=tmp_path, check=False)
     assert sft.returncode == 2 and sft.stderr.strip().endswith(
         "pairs.jsonl:1: preference data (chosen/rejected); this run trains on conversations (objective=sft) — set "
-        "objective=dpo, or keep only the chosen answers")
+        "objective to one of dpo, orpo, simpo, or keep only the chosen answers")
     dpo = run_cli(*TINY, f"dataset.path={chats}", "objective=dpo", "hydra.run.dir=dpo", cwd=tmp_path, check=False)
     assert dpo.returncode == 2 and "chats.jsonl:1: no rejected answer; objective=dpo trains on preference" in dpo.stderr
     assert not (tmp_path / "sft" / "train").exists() and not (tmp_path / "dpo" / "train").exists()

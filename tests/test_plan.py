@@ -129,6 +129,27 @@ def test_plan_works_offline_for_a_shipped_model_and_downloads_nothing(offline):
     assert [p.name for p in offline.iterdir()] == ["outputs"]  # and no run folder
 
 
+@pytest.mark.parametrize(("method", "how"), [("lora", "the policy with its adapter switched off"),
+                                            ("full", "its log-probabilities, computed in one forward pass")])
+def test_a_dpo_plan_counts_its_reference_model_and_what_a_second_copy_would_take(offline, method, how):
+    """DPO compares with the model before training: no memory for it, where TRL's default without an adapter
+    would load a second copy (16 GB of bf16 weights for Llama 3.1 8B); its forward passes are in the time."""
+    from .test_objectives import pairs
+
+    data = pairs(offline / "pairs.jsonl")
+    proc = run_cli_in_process("plan", "model=llama3_1_8b", f"method={method}", f"dataset.path={data}",
+                              "objective=dpo", cwd=offline)
+    plan = json.loads((offline / "outputs" / "default" / f"plan.Llama-3.1-8B-Instruct.{method}.json").read_text())
+    reference = plan["reference"]
+    assert reference["how"].startswith(how) and reference["bytes"] == 0
+    assert reference["second_copy_bytes"] == plan["memory_estimate_bytes"]["weights"] > 16e9
+    assert f"reference model: {reference['how']}, 0.00 GB (a second copy would take" in proc.stdout
+    n, tokens = plan["parameters"], plan["tokens_to_train"]
+    # training's 4N (adapter) or 6N per token, and the reference's forward pass: 2N per token, each step or once
+    expected = 6 * n * tokens if method == "lora" else 6 * n * tokens + 2 * n * plan["tokens_per_epoch"]
+    assert plan["flops"] == pytest.approx(expected)
+
+
 def test_a_plan_says_that_synthetic_conversations_are_not_counted(offline):
     proc = run_cli_in_process("plan", "+recipe=support_bot", "+dataset/synthetic=example", cwd=offline)
     assert "  note: dataset.synthetic: its conversations are written by the run" in proc.stdout

@@ -5,14 +5,16 @@ where a provider takes that format, writes a conversation back out. ``FORMATS`` 
 What a format cannot express (tools in Bedrock's format, a plain-text row in a chat format) raises
 ``CannotExpress`` on writing, so a converted file never loses part of a conversation silently.
 
-Preference records (OpenAI's DPO format, TRL's prompt/chosen/rejected) are read into conversations whose last
-assistant message is the chosen answer and ``rejected`` the other; only ``openai_dpo`` writes them back, and the
+Preference records (OpenAI's DPO format, TRL's prompt/chosen/rejected, LLaMA-Factory's ranking ShareGPT and
+Alpaca, Anthropic HH's chosen/rejected transcripts) are read into conversations whose last assistant message is the
+chosen answer and ``rejected`` the other; only ``openai_dpo`` writes them back, and the
 validate stage takes them only for a preference objective (``objective=dpo``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -250,6 +252,8 @@ def _read_sharegpt(record: dict[str, Any]) -> Conversation:
                              "tool_calls": _tool_calls(_json_value(value, f"turn {i} value"), f"turn {i}")})
         else:
             messages.append({"role": role, "content": value})
+    if "chosen" in record:  # LLaMA-Factory's ranking data: the conversation ends with the question
+        return _pair(messages, record["chosen"], record.get("rejected"), ("chosen", "rejected"), record.get("tools"))
     return _conversation(messages, record.get("tools"))
 
 
@@ -270,6 +274,8 @@ def _read_alpaca(record: dict[str, Any]) -> Conversation:
     instruction = _string(record["instruction"], "'instruction'")
     extra = _string(record.get("input") or "", "'input'")
     messages.append({"role": "user", "content": f"{instruction}\n\n{extra}" if extra.strip() else instruction})
+    if "output" not in record:  # LLaMA-Factory's ranking data: a chosen and a rejected answer
+        return _pair(messages, record["chosen"], record["rejected"], ("chosen", "rejected"))
     messages.append({"role": "assistant", "content": _string(record["output"], "'output'")})
     return _conversation(messages)
 
@@ -287,7 +293,12 @@ def _read_prompt_completion(record: dict[str, Any]) -> Conversation:
 # ── preference pairs (hosted DPO): OpenAI's DPO format and TRL's prompt / chosen / rejected ──
 
 def _answer(value: Any, what: str) -> str:
-    """One answer: a string, or a list of one assistant message (OpenAI's outputs, TRL's conversational pairs)."""
+    """One answer: a string, a list of one assistant message (OpenAI's outputs, TRL's conversational pairs) or a
+    ShareGPT turn from the model (LLaMA-Factory's ranking data)."""
+    if isinstance(value, dict) and "from" in value:
+        if SHAREGPT_ROLES.get(value["from"]) != "assistant" or "value" not in value:
+            raise DataError(f"{what} must be a turn from the model ('from': 'gpt', 'value')")
+        return _string(value["value"], f"{what} value")
     if not isinstance(value, list):
         return _string(value, what)
     if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
@@ -318,6 +329,34 @@ def _read_preference(record: dict[str, Any]) -> Conversation:
     return _pair(messages, record["chosen"], record["rejected"], ("chosen", "rejected"), record.get("tools"))
 
 
+_HH_TURN = re.compile(r"\n\n(Human|Assistant):")
+
+
+def _hh_turns(text: Any, what: str) -> list[Message]:
+    """An Anthropic HH transcript (``\\n\\nHuman: …\\n\\nAssistant: …``) as messages."""
+    parts = _HH_TURN.split(_string(text, what))
+    if parts[0].strip() or len(parts) < 3:
+        raise DataError(f"{what} is not a transcript of '\\n\\nHuman:' and '\\n\\nAssistant:' turns")
+    return [{"role": "user" if speaker == "Human" else "assistant", "content": content.strip()}
+            for speaker, content in zip(parts[1::2], parts[2::2], strict=True)]
+
+
+def _read_hh(record: dict[str, Any]) -> Conversation:
+    """Anthropic HH: two whole transcripts that differ in their last Assistant turn; the turns before it are the
+    prompt."""
+    chosen, rejected = _hh_turns(record["chosen"], "'chosen'"), _hh_turns(record["rejected"], "'rejected'")
+    if chosen[:-1] != rejected[:-1] or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant":
+        raise DataError("'chosen' and 'rejected' must be one conversation that differs only in its last Assistant "
+                        "turn")
+    return Conversation(messages=chosen, location="", rejected=rejected[-1]["content"])
+
+
+def _is_hh(record: dict[str, Any]) -> bool:
+    chosen = record.get("chosen")
+    return (isinstance(chosen, str) and "rejected" in record and chosen.startswith("\n\nHuman:")
+            and not {"prompt", "conversations", "instruction"} & set(record))
+
+
 def _write_openai_dpo(c: Conversation) -> dict[str, Any]:
     """OpenAI's DPO JSONL: the conversation before the chosen answer as ``input``, then both answers."""
     if c.is_text or c.rejected is None:
@@ -341,8 +380,11 @@ def _has(*keys: str) -> Callable[[dict[str, Any]], bool]:
 FORMATS: dict[str, Format] = {
     f.name: f for f in (
         Format("messages", "'messages' (OpenAI chat)", _has("messages"), _read_messages, _write_openai),
-        Format("sharegpt", "'conversations' (ShareGPT)", _has("conversations"), _read_sharegpt, None),
-        Format("alpaca", "'instruction' + 'output' (Alpaca)", _has("instruction", "output"), _read_alpaca, None),
+        Format("sharegpt", "'conversations' (ShareGPT; + 'chosen' + 'rejected': LLaMA-Factory's ranking)",
+               _has("conversations"), _read_sharegpt, None),
+        Format("alpaca", "'instruction' + 'output' (Alpaca; 'chosen' + 'rejected' for 'output': ranking)",
+               lambda r: _has("instruction", "output")(r) or _has("instruction", "chosen", "rejected")(r),
+               _read_alpaca, None),
         Format("gemini", "'contents' (Gemini)", _has("contents"), _read_gemini, _write_gemini),
         Format("prompt_completion", "'prompt' + 'completion'", _has("prompt", "completion"),
                _read_prompt_completion, None),
@@ -350,6 +392,7 @@ FORMATS: dict[str, Format] = {
                _has("input", "preferred_output", "non_preferred_output"), _read_openai_dpo, _write_openai_dpo),
         Format("preference", "'prompt' + 'chosen' + 'rejected' (preference pairs)",
                _has("prompt", "chosen", "rejected"), _read_preference, None),
+        Format("hh", "'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH)", _is_hh, _read_hh, None),
         Format("text", "'text' (plain text, continued pre-training)", _has("text"), _read_text, None),
         Format("bedrock", "'system' + 'messages' (Bedrock)", None, None, _write_bedrock),
         Format("bedrock_conversation", "'schemaVersion' + 'messages' (Bedrock conversation)", None, None,

@@ -1,9 +1,10 @@
 """Training objectives as a registry: ``objective.name`` picks what the model is trained to do.
 
-``sft`` (the default) trains on conversations with our own loop (``finetune.training``); the others on preference
-pairs through TRL's trainers, with our data layer, methods, plan, progress bar, curves, checkpoints, resume and
-manifests. An entry says what its data is and which module trains it, imported only when training starts, so
-``import finetune.config`` loads no TRL. A backend lists the objectives it trains (``Backend.objectives``).
+``sft`` (the default) trains on conversations with our own loop (``finetune.training``); ``dpo``, ``orpo`` and
+``simpo`` on preference pairs through TRL's trainers, with our data layer, methods, plan, progress bar, curves,
+checkpoints, resume and manifests. An entry says what its data is, which settings it reads and which module trains
+it, imported only when training starts, so ``import finetune.config`` loads no TRL. A backend lists the objectives
+it trains (``Backend.objectives``).
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ class Objective:
     description: str  # as messages name it
     pairs: bool  # trains on preference pairs (a chosen and a rejected answer) rather than conversations
     module: str  # finetune.objectives.<module>: its ``datasets`` and ``trainer`` (finetune.backends.local_train)
+    settings: tuple[str, ...] = ()  # the objective.* keys it reads besides name; setting another is refused
+    reference: bool = False  # scores each pair with the model before training too (finetune.plan counts it)
 
     def implementation(self) -> Any:
         return importlib.import_module(f"finetune.objectives.{self.module}")
@@ -30,5 +33,8 @@ class Objective:
 
 OBJECTIVES = {o.name: o for o in (
     Objective("sft", "supervised fine-tuning", pairs=False, module="sft"),
-    Objective("dpo", "preference tuning (DPO)", pairs=True, module="dpo"),
+    Objective("dpo", "preference tuning (DPO)", pairs=True, module="dpo", settings=("beta", "loss_type"),
+              reference=True),
+    Objective("orpo", "preference tuning (ORPO)", pairs=True, module="orpo", settings=("beta",)),
+    Objective("simpo", "preference tuning (SimPO)", pairs=True, module="simpo", settings=("beta", "simpo_gamma")),
 )}

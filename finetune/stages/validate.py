@@ -134,9 +134,10 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
         raise DataError(f"{misfit.location}: no rejected answer; objective={objective.name} trains on preference "
                         "pairs (prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output) — "
                         "give pairs on every row, or set objective=sft")
-    preference = " or ".join(f"objective={o.name}" for o in OBJECTIVES.values() if o.pairs)
+    preference = ", ".join(o.name for o in OBJECTIVES.values() if o.pairs)
     raise DataError(f"{misfit.location}: preference data (chosen/rejected); this run trains on conversations "
-                    f"(objective={objective.name}) — set {preference}, or keep only the chosen answers")
+                    f"(objective={objective.name}) — set objective to one of {preference}, or keep only the chosen "
+                    "answers")
 
 
 @dataclass

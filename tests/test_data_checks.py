@@ -92,6 +92,17 @@ def test_empty_answers_are_dropped_and_tool_call_turns_are_not_empty():
     assert check("empty_answer", tool_turn)[2].count == 0
 
 
+def test_preference_pairs_that_teach_no_preference_are_dropped():
+    from dataclasses import replace
+
+    rows = [replace(chat(f"q{i}", "Press Export."), rejected=rejected)
+            for i, rejected in enumerate(["I cannot help.", " \n", "Press  Export.\n"])]
+    kept, removed, report = check("pairs", [*rows, chat("q3", "a3")])
+    assert [c.messages[0]["content"] for c in kept] == ["q0", "q3"] and report.count == 2
+    assert [e["detail"] for e in report.examples] == ["the rejected answer is empty",
+                                                      "the chosen and the rejected answer are the same"]
+
+
 @pytest.mark.parametrize("text", ["Dear {{name}}, thanks.", "Hello {{ customer.first_name }}!", "Total: ${amount}",
                                   "{% if vip %}Gold{% endif %}"])
 def test_unfilled_placeholders_are_flagged(text):

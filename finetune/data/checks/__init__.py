@@ -61,9 +61,9 @@ class Check:
 
 
 def _registry() -> dict[str, Check]:
-    from finetune.data.checks import content, diversity, duplicates, leakage, length, pii, structure
+    from finetune.data.checks import content, diversity, duplicates, leakage, length, pairs, pii, structure
 
-    checks = (structure.CHECK, content.EMPTY_ANSWER, content.PLACEHOLDERS, pii.CHECK, duplicates.EXACT,
+    checks = (structure.CHECK, content.EMPTY_ANSWER, pairs.CHECK, content.PLACEHOLDERS, pii.CHECK, duplicates.EXACT,
               duplicates.NEAR, length.TOO_SHORT, length.TOO_LONG, length.NO_LOSS, leakage.CHECK, diversity.CHECK)
     return {c.name: c for c in checks}
 

@@ -34,7 +34,7 @@ from finetune.metrics import METRICS
 from finetune.metrics.formats import StyleRule, check_style_rules
 from finetune.metrics.harness import LmEvalConfig
 from finetune.metrics.judge import RESPONSE_FORMATS, JudgeConfig
-from finetune.objectives import DPO_LOSSES, OBJECTIVES
+from finetune.objectives import DPO_LOSSES, GRPO_LOSSES, OBJECTIVES
 
 STAGE_NAMES = ("synthesize", "validate", "train", "merge", "evaluate", "export", "card", "publish")
 
@@ -149,9 +149,23 @@ class ObjectiveConfig:
     name: str = _field("sft", choices=tuple(OBJECTIVES))
     # dpo: how far the policy may move from the reference (the model before training); orpo: the weight of the odds
     # ratio term; simpo: the scale of the reward margin. null: the trainer's own (TRL's 0.1; OpenAI's "auto")
-    beta: float | None = _field(None, low=0.0, low_open=True)
-    loss_type: str = _field("sigmoid", choices=DPO_LOSSES)  # dpo: TRL's loss (sigmoid: the DPO paper's)
+    # grpo: the weight of the KL term against the model before training (TRL's 0.0: none, and no reference pass)
+    beta: float | None = _field(None, low=0.0)
+    # dpo: TRL's DPO losses (sigmoid, the paper's); grpo: TRL's GRPO losses (dapo); null: the trainer's default
+    loss_type: str | None = _field(None, choices=(*DPO_LOSSES, *GRPO_LOSSES))
     simpo_gamma: float = _field(0.5, low=0.0)  # simpo: the target reward margin (TRL's default)
+    num_generations: int = _field(8, low=2)  # grpo: answers generated to each prompt, scored against each other
+    max_completion_length: int = _field(512, low=1)  # grpo: tokens an answer may run to (TRL's default)
+    epsilon: float = _field(0.2, low=0.0, low_open=True)  # grpo: the clipping range of the policy ratio (TRL's)
+
+
+@dataclass
+class RewardConfig:
+    """objective=grpo's reward: the sum of ``functions`` (finetune/rewards/ names, or ``package.module:function``
+    with TRL's signature), each times its weight (all 1 when ``weights`` is empty)."""
+
+    functions: list[str] = _field([])
+    weights: list[float] = _field([])
 
 
 @dataclass
@@ -306,6 +320,7 @@ class RunConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
@@ -314,9 +329,39 @@ class RunConfig:
     sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
+def _check_reward(run: RunConfig) -> None:
+    """reward.* is objective=grpo's, which needs at least one function, each a reward name or an import path."""
+    from finetune.rewards import REWARDS
+
+    functions, weights = run.reward.functions, run.reward.weights
+    if not OBJECTIVES[run.objective.name].rollouts:
+        if functions or weights:
+            raise ConfigError(f"reward.functions: objective={run.objective.name} uses no reward (objective=grpo does)")
+        return
+    if not functions:
+        raise ConfigError(f"reward.functions: objective={run.objective.name} needs at least one: {', '.join(REWARDS)} "
+                          "or package.module:function")
+    for i, name in enumerate(functions):
+        if name not in REWARDS and (":" not in name or not all(name.split(":"))):
+            raise ConfigError(f"reward.functions[{i}]={name!r}: expected one of {', '.join(REWARDS)} or "
+                              "package.module:function")
+    if weights and len(weights) != len(functions):
+        raise ConfigError(f"reward.weights: {len(weights)} weights for {len(functions)} reward.functions")
+    t, n = run.train, run.objective.num_generations
+    if (t.batch_size * t.grad_accum * t.num_processes) % n:
+        raise ConfigError(f"objective.num_generations={n}: the answers to a prompt are compared within a step, so "
+                          f"train.batch_size × train.grad_accum × train.num_processes "
+                          f"({t.batch_size * t.grad_accum * t.num_processes}) must be a multiple of it")
+
+
 def _check_objective_settings(objective: ObjectiveConfig) -> None:
-    """A setting the chosen objective does not read is refused, naming the objectives that read it."""
-    used = OBJECTIVES[objective.name].settings
+    """A setting the chosen objective does not read is refused, naming the objectives that read it; so is a loss
+    of another objective."""
+    entry = OBJECTIVES[objective.name]
+    if objective.loss_type is not None and entry.losses and objective.loss_type not in entry.losses:
+        raise ConfigError(f"objective.loss_type={objective.loss_type}: objective={objective.name} takes "
+                          f"{', '.join(entry.losses)}")
+    used = entry.settings
     for f in dataclasses.fields(ObjectiveConfig):
         if f.name != "name" and f.name not in used and getattr(objective, f.name) != f.default:
             readers = [o.name for o in OBJECTIVES.values() if f.name in o.settings]
@@ -407,7 +452,9 @@ def _check_cross_fields(run: RunConfig) -> None:
         raise ConfigError(f"objective={objective}: {OBJECTIVES[objective].description} runs only with {able}, not "
                           f"backend={run.backend.name}")
     _check_objective_settings(run.objective)
-    if run.objective.loss_type != "sigmoid" and LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities:
+    _check_reward(run)
+    hosted = LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities
+    if run.objective.loss_type not in (None, "sigmoid") and hosted:
         raise ConfigError(f"objective.loss_type={run.objective.loss_type}: backend={run.backend.name} trains DPO's "
                           "sigmoid loss only")
     _check_eval(run.eval)

@@ -49,13 +49,19 @@ def overfitting(train: list[dict[str, Any]], evals: list[dict[str, Any]], ratio:
 
 
 def plot(train: list[dict[str, Any]], evals: list[dict[str, Any]], path: Path) -> None:
-    """Train and eval loss against the step, and the learning rate below, as a PNG."""
+    """Train and eval loss against the step, and the learning rate below, as a PNG; with rewards (GRPO), their
+    mean and spread, the KL and the answers' length in a panel of their own."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
 
-    fig, (loss_ax, lr_ax) = plt.subplots(2, 1, figsize=(7, 5), sharex=True, height_ratios=(3, 1))
+    rewarded = [r for r in train if "reward" in r]
+    rows = (3, 2, 1) if rewarded else (3, 1)
+    fig, axes = plt.subplots(len(rows), 1, figsize=(7, 2 * len(rows) + 1), sharex=True, height_ratios=rows)
+    loss_ax, lr_ax = axes[0], axes[-1]
+    if rewarded:
+        _plot_rewards(axes[1], rewarded)
     loss_ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train loss", lw=1)
     if evals:
         loss_ax.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o-", label="eval loss")
@@ -68,6 +74,27 @@ def plot(train: list[dict[str, Any]], evals: list[dict[str, Any]], path: Path) -
     lr_ax.set_xlabel("optimizer step")
     lr_ax.grid(alpha=0.3)
     save_png(fig, path)
+
+
+def _plot_rewards(ax: Any, records: list[dict[str, Any]]) -> None:
+    steps = [r["step"] for r in records]
+    mean = [r["reward"] for r in records]
+    spread = [r.get("reward_std", 0.0) for r in records]
+    ax.plot(steps, mean, color="tab:purple", label="reward (mean ± spread)")
+    ax.fill_between(steps, [m - s for m, s in zip(mean, spread, strict=True)],
+                    [m + s for m, s in zip(mean, spread, strict=True)], color="tab:purple", alpha=0.2)
+    if any("kl" in r for r in records):
+        ax.plot([r["step"] for r in records if "kl" in r], [r["kl"] for r in records if "kl" in r], color="tab:red",
+                label="KL")
+    ax.set_ylabel("reward")
+    ax.grid(alpha=0.3)
+    lengths = [(r["step"], r["completions/mean_length"]) for r in records if "completions/mean_length" in r]
+    if lengths:
+        length_ax = ax.twinx()
+        length_ax.plot(*zip(*lengths, strict=True), color="tab:gray", ls="--", label="answer length")
+        length_ax.set_ylabel("tokens")
+        length_ax.legend(loc="upper right")
+    ax.legend(loc="upper left")
 
 
 def save_png(fig: Any, path: Path) -> None:

@@ -340,13 +340,16 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
 
     from finetune.distributed import STRATEGIES
     from finetune.methods import METHODS
+    from finetune.objectives import OBJECTIVES
 
     t = run.train
     params = list(model.parameters())
     total = sum(_parameter_count(p) for p in params)
     trainable = sum(p.numel() for p in params if p.requires_grad)
     grad_bytes = sum(p.numel() * p.element_size() for p in params if p.requires_grad)
-    lengths, trained = train_set["length"], train_set["trained"]
+    copies = run.objective.num_generations if OBJECTIVES[run.objective.name].rollouts else 1  # answers per prompt
+    lengths = [n for n in train_set["length"] for _ in range(copies)]
+    trained = [n for n in train_set["trained"] for _ in range(copies)]
     micro_tokens = t.batch_size * max(lengths)
     step_rows = t.batch_size * t.grad_accum * processes
     steps_per_epoch = math.ceil(len(lengths) / step_rows)
@@ -403,7 +406,7 @@ def _reference(run: Any, weight_bytes: int, adapter: bool) -> dict[str, Any] | N
     memory, and what a second copy — TRL's way without an adapter or precomputed scores — would take."""
     from finetune.objectives import OBJECTIVES
 
-    if not OBJECTIVES[run.objective.name].reference:
+    if not OBJECTIVES[run.objective.name].reference(run.objective):
         return None
     how = ("the policy with its adapter switched off" if adapter else
            "its log-probabilities, computed in one forward pass over the data before the first step")

@@ -112,7 +112,10 @@ def progress_bar() -> Any:
             if self.bar is None or not logs:
                 return
             seconds = time.perf_counter() - self.start[0]
-            shown = {"loss": logs.get("loss"), "eval": logs.get("eval_loss"), "lr": logs.get("learning_rate")}
+            shown = {"loss": logs.get("loss"), "eval": logs.get("eval_loss"), "lr": logs.get("learning_rate"),
+                     # GRPO: the rewards' mean and spread, the KL to the model before training, the answers' length
+                     "reward": logs.get("reward"), "±": logs.get("reward_std"), "kl": logs.get("kl"),
+                     "len": logs.get("completions/mean_length")}
             postfix = {k: f"{v:.3g}" for k, v in shown.items() if v is not None}
             if seconds > 0:
                 postfix["tok/s"] = f"{(state.num_input_tokens_seen - self.start[1]) / seconds:.0f}"

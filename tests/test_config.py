@@ -68,7 +68,7 @@ def test_command_line_group_choice_beats_the_recipe():
     ("+method.foo=1", "method.foo: no such key"),
     ("dataset.path=/no/such/file.jsonl", "dataset.path: file not found: /no/such/file.jsonl"),
     ("stages=[validate,deploy]", "stages: unknown stage 'deploy'"),
-    ("objective.beta=0", "objective.beta=0.0: must be"),
+    ("objective.beta=-1", "objective.beta=-1.0: must be"),
 ])
 def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
     with pytest.raises(ConfigError) as e:
@@ -84,8 +84,18 @@ def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
     (("backend=openai", "objective=dpo", "objective.loss_type=ipo"),
      "objective.loss_type=ipo: backend=openai trains DPO's sigmoid loss only"),
     (("objective=orpo", "objective.loss_type=ipo"),
-     "objective.loss_type=ipo: objective=orpo does not use it (dpo does)"),
+     "objective.loss_type=ipo: objective=orpo does not use it (dpo, grpo do)"),
     (("objective.simpo_gamma=1",), "objective.simpo_gamma=1.0: objective=sft does not use it (simpo does)"),
+    (("objective=grpo",), "reward.functions: objective=grpo needs at least one: json_valid, json_schema, "
+                          "exact_match, rouge_l, style, stopped or package.module:function"),
+    (("reward.functions=[rouge_l]",), "reward.functions: objective=sft uses no reward (objective=grpo does)"),
+    (("objective=grpo", "reward.functions=[rouge_l]", "reward.weights=[1,2]"),
+     "reward.weights: 2 weights for 1 reward.functions"),
+    (("objective=grpo", "reward.functions=[rouge_l]", "objective.loss_type=sigmoid"),
+     "objective.loss_type=sigmoid: objective=grpo takes dapo, grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo"),
+    (("objective=grpo", "reward.functions=[rouge_l]", "train.batch_size=1", "train.grad_accum=3"),
+     "objective.num_generations=8: the answers to a prompt are compared within a step, so train.batch_size × "
+     "train.grad_accum × train.num_processes (3) must be a multiple of it"),
 ])
 def test_an_objective_the_backend_does_not_train_is_refused(overrides, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):

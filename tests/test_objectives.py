@@ -7,6 +7,7 @@ import json
 import math
 import signal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -125,3 +126,103 @@ def test_pairs_need_a_preference_objective_and_it_needs_pairs(tmp_path):
     dpo = run_cli(*TINY, f"dataset.path={chats}", "objective=dpo", "hydra.run.dir=dpo", cwd=tmp_path, check=False)
     assert dpo.returncode == 2 and "chats.jsonl:1: no rejected answer; objective=dpo trains on preference" in dpo.stderr
     assert not (tmp_path / "sft" / "train").exists() and not (tmp_path / "dpo" / "train").exists()
+
+
+SCORED: list[list[int]] = []  # the answers record_answers was asked to score
+
+
+def record_answers(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **_: Any
+                   ) -> list[float]:
+    """A reward that keeps the token ids of every answer it scores (``reward.functions`` by import path)."""
+    SCORED.extend(completion_ids)
+    return [float(len(ids) % 2) for ids in completion_ids]
+
+
+@pytest.mark.slow
+def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models(tmp_path):
+    """With an adapter that changes the model's answers, the answers GRPO generates and scores are the adapted
+    model's own (the policy's), not the base model's with the adapter off (unsloth PR #8701). Sampling at a
+    temperature near 0 on a model with a sharp output layer makes each answer the greedy one."""
+    import torch
+
+    from finetune.backends.hf import BACKEND
+    from finetune.backends.local_train import _arguments
+    from finetune.config import load_run_config
+    from finetune.models import load_tokenizer, resolve_model_source
+    from finetune.objectives import grpo
+
+    from .test_config import composed
+
+    run = load_run_config(composed(*TINY, "objective=grpo", "objective.num_generations=2",
+                                   "objective.max_completion_length=6", "train.max_steps=1",
+                                   "reward.functions=[tests.test_objectives:record_answers]"))
+    tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
+    model = BACKEND.load(run)
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(50)  # tied to the input embeddings: both sharpen
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0.0, 1.0)  # an adapter that changes the answers
+    rows = [Conversation(messages=conversation(i)["messages"][:3], location=f"d.jsonl:{i}") for i in range(2)]
+    train_set, _ = grpo.datasets(run, tokenizer, rows, [])
+
+    def greedy(prompt: list[dict[str, str]]) -> list[int]:
+        ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+        out = model.generate(**ids, do_sample=False, max_new_tokens=6, pad_token_id=tokenizer.pad_token_id)
+        return out[0, ids["input_ids"].shape[1]:].tolist()
+
+    model.eval()  # no dropout, as in the trainer's rollouts
+    policy = [greedy(p) for p in train_set["prompt"]]
+    with model.disable_adapter():
+        base = [greedy(p) for p in train_set["prompt"]]
+    assert policy != base  # the adapter changes the answers
+    arguments = {**_arguments(run, tmp_path / "checkpoints", False), "temperature": 1e-3}
+    SCORED.clear()
+    grpo.trainer(run, model, tokenizer, arguments, train_set, None, []).train()
+    assert len(SCORED) == 4  # two answers to each of two prompts
+    assert all(any(ids == answer[:len(ids)] for answer in policy) for ids in SCORED), (SCORED, policy)
+    assert sorted(map(tuple, SCORED)) != sorted(tuple(b) for b in base for _ in range(2))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("function", "message"), [
+    ("tests.rewards_for_tests:raises", "reward.functions[0]=tests.rewards_for_tests:raises: raised KeyError: 'answer'"),
+    ("tests.rewards_for_tests:one_value", "reward.functions[0]=tests.rewards_for_tests:one_value: returned 1 values "
+                                          "for 2 completions"),
+    ("tests.rewards_for_tests:not_a_number", "reward.functions[0]=tests.rewards_for_tests:not_a_number: returned nan; "
+                                             "expected a number (or None to skip the answer)"),
+    ("tests.no_such_module:f", "reward.functions[0]=tests.no_such_module:f: cannot import it (ModuleNotFoundError: "
+                               "No module named 'tests.no_such_module')"),
+    ("vibes", "reward.functions[0]='vibes': expected one of json_valid, json_schema, exact_match, rouge_l, style, "
+              "stopped or package.module:function"),
+], ids=["raises", "wrong-length", "nan", "not-importable", "unknown"])
+def test_a_reward_function_that_fails_stops_the_run_in_one_line_before_training(function, message, tmp_path):
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    proc = run_cli(*TINY, f"dataset.path={chats}", "objective=grpo", "objective.num_generations=2",
+                   f"reward.functions=[{function}]", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {message}"]
+    assert not (tmp_path / "run" / "train").exists()
+
+
+@pytest.mark.slow
+def test_grpo_trains_on_the_datas_prompts_with_built_in_rewards_and_merges(tmp_path):
+    """The data's conversations are the prompts and their answers the references; each logged step has the
+    rewards' mean and spread; the plan counts every generated answer."""
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    run_cli(*TINY, f"dataset.path={chats}", "objective=grpo", "objective.num_generations=2",
+            "objective.max_completion_length=8", "reward.functions=[rouge_l,stopped]", "reward.weights=[1,0.5]",
+            "train.max_steps=2", "train.logging_steps=1", "stages=[validate,train,merge]", "hydra.run.dir=run",
+            cwd=tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "reward" in r]
+    assert len(steps) == 2 and all({"reward_std", "rewards/rouge_l/mean", "rewards/stopped/mean",
+                                    "completions/mean_length"} <= set(r) for r in steps)
+    assert all(r["completions/max_length"] <= 8 for r in steps)
+    plan = json.loads((tmp_path / "run" / "train" / "plan.json").read_text())
+    rows = len((tmp_path / "run" / "validate" / "train.jsonl").read_text().splitlines())
+    assert plan["train_rows"] == 2 * rows and plan["reference"] is None  # beta 0: no KL, no reference
+    metrics = json.loads((tmp_path / "run" / "train" / "metrics.json").read_text())
+    assert metrics["objective"] == "grpo" and metrics["global_step"] == 2
+    assert (tmp_path / "run" / "merge" / "model" / "model.safetensors").is_file()

@@ -8,13 +8,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune import distributed, methods
+from finetune import distributed, methods, rewards
 from finetune.backends.base import Asked
 from finetune.errors import UserError
 from finetune.models import load_config, load_tokenizer, resolve_model_source
+from finetune.objectives import OBJECTIVES
 
 # What local training reads: a change to one of them trains again
-CONFIG_KEYS = ("model", "method", "backend.name", "objective", "train", "seed")
+CONFIG_KEYS = ("model", "method", "backend.name", "objective", "reward", "train", "seed")
 
 
 class TrainError(UserError, RuntimeError):
@@ -51,9 +52,12 @@ class LocalBackend:
     needs: Callable[[Any], None]  # RunConfig -> None: refuses what this backend itself lacks here
 
     def check(self, run: Any) -> None:
-        """Refuse, before any stage runs, what this machine cannot train, or layers the model lacks."""
+        """Refuse, before any stage runs, what this machine cannot train, layers the model lacks, or a reward
+        function that cannot be called."""
         self.needs(run)
         distributed.check(run)
+        if OBJECTIVES[run.objective.name].rollouts:
+            rewards.check(run.reward, run.eval)
         method = methods.METHODS[run.method.name]
         methods.check_available(method, run.train.optimizer)
         if method.adapter:

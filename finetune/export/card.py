@@ -72,14 +72,18 @@ def _metadata(run: RunConfig, hub_id: str | None, inputs: CardInputs, tags: list
 
 
 def _objective(run: RunConfig) -> str:
-    o = run.objective
-    if not OBJECTIVES[o.name].pairs:
-        return f"{o.name}: {OBJECTIVES[o.name].description}"
+    o, entry = run.objective, OBJECTIVES[run.objective.name]
+    if not entry.settings:
+        return f"{o.name}: {entry.description}"
     beta = o.beta if o.beta is not None else "the trainer's default"
-    return f"{o.name}: {OBJECTIVES[o.name].description} on chosen/rejected pairs, beta {beta}, {o.loss_type} loss"
+    loss = f", {o.loss_type or entry.losses[0]} loss" if entry.losses else ""
+    rewards = f", rewards {', '.join(run.reward.functions)}" if entry.rollouts else ""
+    return f"{o.name}: {entry.description}, beta {beta}{loss}{rewards}"
 
 
 def _trained_tokens(run: RunConfig) -> str:
+    if OBJECTIVES[run.objective.name].rollouts:
+        return "the model's own answers to each prompt, scored by the rewards"
     if OBJECTIVES[run.objective.name].pairs:
         return "each pair's two answers scored after its prompt, end-of-turn token included"
     return "loss on assistant tokens only, end-of-turn token included"

@@ -1,7 +1,8 @@
 """Training objectives as a registry: ``objective.name`` picks what the model is trained to do.
 
 ``sft`` (the default) trains on conversations with our own loop (``finetune.training``); ``dpo``, ``orpo`` and
-``simpo`` on preference pairs through TRL's trainers, with our data layer, methods, plan, progress bar, curves,
+``simpo`` on preference pairs, and ``grpo`` on prompts with reward functions (``finetune.rewards``), through TRL's
+trainers, with our data layer, methods, plan, progress bar, curves,
 checkpoints, resume and manifests. An entry says what its data is, which settings it reads and which module trains
 it, imported only when training starts, so ``import finetune.config`` loads no TRL. A backend lists the objectives
 it trains (``Backend.objectives``).
@@ -10,12 +11,15 @@ it trains (``Backend.objectives``).
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# DPO's losses as TRL names them (trl.DPOConfig.loss_type); sigmoid is the paper's (and OpenAI's)
+# The losses as TRL names them: DPO's (trl.DPOConfig.loss_type; sigmoid is the paper's and OpenAI's) and GRPO's
+# (trl.GRPOConfig.loss_type; dapo is TRL's default)
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
 @dataclass(frozen=True)
@@ -25,7 +29,10 @@ class Objective:
     pairs: bool  # trains on preference pairs (a chosen and a rejected answer) rather than conversations
     module: str  # finetune.objectives.<module>: its ``datasets`` and ``trainer`` (finetune.backends.local_train)
     settings: tuple[str, ...] = ()  # the objective.* keys it reads besides name; setting another is refused
-    reference: bool = False  # scores each pair with the model before training too (finetune.plan counts it)
+    losses: tuple[str, ...] = ()  # objective.loss_type values it takes (its trainer's default first)
+    # scores its data with the model before training too (finetune.plan counts it): given objective's settings
+    reference: Callable[[Any], bool] = lambda settings: False
+    rollouts: bool = False  # generates objective.num_generations answers to each prompt and scores them (reward)
 
     def implementation(self) -> Any:
         return importlib.import_module(f"finetune.objectives.{self.module}")
@@ -34,7 +41,10 @@ class Objective:
 OBJECTIVES = {o.name: o for o in (
     Objective("sft", "supervised fine-tuning", pairs=False, module="sft"),
     Objective("dpo", "preference tuning (DPO)", pairs=True, module="dpo", settings=("beta", "loss_type"),
-              reference=True),
+              losses=DPO_LOSSES, reference=lambda settings: True),
     Objective("orpo", "preference tuning (ORPO)", pairs=True, module="orpo", settings=("beta",)),
     Objective("simpo", "preference tuning (SimPO)", pairs=True, module="simpo", settings=("beta", "simpo_gamma")),
+    Objective("grpo", "reinforcement learning with rewards (GRPO)", pairs=False, module="grpo",
+              settings=("beta", "loss_type", "num_generations", "max_completion_length", "epsilon"),
+              losses=GRPO_LOSSES, reference=lambda settings: bool(settings.beta), rollouts=True),
 )}

@@ -26,8 +26,10 @@ def trainer(run: Any, model: Any, tokenizer: Any, arguments: dict[str, Any], tra
         def _prepare_dataset(self, dataset: Any, *args: Any, **kwargs: Any) -> Any:
             return dataset  # tokenized by ``pairs.pair``
 
-    settings = {"beta": run.objective.beta} if run.objective.beta is not None else {}
-    args = DPOConfig(**arguments, **settings, loss_type=[run.objective.loss_type], max_length=None,
+    o = run.objective
+    settings = {"beta": o.beta} if o.beta is not None else {}
+    settings |= {"loss_type": [o.loss_type]} if o.loss_type is not None else {}
+    args = DPOConfig(**arguments, **settings, max_length=None,
                      precompute_ref_log_probs=not methods.METHODS[run.method.name].adapter)
     return PretokenizedDPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,
                                   processing_class=tokenizer, callbacks=callbacks)

@@ -31,6 +31,7 @@ from finetune.pipeline.manifest import umask_mode
 log = logging.getLogger(__name__)
 
 PACKAGE_SCHEME = "package:"
+RUN_SCHEME = "run:"  # model.source=run:<run dir>: the merged model of an earlier run (SFT, then DPO on it)
 
 
 class ModelSourceError(UserError, ValueError):
@@ -158,15 +159,34 @@ def _random_init(base: str, cfg: ModelConfig) -> Path:
     return _materialize(target, build)
 
 
+def parent_run(cfg: ModelConfig) -> dict[str, str] | None:
+    """The earlier run a ``run:<run dir>`` source starts from: its folder, its merge stage's fingerprint and the
+    merged model's hash, which the child's fingerprint and manifests hold, so that a retrained parent retrains the
+    child. None for any other source."""
+    from finetune.pipeline.manifest import Manifest
+
+    if not cfg.source.startswith(RUN_SCHEME):
+        return None
+    run_dir = Path(cfg.source[len(RUN_SCHEME):]).expanduser().resolve()
+    merged = Manifest.read(run_dir / "merge")
+    if merged is None or merged.status != "complete" or "model" not in merged.artifacts:
+        raise ModelSourceError(f"model.source={cfg.source}: {run_dir} has no complete merge stage (a merged model); "
+                               "run that run through merge first")
+    return {"run_dir": str(run_dir), "merge_fingerprint": merged.fingerprint,
+            "model_sha256": merged.artifacts["model"]["sha256"]}
+
+
 def is_hub_id(source: str) -> bool:
-    return not source.startswith((PACKAGE_SCHEME, ".", "/", "~")) and source.count("/") == 1 and not Path(
+    return not source.startswith((PACKAGE_SCHEME, RUN_SCHEME, ".", "/", "~")) and source.count("/") == 1 and not Path(
         source).expanduser().exists()
 
 
 def resolve_model_source(cfg: ModelConfig) -> str:
     """A local folder or a Hub id that ``from_pretrained`` loads; converts or builds into the cache once."""
     source = cfg.source
-    if source.startswith(PACKAGE_SCHEME):
+    if (parent := parent_run(cfg)) is not None:
+        resolved = str(Path(parent["run_dir"]) / "merge" / "model")
+    elif source.startswith(PACKAGE_SCHEME):
         resolved = str(_convert_gguf(package_file(source)))
     elif (path := Path(source).expanduser()).exists():
         if path.is_file() and path.suffix == ".gguf":

@@ -226,3 +226,32 @@ def test_grpo_trains_on_the_datas_prompts_with_built_in_rewards_and_merges(tmp_p
     metrics = json.loads((tmp_path / "run" / "train" / "metrics.json").read_text())
     assert metrics["objective"] == "grpo" and metrics["global_step"] == 2
     assert (tmp_path / "run" / "merge" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_dpo_on_an_sft_runs_model_reruns_when_that_run_changes_and_skips_when_nothing_did(tmp_path):
+    """``model.source=run:<dir>`` starts from an earlier run's merged model; its merge fingerprint is the child's
+    parent, in its fingerprint and manifests: an unchanged chain is skipped, a retrained parent retrains the child."""
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    stages = "stages=[validate,train,merge]"
+    sft = [*TINY, f"dataset.path={chats}", stages, "hydra.run.dir=sft"]
+    dpo = [*TINY_ON_A_MODEL, f"model.source=run:{tmp_path / 'sft'}", f"dataset.path={pairs(tmp_path / 'p.jsonl')}",
+           "objective=dpo", "train.max_steps=2", stages, "hydra.run.dir=dpo"]
+    run_cli(*sft, "train.max_steps=2", cwd=tmp_path)
+    run_cli(*dpo, cwd=tmp_path)
+    parent = json.loads((tmp_path / "sft" / "merge" / "manifest.json").read_text())
+    child = json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())
+    assert child["parent"] == {"run_dir": str(tmp_path / "sft"), "merge_fingerprint": parent["fingerprint"],
+                               "model_sha256": parent["artifacts"]["model"]["sha256"]}
+    again = run_cli(*dpo, cwd=tmp_path)
+    assert (again.stdout + again.stderr).count("complete with the same inputs, skipped") == 3
+    run_cli(*sft, "train.max_steps=3", cwd=tmp_path)  # the SFT run changes: retrained
+    rerun = run_cli(*dpo, cwd=tmp_path)
+    assert "complete with the same inputs, skipped" not in rerun.stdout + rerun.stderr
+    assert json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())["fingerprint"] != child["fingerprint"]
+    moved = {"model.source": f"model.source=run:{tmp_path / 'x'}", "hydra.run.dir": "hydra.run.dir=orphan"}
+    missing = run_cli(*(moved.get(arg.split("=")[0], arg) for arg in dpo), cwd=tmp_path, check=False)
+    assert missing.returncode == 2 and missing.stderr.strip().endswith(
+        f"model.source=run:{tmp_path / 'x'}: {tmp_path / 'x'} has no complete merge stage (a merged model); run that "
+        "run through merge first")

@@ -1,6 +1,6 @@
 """The local backends' training, in this process: the validated splits tokenized with the model's chat template,
 the model the backend loads, and the objective's trainer (``finetune.objectives``: our own loop for ``sft``, TRL's
-trainers for the preference objectives), with the same arguments, callbacks and checkpoints. Before the first step
+trainers for preference pairs and rewards), with the same arguments, callbacks and checkpoints. Before the first step
 the plan (``finetune.plan``) is printed and saved; afterwards the measured peak memory sits beside its estimate.
 Checkpoints go to ``checkpoints/``; an interrupted run resumes from the last one and ends bit-identical to an
 uninterrupted one (same seed, CPU). Every logged figure goes to ``loss.jsonl`` and TensorBoard, the curves to

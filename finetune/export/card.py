@@ -14,7 +14,7 @@ from typing import Any
 from finetune.config import RunConfig
 from finetune.gguf_header import gguf_value
 from finetune.methods import METHODS
-from finetune.models import is_hub_id, package_file
+from finetune.models import is_hub_id, package_file, parent_run
 from finetune.objectives import OBJECTIVES
 
 
@@ -105,6 +105,8 @@ def _training(run: RunConfig, inputs: CardInputs) -> list[str]:
         f"{splits['validation']} validation, {splits['test']} test conversations |",
         f"| method | {method} |",
         f"| objective | {_objective(run)} |",
+        *([f"| started from | the merged model of the earlier run `{parent['run_dir']}` (its merge fingerprint "
+           f"`{parent['merge_fingerprint'][:12]}`) |"] if (parent := parent_run(run.model)) else []),
         f"| length | {length}, {train.get('input_tokens_seen', '?'):,} tokens seen |",
         f"| batch | {t.batch_size} × {t.grad_accum} accumulation × {train.get('processes', 1)} process(es) |",
         f"| learning rate | {lr} ({t.lr_scheduler}), optimizer {train.get('optimizer', '?')} |",

@@ -38,6 +38,13 @@ class Objective:
         return importlib.import_module(f"finetune.objectives.{self.module}")
 
 
+def as_dataset(rows: list[dict[str, Any]]) -> Any:
+    """A split's rows as the trainers take them: a ``datasets.Dataset``, or None for an empty split."""
+    from datasets import Dataset
+
+    return Dataset.from_list(rows) if rows else None
+
+
 OBJECTIVES = {o.name: o for o in (
     Objective("sft", "supervised fine-tuning", pairs=False, module="sft"),
     Objective("dpo", "preference tuning (DPO)", pairs=True, module="dpo", settings=("beta", "loss_type"),

@@ -15,6 +15,7 @@ from typing import Any
 
 from finetune.chat import render, text_messages
 from finetune.data.canonical import Conversation, DataError
+from finetune.objectives import as_dataset
 
 
 def _row(tokenizer: Any, c: Conversation, max_completion: int) -> dict[str, Any]:
@@ -32,13 +33,9 @@ def _row(tokenizer: Any, c: Conversation, max_completion: int) -> dict[str, Any]
 def datasets(run: Any, tokenizer: Any, train: Iterable[Conversation], validation: Iterable[Conversation]
              ) -> tuple[Any, Any]:
     """The prompts with their references; ``length`` and ``trained`` are an answer's most, for the plan."""
-    from datasets import Dataset
-
-    def dataset(split: Iterable[Conversation]) -> Any:
-        rows = [_row(tokenizer, c, run.objective.max_completion_length) for c in split]
-        return Dataset.from_list(rows) if rows else None
-
-    return dataset(train), dataset(validation)
+    longest = run.objective.max_completion_length
+    return (as_dataset([_row(tokenizer, c, longest) for c in train]),
+            as_dataset([_row(tokenizer, c, longest) for c in validation]))
 
 
 def end_ids(model: Any, tokenizer: Any) -> list[int]:

@@ -11,6 +11,7 @@ from typing import Any
 
 from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.data.canonical import Conversation, DataError
+from finetune.objectives import as_dataset
 
 
 def _last_turn(labels: list[int]) -> tuple[int, int]:
@@ -43,13 +44,10 @@ def pair(tokenizer: Any, row: Conversation, max_len: int) -> dict[str, Any]:
 
 def datasets(run: Any, tokenizer: Any, train: Iterable[Conversation], validation: Iterable[Conversation]
              ) -> tuple[Any, Any]:
-    from datasets import Dataset
-
-    def dataset(split: Iterable[Conversation]) -> Any:
-        rows = [pair(tokenizer, row, run.train.max_seq_len) for row in split]
-        return Dataset.from_list(rows) if rows else None
-
-    return dataset(train), dataset(validation)
+    """The training and validation pairs as TRL's pair trainers take them, tokenized (``pair``)."""
+    longest = run.train.max_seq_len
+    return (as_dataset([pair(tokenizer, row, longest) for row in train]),
+            as_dataset([pair(tokenizer, row, longest) for row in validation]))
 
 
 def reference_free_trainer(trainer_class: type, args: Any, model: Any, tokenizer: Any, train_set: Any,

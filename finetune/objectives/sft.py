@@ -9,20 +9,19 @@ from typing import Any
 
 from finetune.chat import IGNORE_INDEX, tokenize
 from finetune.data.canonical import Conversation
+from finetune.objectives import as_dataset
 
 
 def tokenized(tokenizer: Any, split: Iterable[Conversation], loss_on: str, max_len: int) -> Any:
     """The split as ``input_ids``/``labels`` rows, cut at ``max_len`` tokens (validate has checked that every
     row keeps trained tokens within it), with each row's ``length`` and ``trained`` token counts for the plan."""
-    from datasets import Dataset
-
     rows = []
     for row in split:
         t = tokenize(tokenizer, row)
         labels = (t.input_ids if loss_on == "all" else t.labels)[:max_len]
         rows.append({"input_ids": t.input_ids[:max_len], "labels": labels, "length": len(labels),
                      "trained": sum(label != IGNORE_INDEX for label in labels)})
-    return Dataset.from_list(rows) if rows else None
+    return as_dataset(rows)
 
 
 def datasets(run: Any, tokenizer: Any, train: Iterable[Conversation], validation: Iterable[Conversation]

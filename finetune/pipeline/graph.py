@@ -36,6 +36,7 @@ from typing import Any
 
 from finetune.config import RunConfig, section
 from finetune.errors import UserError
+from finetune.models import parent_run
 from finetune.pipeline.env import changed_versions, environment
 from finetune.pipeline.manifest import Manifest, fingerprint, sha256_path, umask_mode
 from finetune.redact import redact_text
@@ -127,6 +128,7 @@ def _recorded(value: Any) -> Any:
 
 
 def _fingerprint(stage: Stage, run: RunConfig, done: dict[str, Manifest]) -> str:
+    parent = parent_run(run.model)  # a run started from an earlier run's model reruns when that model changes
     return fingerprint({
         "stage": stage.name,
         "config": _config_values(stage, run),
@@ -135,6 +137,7 @@ def _fingerprint(stage: Stage, run: RunConfig, done: dict[str, Manifest]) -> str
             need: {"fingerprint": done[need].fingerprint, "artifacts": done[need].artifacts}
             for need in stage.needs
         },
+        **({"parent": parent} if parent else {}),
     })
 
 
@@ -207,7 +210,8 @@ def _execute(stage: Stage, run: RunConfig, run_dir: Path, fp: str, done: dict[st
         shutil.rmtree(stage_dir)
     stage_dir.mkdir(parents=True, exist_ok=True)
     manifest = Manifest(stage=stage.name, status="running", fingerprint=fp, started=_now(),
-                        config=_recorded(_config_values(stage, run)), environment=environment())
+                        config=_recorded(_config_values(stage, run)), environment=environment(),
+                        parent=parent_run(run.model))
     manifest.write(stage_dir)
     ctx = StageContext(
         run_dir=run_dir,

@@ -73,6 +73,8 @@ class Manifest:
     # What reproduces the stage; empty in manifests written before they were recorded.
     config: dict[str, Any] = field(default_factory=dict)  # config key -> the value the stage read
     environment: dict[str, Any] = field(default_factory=dict)  # versions, git, hardware (pipeline/env.py)
+    # The earlier run whose merged model this run starts from (model.source=run:<dir>): models.parent_run
+    parent: dict[str, str] | None = None
 
     def write(self, stage_dir: Path) -> None:
         atomic_write_json(stage_dir / MANIFEST_NAME, asdict(self))

@@ -12,7 +12,9 @@ from typing import Any
 import pytest
 
 from finetune.chat import render
+from finetune.config import ModelConfig
 from finetune.data.canonical import Conversation
+from finetune.models import ModelSourceError, parent_run
 from finetune.objectives.pairs import pair
 from finetune.pipeline.manifest import sha256_path
 
@@ -250,8 +252,7 @@ def test_dpo_on_an_sft_runs_model_reruns_when_that_run_changes_and_skips_when_no
     rerun = run_cli(*dpo, cwd=tmp_path)
     assert "complete with the same inputs, skipped" not in rerun.stdout + rerun.stderr
     assert json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())["fingerprint"] != child["fingerprint"]
-    moved = {"model.source": f"model.source=run:{tmp_path / 'x'}", "hydra.run.dir": "hydra.run.dir=orphan"}
-    missing = run_cli(*(moved.get(arg.split("=")[0], arg) for arg in dpo), cwd=tmp_path, check=False)
-    assert missing.returncode == 2 and missing.stderr.strip().endswith(
-        f"model.source=run:{tmp_path / 'x'}: {tmp_path / 'x'} has no complete merge stage (a merged model); run that "
-        "run through merge first")
+    with pytest.raises(ModelSourceError) as refused:
+        parent_run(ModelConfig(source=f"run:{tmp_path / 'x'}"))
+    assert str(refused.value) == (f"model.source=run:{tmp_path / 'x'}: {tmp_path / 'x'} has no complete merge stage "
+                                  "(a merged model); run that run through merge first")

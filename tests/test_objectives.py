@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from finetune.chat import render
+from finetune.chat_templates import CHATML
 from finetune.config import ModelConfig
 from finetune.data.canonical import Conversation
 from finetune.models import ModelSourceError, parent_run
@@ -77,17 +78,17 @@ def test_each_preference_objective_learns_to_prefer_the_chosen_answer(objective,
 
 @pytest.mark.slow
 def test_a_fully_fine_tuned_dpo_model_keeps_its_end_of_turn(tmp_path):
-    """A Llama 3 Instruct whose tokenizer's EOS is <|end_of_text|> and whose config's is <|eot_id|> (as Meta's first
-    Llama 3 Instruct releases): the Trainer sets the config's to the tokenizer's when training starts; the saved
-    model still stops at <|eot_id|>. Full fine-tuning saves the trained config (an adapter's merge takes the base's);
-    its reference log-probabilities are computed before the first step, with no second model."""
-    from .families import llama3_folder
+    """A model whose tokenizer's EOS is not its end of turn (as Meta's first Llama 3 Instruct releases: EOS
+    <|end_of_text|>, end of turn <|eot_id|>; here the tiny model's tokenizer says <|endoftext|> and its config
+    <|im_end|>): the Trainer sets the config's EOS to the tokenizer's when training starts; the saved model still
+    stops at its end of turn. Full fine-tuning saves the trained config (an adapter's merge takes the base's); its
+    reference log-probabilities are computed before the first step, with no second model."""
+    from .test_chat_templates import base_model
 
-    folder = llama3_folder(tmp_path / "llama3")
+    folder = base_model(tmp_path / "model")
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
-    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "eos_token": "<|end_of_text|>"}))
-    for name in ("config.json", "generation_config.json"):
-        (folder / name).write_text(json.dumps({**json.loads((folder / name).read_text()), "eos_token_id": 128009}))
+    (folder / "tokenizer_config.json").write_text(json.dumps({**tokenizer_config, "eos_token": "<|endoftext|>"}))
+    (folder / "chat_template.jinja").write_text(CHATML.jinja)
     data = pairs(tmp_path / "pairs.jsonl", 12)
     run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", "model.dtype=float32", f"dataset.path={data}",
             "objective=dpo", "method=full", "train.max_steps=2", "stages=[validate,train,merge]",
@@ -96,7 +97,7 @@ def test_a_fully_fine_tuned_dpo_model_keeps_its_end_of_turn(tmp_path):
     assert log[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)
     merged = tmp_path / "run" / "merge" / "model"
     for name in ("config.json", "generation_config.json"):
-        assert json.loads((merged / name).read_text())["eos_token_id"] == 128009, name
+        assert json.loads((merged / name).read_text())["eos_token_id"] == 2, name  # <|im_end|>
 
 
 @pytest.mark.slow
@@ -236,10 +237,9 @@ def test_dpo_on_an_sft_runs_model_reruns_when_that_run_changes_and_skips_when_no
     parent, in its fingerprint and manifests: an unchanged chain is skipped, a retrained parent retrains the child."""
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    stages = "stages=[validate,train,merge]"
-    sft = [*TINY, f"dataset.path={chats}", stages, "hydra.run.dir=sft"]
+    sft = [*TINY, f"dataset.path={chats}", "stages=[validate,train,merge]", "hydra.run.dir=sft"]
     dpo = [*TINY_ON_A_MODEL, f"model.source=run:{tmp_path / 'sft'}", f"dataset.path={pairs(tmp_path / 'p.jsonl')}",
-           "objective=dpo", "train.max_steps=2", stages, "hydra.run.dir=dpo"]
+           "objective=dpo", "train.max_steps=2", "stages=[validate,train]", "hydra.run.dir=dpo"]
     run_cli(*sft, "train.max_steps=2", cwd=tmp_path)
     run_cli(*dpo, cwd=tmp_path)
     parent = json.loads((tmp_path / "sft" / "merge" / "manifest.json").read_text())
@@ -247,7 +247,7 @@ def test_dpo_on_an_sft_runs_model_reruns_when_that_run_changes_and_skips_when_no
     assert child["parent"] == {"run_dir": str(tmp_path / "sft"), "merge_fingerprint": parent["fingerprint"],
                                "model_sha256": parent["artifacts"]["model"]["sha256"]}
     again = run_cli(*dpo, cwd=tmp_path)
-    assert (again.stdout + again.stderr).count("complete with the same inputs, skipped") == 3
+    assert (again.stdout + again.stderr).count("complete with the same inputs, skipped") == 2
     run_cli(*sft, "train.max_steps=3", cwd=tmp_path)  # the SFT run changes: retrained
     rerun = run_cli(*dpo, cwd=tmp_path)
     assert "complete with the same inputs, skipped" not in rerun.stdout + rerun.stderr

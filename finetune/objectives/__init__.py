@@ -2,10 +2,10 @@
 
 ``sft`` (the default) trains on conversations with our own loop (``finetune.training``); ``dpo``, ``orpo`` and
 ``simpo`` on preference pairs, and ``grpo`` on prompts with reward functions (``finetune.rewards``), through TRL's
-trainers, with our data layer, methods, plan, progress bar, curves,
-checkpoints, resume and manifests. An entry says what its data is, which settings it reads and which module trains
-it, imported only when training starts, so ``import finetune.config`` loads no TRL. A backend lists the objectives
-it trains (``Backend.objectives``).
+trainers, with our data layer, methods, plan, progress bar, curves, checkpoints, resume and manifests. An entry
+says what its data is and which settings it reads; its module ``finetune/objectives/<name>.py`` (``datasets`` and
+``trainer``) is imported only when training starts, so ``import finetune.config`` loads no TRL. A backend lists the
+objectives it trains (``Backend.objectives``).
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ class Objective:
     name: str
     description: str  # as messages name it
     pairs: bool  # trains on preference pairs (a chosen and a rejected answer) rather than conversations
-    module: str  # finetune.objectives.<module>: its ``datasets`` and ``trainer`` (finetune.backends.local_train)
     settings: tuple[str, ...] = ()  # the objective.* keys it reads besides name; setting another is refused
     losses: tuple[str, ...] = ()  # objective.loss_type values it takes (its trainer's default first)
     # scores its data with the model before training too (finetune.plan counts it): given objective's settings
@@ -35,7 +34,8 @@ class Objective:
     rollouts: bool = False  # generates objective.num_generations answers to each prompt and scores them (reward)
 
     def implementation(self) -> Any:
-        return importlib.import_module(f"finetune.objectives.{self.module}")
+        """Its ``datasets`` and ``trainer`` (``finetune.backends.local_train`` calls them)."""
+        return importlib.import_module(f"finetune.objectives.{self.name}")
 
 
 def as_dataset(rows: list[dict[str, Any]]) -> Any:
@@ -46,12 +46,12 @@ def as_dataset(rows: list[dict[str, Any]]) -> Any:
 
 
 OBJECTIVES = {o.name: o for o in (
-    Objective("sft", "supervised fine-tuning", pairs=False, module="sft"),
-    Objective("dpo", "preference tuning (DPO)", pairs=True, module="dpo", settings=("beta", "loss_type"),
+    Objective("sft", "supervised fine-tuning", pairs=False),
+    Objective("dpo", "preference tuning (DPO)", pairs=True, settings=("beta", "loss_type"),
               losses=DPO_LOSSES, reference=lambda settings: True),
-    Objective("orpo", "preference tuning (ORPO)", pairs=True, module="orpo", settings=("beta",)),
-    Objective("simpo", "preference tuning (SimPO)", pairs=True, module="simpo", settings=("beta", "simpo_gamma")),
-    Objective("grpo", "reinforcement learning with rewards (GRPO)", pairs=False, module="grpo",
+    Objective("orpo", "preference tuning (ORPO)", pairs=True, settings=("beta",)),
+    Objective("simpo", "preference tuning (SimPO)", pairs=True, settings=("beta", "simpo_gamma")),
+    Objective("grpo", "reinforcement learning with rewards (GRPO)", pairs=False,
               settings=("beta", "loss_type", "num_generations", "max_completion_length", "epsilon"),
               losses=GRPO_LOSSES, reference=lambda settings: bool(settings.beta), rollouts=True),
 )}

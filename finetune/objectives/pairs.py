@@ -34,7 +34,7 @@ def pair(tokenizer: Any, row: Conversation, max_len: int) -> dict[str, Any]:
     prompt = chosen.input_ids[:c_start]
     if rejected.input_ids[:r_start] != prompt:
         raise DataError(f"{row.location}: the chat template renders the prompt differently before the chosen and "
-                        "the rejected answer; DPO compares the two after one prompt")
+                        "the rejected answer; a preference objective compares the two after one prompt")
     room = max(0, max_len - len(prompt))
     chosen_ids, rejected_ids = chosen.input_ids[c_start:c_end][:room], rejected.input_ids[r_start:r_end][:room]
     return {"prompt_ids": prompt, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids,

@@ -42,9 +42,9 @@ _GEMMA = ("gemma2", "gemma3")
 # RoPE scalings llama.cpp applies through tensors the writer adds (_rope_tensors), and the one graph for each.
 _ROPE_TENSORS = {"llama3": "llama", "longrope": "phi3"}
 # What llama.cpp looks for in general.name to strip whitespace after special tokens as Phi-3 does, and the tokens its
-# rule names, which the vocabulary must hold (_llama_cpp_name).
+# rule names, which the vocabulary must hold: those it leaves unstripped, and </s>, stripped (_llama_cpp_name).
 _PHI3_NAMES = ("phi-3", "phi3")
-_PHI3_ALWAYS = ("<unk>", "<s>", "</s>", "<|endoftext|>")
+_PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")
 # Layer count at which llama.cpp takes a Gemma model for the 27B size and scales queries by hidden/heads, not head_dim.
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 # Rows of a tensor read, converted and quantized at a time (about this many bytes of float32 each).
@@ -242,11 +242,11 @@ def _llama_cpp_name(name: str, hf_tokenizer: Any) -> str:
     it, llama.cpp would tokenize otherwise than training did: refused."""
     added = {token.content: token for token in hf_tokenizer.added_tokens_decoder.values()}
     stripped = {text for text, token in added.items() if token.rstrip}
-    rule = (set(added) | {"</s>"}) - {"<unk>", "<s>", "<|endoftext|>"}
+    rule = (set(added) | {"</s>"}) - set(_PHI3_UNSTRIPPED)
     says_phi3 = any(marker in name.lower() for marker in _PHI3_NAMES)
     if not stripped and not says_phi3:
         return name
-    if stripped == rule and set(_PHI3_ALWAYS) <= set(added):
+    if stripped == rule and {*_PHI3_UNSTRIPPED, "</s>"} <= set(added):
         return name if says_phi3 else f"{name} (phi-3)"
     if stripped:
         raise ValueError(f"llama.cpp cannot strip the whitespace after {', '.join(sorted(stripped))} as the tokenizer "
@@ -303,12 +303,13 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
 def _add_phi3_hyperparameters(writer: Any, config: dict[str, Any], rope: dict[str, Any], log: Log) -> None:
     """Phi-3's pre-LongRoPE context, its sliding window (0 for none: Phi-4's way of saying so) and, with LongRoPE,
     the attention factor transformers applies to the rotations, from the same formula."""
-    writer.add_rope_scaling_orig_ctx_len(_original_context(config, rope))
+    original = _original_context(config, rope)
+    writer.add_rope_scaling_orig_ctx_len(original)
     writer.add_sliding_window(config.get("sliding_window") or 0)
-    if (factor := _longrope_attention_factor(config, rope)) is not None:
+    if (factor := _longrope_attention_factor(config, rope, original)) is not None:
         writer.add_rope_scaling_attn_factors(factor)
-        log(f"note: llama.cpp takes LongRoPE's long factors when its context (num_ctx) exceeds "
-            f"{_original_context(config, rope)} tokens, transformers when the sequence does")
+        log(f"note: llama.cpp takes LongRoPE's long factors when its context (num_ctx) exceeds {original} tokens, "
+            "transformers when the sequence does")
 
 
 def _original_context(config: dict[str, Any], rope: dict[str, Any]) -> int:
@@ -316,12 +317,11 @@ def _original_context(config: dict[str, Any], rope: dict[str, Any]) -> int:
             or config["max_position_embeddings"])
 
 
-def _longrope_attention_factor(config: dict[str, Any], rope: dict[str, Any]) -> float | None:
+def _longrope_attention_factor(config: dict[str, Any], rope: dict[str, Any], original: int) -> float | None:
     """LongRoPE's scale of the rotations, √(1 + ln s / ln n) for a context s times the original n (1 when not
     longer), or None without LongRoPE; refused where the config sets another than llama.cpp would compute."""
     if not rope.get("long_factor"):
         return None
-    original = _original_context(config, rope)
     scale = config["max_position_embeddings"] / original
     factor = math.sqrt(1 + math.log(scale) / math.log(original)) if scale > 1.0 else 1.0
     if rope.get("attention_factor") not in (None, factor) or rope.get("factor") not in (None, scale):

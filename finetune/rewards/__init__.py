@@ -113,7 +113,7 @@ def functions(reward_settings: Any, eval_settings: Any, end_ids: Sequence[int]) 
 
 def check(reward_settings: Any, eval_settings: Any) -> None:
     """Before training: every function loads and answers a probe of two completions with two numbers."""
-    if reward_settings.functions and "json_schema" in reward_settings.functions and eval_settings.json_schema is None:
+    if "json_schema" in reward_settings.functions and eval_settings.json_schema is None:
         raise RewardError("reward.functions: json_schema scores answers against eval.json_schema, which is not set")
     prompts = [[{"role": "user", "content": "Say hello."}]] * 2
     completions = [[{"role": "assistant", "content": "Hello."}], [{"role": "assistant", "content": '{"a": 1}'}]]

@@ -107,41 +107,41 @@ SEARCH = [*QUICK, "train.eval_steps=2", "hparams_search=optuna", "method.r=choic
           "train.lr=tag(log,interval(1e-5,1e-3))"]
 
 
-def test_optuna_search_interrupted_in_its_third_trial_resumes_there(dataset, tmp_path):
+def test_optuna_search_interrupted_in_its_second_trial_resumes_there(dataset, tmp_path):
     sweep = tmp_path / "sweep"
-    # 60 steps a trial, an eval and a checkpoint every 10 (no pruning to feed): the Ctrl-C lands in the third
+    # 60 steps a trial, an eval and a checkpoint every 10 (no pruning to feed): the Ctrl-C lands in the second
     # trial within a poll of its first checkpoint, 50 steps before its end
     search = [arg if arg != "train.eval_steps=2" else "train.eval_steps=10" for arg in SEARCH]
-    args = ["-m", *search, f"dataset.path={dataset}", "hydra.sweeper.n_trials=4", "hydra.sweeper.pruner.name=none",
+    args = ["-m", *search, f"dataset.path={dataset}", "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner.name=none",
             "train.max_steps=60", "train.save_steps=10", "train.grad_accum=1", f"hydra.sweep.dir={sweep}"]
     proc = start_cli(*args, cwd=tmp_path)
     deadline = time.monotonic() + 300
     # a complete checkpoint (trainer_state.json is written last): one cut off mid-save is dropped on Ctrl-C
-    saved = "2_*/train/checkpoints/checkpoint-10/trainer_state.json"
+    saved = "1_*/train/checkpoints/checkpoint-10/trainer_state.json"
     while not list(sweep.glob(saved)) and time.monotonic() < deadline:
         time.sleep(0.1)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     states = [t.state.name for t in study(sweep).trials]
-    assert states == ["COMPLETE", "COMPLETE", "RUNNING"]
-    [third] = sweep.glob("2_*")
-    first_two = {job.name: manifests(job) for job in sweep.glob("[01]_*")}
+    assert states == ["COMPLETE", "RUNNING"]
+    [second] = sweep.glob("1_*")
+    first = {job.name: manifests(job) for job in sweep.glob("0_*")}
 
     resumed = run_cli(*args, cwd=tmp_path)
     trials = study(sweep).trials
-    assert [t.state.name for t in trials] == ["COMPLETE"] * 4 and [t.number for t in trials] == [0, 1, 2, 3]
-    assert {job.name: manifests(job) for job in sweep.glob("[01]_*")} == first_two  # not run again
-    assert (third / "finetune.log").read_text().count("── stage train (resuming)") == 1  # the same folder, resumed
-    assert json.loads((third / "train" / "metrics.json").read_text())["resumed_from_step"] >= 10
+    assert [t.state.name for t in trials] == ["COMPLETE"] * 3 and [t.number for t in trials] == [0, 1, 2]
+    assert {job.name: manifests(job) for job in sweep.glob("0_*")} == first  # not run again
+    assert (second / "finetune.log").read_text().count("── stage train (resuming)") == 1  # the same folder, resumed
+    assert json.loads((second / "train" / "metrics.json").read_text())["resumed_from_step"] >= 10
     assert "search resumed" in resumed.stdout + resumed.stderr
     rows = summary(sweep)["rows"]
-    assert [row["job"].split("_", 1)[0] for row in rows] == ["0", "1", "2", "3"]
+    assert [row["job"].split("_", 1)[0] for row in rows] == ["0", "1", "2"]
     for row, trial in zip(rows, trials, strict=True):  # the study's values are the summary's
         assert row["eval_loss"] == pytest.approx(trial.value)
         assert (row["method.r"], row["train.lr"]) == (trial.params["method.r"], pytest.approx(trial.params["train.lr"]))
         assert trial.params["method.r"] in (4, 8, 16) and 1e-5 <= trial.params["train.lr"] <= 1e-3
-    assert summary(sweep)["best_job"] == rows[min(range(4), key=lambda i: trials[i].value)]["job"]
+    assert summary(sweep)["best_job"] == rows[min(range(3), key=lambda i: trials[i].value)]["job"]
 
 
 def test_pruned_trials_stop_training_at_an_eval(dataset, tmp_path):

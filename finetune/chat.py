@@ -246,6 +246,13 @@ def generation_prompt_ids(tokenizer: Any, prompt: Conversation) -> list[int]:
     return _ids(tokenizer, messages, tools, add_generation_prompt=True)
 
 
+def last_exchange(c: Conversation) -> tuple[Conversation, Message]:
+    """The conversation before its last assistant turn, and that turn: the prompt a preference pair answers twice
+    and its chosen answer."""
+    i = max(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    return Conversation(messages=list(c.messages[:i]), location=c.location, tools=c.tools), c.messages[i]
+
+
 def first_exchange(c: Conversation) -> tuple[Conversation, Message] | None:
     """The prompt up to the first assistant turn, and that turn: what a held-out question and answer are
     (None for a plain-text row, which has no question)."""

@@ -34,9 +34,9 @@ from finetune.metrics import METRICS
 from finetune.metrics.formats import StyleRule, check_style_rules
 from finetune.metrics.harness import LmEvalConfig
 from finetune.metrics.judge import RESPONSE_FORMATS, JudgeConfig
-from finetune.objectives import DPO_LOSSES, GRPO_LOSSES, OBJECTIVES
+from finetune.objectives import DPO_LOSSES, GRPO_LOSSES, KTO_LOSSES, OBJECTIVES
 
-STAGE_NAMES = ("synthesize", "validate", "train", "merge", "evaluate", "export", "card", "publish")
+STAGE_NAMES = ("synthesize", "validate", "rejected", "train", "merge", "evaluate", "export", "card", "publish")
 
 
 class ConfigError(UserError, ValueError):
@@ -128,6 +128,12 @@ class DatasetConfig:
     write_formats: list[str] = _field([], choices=tuple(WRITABLE))  # also each split in a provider's format
     python: PythonSourceConfig = field(default_factory=PythonSourceConfig)  # for python:<package or folder>
     synthetic: SyntheticConfig | None = None  # generated conversations, one more source
+    # Pairs from conversations for a preference objective: each training and validation conversation's answer is
+    # the chosen one and the answer this model writes to it the rejected one (the ``rejected`` stage). `model`: the
+    # model the run starts from (model.source: the base, or with run:<dir> that earlier run's, e.g. its SFT model);
+    # or any model source (run:<dir>, a folder, a Hub id).
+    rejected_by: str | None = None
+    rejected_max_new_tokens: int = _field(256, low=1)  # the most tokens a rejected answer runs to (greedy)
 
 
 @dataclass
@@ -143,16 +149,20 @@ class MethodConfig:
 
 @dataclass
 class ObjectiveConfig:
-    """What training optimises (finetune/objectives/): ``sft`` on conversations, or a preference objective on
-    chosen/rejected pairs from the data."""
+    """What training optimises (finetune/objectives/): ``sft`` on conversations, a preference objective on
+    chosen/rejected pairs (or KTO's answers labeled desirable or not) from the data, or ``grpo`` with rewards."""
 
     name: str = _field("sft", choices=tuple(OBJECTIVES))
-    # dpo: how far the policy may move from the reference (the model before training); orpo: the weight of the odds
-    # ratio term; simpo: the scale of the reward margin. null: the trainer's own (TRL's 0.1; OpenAI's "auto")
+    # dpo, kto: how far the policy may move from the reference (the model before training); orpo: the weight of the
+    # odds ratio term; simpo: the scale of the reward margin. null: the trainer's own (TRL's 0.1; OpenAI's "auto")
     # grpo: the weight of the KL term against the model before training (TRL's 0.0: none, and no reference pass)
     beta: float | None = _field(None, low=0.0)
-    # dpo: TRL's DPO losses (sigmoid, the paper's); grpo: TRL's GRPO losses (dapo); null: the trainer's default
-    loss_type: str | None = _field(None, choices=(*DPO_LOSSES, *GRPO_LOSSES))
+    # dpo: TRL's DPO losses (sigmoid, the paper's); kto: kto or apo_zero_unpaired; grpo: TRL's GRPO losses (dapo);
+    # null: the trainer's default
+    loss_type: str | None = _field(None, choices=(*DPO_LOSSES, *KTO_LOSSES, *GRPO_LOSSES))
+    # kto: the weights of the desirable and undesirable answers' losses, to even out unequal counts (TRL's 1 and 1)
+    desirable_weight: float = _field(1.0, low=0.0, low_open=True)
+    undesirable_weight: float = _field(1.0, low=0.0, low_open=True)
     simpo_gamma: float = _field(0.5, low=0.0)  # simpo: the target reward margin (TRL's default)
     num_generations: int = _field(8, low=2)  # grpo: answers generated to each prompt, scored against each other
     max_completion_length: int = _field(512, low=1)  # grpo: tokens an answer may run to (TRL's default)
@@ -452,6 +462,21 @@ def _check_cross_fields(run: RunConfig) -> None:
         raise ConfigError(f"objective={objective}: {OBJECTIVES[objective].description} runs only with {able}, not "
                           f"backend={run.backend.name}")
     _check_objective_settings(run.objective)
+    if d.rejected_by is not None:
+        if not d.rejected_by.strip():
+            raise ConfigError("dataset.rejected_by is empty; expected model (the model the run starts from) or a "
+                              "model source")
+        if "pair" not in OBJECTIVES[objective].data:
+            takers = ", ".join(o.name for o in OBJECTIVES.values() if "pair" in o.data)
+            raise ConfigError(f"dataset.rejected_by={d.rejected_by}: rejected answers make preference pairs, and "
+                              f"objective={objective} trains on none ({takers} do)")
+        if LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities:
+            raise ConfigError(f"dataset.rejected_by={d.rejected_by}: the rejected answers are written here, by a local "
+                              f"model; backend={run.backend.name} trains the provider's — give it pairs")
+    if train.batch_size < (fewest := OBJECTIVES[objective].batch_rows(run.objective)):
+        loss = run.objective.loss_type or OBJECTIVES[objective].losses[0]
+        raise ConfigError(f"train.batch_size={train.batch_size}: objective={objective} with its {loss} loss needs at "
+                          f"least {fewest} rows in a micro-batch (it compares the rows of one)")
     _check_reward(run)
     hosted = LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities
     if run.objective.loss_type not in (None, "sigmoid") and hosted:

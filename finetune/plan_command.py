@@ -102,6 +102,7 @@ def meta_model(run: RunConfig, config: Any, dtype_name: str) -> Any:
 
 def _train_rows(run: RunConfig) -> tuple[Any, str]:
     """The training split as validate makes it, tokenized for the plan; and which tokenizer counted it."""
+    from finetune.chat import last_exchange
     from finetune.models import load_tokenizer, resolve_model_source
     from finetune.objectives import OBJECTIVES
     from finetune.stages import validate
@@ -112,9 +113,11 @@ def _train_rows(run: RunConfig) -> tuple[Any, str]:
         run = dataclasses.replace(run, model=STAND_IN)
         counted = ("SmolLM2-135M's tokenizer and ChatML template, standing in: the model's own tokenizer is not "
                    "here (offline); its count differs with its vocabulary")
-    splits = validate.prepare(run).splits
+    rows = validate.prepare(run).splits["train"]
+    if run.dataset.rejected_by is not None:  # written by the run: each counted as long as its chosen answer
+        rows = [dataclasses.replace(c, rejected=last_exchange(c)[1]["content"]) for c in rows]
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
-    train_set, _ = OBJECTIVES[run.objective.name].implementation().datasets(run, tokenizer, splits["train"], [])
+    train_set, _ = OBJECTIVES[run.objective.name].implementation().datasets(run, tokenizer, rows, [])
     return train_set, counted
 
 
@@ -144,6 +147,9 @@ def make(run: RunConfig) -> dict[str, Any]:
                  "memory_available_bytes": plan.available_bytes()}
     notices = ["dataset.synthetic: its conversations are written by the run (the synthesize stage), not for a plan; "
                "the rows counted are the other sources'"] if run.dataset.synthetic is not None else []
+    if run.dataset.rejected_by is not None:
+        notices.append("dataset.rejected_by: the rejected answers are written by the run (the rejected stage); "
+                       "each is counted as long as its chosen answer")
     return {**the_plan, "model": run.model.source, "config_from": source, "method": run.method.name,
             "dtype": dtype, "tokens_counted_with": counted, "notices": notices}
 

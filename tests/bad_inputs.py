@@ -166,8 +166,8 @@ CASES: list[Case] = [
     Case("model-source-empty", ("model.source=",),
          "error: model.source is empty; expected a Hub id, a model folder, a .gguf file or package:<pkg>/<file>"),
     Case("stage-that-does-not-exist", ("stages=[validate,deploy]",),
-         "error: stages: unknown stage 'deploy'; stages are synthesize, validate, train, merge, evaluate, export, "
-         "card, publish"),
+         "error: stages: unknown stage 'deploy'; stages are synthesize, validate, rejected, train, merge, evaluate, "
+         "export, card, publish"),
     # ── checks that need the data or the model, still before the first stage ──
     Case("train-in-a-fresh-directory", (*TINY_MODEL, *DATA, "stages=[train]", "hydra.run.dir=run"),
          "error: stage 'train' needs 'validate', which has not run in {cwd}/run; add 'validate' to stages",
@@ -257,8 +257,12 @@ CASES: list[Case] = [
     Case("row-not-an-object", (*TINY_MODEL, *DATA), "error: data.jsonl:3: a record must be a JSON object, got list",
          files={"data.jsonl": GOOD.replace(b"\n", b"\n[1, 2]\n", 2).replace(b"\n[1, 2]\n", b"\n", 1)}),
     Case("preference-data", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:1: preference data (chosen/rejected); this run trains on conversations (objective=sft) "
-         "— set objective to one of dpo, orpo, simpo, or keep only the chosen answers",
+         "error: data.jsonl:1: preference pairs (chosen/rejected); objective=sft trains on conversations — set "
+         "objective to one of dpo, orpo, kto, simpo, or keep only the chosen answers",
+         files={"data.jsonl": jsonl([{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3)}),
+    Case("pairs-with-rejected-by", (*TINY_MODEL, *DATA, "objective=dpo", "dataset.rejected_by=model"),
+         "error: data.jsonl:1: preference pairs (chosen/rejected); with dataset.rejected_by the data is "
+         "conversations, whose answers are the chosen ones — give conversations, or unset dataset.rejected_by",
          files={"data.jsonl": jsonl([{"prompt": "q", "chosen": "good", "rejected": "bad"}] * 3)}),
     Case("hub-dataset-offline", (*TINY_MODEL, "dataset.path=someone/support_chats"),
          "error: someone/support_chats: a Hub dataset that is not in the local datasets cache, and HF_HUB_OFFLINE "

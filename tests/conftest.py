@@ -54,7 +54,8 @@ def conversation(i: int) -> dict:
 TINY = ["model=tiny_random", "train.max_seq_len=128", "eval.max_new_tokens=8", "eval.show_samples=2",
         "export.parity_samples=3", "run_name=tiny"]
 TINY_ON_A_MODEL = [arg for arg in TINY if not arg.startswith("model=")]  # the same settings, for a model.source=
-STAGES = tuple(name for name in STAGE_NAMES if name != "synthesize")  # what a run without dataset.synthetic has
+# what a run without dataset.synthetic and dataset.rejected_by has
+STAGES = tuple(name for name in STAGE_NAMES if name not in ("synthesize", "rejected"))
 
 
 def write_chats(path: Path) -> Path:
@@ -76,7 +77,7 @@ def chat_dataset(tmp_path: Path) -> Path:
 
 @dataclasses.dataclass(frozen=True)
 class TinyRun:
-    """A whole tiny run (every stage but synthesize), its dataset and what the CLI printed."""
+    """A whole tiny run (every stage but synthesize and rejected), its dataset and what the CLI printed."""
 
     dir: Path
     dataset: Path
@@ -197,7 +198,7 @@ def run_cli_in_process(*args: str, cwd: Path, check: bool = True, env: dict[str,
         os.environ.update(env or {})
         os.chdir(cwd)
         sys.argv = ["finetune", *args]
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _absl_writing_to(err):
             try:
                 main()
             except SystemExit as e:
@@ -214,6 +215,22 @@ def run_cli_in_process(*args: str, cwd: Path, check: bool = True, env: dict[str,
     if check and code != 0:
         raise AssertionError(f"finetune {' '.join(args)} exited {code}:\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+@contextlib.contextmanager
+def _absl_writing_to(stream: io.StringIO):
+    """absl's log handler (imported with rouge_score) closes its stream when Hydra configures logging, unless that
+    stream is ``sys.stderr`` then: in this process that would be pytest's capture, which every later test writes
+    to. For the call, it writes where ``sys.stderr`` goes."""
+    if "absl.logging" not in sys.modules:
+        yield
+        return
+    handler = sys.modules["absl.logging"].get_absl_handler().python_handler
+    saved, handler.stream = handler.stream, stream
+    try:
+        yield
+    finally:
+        handler.stream = saved
 
 
 def run_dirs(root: Path) -> list[Path]:

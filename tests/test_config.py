@@ -84,7 +84,16 @@ def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
     (("backend=openai", "objective=dpo", "objective.loss_type=ipo"),
      "objective.loss_type=ipo: backend=openai trains DPO's sigmoid loss only"),
     (("objective=orpo", "objective.loss_type=ipo"),
-     "objective.loss_type=ipo: objective=orpo does not use it (dpo, grpo do)"),
+     "objective.loss_type=ipo: objective=orpo does not use it (dpo, kto, grpo do)"),
+    (("objective=kto", "train.batch_size=1"), "train.batch_size=1: objective=kto with its kto loss needs at least 2 "
+                                               "rows in a micro-batch (it compares the rows of one)"),
+    (("objective=dpo", "objective.desirable_weight=2"),
+     "objective.desirable_weight=2.0: objective=dpo does not use it (kto does)"),
+    (("dataset.rejected_by=model",), "dataset.rejected_by=model: rejected answers make preference pairs, and "
+                                     "objective=sft trains on none (dpo, orpo, kto, simpo do)"),
+    (("backend=openai", "objective=dpo", "dataset.rejected_by=model"),
+     "dataset.rejected_by=model: the rejected answers are written here, by a local model; backend=openai trains "
+     "the provider's — give it pairs"),
     (("objective.simpo_gamma=1",), "objective.simpo_gamma=1.0: objective=sft does not use it (simpo does)"),
     (("objective=grpo",), "reward.functions: objective=grpo needs at least one: json_valid, json_schema, "
                           "exact_match, rouge_l, style, stopped or package.module:function"),

@@ -271,6 +271,41 @@ def test_bad_preference_records_name_the_field(record, message):
     assert str(e.value) == message
 
 
+# ── answers labeled desirable or not (KTO's unpaired data) ──
+
+SAME_LABELED_ROW_IN_EVERY_FORMAT = {
+    "prompt_completion (TRL's unpaired, conversational)": {"prompt": PAIR, "completion": EXPECTED[2:], "label": False},
+    "prompt_completion (TRL's unpaired, strings)": {"prompt": "Translate\n\nhello", "completion": "こんにちは",
+                                                    "label": False},
+    "messages (LLaMA-Factory's kto_en_demo)": {"messages": EXPECTED, "label": False},
+    "sharegpt (LLaMA-Factory's KTO tag as label)": {"system": "Be brief.", "conversations": [
+        {"from": "human", "value": "Translate\n\nhello"}, {"from": "gpt", "value": "こんにちは"}], "label": False},
+}
+
+
+@pytest.mark.parametrize("name", list(SAME_LABELED_ROW_IN_EVERY_FORMAT))
+def test_a_labeled_answer_reads_with_its_label_and_round_trips_through_the_split_file(tmp_path, name):
+    loaded = load_source(str(write_jsonl(tmp_path / "d.jsonl", [SAME_LABELED_ROW_IN_EVERY_FORMAT[name]])),
+                         system_prompt="Be brief.")
+    (c,) = loaded.conversations
+    assert loaded.format == name.split(" ")[0]
+    assert (c.messages, c.label, c.rejected) == (EXPECTED, False, None)
+    (back,) = read_split(write_jsonl(tmp_path / "train.jsonl", [to_row(c)]))
+    assert (back.messages, back.label) == (c.messages, False)
+    assert read_split(write_jsonl(tmp_path / "sft.jsonl", [to_row(Conversation(EXPECTED, ""))]))[0].label is None
+
+
+@pytest.mark.parametrize(("record", "message"), [
+    ({"messages": EXPECTED, "label": "yes"},
+     "'label' must be true or false (KTO: whether the last answer is desirable), got \"yes\""),
+    ({"messages": EXPECTED[:2], "label": True}, "a record with a 'label' must end with the answer it judges"),
+])
+def test_bad_labels_name_the_field(record, message):
+    with pytest.raises(DataError) as e:
+        formats.read(record, formats.detect(record))
+    assert str(e.value) == message
+
+
 # ── writing provider formats ──
 
 TOOLS = [{"type": "function", "function": {"name": "weather", "description": "d", "parameters": {"type": "object"}}}]
@@ -326,6 +361,7 @@ def test_provider_shapes():
     (Conversation(EXPECTED, "", rejected="Hello."), "openai", "no place for a rejected answer"),
     (Conversation(EXPECTED, "", rejected="Hello."), "gemini", "no place for a rejected answer"),
     (Conversation(EXPECTED, ""), "openai_dpo", "needs a preference pair"),
+    (Conversation(EXPECTED, "", label=True), "openai", "no place for a label"),
 ])
 def test_what_a_format_cannot_express_is_refused_not_dropped(c, output, why):
     with pytest.raises(formats.CannotExpress, match=why):

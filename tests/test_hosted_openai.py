@@ -75,8 +75,8 @@ def test_preference_pairs_tune_with_dpo_and_the_tuned_model_is_evaluated(api, pa
 
 
 @pytest.mark.parametrize(("which", "objective", "message"), [
-    ("pairs", "sft", "pairs.jsonl:1: preference data (chosen/rejected); this run trains on conversations "
-                     "(objective=sft) — set objective to one of dpo, orpo, simpo, or keep only the chosen answers"),
+    ("pairs", "sft", "pairs.jsonl:1: preference pairs (chosen/rejected); objective=sft trains on conversations — "
+                     "set objective to one of dpo, orpo, kto, simpo, or keep only the chosen answers"),
     ("dataset", "dpo", "chats.jsonl:1: no rejected answer; objective=dpo trains on preference pairs"),
 ], ids=["pairs-sft", "chats-dpo"])
 def test_data_that_does_not_fit_the_objective_is_refused_in_one_line(api, request, which, objective, message,

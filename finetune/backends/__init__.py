@@ -55,7 +55,7 @@ def _bedrock() -> Implementation:
 
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("hf", _hf, objectives=("sft", "dpo", "orpo", "simpo", "grpo")),
+    Backend("hf", _hf, objectives=("sft", "dpo", "orpo", "kto", "simpo", "grpo")),
     Backend("unsloth", _unsloth),
     Backend("openai", _openai, capabilities=frozenset(), objectives=("sft", "dpo")),
     Backend("vertex", _vertex, capabilities=frozenset()),

@@ -23,6 +23,7 @@ from finetune.models import load_tokenizer, resolve_model_source, save_tokenizer
 from finetune.objectives import OBJECTIVES
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json
+from finetune.stages.rejected import training_split
 from finetune.sweep import trial
 from finetune.training import jsonl_log, progress_bar
 
@@ -146,8 +147,8 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
     set_seed(run.seed)  # the adapter's initial weights are drawn when it is attached, before the Trainer exists
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
     objective = OBJECTIVES[run.objective.name].implementation()
-    train_set, eval_set = objective.datasets(run, tokenizer, read_split(ctx.input("validate", "train")),
-                                             read_split(ctx.input("validate", "validation")))
+    train_set, eval_set = objective.datasets(run, tokenizer, read_split(training_split(ctx, "train")),
+                                             read_split(training_split(ctx, "validation")))
     before_model = plan.process_bytes()
     model = load(run)
     plan.release_freed_memory()

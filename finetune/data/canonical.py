@@ -4,9 +4,10 @@ A message is ``{"role", "content"}`` with ``content`` always a string; an assist
 ``tool_calls`` (``[{"type": "function", "function": {"name", "arguments": dict}, "id"?}]``, with ``content``
 then possibly empty) and a tool message ``tool_call_id`` / ``name``. Tool definitions are JSON schemas in the
 form ``apply_chat_template(tools=...)`` takes. A plain-text row (continued pre-training) has ``text`` and no
-messages: every token of it carries loss. A preference row (hosted DPO) also has ``rejected``: the answer not to
-give in place of its last assistant message, which is the chosen one — so every check that reads messages sees
-the chosen answer as it would in a supervised row.
+messages: every token of it carries loss. A preference row also has ``rejected``: the answer not to give in place
+of its last assistant message, which is the chosen one — so every check that reads messages sees the chosen answer
+as it would in a supervised row. A labeled row (KTO's unpaired data) has ``label`` instead: whether its last
+assistant message is an answer to give (true) or not (false).
 """
 
 from __future__ import annotations
@@ -35,10 +36,21 @@ class Conversation:
     text: str | None = None  # a plain-text row: no messages, loss on every token
     source: str = ""  # the name of the source it came from, when several are mixed
     rejected: str | None = None  # preference data: the non-preferred answer to the last assistant message
+    label: bool | None = None  # KTO's unpaired data: whether the last assistant message is a desirable answer
 
     @property
     def is_text(self) -> bool:
         return self.text is not None
+
+
+# What a row gives an objective to train on (finetune.objectives.Objective.data)
+ROW_KINDS = ("conversation", "pair", "labeled")
+
+
+def row_kind(c: Conversation) -> str:
+    """``pair`` (a chosen and a rejected answer), ``labeled`` (one answer marked desirable or not) or
+    ``conversation`` (answers to learn, or plain text)."""
+    return "pair" if c.rejected is not None else "labeled" if c.label is not None else "conversation"
 
 
 def answers(c: Conversation) -> list[str]:
@@ -68,7 +80,8 @@ def to_row(c: Conversation) -> dict[str, Any]:
     if c.is_text:
         return {"text": c.text}
     return {"messages": c.messages, **({"tools": c.tools} if c.tools else {}),
-            **({"rejected": c.rejected} if c.rejected is not None else {})}
+            **({"rejected": c.rejected} if c.rejected is not None else {}),
+            **({"label": c.label} if c.label is not None else {})}
 
 
 def read_split(path: Path) -> list[Conversation]:
@@ -77,5 +90,6 @@ def read_split(path: Path) -> list[Conversation]:
     for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
         row = json.loads(line)
         rows.append(Conversation(messages=row.get("messages", []), location=f"{path.name}:{i}",
-                                 tools=row.get("tools"), text=row.get("text"), rejected=row.get("rejected")))
+                                 tools=row.get("tools"), text=row.get("text"), rejected=row.get("rejected"),
+                                 label=row.get("label")))
     return rows

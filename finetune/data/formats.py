@@ -8,11 +8,14 @@ What a format cannot express (tools in Bedrock's format, a plain-text row in a c
 Preference records (OpenAI's DPO format, TRL's prompt/chosen/rejected, LLaMA-Factory's ranking ShareGPT and
 Alpaca, Anthropic HH's chosen/rejected transcripts) are read into conversations whose last assistant message is the
 chosen answer and ``rejected`` the other; only ``openai_dpo`` writes them back, and the
-validate stage takes them only for a preference objective (``objective=dpo``).
+validate stage takes them only for a preference objective (``objective=dpo``). A chat record with a boolean
+``label`` (TRL's unpaired prompt/completion/label, LLaMA-Factory's KTO messages/label) is KTO's: its last answer
+labeled desirable or not.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from collections.abc import Callable
@@ -106,6 +109,18 @@ def _conversation(messages: list[Message], tools: Any = None) -> Conversation:
     return Conversation(messages=messages, location="", tools=_tools(tools))
 
 
+def _labeled(c: Conversation, record: dict[str, Any]) -> Conversation:
+    """``c`` with the record's ``label``, where it has one: KTO's judgement of its last answer."""
+    if "label" not in record:
+        return c
+    if not isinstance(record["label"], bool):
+        raise DataError(f"'label' must be true or false (KTO: whether the last answer is desirable), got "
+                        f"{json.dumps(record['label'], ensure_ascii=False)}")
+    if not c.messages or c.messages[-1]["role"] != "assistant":
+        raise DataError("a record with a 'label' must end with the answer it judges")
+    return dataclasses.replace(c, label=record["label"])
+
+
 # ── OpenAI chat ("messages"); also Bedrock's {"system", "messages"} and typed content parts ──
 
 def _message(m: Any, i: int) -> Message:
@@ -132,7 +147,7 @@ def _read_messages(record: dict[str, Any]) -> Conversation:
     messages = [_message(m, i) for i, m in enumerate(record["messages"])]
     if record.get("system") is not None:  # Bedrock's (Anthropic's) top-level system prompt
         messages.insert(0, {"role": "system", "content": _content(record["system"], "'system'")})
-    return _conversation(messages, record.get("tools"))
+    return _labeled(_conversation(messages, record.get("tools")), record)
 
 
 def _chat_only(c: Conversation, fmt: str) -> None:
@@ -140,6 +155,8 @@ def _chat_only(c: Conversation, fmt: str) -> None:
         raise CannotExpress(f"a plain-text row has no place in the {fmt} format")
     if c.rejected is not None:
         raise CannotExpress(f"the {fmt} format has no place for a rejected answer (openai_dpo has)")
+    if c.label is not None:
+        raise CannotExpress(f"the {fmt} format has no place for a label (KTO's)")
 
 
 def _write_openai(c: Conversation) -> dict[str, Any]:
@@ -254,7 +271,7 @@ def _read_sharegpt(record: dict[str, Any]) -> Conversation:
             messages.append({"role": role, "content": value})
     if "chosen" in record:  # LLaMA-Factory's ranking data: the conversation ends with the question
         return _pair(messages, record["chosen"], record.get("rejected"), ("chosen", "rejected"), record.get("tools"))
-    return _conversation(messages, record.get("tools"))
+    return _labeled(_conversation(messages, record.get("tools")), record)
 
 
 # ── Alpaca (instruction / input / output, optional system and history) ──
@@ -285,9 +302,11 @@ def _read_alpaca(record: dict[str, Any]) -> Conversation:
 def _read_prompt_completion(record: dict[str, Any]) -> Conversation:
     prompt, completion = record["prompt"], record["completion"]
     if isinstance(prompt, list) and isinstance(completion, list):
-        return _read_messages({"messages": prompt + completion, "tools": record.get("tools")})
-    return _conversation([{"role": "user", "content": _string(prompt, "'prompt'")},
-                          {"role": "assistant", "content": _string(completion, "'completion'")}])
+        c = _read_messages({"messages": prompt + completion, "tools": record.get("tools")})
+    else:
+        c = _conversation([{"role": "user", "content": _string(prompt, "'prompt'")},
+                           {"role": "assistant", "content": _string(completion, "'completion'")}])
+    return _labeled(c, record)
 
 
 # ── preference pairs (hosted DPO): OpenAI's DPO format and TRL's prompt / chosen / rejected ──

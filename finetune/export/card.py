@@ -84,8 +84,10 @@ def _objective(run: RunConfig) -> str:
 def _trained_tokens(run: RunConfig) -> str:
     if OBJECTIVES[run.objective.name].rollouts:
         return "the model's own answers to each prompt, scored by the rewards"
-    if OBJECTIVES[run.objective.name].pairs:
+    if OBJECTIVES[run.objective.name].data == ("pair",):
         return "each pair's two answers scored after its prompt, end-of-turn token included"
+    if "labeled" in OBJECTIVES[run.objective.name].data:
+        return "each answer scored after its prompt as desirable or not, end-of-turn token included"
     return "loss on assistant tokens only, end-of-turn token included"
 
 
@@ -105,6 +107,9 @@ def _training(run: RunConfig, inputs: CardInputs) -> list[str]:
         f"{splits['validation']} validation, {splits['test']} test conversations |",
         f"| method | {method} |",
         f"| objective | {_objective(run)} |",
+        *([f"| rejected answers | written by `{run.dataset.rejected_by}` to each conversation, greedily (at most "
+           f"{run.dataset.rejected_max_new_tokens} tokens); the data's answers are the chosen ones |"]
+          if run.dataset.rejected_by else []),
         *([f"| started from | the merged model of the earlier run `{parent['run_dir']}` (its merge fingerprint "
            f"`{parent['merge_fingerprint'][:12]}`) |"] if (parent := parent_run(run.model)) else []),
         f"| length | {length}, {train.get('input_tokens_seen', '?'):,} tokens seen |",

@@ -1,11 +1,12 @@
 """Training objectives as a registry: ``objective.name`` picks what the model is trained to do.
 
 ``sft`` (the default) trains on conversations with our own loop (``finetune.training``); ``dpo``, ``orpo`` and
-``simpo`` on preference pairs, and ``grpo`` on prompts with reward functions (``finetune.rewards``), through TRL's
-trainers, with our data layer, methods, plan, progress bar, curves, checkpoints, resume and manifests. An entry
-says what its data is and which settings it reads; its module ``finetune/objectives/<name>.py`` (``datasets`` and
-``trainer``) is imported only when training starts, so ``import finetune.config`` loads no TRL. A backend lists the
-objectives it trains (``Backend.objectives``).
+``simpo`` on preference pairs, ``kto`` on answers labeled desirable or not (or pairs, unpaired), and ``grpo`` on
+prompts with reward functions (``finetune.rewards``), through TRL's trainers, with our data layer, methods, plan,
+progress bar, curves, checkpoints, resume and manifests. An entry says what its data is and which settings it
+reads; its module ``finetune/objectives/<name>.py`` (``datasets`` and ``trainer``) is imported only when training
+starts, so ``import finetune.config`` loads no TRL. A backend lists the objectives it trains
+(``Backend.objectives``).
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-# The losses as TRL names them: DPO's (trl.DPOConfig.loss_type; sigmoid is the paper's and OpenAI's) and GRPO's
-# (trl.GRPOConfig.loss_type; dapo is TRL's default)
+# The losses as TRL names them: DPO's (trl.DPOConfig.loss_type; sigmoid is the paper's and OpenAI's), KTO's
+# (trl.KTOConfig.loss_type) and GRPO's (trl.GRPOConfig.loss_type; dapo is TRL's default)
 DPO_LOSSES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
               "aot_unpaired", "apo_zero", "apo_down", "discopop", "sigmoid_norm")
+KTO_LOSSES = ("kto", "apo_zero_unpaired")
 GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "vespo")
 
 
@@ -26,12 +28,14 @@ GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "ves
 class Objective:
     name: str
     description: str  # as messages name it
-    pairs: bool  # trains on preference pairs (a chosen and a rejected answer) rather than conversations
+    data: tuple[str, ...]  # the kinds of row it trains on (finetune.data.canonical.ROW_KINDS)
     settings: tuple[str, ...] = ()  # the objective.* keys it reads besides name; setting another is refused
     losses: tuple[str, ...] = ()  # objective.loss_type values it takes (its trainer's default first)
     # scores its data with the model before training too (finetune.plan counts it): given objective's settings
     reference: Callable[[Any], bool] = lambda settings: False
     rollouts: bool = False  # generates objective.num_generations answers to each prompt and scores them (reward)
+    # the fewest rows a micro-batch (train.batch_size) may hold, given objective's settings
+    batch_rows: Callable[[Any], int] = lambda settings: 1
 
     def implementation(self) -> Any:
         """Its ``datasets`` and ``trainer`` (``finetune.backends.local_train`` calls them)."""
@@ -46,12 +50,17 @@ def as_dataset(rows: list[dict[str, Any]]) -> Any:
 
 
 OBJECTIVES = {o.name: o for o in (
-    Objective("sft", "supervised fine-tuning", pairs=False),
-    Objective("dpo", "preference tuning (DPO)", pairs=True, settings=("beta", "loss_type"),
+    Objective("sft", "supervised fine-tuning", data=("conversation",)),
+    Objective("dpo", "preference tuning (DPO)", data=("pair",), settings=("beta", "loss_type"),
               losses=DPO_LOSSES, reference=lambda settings: True),
-    Objective("orpo", "preference tuning (ORPO)", pairs=True, settings=("beta",)),
-    Objective("simpo", "preference tuning (SimPO)", pairs=True, settings=("beta", "simpo_gamma")),
-    Objective("grpo", "reinforcement learning with rewards (GRPO)", pairs=False,
+    Objective("orpo", "preference tuning (ORPO)", data=("pair",), settings=("beta",)),
+    Objective("kto", "preference tuning (KTO)", data=("labeled", "pair"),
+              settings=("beta", "loss_type", "desirable_weight", "undesirable_weight"), losses=KTO_LOSSES,
+              reference=lambda settings: True,
+              # its KL term scores each prompt with the answer of another row of the micro-batch (not apo's)
+              batch_rows=lambda settings: 1 if settings.loss_type == "apo_zero_unpaired" else 2),
+    Objective("simpo", "preference tuning (SimPO)", data=("pair",), settings=("beta", "simpo_gamma")),
+    Objective("grpo", "reinforcement learning with rewards (GRPO)", data=("conversation",),
               settings=("beta", "loss_type", "num_generations", "max_completion_length", "epsilon"),
               losses=GRPO_LOSSES, reference=lambda settings: bool(settings.beta), rollouts=True),
 )}

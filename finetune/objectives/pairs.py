@@ -23,20 +23,27 @@ def _last_turn(labels: list[int]) -> tuple[int, int]:
     return start, end
 
 
+def prompt_and_answer(tokenizer: Any, row: Conversation) -> tuple[list[int], list[int]]:
+    """The tokens before the row's last assistant turn (its prompt, as the template renders it there) and that
+    turn's trained tokens."""
+    tokens = tokenize(tokenizer, row)
+    start, end = _last_turn(tokens.labels)
+    return tokens.input_ids[:start], tokens.input_ids[start:end]
+
+
 def pair(tokenizer: Any, row: Conversation, max_len: int) -> dict[str, Any]:
     """A preference row as TRL's DPOTrainer takes it tokenized: ``prompt_ids``, ``chosen_ids``, ``rejected_ids``
     (each answer cut so that the prompt and it fit ``max_len``), with ``length`` and ``trained`` for the plan: both
     sequences of the pair are in a step's batch."""
-    chosen = tokenize(tokenizer, row)
+    prompt, chosen = prompt_and_answer(tokenizer, row)
     rejected_messages = [*row.messages[:-1], {"role": "assistant", "content": row.rejected}]
-    rejected = tokenize(tokenizer, dataclasses.replace(row, messages=rejected_messages, rejected=None))
-    (c_start, c_end), (r_start, r_end) = _last_turn(chosen.labels), _last_turn(rejected.labels)
-    prompt = chosen.input_ids[:c_start]
-    if rejected.input_ids[:r_start] != prompt:
+    rejected_prompt, rejected = prompt_and_answer(
+        tokenizer, dataclasses.replace(row, messages=rejected_messages, rejected=None))
+    if rejected_prompt != prompt:
         raise DataError(f"{row.location}: the chat template renders the prompt differently before the chosen and "
                         "the rejected answer; a preference objective compares the two after one prompt")
     room = max(0, max_len - len(prompt))
-    chosen_ids, rejected_ids = chosen.input_ids[c_start:c_end][:room], rejected.input_ids[r_start:r_end][:room]
+    chosen_ids, rejected_ids = chosen[:room], rejected[:room]
     return {"prompt_ids": prompt, "chosen_ids": chosen_ids, "rejected_ids": rejected_ids,
             "length": 2 * (len(prompt) + max(len(chosen_ids), len(rejected_ids))),
             "trained": len(chosen_ids) + len(rejected_ids)}

@@ -11,7 +11,7 @@ from finetune.backends.base import LOCAL_WEIGHTS
 from finetune.config import RunConfig
 from finetune.models import check_source
 from finetune.pipeline.graph import Stage
-from finetune.stages import card, evaluate, export, merge, publish, synthesize, train, validate
+from finetune.stages import card, evaluate, export, merge, publish, rejected, synthesize, train, validate
 
 
 def _train_keys(run: RunConfig) -> tuple[str, ...]:
@@ -28,8 +28,10 @@ STAGES: tuple[Stage, ...] = (
     _stage(synthesize, needs=(), config_keys=synthesize.CONFIG_KEYS, left_out=synthesize.left_out),
     _stage(validate, needs=("synthesize",), config_keys=validate.CONFIG_KEYS, input_files=validate.input_files,
            checks=(check_source,), prepare=validate.check),
+    _stage(rejected, needs=("validate",), config_keys=rejected.CONFIG_KEYS, input_files=rejected.input_files,
+           checks=(rejected.check,), left_out=rejected.left_out),
     # its config keys are its backend's, which stages_for sets for each run
-    _stage(train, needs=("validate",), config_keys=(), keys_for=_train_keys, resumable=True,
+    _stage(train, needs=("validate", "rejected"), config_keys=(), keys_for=_train_keys, resumable=True,
            checks=(check_source, train.check)),
     _stage(merge, needs=("train",), config_keys=("model", "method"), checks=(check_source,),
            left_out=lacks(LOCAL_WEIGHTS)),

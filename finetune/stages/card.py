@@ -14,7 +14,8 @@ from finetune.export.card import CardInputs, hosted_model_card, model_card
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import Manifest, atomic_write_text
 
-CONFIG_KEYS = ("model", "method", "objective", "reward", "train", "export", "card", "seed", "run_name", "backend.name",
+CONFIG_KEYS = ("model", "method", "objective", "reward", "train", "export", "card", "seed", "run_name",
+               "dataset.rejected_by", "dataset.rejected_max_new_tokens", "backend.name",
                "backend.base_url", "backend.chat_base_url", "backend.project", "backend.region")
 
 

@@ -24,7 +24,7 @@ import numpy as np
 from finetune.chat import template_takes
 from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
-from finetune.data.canonical import Conversation, DataError, to_row
+from finetune.data.canonical import Conversation, DataError, row_kind, to_row
 from finetune.data.checks import CheckInput, CheckReport, run_phase, run_split_checks
 from finetune.data.load import Loaded, load_source
 from finetune.data.readers import local_path
@@ -122,22 +122,40 @@ def _length_stats(values: np.ndarray) -> dict[str, float]:
     }
 
 
+# Each kind of row (finetune.data.canonical.row_kind) as a refusal names it, the records that give one, and what
+# a row of it lacks when it is a conversation
+ROW_TEXT = {"conversation": "conversations", "pair": "preference pairs (chosen/rejected)",
+            "labeled": "labeled answers (KTO's desirable or not)"}
+RECORDS = {"pair": "prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output",
+           "labeled": "prompt/completion/label, or messages/label"}
+LACKS = {"pair": "rejected answer", "labeled": "label"}
+KEEP_FOR_SFT = {"pair": "keep only the chosen answers", "labeled": "keep only the desirable answers"}
+
+
 def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
-    """Preference pairs train only with a preference objective, and it only on pairs: the first row that does not
-    fit is named before any check runs, rather than a trainer or a provider's format refusing it later (or the
-    rejected answer being dropped)."""
+    """Each row is of a kind the objective trains on (conversations, preference pairs, labeled answers): the first
+    that is not is named before any check runs, rather than a trainer or a provider's format refusing it later (or
+    its rejected answer or label being dropped)."""
     objective = OBJECTIVES[run.objective.name]
-    misfit = next((c for c in rows if (c.rejected is None) == objective.pairs), None)
+    if run.dataset.rejected_by is not None:  # the rejected stage makes the pairs
+        misfit = next((c for c in rows if row_kind(c) != "conversation"), None)
+        if misfit is not None:
+            raise DataError(f"{misfit.location}: {ROW_TEXT[row_kind(misfit)]}; with dataset.rejected_by the data is "
+                            "conversations, whose answers are the chosen ones — give conversations, or unset "
+                            "dataset.rejected_by")
+        return
+    misfit = next((c for c in rows if row_kind(c) not in objective.data), None)
     if misfit is None:
         return
-    if objective.pairs:
-        raise DataError(f"{misfit.location}: no rejected answer; objective={objective.name} trains on preference "
-                        "pairs (prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output) — "
-                        "give pairs on every row, or set objective=sft")
-    preference = ", ".join(o.name for o in OBJECTIVES.values() if o.pairs)
-    raise DataError(f"{misfit.location}: preference data (chosen/rejected); this run trains on conversations "
-                    f"(objective={objective.name}) — set objective to one of {preference}, or keep only the chosen "
-                    "answers")
+    kind, wanted = row_kind(misfit), " or ".join(ROW_TEXT[k] for k in objective.data)
+    if kind == "conversation":
+        raise DataError(f"{misfit.location}: no {' or '.join(LACKS[k] for k in objective.data)}; "
+                        f"objective={objective.name} trains on {wanted} — give them on every row "
+                        f"({'; '.join(RECORDS[k] for k in objective.data)}), or set objective=sft")
+    takers = ", ".join(o.name for o in OBJECTIVES.values() if kind in o.data)
+    instead = f", or {KEEP_FOR_SFT[kind]}" if "conversation" in objective.data else ""
+    raise DataError(f"{misfit.location}: {ROW_TEXT[kind]}; objective={objective.name} trains on {wanted} — set "
+                    f"objective to one of {takers}{instead}")
 
 
 @dataclass

@@ -110,16 +110,17 @@ def test_kto_takes_a_pair_as_two_answers_and_scores_each_prompt_with_another_ans
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("objective", "data", "first_loss"), [
-    ("dpo", pairs, math.log(2)), ("orpo", pairs, None), ("simpo", pairs, None), ("kto", labeled, 0.5)])
-def test_each_preference_objective_learns_to_prefer_the_chosen_answer(objective, data, first_loss, tmp_path):
+@pytest.mark.parametrize(("objective", "data", "first_loss", "batch"), [
+    ("dpo", pairs, math.log(2), ()), ("orpo", pairs, None, ()), ("simpo", pairs, None, ()),
+    ("kto", labeled, 0.5, ("train.batch_size=2", "train.grad_accum=2"))])
+def test_each_preference_objective_learns_to_prefer_the_chosen_answer(objective, data, first_loss, batch, tmp_path):
     """The margin between the chosen (desirable) and the rejected answers' rewards grows over a few steps. DPO's
     first loss is ln 2 and KTO's 1/2: their reference is the policy as it was, the adapter switched off (no second
-    model); ORPO and SimPO have no reference. KTO trains on its unpaired rows, two to a micro-batch at least."""
+    model); ORPO and SimPO have no reference. KTO trains on its unpaired rows, two to a micro-batch at least (and
+    both kinds in each step, for its margin)."""
     rows = data(tmp_path / "data.jsonl")
     run_cli(*TINY, f"dataset.path={rows}", f"objective={objective}", "train.max_steps=6", "train.lr=0.005",
-            "train.logging_steps=1", "train.batch_size=2", "train.grad_accum=2", "stages=[validate,train]",
-            "hydra.run.dir=run", cwd=tmp_path)
+            "train.logging_steps=1", *batch, "stages=[validate,train]", "hydra.run.dir=run", cwd=tmp_path)
     log = [json.loads(line) for line in (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines()]
     steps = [r for r in log if "rewards/margins" in r]
     assert len(steps) == 6 and steps[-1]["rewards/margins"] > steps[0]["rewards/margins"] + 0.005  # × beta 0.1

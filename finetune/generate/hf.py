@@ -108,9 +108,12 @@ class InProcessModel:
     @property
     def model(self) -> Any:
         if self._model is None:
+            import torch
+
             from finetune.models import load_model
 
-            self._model = load_model(self.source, self.model_config).eval()
+            gpu = {"": 0} if torch.cuda.is_available() else None  # on the GPU where there is one, as export's gate
+            self._model = load_model(self.source, self.model_config, device_map=gpu).eval()
         return self._model
 
     def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:

@@ -224,12 +224,17 @@ SAME_PAIR_IN_EVERY_FORMAT = {
 }
 
 
+def read_one(tmp_path: Path, record: dict) -> tuple[str, Conversation]:
+    """A file of one record read as a source (the system prompt added, as EXPECTED has it): its format and row."""
+    loaded = load_source(str(write_jsonl(tmp_path / "d.jsonl", [record])), system_prompt="Be brief.")
+    (c,) = loaded.conversations
+    return loaded.format, c
+
+
 @pytest.mark.parametrize("name", list(SAME_PAIR_IN_EVERY_FORMAT))
 def test_preference_pairs_read_into_the_chosen_conversation_and_its_rejected_answer(tmp_path, name):
-    loaded = load_source(str(write_jsonl(tmp_path / "d.jsonl", [SAME_PAIR_IN_EVERY_FORMAT[name]])),
-                         system_prompt="Be brief.")
-    (c,) = loaded.conversations
-    assert loaded.format == name.split(" ")[0]
+    fmt, c = read_one(tmp_path, SAME_PAIR_IN_EVERY_FORMAT[name])
+    assert fmt == name.split(" ")[0]
     assert (c.messages, c.rejected, c.location) == (EXPECTED, "Hello.", f"{tmp_path / 'd.jsonl'}:1")
 
 
@@ -285,10 +290,8 @@ SAME_LABELED_ROW_IN_EVERY_FORMAT = {
 
 @pytest.mark.parametrize("name", list(SAME_LABELED_ROW_IN_EVERY_FORMAT))
 def test_a_labeled_answer_reads_with_its_label_and_round_trips_through_the_split_file(tmp_path, name):
-    loaded = load_source(str(write_jsonl(tmp_path / "d.jsonl", [SAME_LABELED_ROW_IN_EVERY_FORMAT[name]])),
-                         system_prompt="Be brief.")
-    (c,) = loaded.conversations
-    assert loaded.format == name.split(" ")[0]
+    fmt, c = read_one(tmp_path, SAME_LABELED_ROW_IN_EVERY_FORMAT[name])
+    assert fmt == name.split(" ")[0]
     assert (c.messages, c.label, c.rejected) == (EXPECTED, False, None)
     (back,) = read_split(write_jsonl(tmp_path / "train.jsonl", [to_row(c)]))
     assert (back.messages, back.label) == (c.messages, False)

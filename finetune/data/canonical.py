@@ -43,13 +43,10 @@ class Conversation:
         return self.text is not None
 
 
-# What a row gives an objective to train on (finetune.objectives.Objective.data)
-ROW_KINDS = ("conversation", "pair", "labeled")
-
-
 def row_kind(c: Conversation) -> str:
-    """``pair`` (a chosen and a rejected answer), ``labeled`` (one answer marked desirable or not) or
-    ``conversation`` (answers to learn, or plain text)."""
+    """What the row gives an objective to train on (``finetune.objectives.Objective.data``): ``pair`` (a chosen
+    and a rejected answer), ``labeled`` (one answer marked desirable or not) or ``conversation`` (answers to learn,
+    or plain text)."""
     return "pair" if c.rejected is not None else "labeled" if c.label is not None else "conversation"
 
 

@@ -194,6 +194,15 @@ def template_family(tokenizer: Any) -> TemplateFamily:
     )
 
 
+def stop_strings(tokenizer: Any) -> tuple[str, ...]:
+    """Where an answer ends: the stop strings of the tokenizer's template family, or none for a template without
+    an Ollama family (the tokenizer's end-of-sequence token alone)."""
+    try:
+        return template_family(tokenizer).stop
+    except TemplateError:
+        return ()
+
+
 def template_default_system(tokenizer: Any, family: TemplateFamily) -> str | None:
     """The system prompt the chat template writes into a conversation that has none (SmolLM2's names itself),
     or None. Ollama renders no system block without a SYSTEM, so the Modelfile must state it to match."""

@@ -143,29 +143,41 @@ def _greedy(llm: Any, prompt: list[int], stop_ids: frozenset[int]) -> list[int]:
     return out
 
 
+TEMPLATE_CONTEXT = 512  # room for the longest prompt of the template checks (TEMPLATE_CASES, with tools)
+
+
+def context_for(reference: Reference) -> int:
+    """The context a GGUF is loaded with to be measured against ``reference`` and its templates checked."""
+    return max(TEMPLATE_CONTEXT, *(len(r) + GREEDY_TOKENS + 8 for r in [*reference.rows, *reference.prompts]))
+
+
 def measure(gguf: Path, reference: Reference, *, lora: Path | None = None) -> dict[str, Any]:
     """How the GGUF (with ``lora`` over it, if given) agrees with the reference."""
+    with llama(gguf, context_for(reference), lora=lora) as llm:
+        return measure_loaded(llm, reference)
+
+
+def measure_loaded(llm: Any, reference: Reference) -> dict[str, Any]:
+    """``measure`` on a GGUF llama.cpp has loaded (``llama(gguf, context_for(reference))``)."""
     import numpy as np
 
-    n_ctx = max(len(r) for r in [*reference.rows, *reference.prompts]) + GREEDY_TOKENS + 8
     agree = positions = 0
     nll, count = 0.0, 0
-    with llama(gguf, n_ctx, lora=lora) as llm:
-        for ids, labels, hf_top1 in zip(reference.rows, reference.labels, reference.top1, strict=True):
-            llm.reset()
-            llm.eval(ids)
-            scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
-            agree += int((scores.argmax(-1) == np.asarray(hf_top1)).sum())
-            positions += len(ids)
-            for t in range(len(ids) - 1):
-                if labels[t + 1] >= 0:
-                    row = scores[t]
-                    top = row.max()
-                    nll += float(top + np.log(np.exp(row - top).sum()) - row[labels[t + 1]])
-                    count += 1
-        greedy = [_greedy(llm, p, reference.stop_ids) for p in reference.prompts]
-        example = {"hf": llm.detokenize(reference.greedy[0]).decode(errors="replace"),
-                   "gguf": llm.detokenize(greedy[0]).decode(errors="replace")} if greedy else None
+    for ids, labels, hf_top1 in zip(reference.rows, reference.labels, reference.top1, strict=True):
+        llm.reset()
+        llm.eval(ids)
+        scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        agree += int((scores.argmax(-1) == np.asarray(hf_top1)).sum())
+        positions += len(ids)
+        for t in range(len(ids) - 1):
+            if labels[t + 1] >= 0:
+                row = scores[t]
+                top = row.max()
+                nll += float(top + np.log(np.exp(row - top).sum()) - row[labels[t + 1]])
+                count += 1
+    greedy = [_greedy(llm, p, reference.stop_ids) for p in reference.prompts]
+    example = {"hf": llm.detokenize(reference.greedy[0]).decode(errors="replace"),
+               "gguf": llm.detokenize(greedy[0]).decode(errors="replace")} if greedy else None
     identical = sum(g == h for g, h in zip(greedy, reference.greedy, strict=True))
     divergences = []  # where each differing continuation departs, and how decided the HF model was there
     for i, (g, h, margin) in enumerate(zip(greedy, reference.greedy, reference.margins, strict=True)):
@@ -243,7 +255,15 @@ def _compare(case: str, via: str, ours: list[int], expected: list[int]) -> dict[
 
 def template_checks(gguf: Path, tokenizer: Any, family: TemplateFamily | None, system: str | None
                     ) -> dict[str, Any]:
-    """Prompts and stop tokens of llama.cpp's chat path and of the Modelfile against ``apply_chat_template``.
+    """``template_checks_loaded`` on ``gguf``."""
+    with llama(gguf, TEMPLATE_CONTEXT, logits_all=False) as llm:
+        return template_checks_loaded(llm, tokenizer, family, system)
+
+
+def template_checks_loaded(llm: Any, tokenizer: Any, family: TemplateFamily | None, system: str | None
+                           ) -> dict[str, Any]:
+    """Prompts and stop tokens of llama.cpp's chat path (``llm``, a GGUF loaded) and of the Modelfile against
+    ``apply_chat_template``.
 
     The Modelfile is checked the way Ollama renders it: its SYSTEM (``system``) stands in when a conversation has
     no system message, so the expected prompt is the template applied to the conversation with that system
@@ -253,23 +273,22 @@ def template_checks(gguf: Path, tokenizer: Any, family: TemplateFamily | None, s
     takes_tools = template_takes(tokenizer)[0]
     checks = []
     eot = end_of_turn_id(tokenizer)
-    with llama(gguf, 512, logits_all=False) as llm:
-        for case, messages in cases.items():
-            checks.append(_compare(case, "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, None),
-                                   _hf_ids(tokenizer, messages)))
-            if family is not None:
-                effective = messages if messages[0]["role"] == "system" or not system else [
-                    {"role": "system", "content": system}, *messages]
-                rendered = llm.tokenize(family.render(effective).encode(), add_bos=True, special=True)
-                checks.append(_compare(case, "Modelfile", rendered, _hf_ids(tokenizer, effective)))
-        if takes_tools:
-            messages = cases["system, one turn"]
-            checks.append(_compare("tools", "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, [_TOOL]),
-                                   _hf_ids(tokenizer, messages, [_TOOL])))
-        import llama_cpp
+    for case, messages in cases.items():
+        checks.append(_compare(case, "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, None),
+                               _hf_ids(tokenizer, messages)))
+        if family is not None:
+            effective = messages if messages[0]["role"] == "system" or not system else [
+                {"role": "system", "content": system}, *messages]
+            rendered = llm.tokenize(family.render(effective).encode(), add_bos=True, special=True)
+            checks.append(_compare(case, "Modelfile", rendered, _hf_ids(tokenizer, effective)))
+    if takes_tools:
+        messages = cases["system, one turn"]
+        checks.append(_compare("tools", "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, [_TOOL]),
+                               _hf_ids(tokenizer, messages, [_TOOL])))
+    import llama_cpp
 
-        eot_is_eog = bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, eot))
-        eot_text = llm.detokenize([eot], special=True).decode()
+    eot_is_eog = bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, eot))
+    eot_text = llm.detokenize([eot], special=True).decode()
     stop = {"end_of_turn": eot_text, "id": eot, "llama.cpp ends generation on it": eot_is_eog}
     if family is not None:
         stop["Modelfile stops on it"] = eot_text in family.stop

@@ -28,7 +28,7 @@ GRPO_LOSSES = ("dapo", "grpo", "dr_grpo", "bnpo", "cispo", "sapo", "luspo", "ves
 class Objective:
     name: str
     description: str  # as messages name it
-    data: tuple[str, ...]  # the kinds of row it trains on (finetune.data.canonical.ROW_KINDS)
+    data: tuple[str, ...]  # the kinds of row it trains on (finetune.data.canonical.row_kind)
     settings: tuple[str, ...] = ()  # the objective.* keys it reads besides name; setting another is refused
     losses: tuple[str, ...] = ()  # objective.loss_type values it takes (its trainer's default first)
     # scores its data with the model before training too (finetune.plan counts it): given objective's settings

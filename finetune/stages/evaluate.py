@@ -24,7 +24,7 @@ from finetune.chat import first_exchange, tokenize
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
 from finetune.errors import UserError
-from finetune.export.modelfile import TemplateError, serving_parameters, template_family
+from finetune.export.modelfile import serving_parameters, stop_strings
 from finetune.generate import Answer, Decoding, Generator
 from finetune.metrics import METRICS, Metric, Sample, Scored
 from finetune.metrics.likelihood import LikelihoodInputs
@@ -65,10 +65,7 @@ def decoding_for(run: RunConfig, tokenizer: Any = None, stop: tuple[str, ...] | 
     """The decoding every model answers with; its stop strings are those of the tokenizer's template family
     unless given (a hosted model's server knows its own)."""
     if stop is None:
-        try:
-            stop = template_family(tokenizer).stop
-        except TemplateError:
-            stop = ()  # a template without an Ollama family: the tokenizer's end-of-sequence token alone
+        stop = stop_strings(tokenizer)
     if run.eval.decoding == "greedy":
         return Decoding(max_new_tokens=run.eval.max_new_tokens, seed=run.seed, stop=stop)
     p = serving_parameters(run.export)

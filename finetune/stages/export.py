@@ -106,10 +106,14 @@ def _gate(run: RunConfig, ctx: StageContext, merged: Path, files: dict[str, str]
     targets = [(name, out_type, None) for out_type, name in files.items()]
     if run.export.adapter:
         targets.append((f"{BASE_GGUF} + {ADAPTER_GGUF}", "f16+lora", ctx.out_dir / ADAPTER_GGUF))
-    for name, out_type, lora in targets:
+    templates: dict[str, Any] = {}
+    for i, (name, out_type, lora) in enumerate(targets):
         t0 = time.monotonic()
-        gguf = ctx.out_dir / (BASE_GGUF if lora else name)
-        figures = parity.measure(gguf, reference, lora=lora)
+        with parity.llama(ctx.out_dir / (BASE_GGUF if lora else name), parity.context_for(reference),
+                          lora=lora) as llm:
+            figures = parity.measure_loaded(llm, reference)
+            if i == 0:  # the first file loaded once more would cost its load again (an f16 of several GB)
+                templates = parity.template_checks_loaded(llm, tokenizer, family, system)
         failed = parity.failures(out_type, figures)
         gate = parity.GATES.get(out_type)
         results[name] = {"type": out_type, "gate": dataclasses.asdict(gate) if gate else None, **figures,
@@ -119,7 +123,6 @@ def _gate(run: RunConfig, ctx: StageContext, merged: Path, files: dict[str, str]
                  100 * figures["top1_agreement"], f"{figures['greedy_identical']:.0%}",
                  figures["perplexity"] or float("nan"), reference.perplexity or float("nan"),
                  "" if gate else " (measured, not gated)")
-    templates = parity.template_checks(ctx.out_dir / next(iter(files.values())), tokenizer, family, system)
     return {"samples": len(conversations), "positions": sum(len(r) for r in reference.rows),
             "greedy_tokens": parity.GREEDY_TOKENS, "files": results, "templates": templates,
             "template_failures": parity.template_failures(templates)}

@@ -16,11 +16,12 @@ import dataclasses
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from finetune.chat import last_exchange
 from finetune.config import ModelConfig, RunConfig
 from finetune.data.canonical import DataError, read_split, to_row
-from finetune.export.modelfile import TemplateError, template_family
+from finetune.export.modelfile import stop_strings
 from finetune.generate import Decoding
 from finetune.generate.hf import InProcessModel
 from finetune.models import RUN_SCHEME, check_source, load_tokenizer, resolve_model_source
@@ -71,14 +72,10 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     cfg = writer(run)
     source = resolve_model_source(cfg)
     tokenizer = load_tokenizer(source, cfg)
-    try:
-        stop = template_family(tokenizer).stop
-    except TemplateError:
-        stop = ()  # a template without an Ollama family: the tokenizer's end-of-sequence token alone
-    decoding = Decoding(max_new_tokens=run.dataset.rejected_max_new_tokens, seed=run.seed, stop=stop)
+    decoding = Decoding(max_new_tokens=run.dataset.rejected_max_new_tokens, seed=run.seed,
+                        stop=stop_strings(tokenizer))
     model = InProcessModel(source, cfg, tokenizer, label="rejected")
-    report: dict[str, object] = {"model": cfg.source, "decoding": decoding.describe(), "splits": {}}
-    artifacts = {"report": "report.json"}
+    splits: dict[str, dict[str, Any]] = {}
     for name in SPLITS:
         rows = read_split(ctx.input("validate", name))
         exchanges = [last_exchange(c) for c in rows]
@@ -98,13 +95,13 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
                             "split is the chosen one or empty; no pair is left to learn from")
         atomic_write_text(ctx.out_dir / f"{name}.jsonl",
                           (json.dumps(to_row(p), ensure_ascii=False) + "\n" for p in pairs))
-        report["splits"][name] = {"conversations": len(rows), "pairs": len(pairs),  # type: ignore[index]
-                                  "dropped": dropped, "cut_at_max_new_tokens": cut}
-        artifacts[name] = f"{name}.jsonl"
+        splits[name] = {"conversations": len(rows), "pairs": len(pairs), "dropped": dropped,
+                        "cut_at_max_new_tokens": cut}
     model.release()
-    atomic_write_json(ctx.out_dir / "report.json", report)
-    train = report["splits"]["train"]  # type: ignore[index]
+    atomic_write_json(ctx.out_dir / "report.json",
+                      {"model": cfg.source, "decoding": decoding.describe(), "splits": splits})
+    train = splits["train"]
     log.info("rejected: %d training pairs from %d conversations, the rejected answers by %s (dropped: %d the same as "
              "the chosen, %d empty)", train["pairs"], train["conversations"], cfg.source,
              train["dropped"]["same as the chosen"], train["dropped"]["empty"])
-    return artifacts
+    return {"report": "report.json", **{name: f"{name}.jsonl" for name in SPLITS}}

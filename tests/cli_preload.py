@@ -34,6 +34,10 @@ LIBRARIES = (
     "gguf",
     "llama_cpp",
     "optuna",
+    "trl",  # the objectives past SFT, and their trainers
+    "trl.trainer.dpo_trainer",
+    "trl.trainer.kto_trainer",
+    "trl.trainer.grpo_trainer",
 )
 
 for name in LIBRARIES:

@@ -123,6 +123,7 @@ def test_a_job_succeeds_and_the_tuned_model_is_evaluated_through_the_chat_endpoi
 
     assert vertex.grants and set(vertex.grants) == {"urn:ietf:params:oauth:grant-type:jwt-bearer"}
     assert vertex.keys == {f"Bearer {TOKEN}"} and chat.keys == {f"Bearer {KEY}"}
+    assert KEY not in files_text(run_dir)
     text = files_text(run_dir)
     assert KEY not in text and TOKEN not in text and "PRIVATE KEY" not in text
 

@@ -12,14 +12,16 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
 .PHONY: install run check test
 
-# pip byte-compiles the ~24,700 installed files one at a time (~105 s here); compileall spreads them over the cores
-# (~60 s on 2). Like pip, it passes over files written for a newer Python than this one (torch ships some): `|| true`.
+# pip would byte-compile all ~24,700 installed files (~105 s here), of which a run imports a few thousand: Python
+# writes each module's .pyc the first time it is imported instead. A machine that sets PYTHONDONTWRITEBYTECODE (this
+# CI's does) would then compile every module again in every process (the suite 873 s instead of ~690 s), so it is not
+# passed on to what make runs.
+unexport PYTHONDONTWRITEBYTECODE
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q --no-compile "$(TORCH)"
 	$(PY) -m pip install -q --no-compile -e '.[test]'
-	$(PY) -m compileall -qq -j 0 $(VENV)/lib || true
 	touch $@
 
 install: $(VENV)/.installed

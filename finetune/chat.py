@@ -154,6 +154,11 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: li
         raise ChatTemplateError(f"the model's tokenizer has no chat template: set model.chat_template to "
                                 f"{', '.join(NAMED)} or a .jinja file (plain-text data needs none)")
     full = _ids(tokenizer, messages, tools, add_generation_prompt=False)
+    if messages[0]["role"] == "system" and drops_the_system_message(tokenizer):
+        raise ChatTemplateError(
+            "the chat template leaves the system message out of a conversation that ends in an answer (Mistral-Nemo's "
+            "writes it only into a final question), so no answer would be trained with it: set model.chat_template="
+            "mistral (the system message in the first user turn) or another template, or drop the system messages")
     spans = _spans_by_prefixes(tokenizer, messages, tools, full) if renders_by_prefixes(tokenizer) else None
     if spans is None:
         spans = _spans_in_full_rendering(tokenizer, messages, tools, full)
@@ -174,9 +179,13 @@ def _spans_by_prefixes(tokenizer: Any, messages: Sequence[Message], tools: list[
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        start = len(_ids(tokenizer, messages[:i], tools, add_generation_prompt=True))
-        prefix = _ids(tokenizer, messages[: i + 1], tools, add_generation_prompt=False)
-        if full[: len(prefix)] != prefix or not start < len(prefix):
+        prompt = render(tokenizer, messages[:i], tools, add_generation_prompt=True)
+        prefix_text = render(tokenizer, messages[: i + 1], tools)
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        prefix = tokenizer(prefix_text, add_special_tokens=False)["input_ids"]
+        # The prompt's text must begin the turn's (Mistral-Nemo's writes the system message into a final question
+        # only); its tokens may merge with the answer's first across the boundary.
+        if not prefix_text.startswith(prompt) or full[: len(prefix)] != prefix or not start < len(prefix):
             return None
         spans.append((start, len(prefix)))
     return spans
@@ -215,6 +224,19 @@ def renders_by_prefixes(tokenizer: Any) -> bool:
         return _spans_by_prefixes(tokenizer, probe, None, _ids(tokenizer, probe, None, False)) is not None
     except Exception:  # e.g. a template's raise_exception on roles that do not alternate as it wants
         return True
+
+
+@functools.lru_cache(maxsize=8)
+def drops_the_system_message(tokenizer: Any) -> bool:
+    """Whether the template renders a conversation that ends in an answer without its system message, as
+    Mistral-Nemo's does (it writes it only into a final user turn). A template that refuses a system message says so
+    itself when it renders one."""
+    probe = [{"role": "system", "content": _PROBE}, {"role": "user", "content": "U1"},
+             {"role": "assistant", "content": "A1"}]
+    try:
+        return _PROBE not in render(tokenizer, probe)
+    except ChatTemplateError:
+        return False
 
 
 @functools.lru_cache(maxsize=8)

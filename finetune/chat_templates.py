@@ -77,6 +77,20 @@ GEMMA = NamedTemplate(
            "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"),
     tokens=("<start_of_turn>", "<end_of_turn>"),
 )
+# Mistral's [INST] turns, each answer ended by the model's EOS, the conversation's system message written at the start
+# of the first user turn. Mistral-Nemo's own template writes it only into a final user turn, so a conversation that
+# ends in an answer renders without it: no answer would be trained with it. Here every turn after the first sees it.
+MISTRAL = NamedTemplate(
+    jinja=("{% set prefix = '' %}{% if messages and messages[0]['role'] == 'system' %}"
+           "{% set prefix = messages[0]['content'] + '\n\n' %}{% set messages = messages[1:] %}{% endif %}"
+           "{% for message in messages %}{% if message['role'] == 'user' %}"
+           "{{ '[INST]' + (prefix if loop.first else '') + message['content'] + '[/INST]' }}"
+           "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
+           "{% else %}{{ raise_exception('this template takes system, user and assistant messages') }}{% endif %}"
+           "{% endfor %}"),
+    tokens=("[INST]", "[/INST]"),
+    ends_with_eos=True,
+)
 # The guide's §5 instruction prompt (Japanese Alpaca), and Stanford Alpaca's own.
 ALPACA_PROMPTS = {
     "alpaca": InstructionPrompt(preamble="以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。",
@@ -85,7 +99,7 @@ ALPACA_PROMPTS = {
                                             "appropriately completes the request.",
                                    instruction="### Instruction:", response="### Response:"),
 }
-NAMED = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA,
+NAMED = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA, "mistral": MISTRAL,
          **{name: NamedTemplate(jinja=prompt.jinja(), tokens=(), ends_with_eos=True)
             for name, prompt in ALPACA_PROMPTS.items()}}
 

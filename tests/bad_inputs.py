@@ -184,7 +184,8 @@ CASES: list[Case] = [
          "error: method.name=qlora needs bitsandbytes (it runs on CPU and CUDA): pip install 'finetune[qlora]', or "
          "use method=lora",
          files={"data.jsonl": GOOD, "shim/bitsandbytes/__init__.py": b"raise ImportError('not installed')\n"},
-         env={"PYTHONPATH": "shim"}),
+         # the shim stands in for a package not installed: Python's bytecode cache of it is not the run's writing
+         env={"PYTHONPATH": "shim", "PYTHONDONTWRITEBYTECODE": "1"}),
     Case("target-modules-not-a-list", (*TINY_MODEL, "method.target_modules=everything"),
          "error: method.target_modules='everything': expected a list of layer names, all-linear or auto"),
     Case("paged-optimizer-on-cpu", (*TINY_MODEL, *DATA, "train.optimizer=paged_adamw_8bit"),
@@ -296,14 +297,14 @@ CASES: list[Case] = [
          "error: model.source: cannot read {cwd}/broken.gguf as a GGUF model (...)",
          files={"data.jsonl": GOOD, "broken.gguf": b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64}),
     Case("chat-template-unknown", (*DATA, "model.chat_template=vicuna"),
-         "error: model.chat_template='vicuna': expected a named template (chatml, llama3, gemma, alpaca, alpaca_en) "
-         "or a .jinja file",
+         "error: model.chat_template='vicuna': expected a named template (chatml, llama3, gemma, mistral, alpaca, "
+         "alpaca_en) or a .jinja file",
          files={"data.jsonl": GOOD}),
     # Gemma 2's template as Google ships it (llama.cpp's models/templates/google-gemma-2-2b-it.jinja): no system role
     Case("chat-template-refuses-the-data", (*DATA, "model.chat_template=gemma2.jinja"),
          "error: data.jsonl:1: the model's chat template refuses this conversation (System role not "
-         "supported); set model.chat_template to one that takes it (chatml, llama3, gemma, alpaca, alpaca_en or a "
-         ".jinja file), or change the data",
+         "supported); set model.chat_template to one that takes it (chatml, llama3, gemma, mistral, alpaca, alpaca_en "
+         "or a .jinja file), or change the data",
          files={"data.jsonl": GOOD, "gemma2.jinja": (
              b"{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
              b"{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}"

@@ -19,7 +19,9 @@ class Family:
 
     name: str
     build: Callable[[Path], Path]  # writes the tiny model's folder at the path given, returns it
-    vocab: str  # llama.cpp's models/ggml-vocab-*.gguf of its tokenizer, with .inp/.out expected ids
+    # llama.cpp's models/ggml-vocab-*.gguf of its tokenizer, with .inp/.out expected ids; or, where llama.cpp ships
+    # none, the pre-tokenizer llama.cpp's converter names from the hash of the real tokenizer's encodings
+    vocab: str
     end_of_turn: str
     after_end_of_turn: str  # what the template writes after it, before the next turn (trained with the turn)
     last_turn_prefix: str  # what the template writes before the last assistant turn's content alone (Qwen 3's
@@ -33,6 +35,7 @@ class Family:
     # transformers 5 reads the tokenizer as a Llama one, which adds ▁ only to a text's start and not where the text
     # starts with a space, unlike SentencePiece and llama.cpp: its ids differ on such texts
     space_prefix_at_start_only: bool = False
+    run_args: tuple[str, ...] = ()  # what a whole run on the tests' system-prompted conversations needs
 
 
 # Llama 3.1's RoPE scaling with a short original context, so that its factors change the rotations within a short
@@ -283,6 +286,59 @@ def phi35_folder(out: Path) -> Path:
     return out
 
 
+# The special tokens mistral-common gives a Tekken vocabulary that lists none (Nemo's, the first), ranks 0–19; ranks
+# 20–999 are <SPECIAL_20>… placeholders.
+TEKKEN_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                   "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]", "[IMG_END]",
+                   "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]", "[TOOL_CONTENT]")
+
+
+def nemo_tokenizer_files(out: Path, template: str = "mistralai-Mistral-Nemo-Instruct-2407.jinja") -> None:
+    """Mistral-Nemo's tokenizer: its Tekken vocabulary (``tekken_240718.json`` from mistral-common) converted to a
+    tokenizer.json by transformers' own converter, as transformers reads a Nemo checkpoint (131,072 ids: 1,000
+    special, then 130,072 byte-level BPE tokens), BOS added by the post-processor; Nemo Instruct's chat template."""
+    from tokenizers import processors
+    from transformers.integrations.mistral.tokenizer import MistralConverter
+
+    from .mistral_common_wheel import mistral_common_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    tekken = json.loads(mistral_common_file("tekken_240718.json").read_text("utf-8"))
+    tekken["special_tokens"] = [{"rank": i, "token_str": t, "is_control": True} for i, t in enumerate(TEKKEN_SPECIALS)]
+    (out / "tekken.json").write_text(json.dumps(tekken), encoding="utf-8")
+    tokenizer = MistralConverter(str(out / "tekken.json")).converted()
+    (out / "tekken.json").unlink()  # the folder is one transformers and llama.cpp read through tokenizer.json
+    tokenizer.post_processor = processors.Sequence([
+        processors.ByteLevel(trim_offsets=False),
+        processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", 1)])])
+    tokenizer.save(str(out / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",
+              "unk_token": "<unk>", "clean_up_tokenization_spaces": False, "model_max_length": 1024000,
+              "model_input_names": ["input_ids", "attention_mask"]}
+    (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+    chat_template = llama_cpp_folder() / "models" / "templates" / template
+    (out / "chat_template.jinja").write_text(chat_template.read_text("utf-8"), encoding="utf-8")
+
+
+def nemo_folder(out: Path) -> Path:
+    """A tiny random Mistral-Nemo (a head size other than hidden / heads, no sliding window, an untied output,
+    RoPE θ 10⁶) with Nemo's Tekken tokenizer and Nemo Instruct's chat template, saved at ``out``."""
+    import torch
+    from transformers import GenerationConfig, MistralConfig, MistralForCausalLM
+
+    nemo_tokenizer_files(out)
+    torch.manual_seed(0)
+    config = MistralConfig(vocab_size=131072, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024000,
+                           rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
+                           sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    model = MistralForCausalLM(config)
+    _sharpen(model)
+    model.save_pretrained(out)
+    GenerationConfig(bos_token_id=1, eos_token_id=2).save_pretrained(out)
+    return out
+
+
 def _sharpen(model: Any) -> None:
     """Norms at 1 ± noise and biases ± noise (a mis-mapped one shows in the logits), sharp attention (q and k ×8)
     so that the rotary positions show in the logits, and the final norm ×4 so that most positions have a top-1 token
@@ -324,4 +380,8 @@ FAMILIES = (
            ("phi3.attention.key_length", "phi3.attention.value_length", "phi3.vocab_size",
             "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"),
            space_prefix_at_start_only=True),
+    # Nemo's own template writes no system message into a conversation that ends in an answer: a run on data with
+    # one takes model.chat_template=mistral
+    Family("mistral-nemo", nemo_folder, "tekken", "</s>", "", "", "mistral-nemo", _LLAMA_PROJECTIONS,
+           ("general.size_label", "tokenizer.ggml.add_sep_token"), run_args=("model.chat_template=mistral",)),
 )

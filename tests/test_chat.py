@@ -77,6 +77,16 @@ def test_template_that_rewrites_history_is_refused(tokenizer):
         tokenize_conversation(tokenizer, conversation(3)["messages"])
 
 
+def test_a_generation_prompt_that_no_rendered_turn_begins_with_is_refused_not_mis_masked(tokenizer):
+    # Its tokens once counted as where the answer starts: the answer's first tokens went untrained, silently.
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\nA:{% endif %}")
+    with pytest.raises(ChatTemplateError, match="assistant spans cannot be located"):
+        tokenize_conversation(tokenizer, conversation(1)["messages"])
+
+
 PARAMETERS = {"type": "object", "properties": {"city": {"type": "string"}}}
 TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather in a city",
                                            "parameters": PARAMETERS}}]

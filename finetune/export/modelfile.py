@@ -158,10 +158,57 @@ def instruction_family(name: str, prompt: InstructionPrompt, eos: str, bos: bool
     )
 
 
+def _render_mistral(eos: str, system_in_last_turn: bool, messages: list[Message]) -> str:
+    system, rest = (messages[0]["content"], messages[1:]) if messages[0]["role"] == "system" else (None, messages)
+    out = []
+    for i, m in enumerate(rest):
+        if m["role"] == "user":
+            here = i == len(rest) - 1 if system_in_last_turn else i == 0
+            out.append(f"[INST]{system}\n\n{m['content']}[/INST]" if system is not None and here else
+                       f"[INST]{m['content']}[/INST]")
+        elif m["role"] == "assistant":
+            out.append(m["content"] + eos)
+    return "".join(out)
+
+
+def mistral_family(eos: str, bos: bool, *, system_in_last_turn: bool) -> TemplateFamily:
+    """Mistral's ``[INST] … [/INST]`` turns, each answer ended by the model's EOS, no generation prompt after the
+    last question. Mistral-Nemo's own template writes the system message into the conversation's final user turn
+    only, when it ends the conversation (``mistral-nemo``, as Ollama's mistral-nemo template does);
+    ``model.chat_template=mistral`` into its first (``mistral``), where every later turn sees it as training did."""
+    if system_in_last_turn:
+        go_template = (
+            '{{- $system := "" }}{{- $has := false }}{{- $first := index .Messages 0 }}'
+            '{{- if eq $first.Role "system" }}{{ $system = $first.Content }}{{ $has = true }}{{ end }}'
+            '{{- range $i, $m := .Messages }}{{- if eq $m.Role "user" }}'
+            '[INST]{{ if and $has (eq (len (slice $.Messages $i)) 1) }}{{ $system }}\n\n{{ end }}'
+            '{{ $m.Content }}[/INST]'
+            f'{{{{- else if eq $m.Role "assistant" }}}}{{{{ $m.Content }}}}{eos}{{{{- end }}}}{{{{- end }}}}'
+        )
+    else:
+        go_template = (
+            '{{- $prefix := "" }}{{- $first := index .Messages 0 }}'
+            '{{- if eq $first.Role "system" }}{{ $prefix = printf "%s\\n\\n" $first.Content }}{{ end }}'
+            '{{- range .Messages }}{{- if eq .Role "user" }}[INST]{{ $prefix }}{{ .Content }}[/INST]'
+            f'{{{{- else if eq .Role "assistant" }}}}{{{{ .Content }}}}{eos}{{{{- end }}}}'
+            '{{- if ne .Role "system" }}{{ $prefix = "" }}{{- end }}{{- end }}'
+        )
+    return TemplateFamily(
+        name="mistral-nemo" if system_in_last_turn else "mistral",
+        go_template=go_template,
+        render=lambda messages: _render_mistral(eos, system_in_last_turn, messages),
+        stop=(eos, "[INST]"),
+        system_block=r"^(?!)",  # Mistral's templates write no default system prompt
+        bos=bos,
+    )
+
+
 def families(tokenizer: Any) -> tuple[TemplateFamily, ...]:
-    """Every family a tokenizer's template may be: the fixed ones, and the instruction prompts with its EOS."""
+    """Every family a tokenizer's template may be: the fixed ones, and those written with its EOS (the
+    instruction prompts, Mistral's)."""
     eos, bos = tokenizer.eos_token or "", adds_bos(tokenizer)
-    return (*FAMILIES, *(instruction_family(name, prompt, eos, bos) for name, prompt in ALPACA_PROMPTS.items()))
+    return (*FAMILIES, *(instruction_family(name, prompt, eos, bos) for name, prompt in ALPACA_PROMPTS.items()),
+            *(mistral_family(eos, bos, system_in_last_turn=last) for last in (True, False)))
 
 
 PROBES: tuple[list[Message], ...] = (

@@ -137,8 +137,9 @@ def tiny_model():
     return load_model(source, cfg, dtype=torch.float32).eval(), load_tokenizer(source, cfg)
 
 
-# Variables a library reads when it is imported: a run given one needs an interpreter of its own.
-READ_AT_IMPORT = ("HF_", "HUGGINGFACE_", "TRANSFORMERS_", "TOKENIZERS_", "PYTHON", "OMP_", "MKL_", "CUDA_")
+# Variables a library reads when it is imported: a run given one needs an interpreter of its own (a forked run
+# reads the Hub's again: forked_cli.HUB_SETTINGS).
+READ_AT_IMPORT = ("TRANSFORMERS_", "TOKENIZERS_", "PYTHON", "OMP_", "MKL_", "CUDA_")
 
 
 def run_cli(*args: str, cwd: Path, check: bool = True, timeout: float = 600, env: dict[str, str] | None = None,

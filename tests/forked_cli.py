@@ -24,12 +24,15 @@ import time
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import finetune
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["tests.cli_preload"])
 MAIN = str(Path(finetune.__file__).with_name("__main__.py"))  # sys.argv[0] of ``python -m finetune``
+# Variables huggingface_hub and datasets read when imported, which a forked run reads again (_read_hub_settings_again)
+HUB_SETTINGS = ("HF_", "HUGGINGFACE_")
 
 
 def limit_file_size(megabytes: int) -> None:
@@ -49,6 +52,24 @@ def _umask() -> int:
     return umask
 
 
+def _hub_settings(env: Any) -> dict[str, str]:
+    return {name: value for name, value in env.items() if name.startswith(HUB_SETTINGS) and not name.endswith("_TOKEN")}
+
+
+def _read_hub_settings_again() -> None:
+    """What huggingface_hub and datasets read from the environment when imported (the endpoint, the caches, offline
+    mode), read again from this run's, as a fresh interpreter would; and the copies other modules took of them."""
+    import importlib
+
+    import datasets.config
+    import huggingface_hub.utils._cache_manager
+    from huggingface_hub import constants
+
+    importlib.reload(constants)
+    importlib.reload(datasets.config)
+    huggingface_hub.utils._cache_manager.HF_HUB_CACHE = constants.HF_HUB_CACHE
+
+
 def _child(args: list[str], cwd: str, env: dict[str, str], umask: int, out: str, err: str,
            file_size_mb: int | None, before: tuple[Callable[..., None], tuple] | None) -> None:
     """The forked process: become the process ``python -m finetune ARGS`` would be, started by the caller, run the
@@ -58,8 +79,11 @@ def _child(args: list[str], cwd: str, env: dict[str, str], umask: int, out: str,
     signal.signal(signal.SIGINT, signal.default_int_handler)  # as an interpreter started from a terminal
     os.umask(umask)
     os.chdir(cwd)
+    hub_settings = _hub_settings(os.environ)
     os.environ.clear()
     os.environ.update(env)
+    if _hub_settings(env) != hub_settings:
+        _read_hub_settings_again()
     if file_size_mb is not None:
         limit_file_size(file_size_mb)
     sys.argv = [MAIN, *args]

@@ -17,7 +17,17 @@ from finetune.metrics import METRICS, Sample
 from finetune.metrics.code import code, extract_code
 from finetune.metrics.formats import StyleRule, json_format, style
 from finetune.metrics.likelihood import PROBE, LikelihoodInputs, nll, probe_texts
-from finetune.metrics.text import bleu, chrf, exact_match, repeated_ngram_share, repetition, rouge, stopped, units
+from finetune.metrics.text import (
+    bleu,
+    chrf,
+    exact_match,
+    numeric_match,
+    repeated_ngram_share,
+    repetition,
+    rouge,
+    stopped,
+    units,
+)
 
 SETTINGS = SimpleNamespace(json_schema=None, style=[], code_timeout_s=10.0)
 
@@ -74,6 +84,15 @@ def test_bleu_and_chrf_reward_overlap_in_japanese():
 def test_exact_match_normalises_width_and_spaces_only():
     samples, answers = pairs(("ABC 1", "ＡＢＣ\u3000 1 "), ("ABC 1", "abc 1"), ("yes", "yes."))
     assert [p["exact_match"] for p in exact_match(samples, answers, SETTINGS).per_sample] == [1.0, 0.0, 0.0]
+
+
+@pytest.mark.quick
+def test_numeric_match_compares_the_last_numbers_and_leaves_references_without_one_unscored():
+    samples, answers = pairs(("The total is 1,234.", "so 1200 + 34 = １２３４"), ("-3", "It is −3.0"), ("42", "42.5"),
+                             ("42", "no idea"), ("Press Export.", "Press 2"))
+    scored = numeric_match(samples, answers, SETTINGS)
+    assert [p["numeric_match"] for p in scored.per_sample] == [1.0, 1.0, 0.0, 0.0, None]
+    assert scored.values["numeric_match"] == 0.5 and scored.details["scored"] == 4
 
 
 @pytest.mark.quick

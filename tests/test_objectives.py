@@ -252,8 +252,8 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
 
 @pytest.mark.parametrize(("function", "message"), [
     ("tests.rewards_for_tests:raises", "reward.functions[0]=tests.rewards_for_tests:raises: raised KeyError: 'answer'"),
-    ("vibes", "reward.functions[0]='vibes': expected one of json_valid, json_schema, exact_match, rouge_l, style, "
-              "stopped or package.module:function"),
+    ("vibes", "reward.functions[0]='vibes': expected one of json_valid, json_schema, exact_match, numeric_match, "
+              "rouge_l, style, stopped or package.module:function"),
 ], ids=["raises", "unknown"])
 def test_a_reward_function_that_fails_stops_the_run_in_one_line_before_training(function, message, tmp_path):
     chats = tmp_path / "chats.jsonl"

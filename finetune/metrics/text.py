@@ -11,6 +11,7 @@ characters already.
 
 from __future__ import annotations
 
+import math
 import re
 import unicodedata
 from collections.abc import Sequence
@@ -79,6 +80,30 @@ def exact_match(samples: Sequence[Sample], answers: Sequence[Answer], _settings:
                   {"compared": "after Unicode NFKC and whitespace normalisation"})
 
 
+# A number as answers write it: a sign, digits with optional thousands separators, a decimal part (after NFKC, so
+# full-width digits count).
+_NUMBER = re.compile(r"[-+−]?\d[\d,]*(?:\.\d+)?")
+
+
+def last_number(text: str) -> float | None:
+    """The last number written in ``text`` (the final answer of a worked solution), or None."""
+    found = _NUMBER.findall(unicodedata.normalize("NFKC", text))
+    return float(found[-1].replace(",", "").replace("−", "-")) if found else None
+
+
+def numeric_match(samples: Sequence[Sample], answers: Sequence[Answer], _settings: object) -> Scored:
+    per = []
+    for s, a in zip(samples, answers, strict=True):
+        expected, given = last_number(s.reference), last_number(a.text)
+        matched = None if expected is None else float(given is not None and math.isclose(given, expected,
+                                                                                        rel_tol=1e-9))
+        per.append({"numeric_match": matched})
+    scored = [p["numeric_match"] for p in per if p["numeric_match"] is not None]
+    return Scored({"numeric_match": _mean(scored)}, per,
+                  {"compared": "the last number of the answer and of the reference (NFKC, thousands separators "
+                               "dropped); references without a number are not scored", "scored": len(scored)})
+
+
 def repeated_ngram_share(text: str, n: int = REPEAT_N) -> float:
     """The share of an answer's unit n-grams that repeat an earlier one: 0 for no repetition, near 1 for a
     loop."""
@@ -104,6 +129,7 @@ METRICS = (
     Metric("bleu", "answers", bleu, True, "corpus BLEU on the same units (sacrebleu)"),
     Metric("chrf", "answers", chrf, True, "corpus chrF (sacrebleu)"),
     Metric("exact_match", "answers", exact_match, True, "answer equals the reference after normalisation"),
+    Metric("numeric_match", "answers", numeric_match, True, "the answer's last number equals the reference's"),
     Metric("repetition", "answers", repetition, False, "share of repeated 4-grams in an answer (loops)"),
     Metric("stopped", "answers", stopped, True, "share of answers that stopped on their own"),
 )

@@ -34,6 +34,8 @@ REWARDS = {r.name: r for r in (
     Reward("json_valid", "1 when the answer parses as JSON", "json", "json_valid"),
     Reward("json_schema", "1 when the answer is JSON that fits eval.json_schema", "json", "json_schema"),
     Reward("exact_match", "1 when the answer equals the reference (NFKC, whitespace)", "exact_match", "exact_match"),
+    Reward("numeric_match", "1 when the answer's last number equals the reference's (None: the reference has none)",
+           "numeric_match", "numeric_match"),
     Reward("rouge_l", "ROUGE-L F1 against the reference, in CJK characters and words", "rouge", "rougeL"),
     Reward("style", "1 when the answer passes every rule of eval.style", "style", "style"),
     Reward("stopped", "1 when the answer ends with the end-of-turn token before max_completion_length", "stopped",

@@ -159,6 +159,19 @@ def _random_init(base: str, cfg: ModelConfig) -> Path:
     return _materialize(target, build)
 
 
+def run_dir_of(source: str) -> Path:
+    """The run a ``run:<dir>`` source names: ``dir`` itself when it is a run, else the newest run in it whose
+    merge is complete (``run:outputs/support_bot``: the last support_bot run, as a recipe names it)."""
+    from finetune.pipeline.manifest import Manifest
+
+    folder = Path(source[len(RUN_SCHEME):]).expanduser().resolve()
+    if (folder / "merge").is_dir() or not folder.is_dir():
+        return folder
+    merged = [(m.finished, run) for run in folder.iterdir() if run.is_dir()
+              and (m := Manifest.read(run / "merge")) is not None and m.status == "complete" and m.finished]
+    return max(merged)[1] if merged else folder
+
+
 def parent_run(cfg: ModelConfig) -> dict[str, str] | None:
     """The earlier run a ``run:<run dir>`` source starts from: its folder, its merge stage's fingerprint and the
     merged model's hash, which the child's fingerprint and manifests hold, so that a retrained parent retrains the
@@ -167,7 +180,7 @@ def parent_run(cfg: ModelConfig) -> dict[str, str] | None:
 
     if not cfg.source.startswith(RUN_SCHEME):
         return None
-    run_dir = Path(cfg.source[len(RUN_SCHEME):]).expanduser().resolve()
+    run_dir = run_dir_of(cfg.source)
     merged = Manifest.read(run_dir / "merge")
     if merged is None or merged.status != "complete" or "model" not in merged.artifacts:
         raise ModelSourceError(f"model.source={cfg.source}: {run_dir} has no complete merge stage (a merged model); "

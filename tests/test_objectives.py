@@ -328,19 +328,19 @@ def talkative_model(dest: Path) -> Path:
 @pytest.mark.slow
 def test_sft_then_dpo_against_the_sft_models_own_answers_reruns_when_that_run_changes_and_skips_when_nothing_did(
         tmp_path):
-    """``model.source=run:<dir>`` starts from an earlier run's merged model; its merge fingerprint is the child's
-    parent, in its fingerprint and manifests: an unchanged chain is skipped, a retrained parent retrains the child.
-    ``dataset.rejected_by=model`` makes the pairs from the same conversations: the rejected answer is the one the
-    model the run starts from (the SFT model) writes — no new data."""
+    """``model.source=run:<dir>`` starts from an earlier run's merged model — ``dir`` itself, or the newest run in
+    it whose merge is complete, as ``recipes/support_bot_dpo.yaml`` names the last support_bot run; its merge
+    fingerprint is the child's parent, in its fingerprint and manifests: an unchanged chain is skipped, a newer
+    parent retrains the child. ``dataset.rejected_by=model`` makes the pairs from the same conversations: the
+    rejected answer is the one the model the run starts from (the SFT model) writes — no new data."""
     chats = tmp_path / "chats.jsonl"
     chats.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
     base = talkative_model(tmp_path / "base")
-    sft = [*TINY_ON_A_MODEL, f"model.source={base}", f"dataset.path={chats}", "stages=[validate,train,merge]",
-           "hydra.run.dir=sft"]
+    sft = [*TINY_ON_A_MODEL, f"model.source={base}", f"dataset.path={chats}", "stages=[validate,train,merge]"]
     dpo = [*TINY_ON_A_MODEL, f"model.source=run:{tmp_path / 'sft'}", f"dataset.path={chats}", "objective=dpo",
            "dataset.rejected_by=model", "dataset.rejected_max_new_tokens=4", "train.max_steps=2",
            "stages=[validate,rejected,train]", "hydra.run.dir=dpo"]
-    run_cli(*sft, "train.max_steps=2", cwd=tmp_path)
+    run_cli(*sft, "train.max_steps=2", "hydra.run.dir=sft/first", cwd=tmp_path)
     run_cli(*dpo, cwd=tmp_path)
     conversations = len((tmp_path / "dpo" / "validate" / "train.jsonl").read_text().splitlines())
     rows = [json.loads(line) for line in (tmp_path / "dpo" / "rejected" / "train.jsonl").read_text().splitlines()]
@@ -349,16 +349,18 @@ def test_sft_then_dpo_against_the_sft_models_own_answers_reruns_when_that_run_ch
     report = json.loads((tmp_path / "dpo" / "rejected" / "report.json").read_text())
     assert report["model"] == f"run:{tmp_path / 'sft'}"
     assert report["splits"]["train"]["cut_at_max_new_tokens"] == len(rows)
-    parent = json.loads((tmp_path / "sft" / "merge" / "manifest.json").read_text())
+    parent = json.loads((tmp_path / "sft" / "first" / "merge" / "manifest.json").read_text())
     child = json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())
-    assert child["parent"] == {"run_dir": str(tmp_path / "sft"), "merge_fingerprint": parent["fingerprint"],
+    assert child["parent"] == {"run_dir": str(tmp_path / "sft" / "first"), "merge_fingerprint": parent["fingerprint"],
                                "model_sha256": parent["artifacts"]["model"]["sha256"]}
     again = run_cli(*dpo, cwd=tmp_path)
     assert (again.stdout + again.stderr).count("complete with the same inputs, skipped") == 3
-    run_cli(*sft, "train.max_steps=3", cwd=tmp_path)  # the SFT run changes: new rejected answers, retrained
+    run_cli(*sft, "train.max_steps=3", "hydra.run.dir=sft/second", cwd=tmp_path)  # a newer SFT run: new answers
     rerun = run_cli(*dpo, cwd=tmp_path)
     assert "complete with the same inputs, skipped" not in rerun.stdout + rerun.stderr
-    assert json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())["fingerprint"] != child["fingerprint"]
+    retrained = json.loads((tmp_path / "dpo" / "train" / "manifest.json").read_text())
+    assert retrained["parent"]["run_dir"] == str(tmp_path / "sft" / "second")
+    assert retrained["fingerprint"] != child["fingerprint"]
     with pytest.raises(ModelSourceError) as refused:
         parent_run(ModelConfig(source=f"run:{tmp_path / 'x'}"))
     assert str(refused.value) == (f"model.source=run:{tmp_path / 'x'}: {tmp_path / 'x'} has no complete merge stage "

@@ -24,7 +24,7 @@ from finetune.data.canonical import DataError, read_split, to_row
 from finetune.export.modelfile import stop_strings
 from finetune.generate import Decoding
 from finetune.generate.hf import InProcessModel
-from finetune.models import RUN_SCHEME, check_source, load_tokenizer, resolve_model_source
+from finetune.models import RUN_SCHEME, check_source, load_tokenizer, resolve_model_source, run_dir_of
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
@@ -55,8 +55,7 @@ def check(run: RunConfig) -> None:
 def input_files(run: RunConfig) -> list[Path]:
     """An earlier run's merge manifest when that run's model writes the answers: retrained, it writes others."""
     by = run.dataset.rejected_by or ""
-    return [Path(by[len(RUN_SCHEME):]).expanduser().resolve() / "merge" / "manifest.json"] \
-        if by.startswith(RUN_SCHEME) else []
+    return [run_dir_of(by) / "merge" / "manifest.json"] if by.startswith(RUN_SCHEME) else []
 
 
 def training_split(ctx: StageContext, name: str) -> Path:

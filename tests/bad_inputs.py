@@ -149,7 +149,7 @@ CASES: list[Case] = [
          "error: Could not find 'model/nope'; available: llama3_1_8b, llama3_2_1b, llama3_2_3b, phi3_5_mini, "
          "qwen3_0_6b, qwen3_1_7b, qwen3_4b, qwen3_8b, smollm2_135m, smollm2_135m_hub, tiny_random"),
     Case("unknown-recipe", ("+recipe=nope",),
-         "error: Could not find 'recipe/nope'; available: code_assistant, support_bot"),
+         "error: Could not find 'recipe/nope'; available: code_assistant, support_bot, support_bot_dpo"),
     Case("override-syntax", ("train.lr=[",), "error: no viable alternative at input '['; ..."),
     Case("dataset-path-empty", ("dataset.path=",),
          "error: dataset.path is empty; expected a data file, a datasets.save_to_disk folder or a Hub dataset id"),

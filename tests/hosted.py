@@ -45,18 +45,19 @@ def calls_a_tool(i: int) -> dict:
                          {"role": "tool", "content": "shipped"}, {"role": "assistant", "content": "It shipped."}]}
 
 
-def run_support_bot(backend: list[str], cwd: Path, env: dict[str, str]) -> Path:
+def run_support_bot(backend: list[str], cwd: Path, env: dict[str, str], judge: bool = True) -> Path:
     """The issue's command: the real recipe (SmolLM2's tokenizer, the Japanese support data, its judge) with only
     the backend changed, on one sample (the judge grading it, not comparing: test_evaluate and test_smollm2 ask
-    for the pairwise verdict); checks that it ran validate → train → evaluate → card with the recipe's metrics and
-    returns the run directory."""
+    for the pairwise verdict; ``judge=False`` leaves it out, for a backend whose answers it would grade as it does
+    another's); checks that it ran validate → train → evaluate → card with the recipe's metrics and returns the run
+    directory."""
     run_dir = cwd / "run"
     run_cli("+recipe=support_bot", *backend, "backend.submit=true", "backend.poll_interval_s=0.05",
             "eval.max_samples=1", "eval.max_new_tokens=24", "eval.judge.max_samples=1", "eval.judge.pairwise=false",
-            f"hydra.run.dir={run_dir}", cwd=cwd, env=env)
+            *([] if judge else ["eval.judge.gguf=null"]), f"hydra.run.dir={run_dir}", cwd=cwd, env=env)
     done = {p.parent.name for p in run_dir.glob("*/manifest.json") if json.loads(p.read_text())["status"] == "complete"}
     assert done == {"validate", "train", "evaluate", "card"}
     metrics = json.loads((run_dir / "evaluate" / "eval.json").read_text())["metrics"]
-    assert {"bleu", "judge: overall"} <= set(metrics)
+    assert "bleu" in metrics and ("judge: overall" in metrics) == judge
     assert any("never asks for credentials" in row for row in metrics)  # the recipe's style rule
     return run_dir

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -63,13 +64,33 @@ def expected_ids(vocab: str) -> list[tuple[str, list[int]]]:
     return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids, strict=True)]
 
 
-def convert_with_llama_cpp(folder: Path, out: Path, out_type: str = "f16") -> subprocess.CompletedProcess:
-    """llama.cpp's ``convert_hf_to_gguf.py FOLDER``, with the sdist's own gguf-py first on the path."""
-    root = llama_cpp_folder()
-    paths = [str(root / "gguf-py"), *filter(None, [os.environ.get("PYTHONPATH")])]  # no empty entry: the cwd
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(paths)}
-    return subprocess.run([sys.executable, str(root / "convert_hf_to_gguf.py"), str(folder), "--outtype", out_type,
-                           "--outfile", str(out)], env=env, capture_output=True, text=True, check=True)
+def convert_with_llama_cpp(folder: Path, out: Path, out_type: str = "f16") -> None:
+    """llama.cpp's ``convert_hf_to_gguf.py FOLDER``, with the sdist's own gguf-py first on the path: run as a
+    process of its own forked from the CLI's fork server (``tests/forked_cli.py``), whose torch and transformers
+    the converter imports anyway (~3 s of its ~8 s in a fresh interpreter); the fork's gguf is the sdist's."""
+    from .forked_cli import _CONTEXT
+
+    with tempfile.TemporaryDirectory() as logs:
+        err = Path(logs) / "stderr"
+        args = [str(folder), "--outtype", out_type, "--outfile", str(out)]
+        process = _CONTEXT.Process(target=_convert, args=(llama_cpp_folder(), args, str(err)))
+        process.start()
+        process.join()
+        if process.exitcode != 0:
+            raise RuntimeError(f"llama.cpp's converter exited {process.exitcode}:\n{err.read_text()[-3000:]}")
+
+
+def _convert(root: Path, args: list[str], err: str) -> None:
+    """In the forked process: the converter as ``python convert_hf_to_gguf.py ARGS`` runs it."""
+    import runpy
+
+    os.dup2(os.open(err, os.O_WRONLY | os.O_CREAT), 2)
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 1)
+    for name in [m for m in sys.modules if m == "gguf" or m.startswith("gguf.")]:
+        del sys.modules[name]  # the installed gguf, which the fork server imported: the sdist's is the converter's
+    sys.path[:0] = [str(root), str(root / "gguf-py")]
+    sys.argv = [str(root / "convert_hf_to_gguf.py"), *args]
+    runpy.run_path(sys.argv[0], run_name="__main__")
 
 
 def compare_gguf(ours: Path, reference: Path) -> dict[str, Any]:

@@ -328,5 +328,6 @@ def test_bedrocks_rules_for_a_record():
 @pytest.mark.slow
 def test_the_support_bot_recipe_runs_through_bedrock_to_its_card(proxy, chat, aws, env, tmp_path):
     run_dir = run_support_bot(["backend=bedrock", f"backend.base_url={proxy.url}", f"backend.bucket=s3://{BUCKET}/tuning",
-                               f"backend.role_arn={ROLE}", f"backend.chat_base_url={chat.url}"], tmp_path, env)
+                               f"backend.role_arn={ROLE}", f"backend.chat_base_url={chat.url}"], tmp_path, env,
+                              judge=False)  # the judge grades answers as they came: test_hosted_openai's has it
     assert SECRET not in files_text(run_dir) and KEY not in files_text(run_dir)

@@ -277,8 +277,13 @@ def last_exchange(c: Conversation) -> tuple[Conversation, Message]:
 
 def first_exchange(c: Conversation) -> tuple[Conversation, Message] | None:
     """The prompt up to the first assistant turn, and that turn: what a held-out question and answer are
-    (None for a plain-text row, which has no question)."""
+    (None for a plain-text row, which has no question). A prompt-only row is its prompt and its ``reference``
+    column's text (empty where it has none)."""
     if c.is_text:
         return None
+    if c.columns is not None:
+        reference = c.columns.get("reference")
+        return (Conversation(messages=list(c.messages), location=c.location, tools=c.tools, columns=c.columns),
+                {"role": "assistant", "content": "" if reference is None else str(reference)})
     i = next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
     return Conversation(messages=list(c.messages[:i]), location=c.location, tools=c.tools), c.messages[i]

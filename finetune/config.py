@@ -167,6 +167,7 @@ class ObjectiveConfig:
     num_generations: int = _field(8, low=2)  # grpo: answers generated to each prompt, scored against each other
     max_completion_length: int = _field(512, low=1)  # grpo: tokens an answer may run to (TRL's default)
     epsilon: float = _field(0.2, low=0.0, low_open=True)  # grpo: the clipping range of the policy ratio (TRL's)
+    temperature: float = _field(1.0, low=0.0, low_open=True)  # grpo: the answers' sampling temperature (TRL's)
 
 
 @dataclass

@@ -146,10 +146,11 @@ CASES: list[Case] = [
          "error: train.lr_sched: no such key; did you mean train.lr_scheduler?"),
     Case("unknown-group-misspelt", ("mehtod.r=8",), "error: mehtod.r: no such key; did you mean method?"),
     Case("unknown-group-option", ("model=nope",),
-         "error: Could not find 'model/nope'; available: llama3_1_8b, llama3_2_1b, llama3_2_3b, phi3_5_mini, "
-         "qwen3_0_6b, qwen3_1_7b, qwen3_4b, qwen3_8b, smollm2_135m, smollm2_135m_hub, tiny_random"),
+         "error: Could not find 'model/nope'; available: llama3_1_8b, llama3_2_1b, llama3_2_3b, mistral_nemo_12b, "
+         "phi3_5_mini, qwen3_0_6b, qwen3_1_7b, qwen3_4b, qwen3_8b, smollm2_135m, smollm2_135m_hub, tiny_random"),
     Case("unknown-recipe", ("+recipe=nope",),
-         "error: Could not find 'recipe/nope'; available: code_assistant, support_bot, support_bot_dpo"),
+         "error: Could not find 'recipe/nope'; available: arithmetic_grpo, code_assistant, support_bot, "
+         "support_bot_dpo"),
     Case("override-syntax", ("train.lr=[",), "error: no viable alternative at input '['; ..."),
     Case("dataset-path-empty", ("dataset.path=",),
          "error: dataset.path is empty; expected a data file, a datasets.save_to_disk folder or a Hub dataset id"),
@@ -247,7 +248,8 @@ CASES: list[Case] = [
          "error: data.jsonl:1: cannot tell the format from keys (answer, question); expected 'messages' (OpenAI "
          "chat); 'conversations' (ShareGPT; + 'chosen' + 'rejected': LLaMA-Factory's ranking); 'instruction' + "
          "'output' (Alpaca; 'chosen' + 'rejected' for 'output': ranking); 'contents' (Gemini); 'prompt' + "
-         "'completion'; 'input' + 'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + "
+         "'completion'; 'prompt' alone, with any other columns (prompt-only, GRPO's); 'input' + 'preferred_output' + "
+         "'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + "
          "'rejected' (preference pairs); 'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH); 'text' "
          "(plain text, continued pre-training); map other column names with dataset.columns, or set dataset.format",
          files={"data.jsonl": jsonl([{"question": "q", "answer": "a"}])}),

@@ -21,7 +21,7 @@ def test_help_says_what_finetune_is_then_its_commands_recipes_and_groups(tmp_pat
     parts = ["== Commands ==", "python -m finetune [+recipe=NAME] [key=value ...]", "python -m finetune compare A B",
              "== Recipes (+recipe=NAME) ==", "code_assistant   A Python code assistant", "support_bot      Customer",
              "== Configuration groups (group=option) ==", "backend: bedrock, hf, openai, unsloth, vertex",
-             "recipe: code_assistant, support_bot", "--cfg job"]
+             "recipe: arithmetic_grpo, code_assistant, support_bot", "--cfg job"]
     at = [out.find(part) for part in parts]
     assert -1 not in at and at == sorted(at), dict(zip(parts, at, strict=True))
     assert "$" not in out and "Powered by Hydra" not in out

@@ -79,6 +79,18 @@ def test_structure_accepts_tool_calls_and_several_turns():
     assert len(kept) == 3 and report.count == 0
 
 
+def test_a_prompt_only_row_ends_where_the_answer_starts():
+    """GRPO's prompts: no answer of their own, earlier exchanges allowed, and the last turn the model's to answer."""
+    prompts = [[{"role": "user", "content": "q"}], conversation(3)["messages"] + [{"role": "user", "content": "q"}],
+               [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
+                {"role": "assistant", "content": "a"}]]
+    rows = [Conversation(m, f"p.jsonl:{i + 1}", columns={}) for i, m in enumerate(prompts)]
+    kept, removed, report = check("structure", rows, action="drop")
+    assert kept == rows[:2] and removed == rows[2:]
+    assert report.examples[0]["detail"] == ("a prompt must end with a user message (or a tool result) for the model "
+                                            "to answer")
+
+
 # ── content ──
 
 def test_empty_answers_are_dropped_and_tool_call_turns_are_not_empty():
@@ -203,6 +215,21 @@ def test_length_checks_use_the_chat_template(tokenizer):
                                                    "train.max_seq_len=150")
     kept, removed, report = check("no_loss_within_max_seq_len", rows, tokens=tokens)
     assert removed == [rows[3]] and "the answer starts at token" in report.examples[0]["detail"]
+
+
+def test_a_prompt_only_row_is_measured_as_the_prompt_generation_starts_from(tokenizer):
+    """Its answer is the model's, in training: never too short; found only when the prompt fills max_seq_len."""
+    from finetune.chat import render
+
+    rows = [Conversation([{"role": "user", "content": text}], f"p.jsonl:{i}", columns={})
+            for i, text in enumerate(("What is 3 + 4?", "q " * 300), start=1)]
+    tokens = token_stats(tokenizer, rows, max_seq_len=150)
+    prompt = render(tokenizer, rows[0].messages, add_generation_prompt=True)
+    assert tokens.length[0] == len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) and tokens.trained[0] == 0
+    assert check("too_short", rows, tokens=tokens)[2].count == 0
+    kept, removed, report = check("no_loss_within_max_seq_len", rows, tokens=tokens)
+    assert kept == rows[:1] and report.examples[0]["detail"] == (
+        f"the prompt's {tokens.length[1]} tokens leave no room for an answer within train.max_seq_len=150")
 
 
 # ── leakage between splits ──

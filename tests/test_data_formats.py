@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from finetune.data import formats
-from finetune.data.canonical import Conversation, DataError, read_split, to_row
+from finetune.data.canonical import Conversation, DataError, read_split, row_kind, to_row
 from finetune.data.load import load_source
 
 pytestmark = pytest.mark.quick  # no model run, no server, no subprocess: make check
@@ -108,7 +108,8 @@ def test_openai_tool_calls_with_null_content_and_tool_messages():
     ({"question": "q", "answer": "a"},
      "cannot tell the format from keys (answer, question); expected 'messages' (OpenAI chat); 'conversations' "
      "(ShareGPT; + 'chosen' + 'rejected': LLaMA-Factory's ranking); 'instruction' + 'output' (Alpaca; 'chosen' + "
-     "'rejected' for 'output': ranking); 'contents' (Gemini); 'prompt' + 'completion'; 'input' + "
+     "'rejected' for 'output': ranking); 'contents' (Gemini); 'prompt' + 'completion'; 'prompt' alone, with any "
+     "other columns (prompt-only, GRPO's); 'input' + "
      "'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + 'rejected' (preference "
      "pairs); 'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH); 'text' (plain text, continued "
      "pre-training); map other column names with dataset.columns, or set dataset.format"),
@@ -307,6 +308,36 @@ def test_bad_labels_name_the_field(record, message):
     with pytest.raises(DataError) as e:
         formats.read(record, formats.detect(record))
     assert str(e.value) == message
+
+
+PROMPT_ONLY = {
+    "strings": ({"prompt": "What is 3 + 4?", "reference": 7, "level": {"digits": 1}},
+                [EXPECTED[0], {"role": "user", "content": "What is 3 + 4?"}]),
+    "conversational": ({"prompt": EXPECTED[:2], "reference": "こんにちは", "level": None}, EXPECTED[:2]),
+}
+
+
+@pytest.mark.parametrize("name", list(PROMPT_ONLY))
+def test_a_prompt_only_row_keeps_its_other_columns_and_round_trips_through_the_split_file(tmp_path, name):
+    """TRL's prompt-only data (GRPO's): the prompt is the conversation, every other column kept as it is for the
+    reward functions; no chat format can write a row without an answer."""
+    record, messages = PROMPT_ONLY[name]
+    fmt, c = read_one(tmp_path, record)
+    columns = {k: v for k, v in record.items() if k != "prompt"}
+    assert (fmt, c.messages, c.columns, row_kind(c)) == ("prompt", messages, columns, "prompt")
+    (back,) = read_split(write_jsonl(tmp_path / "train.jsonl", [to_row(c)]))
+    assert (back.messages, back.columns) == (messages, columns)
+    assert read_split(write_jsonl(tmp_path / "sft.jsonl", [to_row(Conversation(EXPECTED, ""))]))[0].columns is None
+    with pytest.raises(formats.CannotExpress, match="no place for a prompt without an answer"):
+        formats.write(c, "openai")
+
+
+def test_a_prompt_column_named_like_a_reward_functions_own_argument_is_refused():
+    with pytest.raises(DataError) as e:
+        formats.read({"prompt": "q", "completion_ids": [1]}, "prompt")
+    assert str(e.value) == ("column 'completion_ids' has the name of an argument the reward functions are passed "
+                            "besides the columns (prompts, completions, completion_ids, trainer_state, log_extra, "
+                            "log_metric, length, trained); rename it (dataset.columns)")
 
 
 # ── writing provider formats ──

@@ -21,6 +21,7 @@ from finetune.metrics.text import (
     bleu,
     chrf,
     exact_match,
+    length,
     numeric_match,
     repeated_ngram_share,
     repetition,
@@ -111,6 +112,14 @@ def test_stopped_counts_answers_that_ended_on_their_own():
     samples, _ = pairs(("a", "b"), ("a", "b"))
     answers = [Answer("b", "stop", 2), Answer("b", "length", 80)]
     assert stopped(samples, answers, SETTINGS).values["stopped"] == 0.5
+
+
+@pytest.mark.quick
+def test_length_counts_tokens_and_brevity_is_the_share_of_max_new_tokens_left():
+    samples, _ = pairs(("a", "b"), ("a", "b"), ("a", "b"))
+    answers = [Answer("b", "stop", 6), Answer("b", "length", 24), Answer("b", "length", 30)]
+    scored = length(samples, answers, SimpleNamespace(max_new_tokens=24))
+    assert scored.values["length"] == 20 and [p["brevity"] for p in scored.per_sample] == [0.75, 0.0, 0.0]
 
 
 @pytest.mark.quick

@@ -172,6 +172,14 @@ def test_dpo_killed_after_a_checkpoint_resumes_there_and_ends_bit_identical(tmp_
     assert sha256_path(tmp_path / "resumed" / adapter) == sha256_path(tmp_path / "whole" / adapter)
 
 
+def prompts(path: Path, n: int = 30, reference: bool = True) -> Path:
+    """``n`` prompt-only rows (GRPO's) with a ``reference`` column (or none) and a column of their own."""
+    rows = [{"prompt": f"What is {i} + {i % 7}?", **({"reference": str(i + i % 7)} if reference else {}),
+             "level": i % 3} for i in range(n)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
 @pytest.mark.parametrize(("objective", "data", "message"), [
     ("dpo", "chats", "chats.jsonl:1: no rejected answer; objective=dpo trains on preference pairs (chosen/rejected) — "
                      "give them on every row (prompt/chosen/rejected, or OpenAI's input/preferred_output/"
@@ -180,27 +188,38 @@ def test_dpo_killed_after_a_checkpoint_resumes_there_and_ends_bit_identical(tmp_
                      "desirable or not) or preference pairs (chosen/rejected) — give them on every row"),
     ("dpo", "labeled", "labeled.jsonl:1: labeled answers (KTO's desirable or not); objective=dpo trains on "
                        "preference pairs (chosen/rejected) — set objective to one of kto"),
+    ("sft", "prompts", "prompts.jsonl:1: prompts without answers; objective=sft trains on conversations — set "
+                       "objective to one of grpo"),
+    ("grpo", "unreferenced", "unreferenced.jsonl:1: no 'reference' column; reward numeric_match compares each answer "
+                             "with it — give it on every prompt (dataset.columns={reference: <your column>} renames "
+                             "yours), or leave numeric_match out of reward.functions"),
 ])
 def test_an_objective_is_refused_data_of_another_kind_in_one_line(objective, data, message, tmp_path):
     """Pairs under objective=sft: tests/bad_inputs.py."""
     path = tmp_path / f"{data}.jsonl"
     if data == "chats":
         path.write_text("".join(json.dumps(conversation(i)) + "\n" for i in range(30)), encoding="utf-8")
+    elif data in ("prompts", "unreferenced"):
+        prompts(path, reference=data == "prompts")
     else:
         labeled(path)
-    proc = run_cli_in_process(*TINY, f"dataset.path={path}", f"objective={objective}", "train.batch_size=2",
+    rewards = ("reward.functions=[numeric_match,stopped]", "objective.num_generations=2") if objective == "grpo" else ()
+    proc = run_cli_in_process(*TINY, f"dataset.path={path}", f"objective={objective}", "train.batch_size=2", *rewards,
                               "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and proc.stderr.strip().splitlines()[-1].startswith(f"error: {tmp_path}/{message}")
     assert not (tmp_path / "run" / "train").exists()
 
 
 SCORED: list[list[int]] = []  # the answers record_answers was asked to score
+COLUMNS: list[tuple[Any, Any]] = []  # the reference and level it was given with each
 
 
-def record_answers(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], **_: Any
-                   ) -> list[float]:
-    """A reward that keeps the token ids of every answer it scores (``reward.functions`` by import path)."""
+def record_answers(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]], reference: list[Any],
+                   level: list[Any], **_: Any) -> list[float]:
+    """A reward that keeps the token ids of every answer it scores (``reward.functions`` by import path), and the
+    columns of its row."""
     SCORED.extend(completion_ids)
+    COLUMNS.extend(zip(reference, level, strict=True))
     return [float(len(ids) % 2) for ids in completion_ids]
 
 
@@ -208,7 +227,8 @@ def record_answers(prompts: list[Any], completions: list[Any], completion_ids: l
 def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models(tmp_path):
     """With an adapter that changes the model's answers, the answers GRPO generates and scores are the adapted
     model's own (the policy's), not the base model's with the adapter off (unsloth PR #8701). Sampling at a
-    temperature near 0 on a model with a sharp output layer makes each answer the greedy one."""
+    temperature near 0 on a model with a sharp output layer makes each answer the greedy one. A conversation's
+    reference is its answer; a prompt-only row's columns reach the reward as they are (None where a row lacks one)."""
     import torch
 
     from finetune.backends.hf import BACKEND
@@ -220,7 +240,8 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
     from .test_config import composed
 
     run = load_run_config(composed(*TINY, "objective=grpo", "objective.num_generations=2",
-                                   "objective.max_completion_length=6", "train.max_steps=1",
+                                   "objective.max_completion_length=6", "objective.temperature=0.001",
+                                   "train.max_steps=1",
                                    "reward.functions=[tests.test_objectives:record_answers]"))
     tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
     model = BACKEND.load(run)
@@ -229,7 +250,10 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
         for name, p in model.named_parameters():
             if "lora_B" in name:
                 p.normal_(0.0, 1.0)  # an adapter that changes the answers
-    rows = [Conversation(messages=conversation(i)["messages"][:3], location=f"d.jsonl:{i}") for i in range(2)]
+    chat = conversation(0)["messages"][:3]
+    rows = [Conversation(messages=chat, location="d.jsonl:1"),
+            Conversation(messages=conversation(1)["messages"][:2], location="p.jsonl:1",
+                         columns={"reference": "7", "level": {"digits": 1}})]
     train_set, _ = grpo.datasets(run, tokenizer, rows, [])
 
     def greedy(prompt: list[dict[str, str]]) -> list[int]:
@@ -242,10 +266,12 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
     with model.disable_adapter():
         base = [greedy(p) for p in train_set["prompt"]]
     assert policy != base  # the adapter changes the answers
-    arguments = {**_arguments(run, tmp_path / "checkpoints", False), "temperature": 1e-3}
+    arguments = _arguments(run, tmp_path / "checkpoints", False)
     SCORED.clear()
+    COLUMNS.clear()
     grpo.trainer(run, model, tokenizer, arguments, train_set, None, []).train()
     assert len(SCORED) == 4  # two answers to each of two prompts
+    assert sorted(COLUMNS, key=str) == sorted([(chat[-1]["content"], None)] * 2 + [("7", {"digits": 1})] * 2, key=str)
     assert all(any(ids == answer[:len(ids)] for answer in policy) for ids in SCORED), (SCORED, policy)
     assert sorted(map(tuple, SCORED)) != sorted(tuple(b) for b in base for _ in range(2))
 
@@ -253,7 +279,7 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
 @pytest.mark.parametrize(("function", "message"), [
     ("tests.rewards_for_tests:raises", "reward.functions[0]=tests.rewards_for_tests:raises: raised KeyError: 'answer'"),
     ("vibes", "reward.functions[0]='vibes': expected one of json_valid, json_schema, exact_match, numeric_match, "
-              "rouge_l, style, stopped or package.module:function"),
+              "rouge_l, style, stopped, brevity or package.module:function"),
 ], ids=["raises", "unknown"])
 def test_a_reward_function_that_fails_stops_the_run_in_one_line_before_training(function, message, tmp_path):
     chats = tmp_path / "chats.jsonl"
@@ -278,6 +304,41 @@ def test_each_way_a_reward_function_fails_is_named(function, message):
     assert str(failed.value) == f"reward.functions[0]={function}: {message}"
 
 
+@pytest.mark.quick
+def test_held_out_answers_are_scored_with_the_rewards_training_maximises():
+    """evaluate's ``reward`` row: each answer's tokens (its end of turn when it stopped) and its row's columns go to
+    reward.functions as in training; the weighted sum counts a None as 0, as TRL's does."""
+    from finetune.chat import end_of_turn_id
+    from finetune.config import load_run_config
+    from finetune.generate import Answer
+    from finetune.metrics import Sample
+    from finetune.models import load_tokenizer, resolve_model_source
+    from finetune.rewards import held_out
+
+    from .test_config import composed
+
+    run = load_run_config(composed(*TINY, "objective=grpo", "objective.max_completion_length=8",
+                                   "objective.num_generations=2",
+                                   "reward.functions=[numeric_match,brevity,tests.test_objectives:record_answers]",
+                                   "reward.weights=[1,0.5,2]"))
+    tokenizer = load_tokenizer(resolve_model_source(run.model), run.model)
+    samples = [Sample(Conversation([{"role": "user", "content": "What is 3 + 4?"}], "p.jsonl:1",
+                                   columns={"reference": "7", "level": 1}), "7"),
+               Sample(Conversation([{"role": "user", "content": "Hi"}], "c.jsonl:1"), "Hello there.")]
+    answers = [Answer("3 + 4 = 7", "stop", 0), Answer("I do not know what", "length", 0)]
+    SCORED.clear()
+    COLUMNS.clear()
+    scored = held_out(run, samples, answers, tokenizer)
+    ids = [tokenizer("3 + 4 = 7", add_special_tokens=False)["input_ids"] + [end_of_turn_id(tokenizer)],
+           tokenizer("I do not know what", add_special_tokens=False)["input_ids"]]
+    assert ids == SCORED and COLUMNS == [("7", 1), ("Hello there.", None)]
+    brevity = [1 - min(len(i), 8) / 8 for i in ids]
+    expected = [1 + 0.5 * brevity[0] + 2 * (len(ids[0]) % 2), 0.5 * brevity[1] + 2 * (len(ids[1]) % 2)]
+    assert [p["reward"] for p in scored.per_sample] == pytest.approx(expected, abs=1e-4)
+    assert scored.values["reward"] == pytest.approx(sum(expected) / 2, abs=1e-4)
+    assert scored.values["reward: numeric_match"] == 1.0  # the second reference has no number: not scored
+
+
 @pytest.mark.slow
 def test_grpo_trains_on_the_datas_prompts_with_built_in_rewards_and_merges(tmp_path):
     """The data's conversations are the prompts and their answers the references; each logged step has the
@@ -299,6 +360,23 @@ def test_grpo_trains_on_the_datas_prompts_with_built_in_rewards_and_merges(tmp_p
     metrics = json.loads((tmp_path / "run" / "train" / "metrics.json").read_text())
     assert metrics["objective"] == "grpo" and metrics["global_step"] == 2
     assert (tmp_path / "run" / "merge" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_the_arithmetic_grpo_recipe_trains_on_prompts_and_evaluates_with_its_rewards(tmp_path):
+    """The recipe's prompt-only rows through every stage on the tiny model: GRPO on the prompts, the held-out
+    answers of base and tuned scored with the rewards (the likelihood metrics need answers: none asked), the parity
+    gate on prompts, the card."""
+    run_cli("+recipe=arithmetic_grpo", *TINY, "train.max_steps=2", "eval.max_samples=4",
+            "objective.max_completion_length=8", "export.gguf_types=[f16]", "hydra.run.dir=run", cwd=tmp_path)
+    evaluation = json.loads((tmp_path / "run" / "evaluate" / "eval.json").read_text())
+    assert evaluation["prompts"] == 4 and "left_out" not in evaluation
+    assert {"reward", "reward: numeric_match", "reward: exact_match", "reward: stopped", "numeric_match",
+            "length"} <= set(evaluation["metrics"])
+    rows = [json.loads(line) for line in (tmp_path / "run" / "evaluate" / "samples.jsonl").read_text().splitlines()]
+    assert all(r["reference"].isdigit() and set(r["scores"]["tuned"]) >= {"reward", "brevity"} for r in rows)
+    assert json.loads((tmp_path / "run" / "export" / "parity.json").read_text())["files"]["model-f16.gguf"]["passed"]
+    assert "grpo" in (tmp_path / "run" / "card" / "README.md").read_text()
 
 
 def talkative_model(dest: Path) -> Path:

@@ -7,7 +7,9 @@ form ``apply_chat_template(tools=...)`` takes. A plain-text row (continued pre-t
 messages: every token of it carries loss. A preference row also has ``rejected``: the answer not to give in place
 of its last assistant message, which is the chosen one — so every check that reads messages sees the chosen answer
 as it would in a supervised row. A labeled row (KTO's unpaired data) has ``label`` instead: whether its last
-assistant message is an answer to give (true) or not (false).
+assistant message is an answer to give (true) or not (false). A prompt-only row (GRPO's) has ``columns`` instead: its
+messages are the prompt, which the model answers in training, and ``columns`` its record's other keys, which reach
+the reward functions as they are (``reference``: what the built-in rewards compare an answer with).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ class Conversation:
     source: str = ""  # the name of the source it came from, when several are mixed
     rejected: str | None = None  # preference data: the non-preferred answer to the last assistant message
     label: bool | None = None  # KTO's unpaired data: whether the last assistant message is a desirable answer
+    columns: dict[str, Any] | None = None  # a prompt-only row: its other columns, for the reward functions
 
     @property
     def is_text(self) -> bool:
@@ -45,9 +48,10 @@ class Conversation:
 
 def row_kind(c: Conversation) -> str:
     """What the row gives an objective to train on (``finetune.objectives.Objective.data``): ``pair`` (a chosen
-    and a rejected answer), ``labeled`` (one answer marked desirable or not) or ``conversation`` (answers to learn,
-    or plain text)."""
-    return "pair" if c.rejected is not None else "labeled" if c.label is not None else "conversation"
+    and a rejected answer), ``labeled`` (one answer marked desirable or not), ``prompt`` (a question to answer, with
+    columns for the rewards) or ``conversation`` (answers to learn, or plain text)."""
+    return "pair" if c.rejected is not None else "labeled" if c.label is not None else \
+        "prompt" if c.columns is not None else "conversation"
 
 
 def answers(c: Conversation) -> list[str]:
@@ -69,7 +73,9 @@ def all_text(c: Conversation) -> str:
     for m in c.messages:
         parts.append(m["content"])
         parts += [json.dumps(call["function"], ensure_ascii=False, sort_keys=True) for call in m.get("tool_calls", ())]
-    return "\n".join(parts + ([c.rejected] if c.rejected is not None else []))
+    parts += [c.rejected] if c.rejected is not None else []
+    parts += [json.dumps(c.columns, ensure_ascii=False, sort_keys=True)] if c.columns else []
+    return "\n".join(parts)
 
 
 def to_row(c: Conversation) -> dict[str, Any]:
@@ -78,7 +84,8 @@ def to_row(c: Conversation) -> dict[str, Any]:
         return {"text": c.text}
     return {"messages": c.messages, **({"tools": c.tools} if c.tools else {}),
             **({"rejected": c.rejected} if c.rejected is not None else {}),
-            **({"label": c.label} if c.label is not None else {})}
+            **({"label": c.label} if c.label is not None else {}),
+            **({"columns": c.columns} if c.columns is not None else {})}
 
 
 def read_split(path: Path) -> list[Conversation]:
@@ -88,5 +95,5 @@ def read_split(path: Path) -> list[Conversation]:
         row = json.loads(line)
         rows.append(Conversation(messages=row.get("messages", []), location=f"{path.name}:{i}",
                                  tools=row.get("tools"), text=row.get("text"), rejected=row.get("rejected"),
-                                 label=row.get("label")))
+                                 label=row.get("label"), columns=row.get("columns")))
     return rows

@@ -10,7 +10,8 @@ Alpaca, Anthropic HH's chosen/rejected transcripts) are read into conversations 
 chosen answer and ``rejected`` the other; only ``openai_dpo`` writes them back, and the
 validate stage takes them only for a preference objective (``objective=dpo``). A chat record with a boolean
 ``label`` (TRL's unpaired prompt/completion/label, LLaMA-Factory's KTO messages/label) is KTO's: its last answer
-labeled desirable or not.
+labeled desirable or not. A record with a ``prompt`` and no answer (TRL's prompt-only data) is GRPO's: the prompt to
+answer, its other columns kept for the reward functions.
 """
 
 from __future__ import annotations
@@ -157,6 +158,8 @@ def _chat_only(c: Conversation, fmt: str) -> None:
         raise CannotExpress(f"the {fmt} format has no place for a rejected answer (openai_dpo has)")
     if c.label is not None:
         raise CannotExpress(f"the {fmt} format has no place for a label (KTO's)")
+    if c.columns is not None:
+        raise CannotExpress(f"the {fmt} format has no place for a prompt without an answer (GRPO's)")
 
 
 def _write_openai(c: Conversation) -> dict[str, Any]:
@@ -309,6 +312,26 @@ def _read_prompt_completion(record: dict[str, Any]) -> Conversation:
     return _labeled(c, record)
 
 
+# ── prompt-only rows (GRPO's): a prompt to answer, the record's other columns for the reward functions ──
+
+# what a reward function is passed besides a row's columns: TRL's GRPOTrainer's keyword arguments, and the most
+# tokens of the prompt and its answer that finetune's plan reads (finetune.objectives.grpo)
+REWARD_ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "log_extra", "log_metric", "length",
+                    "trained")
+ANSWER_KEYS = ("completion", "chosen", "rejected")
+
+
+def _read_prompt(record: dict[str, Any]) -> Conversation:
+    prompt = record["prompt"]
+    messages = _read_messages({"messages": prompt}).messages if isinstance(prompt, list) else \
+        [{"role": "user", "content": _string(prompt, "'prompt'")}]
+    columns = {k: v for k, v in record.items() if k not in ("prompt", "tools")}
+    if clash := [k for k in columns if k in REWARD_ARGUMENTS]:
+        raise DataError(f"column {clash[0]!r} has the name of an argument the reward functions are passed besides "
+                        f"the columns ({', '.join(REWARD_ARGUMENTS)}); rename it (dataset.columns)")
+    return Conversation(messages=messages, location="", tools=_tools(record.get("tools")), columns=columns)
+
+
 # ── preference pairs (hosted DPO): OpenAI's DPO format and TRL's prompt / chosen / rejected ──
 
 def _answer(value: Any, what: str) -> str:
@@ -407,6 +430,8 @@ FORMATS: dict[str, Format] = {
         Format("gemini", "'contents' (Gemini)", _has("contents"), _read_gemini, _write_gemini),
         Format("prompt_completion", "'prompt' + 'completion'", _has("prompt", "completion"),
                _read_prompt_completion, None),
+        Format("prompt", "'prompt' alone, with any other columns (prompt-only, GRPO's)",
+               lambda r: "prompt" in r and not any(k in r for k in ANSWER_KEYS), _read_prompt, None),
         Format("openai_dpo", "'input' + 'preferred_output' + 'non_preferred_output' (OpenAI DPO)",
                _has("input", "preferred_output", "non_preferred_output"), _read_openai_dpo, _write_openai_dpo),
         Format("preference", "'prompt' + 'chosen' + 'rejected' (preference pairs)",

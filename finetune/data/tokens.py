@@ -141,6 +141,10 @@ def _token_span(encoding: Any, text_len: int, n: int, start: int, end: int) -> t
 
 
 def _exact(tokenizer: Any, c: Conversation, max_seq_len: int) -> tuple[int, int, int, int]:
+    if c.columns is not None:  # a prompt-only row: its answer is the model's, in training (objective=grpo)
+        n = len(tokenizer(render(tokenizer, c.messages, c.tools, add_generation_prompt=True),
+                          add_special_tokens=False)["input_ids"])
+        return n, 0, n, 0
     try:
         t = tokenize(tokenizer, c)
     except ValueError as e:
@@ -155,7 +159,7 @@ def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> To
     fast_path = fast_template(tokenizer) if backend is not None else None
     out = np.zeros((len(rows), 4), dtype=np.int64)
     fast = [False] * len(rows)
-    chat = [i for i, c in enumerate(rows) if fast_path and not c.is_text and not c.tools
+    chat = [i for i, c in enumerate(rows) if fast_path and not c.is_text and not c.tools and c.columns is None
             and not any(m.get("tool_calls") for m in c.messages)]
     if chat:
         assert fast_path is not None

@@ -77,7 +77,9 @@ def _objective(run: RunConfig) -> str:
         return f"{o.name}: {entry.description}"
     beta = o.beta if o.beta is not None else "the trainer's default"
     loss = f", {o.loss_type or entry.losses[0]} loss" if entry.losses else ""
-    rewards = f", rewards {', '.join(run.reward.functions)}" if entry.rollouts else ""
+    weights = list(run.reward.weights) or [1.0] * len(run.reward.functions)
+    rewards = ", rewards " + ", ".join(f"{f} ×{w:g}" for f, w in zip(run.reward.functions, weights, strict=True)) \
+        if entry.rollouts else ""
     return f"{o.name}: {entry.description}, beta {beta}{loss}{rewards}"
 
 
@@ -174,8 +176,9 @@ def _parity(inputs: CardInputs) -> list[str]:
         if r["gate"] is not None:
             greedy = f", ≥ {r['gate']['greedy']:.0%} greedy" if r["gate"]["greedy"] else ""
             gate = f"{'passed' if r['passed'] else 'failed'} (≥ {r['gate']['top1']:.0%} top-1{greedy})"
-        lines.append(f"| `{name}` | {r['top1_agreement']:.2%} | {r['perplexity']:.3f} ({r['perplexity_hf']:.3f}) | "
-                     f"{r['greedy_identical']:.0%} | {gate} |")
+        perplexity = "— (prompts only: no answers)" if r["perplexity"] is None else \
+            f"{r['perplexity']:.3f} ({r['perplexity_hf']:.3f})"
+        lines.append(f"| `{name}` | {r['top1_agreement']:.2%} | {perplexity} | {r['greedy_identical']:.0%} | {gate} |")
     identical = sum(c["identical"] for c in p["templates"]["prompts"])
     stop = p["templates"]["stop"]
     lines += ["", f"Prompts built by llama.cpp's chat path and by the Modelfile are token-identical to "

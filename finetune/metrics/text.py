@@ -15,6 +15,7 @@ import math
 import re
 import unicodedata
 from collections.abc import Sequence
+from typing import Any
 
 from finetune.generate import Answer
 from finetune.metrics import Metric, Sample, Scored
@@ -124,6 +125,15 @@ def stopped(_samples: Sequence[Sample], answers: Sequence[Answer], _settings: ob
                   {"definition": "share of answers that ended with an end-of-turn token before max_new_tokens"})
 
 
+def length(_samples: Sequence[Sample], answers: Sequence[Answer], settings: Any) -> Scored:
+    """Tokens per answer; per answer also its brevity, 1 − tokens / eval.max_new_tokens (the ``brevity`` reward's
+    value, against objective.max_completion_length in training)."""
+    cap = settings.max_new_tokens
+    per = [{"length": a.tokens, "brevity": round(1 - min(a.tokens, cap) / cap, 4)} for a in answers]
+    return Scored({"length": _mean([p["length"] for p in per])}, per,
+                  {"definition": "tokens per answer, mean; brevity = 1 − tokens / max_new_tokens"})
+
+
 METRICS = (
     Metric("rouge", "answers", rouge, True, "ROUGE-1/2/L F1 on character/word units"),
     Metric("bleu", "answers", bleu, True, "corpus BLEU on the same units (sacrebleu)"),
@@ -132,4 +142,5 @@ METRICS = (
     Metric("numeric_match", "answers", numeric_match, True, "the answer's last number equals the reference's"),
     Metric("repetition", "answers", repetition, False, "share of repeated 4-grams in an answer (loops)"),
     Metric("stopped", "answers", stopped, True, "share of answers that stopped on their own"),
+    Metric("length", "answers", length, False, "tokens per answer"),
 )

@@ -2,10 +2,10 @@
 
 ``sft`` (the default) trains on conversations with our own loop (``finetune.training``); ``dpo``, ``orpo`` and
 ``simpo`` on preference pairs, ``kto`` on answers labeled desirable or not (or pairs, unpaired), and ``grpo`` on
-prompts with reward functions (``finetune.rewards``), through TRL's trainers, with our data layer, methods, plan,
-progress bar, curves, checkpoints, resume and manifests. An entry says what its data is and which settings it
-reads; its module ``finetune/objectives/<name>.py`` (``datasets`` and ``trainer``) is imported only when training
-starts, so ``import finetune.config`` loads no TRL. A backend lists the objectives it trains
+prompts (or conversations' questions) with reward functions (``finetune.rewards``), through TRL's trainers, with our
+data layer, methods, plan, progress bar, curves, checkpoints, resume and manifests. An entry says what its data is
+and which settings it reads; its module ``finetune/objectives/<name>.py`` (``datasets`` and ``trainer``) is imported
+only when training starts, so ``import finetune.config`` loads no TRL. A backend lists the objectives it trains
 (``Backend.objectives``).
 """
 
@@ -60,7 +60,8 @@ OBJECTIVES = {o.name: o for o in (
               # its KL term scores each prompt with the answer of another row of the micro-batch (not apo's)
               batch_rows=lambda settings: 1 if settings.loss_type == "apo_zero_unpaired" else 2),
     Objective("simpo", "preference tuning (SimPO)", data=("pair",), settings=("beta", "simpo_gamma")),
-    Objective("grpo", "reinforcement learning with rewards (GRPO)", data=("conversation",),
-              settings=("beta", "loss_type", "num_generations", "max_completion_length", "epsilon"),
+    Objective("grpo", "reinforcement learning with rewards (GRPO)", data=("conversation", "prompt"),
+              settings=("beta", "loss_type", "num_generations", "max_completion_length", "epsilon",
+                        "temperature"),
               losses=GRPO_LOSSES, reference=lambda settings: bool(settings.beta), rollouts=True),
 )}

@@ -6,7 +6,8 @@ none, and no reference pass).
 
 A prompt is a conversation of the data up to its last assistant turn, rendered by the model's chat template with
 the generation prompt, as inference renders it; that turn's answer is the ``reference`` the rewards may compare
-with (``exact_match``, ``rouge_l``)."""
+with (``exact_match``, ``rouge_l``). A prompt-only row is a prompt as it is, its columns (``reference`` among them)
+passed to every reward function; a column a row lacks reaches them as None."""
 
 from __future__ import annotations
 
@@ -20,22 +21,32 @@ from finetune.objectives import as_dataset
 
 def _row(tokenizer: Any, c: Conversation, max_completion: int) -> dict[str, Any]:
     messages = text_messages(c)  # TRL renders the prompt itself, without tools
-    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
-    if last is None:
-        raise DataError(f"{c.location}: objective=grpo takes conversations with an assistant answer (the reference)")
-    prompt = messages[:last]
+    if c.columns is not None:
+        prompt, columns = messages, c.columns
+    else:
+        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        if last is None:
+            raise DataError(f"{c.location}: objective=grpo takes conversations with an assistant answer (the "
+                            "reference) or prompts")
+        prompt, columns = messages[:last], {"reference": messages[last]["content"]}
     prompt_tokens = len(tokenizer.encode(render(tokenizer, prompt, add_generation_prompt=True),
                                          add_special_tokens=False))
-    return {"prompt": prompt, "reference": messages[last]["content"], "length": prompt_tokens + max_completion,
-            "trained": max_completion}
+    return {"prompt": prompt, **columns, "length": prompt_tokens + max_completion, "trained": max_completion}
+
+
+def _dataset(rows: list[dict[str, Any]]) -> Any:
+    """``rows`` as one dataset: every column on every row (None where a row lacks it)."""
+    names = list(dict.fromkeys(name for row in rows for name in row))
+    return as_dataset([{name: row.get(name) for name in names} for row in rows])
 
 
 def datasets(run: Any, tokenizer: Any, train: Iterable[Conversation], validation: Iterable[Conversation]
              ) -> tuple[Any, Any]:
-    """The prompts with their references; ``length`` and ``trained`` are an answer's most, for the plan."""
+    """The prompts with their columns (a conversation's: its answer as ``reference``); ``length`` and ``trained``
+    are an answer's most, for the plan."""
     longest = run.objective.max_completion_length
-    return (as_dataset([_row(tokenizer, c, longest) for c in train]),
-            as_dataset([_row(tokenizer, c, longest) for c in validation]))
+    return (_dataset([_row(tokenizer, c, longest) for c in train]),
+            _dataset([_row(tokenizer, c, longest) for c in validation]))
 
 
 def end_ids(model: Any, tokenizer: Any) -> list[int]:
@@ -59,8 +70,9 @@ def trainer(run: Any, model: Any, tokenizer: Any, arguments: dict[str, Any], tra
                                                                                      o.num_generations)}
     # no dropout (TRL's default keeps it): the answers are the policy's own, and it scores them as it wrote them
     args = GRPOConfig(**arguments, **settings, num_generations=o.num_generations,
-                      max_completion_length=o.max_completion_length, epsilon=o.epsilon, disable_dropout=True,
+                      max_completion_length=o.max_completion_length, epsilon=o.epsilon, temperature=o.temperature,
+                      disable_dropout=True,
                       reward_weights=list(run.reward.weights) or None)
-    functions = rewards.functions(run.reward, run.eval, end_ids(model, tokenizer))
+    functions = rewards.functions(run.reward, run.eval, end_ids(model, tokenizer), o.max_completion_length)
     return GRPOTrainer(model=model, reward_funcs=functions, args=args, train_dataset=train_set,
                        eval_dataset=eval_set, processing_class=tokenizer, callbacks=callbacks)

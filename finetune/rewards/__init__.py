@@ -3,10 +3,12 @@ answer as ``finetune/metrics/`` scores it in evaluation) or user functions by im
 (``package.module:function``). Every one is called as TRL's GRPOTrainer calls a reward function —
 ``f(prompts=…, completions=…, completion_ids=…, reference=…, **columns)`` returning one float (or None) per
 completion — and is checked on a probe before training: one that fails to import, raises, returns the wrong length
-or NaN stops the run in one line naming it (``RewardError``), as does one that fails so during training."""
+or NaN stops the run in one line naming it (``RewardError``), as does one that fails so during training. The
+evaluate stage scores the held-out answers of base and tuned model with the same functions (``held_out``)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 from collections.abc import Callable, Sequence
@@ -28,18 +30,22 @@ class Reward:
     description: str
     metric: str  # the finetune/metrics entry that scores it
     value: str  # the per-answer value of that metric that is the reward
+    compares: bool = False  # compares the answer with the row's reference
 
 
 REWARDS = {r.name: r for r in (
     Reward("json_valid", "1 when the answer parses as JSON", "json", "json_valid"),
     Reward("json_schema", "1 when the answer is JSON that fits eval.json_schema", "json", "json_schema"),
-    Reward("exact_match", "1 when the answer equals the reference (NFKC, whitespace)", "exact_match", "exact_match"),
+    Reward("exact_match", "1 when the answer equals the reference (NFKC, whitespace)", "exact_match", "exact_match",
+           compares=True),
     Reward("numeric_match", "1 when the answer's last number equals the reference's (None: the reference has none)",
-           "numeric_match", "numeric_match"),
-    Reward("rouge_l", "ROUGE-L F1 against the reference, in CJK characters and words", "rouge", "rougeL"),
+           "numeric_match", "numeric_match", compares=True),
+    Reward("rouge_l", "ROUGE-L F1 against the reference, in CJK characters and words", "rouge", "rougeL",
+           compares=True),
     Reward("style", "1 when the answer passes every rule of eval.style", "style", "style"),
     Reward("stopped", "1 when the answer ends with the end-of-turn token before max_completion_length", "stopped",
            "stopped"),
+    Reward("brevity", "1 − answer tokens / max_completion_length: the shorter, the higher", "length", "brevity"),
 )}
 
 
@@ -48,21 +54,23 @@ def _text(completion: Any) -> str:
     return completion[-1]["content"] if isinstance(completion, list) else str(completion)
 
 
-def built_in(reward: Reward, eval_settings: Any, end_ids: Sequence[int]) -> RewardFunction:
-    """The metric ``reward.metric`` as a reward function: each completion scored as an evaluation answer."""
+def built_in(reward: Reward, eval_settings: Any, end_ids: Sequence[int], max_tokens: int) -> RewardFunction:
+    """The metric ``reward.metric`` as a reward function: each completion scored as an evaluation answer of at most
+    ``max_tokens`` (objective.max_completion_length)."""
     from finetune.data.canonical import Conversation
     from finetune.generate import Answer
     from finetune.metrics import METRICS, Sample
 
     metric = METRICS[reward.metric]
+    eval_settings = dataclasses.replace(eval_settings, max_new_tokens=max_tokens)
 
     def score(prompts: list[Any], completions: list[Any], completion_ids: list[list[int]] | None = None,
               reference: list[str] | None = None, **_: Any) -> list[float | None]:
         ids = completion_ids or [[] for _ in completions]
         answers = [Answer(text=_text(c), finish_reason="stop" if i and i[-1] in end_ids else "length", tokens=len(i))
                    for c, i in zip(completions, ids, strict=True)]
-        samples = [Sample(prompt=Conversation(messages=[], location=""), reference=r)
-                   for r in (reference or [""] * len(completions))]
+        samples = [Sample(prompt=Conversation(messages=[], location=""), reference="" if r is None else str(r))
+                   for r in (reference or [None] * len(completions))]
         per = metric.compute(samples, answers, eval_settings).per_sample or []
         return [row.get(reward.value) for row in per]
 
@@ -103,14 +111,51 @@ def _checked(function: RewardFunction, key: str) -> RewardFunction:
     return call
 
 
-def functions(reward_settings: Any, eval_settings: Any, end_ids: Sequence[int]) -> list[RewardFunction]:
+def functions(reward_settings: Any, eval_settings: Any, end_ids: Sequence[int], max_tokens: int
+              ) -> list[RewardFunction]:
     """``reward.functions`` loaded, each checked on every call."""
     loaded = []
     for i, name in enumerate(reward_settings.functions):
         key = f"reward.functions[{i}]={name}"
-        function = built_in(REWARDS[name], eval_settings, end_ids) if name in REWARDS else _imported(name, key)
+        function = built_in(REWARDS[name], eval_settings, end_ids, max_tokens) if name in REWARDS else \
+            _imported(name, key)
         loaded.append(_checked(function, key))
     return loaded
+
+
+def held_out(run: Any, samples: Sequence[Any], answers: Sequence[Any], tokenizer: Any) -> Any:
+    """The reward of each held-out answer as training computes it — ``reward.functions`` called as TRL calls them
+    (the answer's tokens, its end of turn when it stopped, the row's columns), weighted and summed with a None as 0
+    (TRL's nansum) — and its mean: the ``reward`` row of evaluation, each function's mean beside it."""
+    from finetune.chat import end_of_turn_id
+    from finetune.metrics import Scored
+
+    end = end_of_turn_id(tokenizer)
+    loaded = functions(run.reward, run.eval, [end], run.objective.max_completion_length)
+    weights = list(run.reward.weights) or [1.0] * len(loaded)
+    names = list(dict.fromkeys(k for s in samples for k in (s.prompt.columns or {})))
+    columns = {name: [(s.prompt.columns or {}).get(name) for s in samples] for name in names}
+    # as training passes it: a prompt-only row's own column, a conversation's answer
+    columns["reference"] = [s.reference if s.prompt.columns is None else s.prompt.columns.get("reference")
+                            for s in samples]
+    ids = [tokenizer(a.text, add_special_tokens=False)["input_ids"] + ([end] if a.finish_reason == "stop" else [])
+           for a in answers]
+    scores = {name: f(prompts=[s.prompt.messages for s in samples],
+                      completions=[[{"role": "assistant", "content": a.text}] for a in answers], completion_ids=ids,
+                      **columns)
+              for name, f in zip(run.reward.functions, loaded, strict=True)}
+    total = [sum(w * (v or 0.0) for w, v in zip(weights, values, strict=True))
+             for values in zip(*scores.values(), strict=True)]
+    per = [{"reward": round(t, 4)} for t in total]
+
+    def mean(values: Sequence[float | None]) -> float | None:
+        given = [v for v in values if v is not None]
+        return sum(given) / len(given) if given else None
+
+    return Scored({"reward": mean(total), **{f"reward: {name}": mean(v) for name, v in scores.items()}}, per,
+                  {"definition": "the sum of reward.functions weighted by reward.weights (a None counts 0), per "
+                                 "answer, mean; each function: its mean over the answers it scored",
+                   "weights": weights})
 
 
 def check(reward_settings: Any, eval_settings: Any) -> None:
@@ -119,6 +164,6 @@ def check(reward_settings: Any, eval_settings: Any) -> None:
         raise RewardError("reward.functions: json_schema scores answers against eval.json_schema, which is not set")
     prompts = [[{"role": "user", "content": "Say hello."}]] * 2
     completions = [[{"role": "assistant", "content": "Hello."}], [{"role": "assistant", "content": '{"a": 1}'}]]
-    for function in functions(reward_settings, eval_settings, end_ids=[0]):
+    for function in functions(reward_settings, eval_settings, end_ids=[0], max_tokens=8):
         function(prompts=prompts, completions=completions, completion_ids=[[1, 0], [2, 3]],
                  reference=["Hello.", "Hi."])

@@ -221,10 +221,11 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
 
 
 def _in_process(run: RunConfig, ctx: StageContext, test: list[Any], samples: list[Sample], chosen: list[Metric],
-                results: Results, answers: dict[str, list[Answer]], asked: dict[str, Asked]
-                ) -> tuple[Decoding, dict[str, Any]]:
+                results: Results, answers: dict[str, list[Answer]], asked: dict[str, Asked],
+                left_out: dict[str, str]) -> tuple[Decoding, dict[str, Any]]:
     """Base and tuned model in this process, one after the other: likelihood metrics, answers, lm-eval. Returns
-    the decoding and the lm-eval results."""
+    the decoding and the lm-eval results; a likelihood metric with no answer to score (the test split holds only
+    prompts, GRPO's) goes into ``left_out``."""
     ev = run.eval
     tokenizer = asked["tuned"].generator.tokenizer
     decoding = decoding_for(run, tokenizer)
@@ -236,10 +237,17 @@ def _in_process(run: RunConfig, ctx: StageContext, test: list[Any], samples: lis
         write_local_task(samples, tokenizer, task_folder)
     harness: dict[str, Any] = {}
     tasks = list(ev.lm_eval.tasks)
-    inputs = LikelihoodInputs([tokenize(tokenizer, c) for c in test], run.train.max_seq_len, ev.batch_size)
+    answered = [c for c in test if c.columns is None]
+    inputs = LikelihoodInputs([tokenize(tokenizer, c) for c in answered], run.train.max_seq_len, ev.batch_size)
+    model_metrics = [m for m in chosen if m.needs == "model"]
+    if model_metrics and not answered:
+        left_out.update({m.name: "the test split holds prompts without answers" for m in model_metrics})
+        log.info("evaluate: %s left out (the test split holds prompts without answers)",
+                 ", ".join(m.name for m in model_metrics))
+        model_metrics = []
     for who, model in asked.items():
-        answers[who], ran = _score_in_process(model.generator, run, inputs, samples, decoding,
-                                              [m for m in chosen if m.needs == "model"], results, tasks, task_folder)
+        answers[who], ran = _score_in_process(model.generator, run, inputs, samples, decoding, model_metrics, results,
+                                              tasks, task_folder)
         if ran is not None:
             harness[who] = ran
             _add_harness(results, who, ran)
@@ -276,7 +284,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     backend = BACKENDS[run.backend.name]
     asked = backend.generators(run, ctx)
     if LOGPROBS in backend.capabilities:
-        decoding, harness = _in_process(run, ctx, test, samples, chosen, results, answers, asked)
+        decoding, harness = _in_process(run, ctx, test, samples, chosen, results, answers, asked, left_out)
     else:
         decoding, left_out = _remote(run, samples, chosen, answers, asked)
     models = {who: {"source": a.source, "via": a.via, **({"endpoint": a.endpoint} if a.endpoint else {})}
@@ -287,6 +295,12 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     for metric in (m for m in chosen if m.needs == "answers" and samples):
         for who, given in answers.items():
             results.add(metric.name, metric.higher_is_better, who, metric.compute(samples, given, ev))
+    if run.objective.name == "grpo" and samples and LOGPROBS in backend.capabilities:  # what training maximised
+        from finetune.rewards import held_out
+
+        tokenizer = asked["tuned"].generator.tokenizer
+        for who, given in answers.items():
+            results.add("reward", True, who, held_out(run, samples, given, tokenizer))
     judged = _judge(run, samples, answers)
     if judged is not None:
         _add_judge(results, judged[0])

@@ -125,17 +125,19 @@ def _length_stats(values: np.ndarray) -> dict[str, float]:
 # Each kind of row (finetune.data.canonical.row_kind) as a refusal names it, the records that give one, and what
 # a row of it lacks when it is a conversation
 ROW_TEXT = {"conversation": "conversations", "pair": "preference pairs (chosen/rejected)",
-            "labeled": "labeled answers (KTO's desirable or not)"}
+            "labeled": "labeled answers (KTO's desirable or not)", "prompt": "prompts without answers"}
 RECORDS = {"pair": "prompt/chosen/rejected, or OpenAI's input/preferred_output/non_preferred_output",
-           "labeled": "prompt/completion/label, or messages/label"}
-LACKS = {"pair": "rejected answer", "labeled": "label"}
-KEEP_FOR_SFT = {"pair": "keep only the chosen answers", "labeled": "keep only the desirable answers"}
+           "labeled": "prompt/completion/label, or messages/label", "prompt": "prompt with other columns"}
+LACKS = {"pair": "rejected answer", "labeled": "label", "prompt": "prompt"}
+KEEP_FOR_SFT = {"pair": ", or keep only the chosen answers", "labeled": ", or keep only the desirable answers",
+                "prompt": ""}
 
 
 def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
-    """Each row is of a kind the objective trains on (conversations, preference pairs, labeled answers): the first
-    that is not is named before any check runs, rather than a trainer or a provider's format refusing it later (or
-    its rejected answer or label being dropped)."""
+    """Each row is of a kind the objective trains on (conversations, preference pairs, labeled answers, prompts):
+    the first that is not is named before any check runs, rather than a trainer or a provider's format refusing it
+    later (or its rejected answer or label being dropped); so is a prompt without the ``reference`` a reward
+    compares with."""
     objective = OBJECTIVES[run.objective.name]
     if run.dataset.rejected_by is not None:  # the rejected stage makes the pairs
         misfit = next((c for c in rows if row_kind(c) != "conversation"), None)
@@ -146,6 +148,7 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
         return
     misfit = next((c for c in rows if row_kind(c) not in objective.data), None)
     if misfit is None:
+        _has_references(run, rows)
         return
     kind, wanted = row_kind(misfit), " or ".join(ROW_TEXT[k] for k in objective.data)
     if kind == "conversation":
@@ -153,9 +156,22 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
                         f"objective={objective.name} trains on {wanted} — give them on every row "
                         f"({'; '.join(RECORDS[k] for k in objective.data)}), or set objective=sft")
     takers = ", ".join(o.name for o in OBJECTIVES.values() if kind in o.data)
-    instead = f", or {KEEP_FOR_SFT[kind]}" if "conversation" in objective.data else ""
+    instead = KEEP_FOR_SFT[kind] if "conversation" in objective.data else ""
     raise DataError(f"{misfit.location}: {ROW_TEXT[kind]}; objective={objective.name} trains on {wanted} — set "
                     f"objective to one of {takers}{instead}")
+
+
+def _has_references(run: RunConfig, rows: list[Conversation]) -> None:
+    """A prompt-only row has a ``reference`` column when a reward compares answers with it (a conversation's
+    reference is its last answer)."""
+    from finetune.rewards import REWARDS
+
+    comparing = next((f for f in run.reward.functions if f in REWARDS and REWARDS[f].compares), None)
+    lacking = next((c for c in rows if c.columns is not None and c.columns.get("reference") is None), None)
+    if comparing and lacking:
+        raise DataError(f"{lacking.location}: no 'reference' column; reward {comparing} compares each answer with it "
+                        "— give it on every prompt (dataset.columns={reference: <your column>} renames yours), or "
+                        f"leave {comparing} out of reward.functions")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Lengths in the target model's own tokens, after its chat template: rows with almost nothing to learn,
-rows that ``train.max_seq_len`` will cut, and rows whose answer starts after the cut (no loss at all)."""
+rows that ``train.max_seq_len`` will cut, and rows whose answer starts after the cut (no loss at all). A prompt-only
+row (GRPO's) has no answer of its own: it is found only where the prompt leaves no room for one."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from finetune.data.canonical import Conversation
 from finetune.data.checks import Check, CheckInput, Finding, Outcome
 from finetune.fields import setting
 
@@ -27,11 +29,15 @@ class NoLossSettings:
     action: str = setting("drop", choices=("drop", "warn", "error", "off"))
 
 
+def _prompts(rows: list[Conversation]) -> np.ndarray:
+    return np.array([c.columns is not None for c in rows], dtype=bool)
+
+
 def _find_short(data: CheckInput) -> Outcome:
     t, minimum = data.tokens, data.settings.min_loss_tokens
     assert t is not None
     return Outcome([Finding(int(i), f"{t.trained[i]} answer tokens (fewer than {minimum})")
-                    for i in np.flatnonzero(t.trained < minimum)])
+                    for i in np.flatnonzero((t.trained < minimum) & ~_prompts(data.rows))])
 
 
 def _find_long(data: CheckInput) -> Outcome:
@@ -45,9 +51,12 @@ def _find_long(data: CheckInput) -> Outcome:
 def _find_no_loss(data: CheckInput) -> Outcome:
     t = data.tokens
     assert t is not None
-    return Outcome([Finding(int(i), f"no answer token within train.max_seq_len={t.max_seq_len} (the answer "
-                                    f"starts at token {t.first_trained[i]})")
-                    for i in np.flatnonzero(t.trained_within == 0)])
+    prompts = _prompts(data.rows)
+    return Outcome([Finding(int(i), f"the prompt's {t.length[i]} tokens leave no room for an answer within "
+                                    f"train.max_seq_len={t.max_seq_len}" if prompts[i] else
+                            f"no answer token within train.max_seq_len={t.max_seq_len} (the answer starts at token "
+                            f"{t.first_trained[i]})")
+                    for i in np.flatnonzero(np.where(prompts, t.length >= t.max_seq_len, t.trained_within == 0))])
 
 
 TOO_SHORT = Check("too_short", "tokens", "almost no answer tokens", TooShortSettings, _find_short)

@@ -15,13 +15,16 @@ class StructureSettings:
     action: str = setting("error", choices=("error", "warn", "drop", "off"))
 
 
-def problem(messages: list[Message]) -> str | None:
-    """The first thing wrong with the order of these turns, or None."""
+def problem(messages: list[Message], prompt: bool = False) -> str | None:
+    """The first thing wrong with the order of these turns, or None. ``prompt``: the turns are a prompt-only row's,
+    which ends where the model's answer will start."""
     body = messages[1:] if messages and messages[0]["role"] == "system" else messages
     roles = [m["role"] for m in body]
     if "system" in roles:
         return "a system message after the first turn"
-    if "user" not in roles or "assistant" not in roles:
+    if prompt and (not roles or roles[-1] == "assistant"):
+        return "a prompt must end with a user message (or a tool result) for the model to answer"
+    if "user" not in roles or ("assistant" not in roles and not prompt):
         return "a conversation needs at least one user and one assistant message"
     if roles[0] != "user":
         return f"the first message after the system prompt must be from the user, not {roles[0]}"
@@ -37,7 +40,8 @@ def problem(messages: list[Message]) -> str | None:
 
 
 def _find(data: CheckInput) -> Outcome:
-    return Outcome([Finding(i, p) for i, c in enumerate(data.rows) if not c.is_text and (p := problem(c.messages))])
+    return Outcome([Finding(i, p) for i, c in enumerate(data.rows)
+                    if not c.is_text and (p := problem(c.messages, prompt=c.columns is not None))])
 
 
 CHECK = Check("structure", "rows", "turns out of order or missing", StructureSettings, _find)

@@ -96,7 +96,8 @@ def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
      "the provider's — give it pairs"),
     (("objective.simpo_gamma=1",), "objective.simpo_gamma=1.0: objective=sft does not use it (simpo does)"),
     (("objective=grpo",), "reward.functions: objective=grpo needs at least one: json_valid, json_schema, "
-                          "exact_match, numeric_match, rouge_l, style, stopped, brevity or package.module:function"),
+                          "exact_match, numeric_match, rouge_l, style, stopped, brevity, judge or "
+                          "package.module:function"),
     (("reward.functions=[rouge_l]",), "reward.functions: objective=sft uses no reward (objective=grpo does)"),
     (("objective=grpo", "reward.functions=[rouge_l]", "reward.weights=[1,2]"),
      "reward.weights: 2 weights for 1 reward.functions"),

@@ -279,7 +279,7 @@ def test_grpo_scores_the_answers_of_the_policy_being_trained_not_the_base_models
 @pytest.mark.parametrize(("function", "message"), [
     ("tests.rewards_for_tests:raises", "reward.functions[0]=tests.rewards_for_tests:raises: raised KeyError: 'answer'"),
     ("vibes", "reward.functions[0]='vibes': expected one of json_valid, json_schema, exact_match, numeric_match, "
-              "rouge_l, style, stopped, brevity or package.module:function"),
+              "rouge_l, style, stopped, brevity, judge or package.module:function"),
 ], ids=["raises", "unknown"])
 def test_a_reward_function_that_fails_stops_the_run_in_one_line_before_training(function, message, tmp_path):
     chats = tmp_path / "chats.jsonl"
@@ -302,6 +302,29 @@ def test_each_way_a_reward_function_fails_is_named(function, message):
     with pytest.raises(RewardError) as failed:
         check(RewardConfig(functions=[function]), EvalConfig())
     assert str(failed.value) == f"reward.functions[0]={function}: {message}"
+
+
+def test_the_judge_reward_needs_a_judge_and_grades_through_one_served_for_the_whole_of_training(tmp_path):
+    """reward.functions=[judge] without eval.judge: one line before the run. With a GGUF judge (the embedded
+    SmolLM2, as support_bot's evaluation has it), llama.cpp serves it while GRPO trains — once, not each step — and
+    its grades, scaled to 0–1, are the reward; the server is gone when training ends."""
+    from finetune.config import EvalConfig, RewardConfig
+    from finetune.rewards import RewardError, check
+
+    with pytest.raises(RewardError) as failed:
+        check(RewardConfig(functions=["judge"]), EvalConfig())
+    assert str(failed.value).startswith("reward.functions: judge asks eval.judge, which is not set")
+    (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "reference": str(i + 1)})
+                                              + "\n" for i in range(20)), encoding="utf-8")
+    run_cli(*TINY, "dataset.path=p.jsonl", "objective=grpo", "objective.num_generations=2",
+            "objective.max_completion_length=4", "train.batch_size=2", "train.max_steps=2", "train.logging_steps=1",
+            "reward.functions=[judge]", f"eval.judge.gguf={EMBEDDED}", "eval.judge.response_format=json_schema",
+            "eval.judge.max_tokens=48", "stages=[validate,train]", "hydra.run.dir=run", cwd=tmp_path)
+    log = [json.loads(line) for line in (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines()]
+    steps = [r for r in log if "rewards/judge/mean" in r]
+    assert len(steps) == 2 and all(0 <= r["rewards/judge/mean"] <= 1 for r in steps)
+    served = (tmp_path / "run" / "finetune.log").read_text()
+    assert served.count("judge for the reward: ") == 2  # the pre-run probe's, then training's: not one a step
 
 
 @pytest.mark.quick

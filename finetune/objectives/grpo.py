@@ -73,6 +73,12 @@ def trainer(run: Any, model: Any, tokenizer: Any, arguments: dict[str, Any], tra
                       max_completion_length=o.max_completion_length, epsilon=o.epsilon, temperature=o.temperature,
                       disable_dropout=True,
                       reward_weights=list(run.reward.weights) or None)
-    functions = rewards.functions(run.reward, run.eval, end_ids(model, tokenizer), o.max_completion_length)
-    return GRPOTrainer(model=model, reward_funcs=functions, args=args, train_dataset=train_set,
-                       eval_dataset=eval_set, processing_class=tokenizer, callbacks=callbacks)
+    functions = rewards.functions(run.reward, run.eval, end_ids(model, tokenizer), o.max_completion_length, run.seed)
+
+    class Trainer(GRPOTrainer):
+        def train(self, *args: Any, **kwargs: Any) -> Any:
+            with rewards.serving(functions):  # a GGUF judge, served by llama.cpp for as long as training runs
+                return super().train(*args, **kwargs)
+
+    return Trainer(model=model, reward_funcs=functions, args=args, train_dataset=train_set, eval_dataset=eval_set,
+                   processing_class=tokenizer, callbacks=callbacks)

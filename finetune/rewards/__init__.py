@@ -4,18 +4,25 @@ answer as ``finetune/metrics/`` scores it in evaluation) or user functions by im
 ``f(prompts=…, completions=…, completion_ids=…, reference=…, **columns)`` returning one float (or None) per
 completion — and is checked on a probe before training: one that fails to import, raises, returns the wrong length
 or NaN stops the run in one line naming it (``RewardError``), as does one that fails so during training. The
-evaluate stage scores the held-out answers of base and tuned model with the same functions (``held_out``)."""
+evaluate stage scores the held-out answers of base and tuned model with the same functions (``held_out``). The
+``judge`` reward asks ``eval.judge`` to grade each answer; a GGUF judge is served by llama.cpp while training runs
+(``serving``)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
+import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from finetune.errors import UserError
+
+log = logging.getLogger(__name__)
 
 RewardFunction = Callable[..., list[float | None]]
 
@@ -28,8 +35,8 @@ class RewardError(UserError, RuntimeError):
 class Reward:
     name: str
     description: str
-    metric: str  # the finetune/metrics entry that scores it
-    value: str  # the per-answer value of that metric that is the reward
+    metric: str | None  # the finetune/metrics entry that scores it (None: the judge)
+    value: str | None  # the per-answer value of that metric that is the reward
     compares: bool = False  # compares the answer with the row's reference
 
 
@@ -46,6 +53,8 @@ REWARDS = {r.name: r for r in (
     Reward("stopped", "1 when the answer ends with the end-of-turn token before max_completion_length", "stopped",
            "stopped"),
     Reward("brevity", "1 − answer tokens / max_completion_length: the shorter, the higher", "length", "brevity"),
+    Reward("judge", "eval.judge's grade of the answer (its criteria, 1 to scale) as 0–1; None when it gives none",
+           None, None),
 )}
 
 
@@ -78,6 +87,55 @@ def built_in(reward: Reward, eval_settings: Any, end_ids: Sequence[int], max_tok
     return score
 
 
+class JudgeReward:
+    """The ``judge`` reward: ``eval.judge`` grades each answer with the question and the reference in view (as
+    evaluation's judge does); the mean of its grades, from 1 to ``scale``, is scaled to 0–1, and an answer it gives
+    no usable grade is None (skipped). A GGUF judge is served by llama.cpp while ``served()`` lasts — all of
+    training, through ``serving`` — and for the call alone when called outside it."""
+
+    __name__ = "judge"
+
+    def __init__(self, settings: Any, seed: int) -> None:
+        self.settings, self.seed, self.url = settings, seed, settings.base_url
+
+    @contextlib.contextmanager
+    def served(self) -> Iterator[None]:
+        if self.url is not None:
+            yield
+            return
+        from finetune.generate.local_server import serve_gguf
+        from finetune.models import package_file
+
+        spec = self.settings.gguf
+        gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
+        with serve_gguf(gguf, self.settings.model) as self.url:
+            log.info("judge for the reward: %s served by llama.cpp at %s", gguf.name, self.url)
+            try:
+                yield
+            finally:
+                self.url = None
+
+    def __call__(self, prompts: list[Any], completions: list[Any], reference: list[Any] | None = None, **_: Any
+                 ) -> list[float | None]:
+        if self.url is None:
+            with self.served():
+                return self(prompts, completions, reference)
+        from finetune.data.canonical import Conversation
+        from finetune.metrics import Sample
+        from finetune.metrics.judge import Judge
+
+        judge = Judge(self.settings, self.url, self.seed, local=self.settings.base_url is None)
+        scores: list[float | None] = []
+        for prompt, completion, ref in zip(prompts, completions, reference or [None] * len(completions),
+                                           strict=True):
+            messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": str(prompt)}]
+            sample = Sample(Conversation(messages, ""), "" if ref is None else str(ref))
+            grades = judge.grade(sample, _text(completion)).value
+            scores.append(None if grades is None else
+                          (sum(grades.values()) / len(grades) - 1) / (self.settings.scale - 1))
+        return scores
+
+
 def _imported(path: str, key: str) -> RewardFunction:
     module_name, _, attribute = path.partition(":")
     try:
@@ -108,19 +166,34 @@ def _checked(function: RewardFunction, key: str) -> RewardFunction:
         return list(values)
 
     call.__name__ = getattr(function, "__name__", key)
+    call.__wrapped__ = function  # type: ignore[attr-defined]
     return call
 
 
-def functions(reward_settings: Any, eval_settings: Any, end_ids: Sequence[int], max_tokens: int
+def functions(reward_settings: Any, eval_settings: Any, end_ids: Sequence[int], max_tokens: int, seed: int = 0
               ) -> list[RewardFunction]:
     """``reward.functions`` loaded, each checked on every call."""
     loaded = []
     for i, name in enumerate(reward_settings.functions):
         key = f"reward.functions[{i}]={name}"
-        function = built_in(REWARDS[name], eval_settings, end_ids, max_tokens) if name in REWARDS else \
-            _imported(name, key)
+        if name == "judge":
+            function: RewardFunction = JudgeReward(eval_settings.judge, seed)
+        elif name in REWARDS:
+            function = built_in(REWARDS[name], eval_settings, end_ids, max_tokens)
+        else:
+            function = _imported(name, key)
         loaded.append(_checked(function, key))
     return loaded
+
+
+@contextlib.contextmanager
+def serving(loaded: Sequence[RewardFunction]) -> Iterator[None]:
+    """The servers ``loaded`` rewards need (a GGUF judge), up for as long as the block runs."""
+    with contextlib.ExitStack() as stack:
+        for function in loaded:
+            if isinstance(judge := getattr(function, "__wrapped__", function), JudgeReward):
+                stack.enter_context(judge.served())
+        yield
 
 
 def held_out(run: Any, samples: Sequence[Any], answers: Sequence[Any], tokenizer: Any) -> Any:
@@ -131,7 +204,7 @@ def held_out(run: Any, samples: Sequence[Any], answers: Sequence[Any], tokenizer
     from finetune.metrics import Scored
 
     end = end_of_turn_id(tokenizer)
-    loaded = functions(run.reward, run.eval, [end], run.objective.max_completion_length)
+    loaded = functions(run.reward, run.eval, [end], run.objective.max_completion_length, run.seed)
     weights = list(run.reward.weights) or [1.0] * len(loaded)
     names = list(dict.fromkeys(k for s in samples for k in (s.prompt.columns or {})))
     columns = {name: [(s.prompt.columns or {}).get(name) for s in samples] for name in names}
@@ -140,10 +213,11 @@ def held_out(run: Any, samples: Sequence[Any], answers: Sequence[Any], tokenizer
                             for s in samples]
     ids = [tokenizer(a.text, add_special_tokens=False)["input_ids"] + ([end] if a.finish_reason == "stop" else [])
            for a in answers]
-    scores = {name: f(prompts=[s.prompt.messages for s in samples],
-                      completions=[[{"role": "assistant", "content": a.text}] for a in answers], completion_ids=ids,
-                      **columns)
-              for name, f in zip(run.reward.functions, loaded, strict=True)}
+    with serving(loaded):
+        scores = {name: f(prompts=[s.prompt.messages for s in samples],
+                          completions=[[{"role": "assistant", "content": a.text}] for a in answers],
+                          completion_ids=ids, **columns)
+                  for name, f in zip(run.reward.functions, loaded, strict=True)}
     total = [sum(w * (v or 0.0) for w, v in zip(weights, values, strict=True))
              for values in zip(*scores.values(), strict=True)]
     per = [{"reward": round(t, 4)} for t in total]
@@ -162,8 +236,13 @@ def check(reward_settings: Any, eval_settings: Any) -> None:
     """Before training: every function loads and answers a probe of two completions with two numbers."""
     if "json_schema" in reward_settings.functions and eval_settings.json_schema is None:
         raise RewardError("reward.functions: json_schema scores answers against eval.json_schema, which is not set")
+    if "judge" in reward_settings.functions and not (eval_settings.judge.base_url or eval_settings.judge.gguf):
+        raise RewardError("reward.functions: judge asks eval.judge, which is not set (eval.judge.gguf: a GGUF served "
+                          "by llama.cpp, or eval.judge.base_url: an OpenAI-compatible endpoint)")
     prompts = [[{"role": "user", "content": "Say hello."}]] * 2
     completions = [[{"role": "assistant", "content": "Hello."}], [{"role": "assistant", "content": '{"a": 1}'}]]
-    for function in functions(reward_settings, eval_settings, end_ids=[0], max_tokens=8):
-        function(prompts=prompts, completions=completions, completion_ids=[[1, 0], [2, 3]],
-                 reference=["Hello.", "Hi."])
+    loaded = functions(reward_settings, eval_settings, end_ids=[0], max_tokens=8)
+    with serving(loaded):
+        for function in loaded:
+            function(prompts=prompts, completions=completions, completion_ids=[[1, 0], [2, 3]],
+                     reference=["Hello.", "Hi."])

@@ -34,9 +34,11 @@ from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
+# objective=grpo's held-out answers are scored with its rewards too (the reward row)
 CONFIG_KEYS = ("model", "eval", "train.max_seq_len", "seed", "export.temperature", "export.top_p", "export.top_k",
                "export.repeat_penalty", "export.repeat_last_n", "export.num_ctx", "backend.name", "backend.base_model",
-               "backend.base_url", "backend.api_key_env", "backend.chat_base_url", "backend.project", "backend.region")
+               "backend.base_url", "backend.api_key_env", "backend.chat_base_url", "backend.project", "backend.region",
+               "objective.name", "objective.max_completion_length", "reward")
 IN_PROCESS = ("base", "tuned")
 
 

@@ -258,8 +258,9 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
     }
 
 
-# What prepare reads (the stage's fingerprint); the objective decides whether preference pairs are taken
-CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len", "objective.name")
+# What prepare reads (the stage's fingerprint); the objective decides whether preference pairs are taken, the rewards
+# whether a prompt needs its reference
+CONFIG_KEYS = ("model", "dataset", "seed", "train.max_seq_len", "objective.name", "reward.functions")
 
 
 def input_files(run: RunConfig) -> list[Path]:

@@ -71,8 +71,7 @@ def trainer(run: Any, model: Any, tokenizer: Any, arguments: dict[str, Any], tra
     # no dropout (TRL's default keeps it): the answers are the policy's own, and it scores them as it wrote them
     args = GRPOConfig(**arguments, **settings, num_generations=o.num_generations,
                       max_completion_length=o.max_completion_length, epsilon=o.epsilon, temperature=o.temperature,
-                      disable_dropout=True,
-                      reward_weights=list(run.reward.weights) or None)
+                      disable_dropout=True, reward_weights=list(run.reward.weights) or None)
     functions = rewards.functions(run.reward, run.eval, end_ids(model, tokenizer), o.max_completion_length, run.seed)
 
     class Trainer(GRPOTrainer):

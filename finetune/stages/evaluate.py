@@ -29,6 +29,7 @@ from finetune.generate import Answer, Decoding, Generator
 from finetune.metrics import METRICS, Metric, Sample, Scored
 from finetune.metrics.likelihood import LikelihoodInputs
 from finetune.models import package_file
+from finetune.objectives import OBJECTIVES
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
@@ -297,7 +298,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     for metric in (m for m in chosen if m.needs == "answers" and samples):
         for who, given in answers.items():
             results.add(metric.name, metric.higher_is_better, who, metric.compute(samples, given, ev))
-    if run.objective.name == "grpo" and samples and LOGPROBS in backend.capabilities:  # what training maximised
+    if OBJECTIVES[run.objective.name].rollouts and samples and LOGPROBS in backend.capabilities:  # what it maximised
         from finetune.rewards import held_out
 
         tokenizer = asked["tuned"].generator.tokenizer

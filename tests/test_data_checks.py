@@ -164,6 +164,15 @@ def test_redact_replaces_with_typed_placeholders():
     assert redact_text("nothing here") == "nothing here"
 
 
+def test_a_prompt_rows_text_columns_are_checked_and_redacted_too():
+    """GRPO's prompt-only rows: their columns reach the rewards (and the samples evaluation writes)."""
+    row = Conversation([{"role": "user", "content": "Who wrote this?"}], "p.jsonl:1",
+                       columns={"reference": "Mail a@b.jp", "level": 2, "meta": {"note": "x"}})
+    kept, _, report = check("pii", [row], action="redact")
+    assert kept[0].columns == {"reference": "Mail <EMAIL>", "level": 2, "meta": {"note": "x"}}
+    assert report.stats["by_kind"] == {"EMAIL": 1}
+
+
 # ── duplicates ──
 
 def test_exact_duplicates_after_normalisation_are_dropped():

@@ -84,10 +84,12 @@ class PiiSettings:
 
 
 def _texts(c: Conversation) -> list[str]:
-    """Every text that is uploaded or trained on, the rejected answer of a preference row included."""
+    """Every text that is uploaded or trained on, the rejected answer of a preference row included, and a
+    prompt-only row's text columns, which its rewards read (and may write into a card's samples)."""
     if c.is_text:
         return [c.text or ""]
-    return [m["content"] for m in c.messages] + ([c.rejected] if c.rejected is not None else [])
+    return ([m["content"] for m in c.messages] + ([c.rejected] if c.rejected is not None else [])
+            + [v for v in (c.columns or {}).values() if isinstance(v, str)])
 
 
 def _find(data: CheckInput) -> Outcome:
@@ -104,8 +106,10 @@ def _find(data: CheckInput) -> Outcome:
 def _redact(c: Conversation, settings: PiiSettings) -> Conversation:
     if c.is_text:
         return dataclasses.replace(c, text=redact_text(c.text or ""))
+    columns = None if c.columns is None else \
+        {k: redact_text(v) if isinstance(v, str) else v for k, v in c.columns.items()}
     return dataclasses.replace(c, messages=[{**m, "content": redact_text(m["content"])} for m in c.messages],
-                               rejected=None if c.rejected is None else redact_text(c.rejected))
+                               rejected=None if c.rejected is None else redact_text(c.rejected), columns=columns)
 
 
 CHECK = Check("pii", "rows", "personal data", PiiSettings, _find, redact=_redact)

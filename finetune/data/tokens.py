@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.chat import IGNORE_INDEX, render, tokenize
+from finetune.chat import IGNORE_INDEX, generation_prompt_ids, render, tokenize
 from finetune.data.canonical import Conversation, DataError
 
 CHUNK = 4096
@@ -142,8 +142,7 @@ def _token_span(encoding: Any, text_len: int, n: int, start: int, end: int) -> t
 
 def _exact(tokenizer: Any, c: Conversation, max_seq_len: int) -> tuple[int, int, int, int]:
     if c.columns is not None:  # a prompt-only row: its answer is the model's, in training (objective=grpo)
-        n = len(tokenizer(render(tokenizer, c.messages, c.tools, add_generation_prompt=True),
-                          add_special_tokens=False)["input_ids"])
+        n = len(generation_prompt_ids(tokenizer, c))
         return n, 0, n, 0
     try:
         t = tokenize(tokenizer, c)

@@ -13,13 +13,15 @@ if it stays unparseable it is *unscored*: counted and reported, never scored as 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import random
 import re
 import unicodedata
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from finetune.fields import setting
@@ -49,6 +51,23 @@ class JudgeConfig:
     response_format: str = setting("text", choices=RESPONSE_FORMATS)
     max_tokens: int = setting(256, low=16)
     timeout_s: float = setting(120.0, low=1.0)
+
+
+@contextlib.contextmanager
+def endpoint(cfg: JudgeConfig, what: str = "judge") -> Iterator[str]:
+    """The judge's base URL while the block runs: ``cfg.base_url``, or llama.cpp's server on ``cfg.gguf`` (logged as
+    ``what``)."""
+    if cfg.base_url:
+        yield cfg.base_url
+        return
+    from finetune.generate.local_server import serve_gguf
+    from finetune.models import package_file
+
+    spec = cfg.gguf or ""
+    gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
+    with serve_gguf(gguf, cfg.model) as url:
+        log.info("%s: %s served by llama.cpp at %s", what, gguf.name, url)
+        yield url
 
 
 @dataclass(frozen=True)

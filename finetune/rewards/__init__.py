@@ -17,7 +17,6 @@ import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from finetune.errors import UserError
@@ -96,20 +95,13 @@ class JudgeReward:
     __name__ = "judge"
 
     def __init__(self, settings: Any, seed: int) -> None:
-        self.settings, self.seed, self.url = settings, seed, settings.base_url
+        self.settings, self.seed, self.url = settings, seed, None
 
     @contextlib.contextmanager
     def served(self) -> Iterator[None]:
-        if self.url is not None:
-            yield
-            return
-        from finetune.generate.local_server import serve_gguf
-        from finetune.models import package_file
+        from finetune.metrics.judge import endpoint
 
-        spec = self.settings.gguf
-        gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
-        with serve_gguf(gguf, self.settings.model) as self.url:
-            log.info("judge for the reward: %s served by llama.cpp at %s", gguf.name, self.url)
+        with endpoint(self.settings, "judge for the reward") as self.url:
             try:
                 yield
             finally:
@@ -124,7 +116,7 @@ class JudgeReward:
         from finetune.metrics import Sample
         from finetune.metrics.judge import Judge
 
-        judge = Judge(self.settings, self.url, self.seed, local=self.settings.base_url is None)
+        judge = Judge(self.settings, self.url, self.seed, local=not self.settings.base_url)
         scores: list[float | None] = []
         for prompt, completion, ref in zip(prompts, completions, reference or [None] * len(completions),
                                            strict=True):

@@ -127,21 +127,15 @@ def _other_generators(run: RunConfig) -> list[Generator]:
 
 def _judge(run: RunConfig, samples: Sequence[Sample], answers: dict[str, list[Answer]]
            ) -> tuple[dict[str, Any], list[dict[str, Any]]] | None:
-    from finetune.generate.local_server import serve_gguf
-    from finetune.metrics.judge import Judge, judge_all
+    from finetune.metrics.judge import Judge, endpoint, judge_all
 
     cfg = run.eval.judge
     if not (cfg.base_url or cfg.gguf) or not samples:
         return None
     n = cfg.max_samples or len(samples)
     shown = {who: a[:n] for who, a in answers.items()}
-    if cfg.base_url:
-        return judge_all(Judge(cfg, cfg.base_url, run.seed), samples[:n], shown, cfg.pairwise)
-    spec = cfg.gguf or ""
-    gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
-    with serve_gguf(gguf, cfg.model) as url:
-        log.info("judge: %s served by llama.cpp at %s", gguf.name, url)
-        return judge_all(Judge(cfg, url, run.seed, local=True), samples[:n], shown, cfg.pairwise)
+    with endpoint(cfg) as url:
+        return judge_all(Judge(cfg, url, run.seed, local=not cfg.base_url), samples[:n], shown, cfg.pairwise)
 
 
 def _add_judge(results: Results, summary: dict[str, Any]) -> None:

@@ -253,6 +253,14 @@ def main() -> None:
         from finetune.compare import main as compare
 
         sys.exit(compare(args[1:]))
+    if args[:1] == ["chat"]:
+        from finetune.chat_command import main as chat
+
+        sys.exit(chat(args[1:]))
+    if args[:1] == ["serve"]:
+        from finetune.serve_command import main as serve
+
+        sys.exit(serve(args[1:]))
     if args[:1] == ["plan"]:
         from finetune.plan_command import main as plan
 

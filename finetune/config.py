@@ -259,7 +259,10 @@ class EvalConfig:
     # repeat_last_n, its stop tokens; seeded) — what Ollama users get; greedy: argmax, no repeat penalty
     decoding: str = _field("modelfile", choices=("modelfile", "greedy"))
     max_new_tokens: int = _field(96, low=1)
-    batch_size: int = _field(8, low=1)  # prompts generated together, conversations scored together
+    # who runs the base and tuned answers' forward passes: llama.cpp from f16 GGUFs of both (written for the
+    # evaluation), or transformers in process; auto: llama.cpp on a CPU where the model converts to GGUF
+    engine: str = _field("auto", choices=("auto", "llama_cpp", "transformers"))
+    batch_size: int = _field(8, low=1)  # prompts generated together (transformers), conversations scored together
     show_samples: int = _field(3, low=0)  # answers shown side by side in eval.md (all are in samples.jsonl)
     style: list[StyleRule] = _field([])  # the `style` metric's rules
     json_schema: Any = None  # the `json` metric's JSON schema for answers
@@ -275,6 +278,8 @@ class ExportConfig:
     gguf_types: list[str] = _field(["f16"], choices=OUT_TYPES)
     adapter: bool = False  # LoRA methods: also the base model as f16 GGUF + the adapter as a llama.cpp GGUF LoRA
     ollama: bool = True
+    # also `ollama create <run_name> -f Modelfile` and one held-out question, when an ollama binary is on PATH
+    ollama_create: bool = False
     system_prompt: str | None = None  # None: the training data's most common system prompt
     # The Modelfile's sampling, which `evaluate` also answers with (eval.decoding=modelfile)
     temperature: float = _field(0.3, low=0.0, high=2.0)
@@ -453,6 +458,8 @@ def _check_cross_fields(run: RunConfig) -> None:
             raise ConfigError(f"train.save_steps={train.save_steps} must be a multiple of train.eval_steps="
                               f"{train.eval_steps} when the best checkpoint is kept (train.keep_best or "
                               "train.early_stopping_patience)")
+    if run.export.ollama_create and not run.export.ollama:
+        raise ConfigError("export.ollama_create=true needs the Modelfile it loads: set export.ollama=true")
     targets = run.method.target_modules
     if targets not in ("auto", "all-linear") and (not isinstance(targets, list) or not targets or
                                                   not all(isinstance(t, str) and t for t in targets)):

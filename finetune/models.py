@@ -294,6 +294,15 @@ def torch_dtype(name: str) -> Any:
     return torch.float32
 
 
+def local_folder(source: str, revision: str | None) -> Path:
+    """A resolved model source as a folder on disk (the Hub cache for a Hub id): what the GGUF writer reads."""
+    if Path(source).is_dir():
+        return Path(source)
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(source, revision=revision))
+
+
 def load_config(cfg: ModelConfig) -> Any:
     """The model's transformers config (architecture, layer names), without loading any weights."""
     from transformers import AutoConfig

@@ -17,6 +17,8 @@ COMMANDS = (
     ("python -m finetune -m [+recipe=NAME] key=a,b ...", "a sweep: one run per combination, then a summary"),
     ("python -m finetune compare A B [--json]", "two run directories' config and numbers in one table"),
     ("python -m finetune plan [+recipe=NAME] [key=value ...]", "memory, time and cost per GPU; no weights"),
+    ("python -m finetune chat RUN [--once Q]", "talk to a run's model (its GGUF, as the Modelfile serves it)"),
+    ("python -m finetune serve RUN [--port N]", "the run's GGUF behind an OpenAI-compatible API"),
 )
 HELP_OVERRIDE = "hydra/help=finetune"
 
@@ -85,5 +87,5 @@ def unknown_word_message(word: str) -> str:
     """One line: the word, and what the command line takes instead."""
     what = f"unknown option {word.split('=')[0]}" if word.startswith("-") else \
         f"{word!r} is not a command or a key=value override"
-    return (f"{what}; the commands are {COMMANDS[0][0]} (a run; -m: a sweep) and {COMMANDS[2][0]}; see python -m "
-            "finetune --help")
+    others = ", ".join(usage.split(" [")[0] for usage, _ in COMMANDS[2:])
+    return f"{what}; the commands are {COMMANDS[0][0]} (a run; -m: a sweep), {others}; see python -m finetune --help"

@@ -139,6 +139,8 @@ CASES: list[Case] = [
          "error: dataset.checks.spelling.action: no such key"),
     Case("fractions-sum-to-one", ("dataset.validation_fraction=0.5", "dataset.test_fraction=0.5"),
          "error: dataset.validation_fraction + dataset.test_fraction must be < 1"),
+    Case("ollama-create-without-modelfile", ("export.ollama=false", "export.ollama_create=true"),
+         "error: export.ollama_create=true needs the Modelfile it loads: set export.ollama=true"),
     Case("unknown-key-added", ("+method.foo=1",), "error: method.foo: no such key"),
     Case("unknown-nested-key", ("model=tiny_random", "+model.random_init.hiden_size=8"),
          "error: model.random_init.hiden_size: no such key; did you mean model.random_init.hidden_size?"),

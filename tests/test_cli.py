@@ -29,7 +29,7 @@ def test_help_says_what_finetune_is_then_its_commands_recipes_and_groups(tmp_pat
 
 
 @pytest.mark.parametrize(("args", "named"), [
-    (("chat", "outputs/support_bot/run"), "'chat' is not a command or a key=value override"),
+    (("train", "outputs/support_bot/run"), "'train' is not a command or a key=value override"),
     (("--port", "8000"), "unknown option --port"),
     (("+recipe=support_bot", "--port=8000"), "unknown option --port"),
     (("+recipe=support_bot", "evaluate"), "'evaluate' is not a command or a key=value override"),

@@ -5,6 +5,7 @@ Commands that need what a test machine has not got are listed in ``NOT_RUN`` wit
 
 from __future__ import annotations
 
+import importlib
 import json
 import re
 import shlex
@@ -29,10 +30,12 @@ PROGRAM = "python -m finetune"
 PLACEHOLDERS = {"$RUN": "outputs/support_bot/RUN", "<timestamp>": "TS", "<ts>": "TS"}
 NOT_RUN = {  # first argument → why the command is only parsed here
     "compare": "needs two finished run directories (tests/test_compare.py runs it)",
+    "chat": "needs a finished run directory (tests/test_chat_serve.py runs it)",
+    "serve": "needs a finished run directory (tests/test_chat_serve.py runs it)",
     "--config-path": "reruns a finished run from its .hydra/ (tests/test_reproducible.py runs it)",
 }
 MISTAKES = {  # commands the docs show as mistakes → what the one-line error names
-    ("chat", "RUN"): "'chat' is not a command",
+    ("train", "RUN"): "'train' is not a command",
     ("--port", "8000"): "unknown option --port",
 }
 SHOWS_ITSELF = {"--cfg", "-c", "--help", "-h", "--hydra-help", "--info", "-i"}  # runs nothing as it is
@@ -160,6 +163,9 @@ def test_the_docs_show_commands_and_the_exceptions_are_among_them():
 def test_commands_that_need_a_finished_run_parse(args):
     if args[0] == "compare":
         assert len([a for a in args[1:] if a != "--json"]) == 2, SHOWN[args].where
+    elif args[0] in ("chat", "serve"):
+        module = importlib.import_module(f"finetune.{args[0]}_command")
+        assert module.parser().parse_args(list(args[1:])).run_dir, SHOWN[args].where
     else:
         assert unknown_word(args) is None, SHOWN[args].where
 

@@ -121,7 +121,19 @@ def test_a_job_succeeds_and_the_tuned_model_is_evaluated_through_the_api(api, da
     assert "stage evaluate: complete with the same inputs, skipped" in again.stdout + again.stderr
     assert len(api.jobs) == 1
 
+    # finetune chat asks the provider's tuned model through its chat endpoint
+    def answered() -> int:
+        return sum(path.endswith("/chat/completions") and status == 200 for _, path, status in api.log)
+
+    before = answered()
+    chatted = run_cli("chat", str(run_dir), "--once", "How do I reset my password?", "--max-new-tokens", "8",
+                      cwd=tmp_path, env={"OPENAI_API_KEY": KEY})
+    assert chatted.stdout.strip() and answered() == before + 1
+
     api.models.discard(job["fine_tuned_model"])  # the provider no longer serves it: one line, not a traceback
+    refused = run_cli("chat", str(run_dir), "--once", "hi", cwd=tmp_path, check=False, env={"OPENAI_API_KEY": KEY})
+    assert refused.returncode == 2 and f"refused model {job['fine_tuned_model']}: HTTP 404" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
     gone = run_cli(*args(api, dataset, tmp_path, "backend.submit=true", "backend.epochs=2", "eval.max_new_tokens=9"),
                    cwd=tmp_path, check=False, env={"OPENAI_API_KEY": KEY})
     assert gone.returncode == 2 and "Traceback" not in gone.stderr

@@ -16,6 +16,7 @@ from typing import Any
 
 from finetune.chat_templates import ALPACA_PROMPTS, InstructionPrompt, adds_bos
 from finetune.errors import UserError
+from finetune.generate import Decoding
 
 Message = dict[str, str]
 
@@ -276,6 +277,17 @@ def serving_parameters(export: Any) -> dict[str, Any]:
     return {"temperature": export.temperature, "top_p": export.top_p, "top_k": export.top_k,
             "repeat_penalty": export.repeat_penalty, "repeat_last_n": export.repeat_last_n,
             "num_ctx": export.num_ctx}
+
+
+def serving_decoding(export: Any, max_new_tokens: int, seed: int, stop: tuple[str, ...], greedy: bool = False
+                     ) -> Decoding:
+    """The Modelfile's sampling (``serving_parameters``) as a ``Decoding`` — how ``evaluate`` answers by default,
+    and ``chat``; ``greedy``: argmax, no repeat penalty."""
+    if greedy:
+        return Decoding(max_new_tokens=max_new_tokens, seed=seed, stop=stop)
+    p = serving_parameters(export)
+    return Decoding(max_new_tokens=max_new_tokens, temperature=p["temperature"], top_p=p["top_p"], top_k=p["top_k"],
+                    repeat_penalty=p["repeat_penalty"], repeat_last_n=p["repeat_last_n"], seed=seed, stop=stop)
 
 
 def modelfile(gguf_name: str, family: TemplateFamily, system: str | None, parameters: dict[str, Any],

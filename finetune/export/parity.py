@@ -119,8 +119,10 @@ def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
 def llama(gguf: Path, n_ctx: int, *, lora: Path | None = None, logits_all: bool = True) -> Iterator[Any]:
     from llama_cpp import Llama
 
+    from finetune.generate.llama_cpp import cpu_threads
+
     llm = Llama(model_path=str(gguf), lora_path=str(lora) if lora else None, n_ctx=n_ctx, logits_all=logits_all,
-                n_gpu_layers=-1, verbose=False)
+                n_gpu_layers=-1, n_threads=cpu_threads(), verbose=False)
     try:
         yield llm
     finally:

@@ -1,8 +1,10 @@
 """One way to ask a model for answers: ``generator.generate(prompts, decoding) -> answers``.
 
-Evaluation, the LLM judge and (later) synthetic data and hosted models all ask a model something; each is
-written once against this interface. Three implementations: the HF model in process (``hf``), a GGUF through
-llama-cpp-python (``llama_cpp``), any OpenAI-compatible endpoint (``openai_compat``).
+Evaluation, the LLM judge, ``finetune chat``, synthetic data and hosted models all ask a model something; each is
+written once against this interface. Implementations: the HF model in process (``hf``), a GGUF through llama.cpp —
+prompted with the training template's tokens and sampled by ``sampling.py``, or through llama-cpp-python's chat
+path (``llama_cpp``) — and any OpenAI-compatible endpoint (``openai_compat``). Those that run a model here also
+``stream`` one answer to a prompt's token ids (``chat``).
 
 ``Decoding`` follows llama.cpp's sampler (what Ollama serves with): repetition penalty over the last
 ``repeat_last_n`` tokens of the context, then top-k, then top-p, then temperature; temperature 0 is greedy.

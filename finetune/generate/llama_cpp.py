@@ -1,17 +1,236 @@
-"""A GGUF through llama-cpp-python's own chat path: the template embedded in the GGUF, its stop tokens, and
-llama.cpp's sampler — what quantisation and conversion cost, measured on the same prompts."""
+"""A GGUF asked through llama-cpp-python, two ways.
+
+- ``LlamaCppModel``: the prompt is the training template's own tokens (``chat.generation_prompt_ids``), llama.cpp
+  runs the forward passes and ``sampling.next_token`` chooses each token — the chain ``generate/hf.py`` uses, so a
+  GGUF of a model answers as the model in process does, several times faster on a CPU. Evaluation's base and tuned
+  answers and ``finetune chat`` go this way.
+- ``LlamaCppChat``: llama-cpp-python's own chat path (the template embedded in the GGUF, its stop tokens, llama.cpp's
+  sampler): what a GGUF named in ``eval.compare`` gives whoever serves it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import logging
+import os
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
-from finetune.chat import text_messages
+from finetune.chat import generation_prompt_ids, text_messages
 from finetune.data.canonical import Conversation
 from finetune.generate import Answer, Decoding
 
 
-class LlamaCppGenerator:
+def cpu_threads() -> int:
+    """The cores this process may run on: llama.cpp's thread count (llama-cpp-python's default is half the cores —
+    on a 2-core machine one thread, half the speed of two)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+KV_BUDGET_BYTES = 2 << 30  # the most the sequences answered side by side may hold in llama.cpp's KV cache
+MAX_PARALLEL = 32  # the most sequences in one context
+
+
+def open_gguf(gguf: Path) -> Any:
+    """The GGUF's weights in llama.cpp (llama-cpp-python's binding of its C API), on the GPU where the build has
+    one."""
+    import llama_cpp
+    from llama_cpp._internals import LlamaModel
+
+    llama_cpp.llama_backend_init()
+    params = llama_cpp.llama_model_default_params()
+    params.n_gpu_layers = 0x7FFFFFFF  # every layer
+    with quiet_llama_cpp():
+        return LlamaModel(path_model=str(gguf), params=params, verbose=False)
+
+
+@contextlib.contextmanager
+def quiet_llama_cpp() -> Iterator[None]:
+    """llama.cpp's own log (through llama-cpp-python's) held back while a model or context is made or freed, as
+    ``Llama(verbose=False)`` does; the level is put back after, so that what the quantizer reports still reaches
+    the run's log."""
+    logger = logging.getLogger("llama-cpp-python")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
+def kv_bytes_per_token(model: Any) -> int:
+    """What one token of one sequence holds in llama.cpp's KV cache (f16 keys and values of every layer)."""
+    import llama_cpp
+
+    m = model.model
+    head_dim = llama_cpp.llama_model_n_embd(m) // max(1, llama_cpp.llama_model_n_head(m))
+    return 2 * 2 * llama_cpp.llama_model_n_layer(m) * llama_cpp.llama_model_n_head_kv(m) * head_dim
+
+
+class GGUFContext:
+    """A llama.cpp context over an opened GGUF with room for ``n_seq`` sequences of up to ``seq_ctx`` tokens each,
+    decoded side by side: one pass over the weights per step answers every sequence, where one sequence at a time
+    reads all of them per token (on a CPU, memory bandwidth is what a step costs)."""
+
+    def __init__(self, model: Any, n_seq: int, seq_ctx: int, n_batch: int = 512) -> None:
+        import llama_cpp
+        from llama_cpp._internals import LlamaBatch, LlamaContext
+
+        params = llama_cpp.llama_context_default_params()
+        params.n_ctx, params.n_seq_max, params.kv_unified = n_seq * seq_ctx, n_seq, False  # a KV stream each
+        params.n_batch = params.n_ubatch = n_batch
+        params.n_threads = params.n_threads_batch = cpu_threads()
+        params.no_perf = True
+        with quiet_llama_cpp():
+            self.context = LlamaContext(model=model, params=params, verbose=False)
+        self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.n_seq, self.seq_ctx, self.n_batch = n_seq, seq_ctx, n_batch
+        self.n_vocab = model.n_vocab()
+
+    def decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> list[Any]:
+        """Feed (token, position, sequence, wants logits) entries; the logits of those that want them, in order."""
+        import llama_cpp
+        import numpy as np
+
+        out = []
+        batch = self.batch.batch
+        for first in range(0, len(entries), self.n_batch):
+            chunk = entries[first:first + self.n_batch]
+            for i, (token, position, sequence, logits) in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, position, 1, logits
+                batch.seq_id[i][0] = sequence
+            batch.n_tokens = len(chunk)
+            self.context.decode(self.batch)
+            out += [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.context.ctx, i), shape=(self.n_vocab,))
+                    .copy() for i, entry in enumerate(chunk) if entry[3]]
+        return out
+
+    def clear(self) -> None:
+        self.context.kv_cache_clear()
+
+    def close(self) -> None:
+        with quiet_llama_cpp():
+            self.batch.close()
+            self.context.close()
+
+
+def answer_side_by_side(context: GGUFContext, prompts: Sequence[list[int]], decoding: Decoding, seeds: Sequence[int],
+                        stops: frozenset[int], on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """Each prompt's answer tokens (up to, not including, a stop token; at most ``decoding.max_new_tokens``),
+    decoded side by side in ``context`` (``len(prompts) <= context.n_seq``), each drawn with its own seed by
+    ``sampling.next_token``; ``on_token(i, token)`` sees each as it comes."""
+    import numpy as np
+
+    from finetune.generate.sampling import next_token
+
+    context.clear()
+    rngs = [np.random.default_rng(seed) for seed in seeds]
+    seen = [list(p) for p in prompts]
+    answers: list[list[int]] = [[] for _ in prompts]
+    order = list(range(len(prompts)))
+    logits = context.decode([(t, pos, i, pos == len(p) - 1) for i, p in enumerate(prompts) for pos, t in enumerate(p)])
+    while order:
+        step = []
+        for i, row in zip(order, logits, strict=True):
+            token = next_token(row, seen[i], decoding, rngs[i])
+            if token in stops:
+                continue
+            answers[i].append(token)
+            seen[i].append(token)
+            if on_token is not None:
+                on_token(i, token)
+            if len(answers[i]) < decoding.max_new_tokens:
+                step.append((token, len(seen[i]) - 1, i, True))
+        order = [entry[2] for entry in step]
+        logits = context.decode(step) if step else []
+    return answers
+
+
+class LlamaCppModel:
+    """A GGUF of a model whose tokenizer (and chat template) is ``tokenizer``'s, in a ``GGUFContext`` sized for what
+    it is asked (made anew when a longer prompt comes)."""
+
+    def __init__(self, gguf: Path, tokenizer: Any, label: str) -> None:
+        self.gguf, self.tokenizer, self.label = gguf, tokenizer, label
+        self._model: Any = None
+        self._context: GGUFContext | None = None
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._model = open_gguf(self.gguf)
+        return self._model
+
+    def _context_for(self, n_seq: int, seq_ctx: int) -> GGUFContext:
+        seq_ctx = max(512, -(-seq_ctx // 256) * 256)
+        c = self._context
+        if c is None or n_seq > c.n_seq or seq_ctx > c.seq_ctx:
+            if c is not None:
+                c.close()
+            c = self._context = GGUFContext(self.model, n_seq, seq_ctx)
+        return c
+
+    def _answer(self, kept: list[int], max_new_tokens: int) -> Answer:
+        stopped = len(kept) < max_new_tokens
+        return Answer.of_reply(self.tokenizer.decode(kept, skip_special_tokens=True), "stop" if stopped else "length",
+                               len(kept) + stopped)
+
+    def stream(self, prompt: list[int], decoding: Decoding, seed: int,
+               on_text: Callable[[str], None] | None = None) -> Answer:
+        """One answer to ``prompt``'s token ids; ``on_text`` gets each new piece of its text as it is generated."""
+        from finetune.generate.hf import stop_token_ids
+
+        context = self._context_for(1, len(prompt) + decoding.max_new_tokens)
+        kept: list[int] = []
+        shown = ""
+
+        def show(_: int, token: int) -> None:
+            nonlocal shown
+            kept.append(token)
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            if on_text is not None and not text.endswith("\ufffd"):  # a character whose bytes are not all there
+                on_text(text[len(shown):])
+                shown = text
+
+        [answer] = answer_side_by_side(context, [prompt], decoding, [seed],
+                                       frozenset(stop_token_ids(self.tokenizer, decoding.stop)), show)
+        return self._answer(answer, decoding.max_new_tokens)
+
+    def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
+        """Every prompt answered, as many side by side as ``KV_BUDGET_BYTES`` holds (at most ``MAX_PARALLEL``);
+        prompt i drawn with seed + i, so its answer does not depend on which prompts it was decoded beside."""
+        from finetune.generate.hf import stop_token_ids
+        from finetune.progress import Bar
+
+        encoded = [generation_prompt_ids(self.tokenizer, p) for p in prompts]
+        if not encoded:
+            return []
+        seq_ctx = max(map(len, encoded)) + decoding.max_new_tokens
+        n_seq = max(1, min(MAX_PARALLEL, len(encoded), KV_BUDGET_BYTES // (kv_bytes_per_token(self.model) * seq_ctx)))
+        context = self._context_for(n_seq, seq_ctx)
+        stops = frozenset(stop_token_ids(self.tokenizer, decoding.stop))
+        answers: list[Answer] = []
+        with Bar(total=len(encoded), desc=f"{self.label}: answers", unit="prompt") as bar:
+            for first in range(0, len(encoded), n_seq):
+                group = encoded[first:first + n_seq]
+                seeds = [decoding.seed + first + i for i in range(len(group))]
+                answers += [self._answer(a, decoding.max_new_tokens)
+                            for a in answer_side_by_side(context, group, decoding, seeds, stops)]
+                bar.update(len(group))
+        return answers
+
+    def close(self) -> None:
+        if self._context is not None:
+            self._context.close()
+            self._context = None
+        if self._model is not None:
+            with quiet_llama_cpp():
+                self._model.close()
+            self._model = None
+
+
+class LlamaCppChat:
     def __init__(self, gguf: Path, label: str, n_ctx: int = 2048) -> None:
         self.gguf, self.label, self.n_ctx = gguf, label, n_ctx
 
@@ -20,7 +239,7 @@ class LlamaCppGenerator:
 
         from finetune.progress import Bar
 
-        llm = Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, seed=decoding.seed,
+        llm = Llama(model_path=str(self.gguf), n_ctx=self.n_ctx, seed=decoding.seed, n_threads=cpu_threads(),
                     last_n_tokens_size=decoding.repeat_last_n, verbose=False)
         answers = []
         for prompt in Bar(prompts, desc=f"{self.label}: answers", unit="prompt"):

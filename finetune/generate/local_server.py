@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from finetune.errors import UserError
+from finetune.generate.llama_cpp import cpu_threads
 
 
 class ServerError(UserError, RuntimeError):
@@ -35,7 +36,8 @@ def serve_gguf(gguf: Path, model_alias: str = "judge", n_ctx: int = 2048, startu
     with tempfile.TemporaryFile("w+") as output:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_alias,
-             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False"],
+             "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False",
+             "--n_threads", str(cpu_threads())],
             stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:

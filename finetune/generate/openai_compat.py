@@ -40,24 +40,25 @@ class OpenAICompatGenerator:
         self.client = client(base_url, api_key_env, timeout_s, max_retries)
         self.model, self.label, self.sampler_extras = model, label, sampler_extras
 
-    def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
+    def ask(self, prompt: Conversation, decoding: Decoding) -> Answer:
+        """One chat completion."""
         import openai
 
+        extra = {"top_k": decoding.top_k, "repeat_penalty": decoding.repeat_penalty} if self.sampler_extras else None
+        try:
+            out = self.client.chat.completions.create(
+                model=self.model, messages=text_messages(prompt), max_tokens=decoding.max_new_tokens,
+                temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed,
+                stop=list(decoding.stop) or None, extra_body=extra,
+            )
+        except openai.APIStatusError as e:  # an expired key, a model not deployed: the user can fix it
+            raise ChatRefused(f"{self.label}: {self.client.base_url} refused model {self.model}: HTTP "
+                              f"{e.status_code} {' '.join(str(e.message).split())}") from None
+        choice = out.choices[0]
+        return Answer.of_reply(choice.message.content or "", choice.finish_reason,
+                               out.usage.completion_tokens if out.usage else 0)
+
+    def generate(self, prompts: Sequence[Conversation], decoding: Decoding) -> list[Answer]:
         from finetune.progress import Bar
 
-        extra = {"top_k": decoding.top_k, "repeat_penalty": decoding.repeat_penalty} if self.sampler_extras else None
-        answers = []
-        for prompt in Bar(prompts, desc=f"{self.label}: answers", unit="prompt"):
-            try:
-                out = self.client.chat.completions.create(
-                    model=self.model, messages=text_messages(prompt), max_tokens=decoding.max_new_tokens,
-                    temperature=decoding.temperature, top_p=decoding.top_p, seed=decoding.seed,
-                    stop=list(decoding.stop) or None, extra_body=extra,
-                )
-            except openai.APIStatusError as e:  # an expired key, a model not deployed: the user can fix it
-                raise ChatRefused(f"{self.label}: {self.client.base_url} refused model {self.model}: HTTP "
-                                  f"{e.status_code} {' '.join(str(e.message).split())}") from None
-            choice = out.choices[0]
-            answers.append(Answer.of_reply(choice.message.content or "", choice.finish_reason,
-                                          out.usage.completion_tokens if out.usage else 0))
-        return answers
+        return [self.ask(prompt, decoding) for prompt in Bar(prompts, desc=f"{self.label}: answers", unit="prompt")]

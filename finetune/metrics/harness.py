@@ -24,6 +24,7 @@ from typing import Any
 from finetune.chat import for_template, render
 from finetune.fields import setting
 from finetune.metrics import Sample
+from finetune.metrics.likelihood import TokenScores
 
 log = logging.getLogger(__name__)
 
@@ -178,12 +179,34 @@ def _load_task(manager: Any, spec: str) -> dict[str, Any]:
     return loaded
 
 
+def scored_lm(model: Any, tokenizer: Any, batch_size: int, scores: TokenScores) -> Any:
+    """lm-eval's ``HFLM`` (its tokenization, its requests, its truncation) whose loglikelihoods are read from
+    ``scores``: a held-out conversation the perplexities already scored is not run through the model again, and
+    any other row is scored by the same batched forward pass."""
+    from lm_eval.models.huggingface import HFLM
+
+    class ScoredHFLM(HFLM):
+        def _loglikelihood_tokens(self, requests: list[tuple[Any, list[int], list[int]]], disable_tqdm: bool = False,
+                                  override_bs: int | None = None) -> list[tuple[float, bool]]:
+            # the window HFLM scores: context and continuation, cut from the left to max_length + 1 tokens
+            rows = [(context + continuation)[-(self.max_length + 1):] for _, context, continuation in requests]
+            results = []
+            for (key, _, continuation), (losses, greedy) in zip(requests, scores.of(rows), strict=True):
+                n = len(continuation)
+                result = (-float(losses[-n:].sum()), bool(greedy[-n:].all()))
+                results.append(result)
+                if key is not None:
+                    self.cache_hook.add_partial("loglikelihood", key, result)
+            return results
+
+    return ScoredHFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
+
+
 def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Path | None, cfg: LmEvalConfig,
-              label: str) -> dict[str, Any]:
+              label: str, scores: TokenScores) -> dict[str, Any]:
     """``tasks`` → {task: {metric: value}}, ``higher_is_better`` → {task: {metric: bool}}, ``skipped`` →
     {task: why}."""
     from lm_eval.evaluator import evaluate
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     results: dict[str, Any] = {"tasks": {}, "higher_is_better": {}, "skipped": {}}
@@ -195,7 +218,7 @@ def run_tasks(model: Any, tokenizer: Any, tasks: Sequence[str], local_folder: Pa
     if local_folder:
         specs[LOCAL_TASK] = str(local_folder / f"{LOCAL_TASK}.yaml")
     with _quiet_libraries():
-        lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size)
+        lm = scored_lm(model, tokenizer, cfg.batch_size, scores)
         manager = standard_tasks() if tasks else TaskManager(include_defaults=False)
         for name, spec in specs.items():
             try:

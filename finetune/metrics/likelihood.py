@@ -2,11 +2,12 @@
 
 Token-weighted: the summed negative log-likelihood of every target token over all batches, divided by the
 number of target tokens — never a mean of per-batch means, and padding is never a target (the guide's
-``loss × all tokens`` weighting counts padding). Batched with training's own collator and loss
-(``training.Batcher``, ``training.token_loss_sum``), so evaluation scores exactly what training optimised.
+``loss × all tokens`` weighting counts padding). Batched with training's own collator (``training.Batcher``)
+and summed over the positions training's loss counts, so evaluation scores exactly what training optimised.
 
 - ``perplexity``: assistant tokens of the held-out split (the tokens that were trained).
-- ``sequence_perplexity``: every token of each held-out conversation, prompt included.
+- ``sequence_perplexity``: every token of each held-out conversation, prompt included — from the same forward
+  pass as ``perplexity``, which costs nothing more.
 - ``forgetting``: every token of a small general-text probe shipped with finetune
   (``bundled_data/probe/general_text.jsonl``): what the tuning cost outside its domain (guide §15).
 """
@@ -15,54 +16,119 @@ from __future__ import annotations
 
 import json
 import math
+import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from finetune.chat import TokenizedConversation, tokenize_text
+from finetune.chat import IGNORE_INDEX, TokenizedConversation, tokenize_text
 from finetune.metrics import Metric, MetricError, Scored
 from finetune.paths import DATA_DIR
 
 PROBE = DATA_DIR / "probe" / "general_text.jsonl"
 
 
+class TokenScores:
+    """One model's scores of token rows — at each position t, the loss of token t+1 and whether it was the most
+    likely — each row computed once (batched by length, ``eval.batch_size`` rows a forward pass) and kept: the
+    perplexities and lm-eval's loglikelihoods of the same conversations share one forward pass."""
+
+    def __init__(self, model: Any, batch_size: int) -> None:
+        self.model, self.batch_size = model, batch_size
+        self.rows: dict[tuple[int, ...], tuple[Any, Any]] = {}
+        self.whole: list[tuple[int, ...]] = []  # rows whose beginnings are asked for too (whole conversations)
+
+    def of(self, rows: Sequence[Sequence[int]], whole: bool = False) -> list[tuple[Any, Any]]:
+        """(losses, greedy) of each row: float64 and bool arrays of length len(row) − 1. A row that begins a
+        ``whole`` row scored before (a conversation's first exchange) is read from it: a causal model scores a
+        position from what precedes it alone."""
+        for key in dict.fromkeys(tuple(r) for r in rows):
+            if key not in self.rows and (longer := next((w for w in self.whole if w[:len(key)] == key), None)):
+                losses, greedy = self.rows[longer]
+                self.rows[key] = (losses[:len(key) - 1], greedy[:len(key) - 1])
+        missing = list(dict.fromkeys(key for r in rows if (key := tuple(r)) not in self.rows))
+        self.rows.update(zip(missing, token_scores(self.model, missing, self.batch_size), strict=True))
+        if whole:
+            self.whole += [key for key in dict.fromkeys(map(tuple, rows)) if key not in self.whole]
+        return [self.rows[tuple(r)] for r in rows]
+
+
 @dataclass(frozen=True)
 class LikelihoodInputs:
-    """The held-out split tokenized once, as training sees it (``chat.tokenize``), for base and tuned alike."""
+    """The held-out split tokenized once, as training sees it (``chat.tokenize``), for base and tuned alike; and
+    each model's ``TokenScores``, kept while the model lives."""
 
     test: Sequence[TokenizedConversation]
     max_len: int
     batch_size: int
+    scored: weakref.WeakKeyDictionary = field(default_factory=weakref.WeakKeyDictionary, repr=False, compare=False)
+
+    def scores(self, model: Any) -> TokenScores:
+        if model not in self.scored:
+            self.scored[model] = TokenScores(model, self.batch_size)
+        return self.scored[model]
+
+    def test_losses(self, model: Any) -> list[Any]:
+        """Each test row's losses (cut at ``max_len``): ``perplexity`` sums the trained positions,
+        ``sequence_perplexity`` all of them."""
+        rows = [r.input_ids[:self.max_len] for r in self.test]
+        return [losses for losses, _ in self.scores(model).of(rows, whole=True)]
+
+
+def token_scores(model: Any, rows: Sequence[Sequence[int]], batch_size: int) -> list[tuple[Any, Any]]:
+    """For each row, in order: the loss of predicting token t+1 at each position t, and whether that token was the
+    model's argmax there. Batched by length with training's collator; padding is never a target."""
+    import numpy as np
+    import torch
+
+    from finetune.training import Batcher
+
+    pad = getattr(model.config, "pad_token_id", None) or 0
+    collate = Batcher(pad_id=pad, packing=False)
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+    scored: list[Any] = [None] * len(rows)
+    for first in range(0, len(order), batch_size):
+        chosen = order[first:first + batch_size]
+        batch = collate([{"input_ids": list(rows[i]), "labels": list(rows[i])} for i in chosen])
+        targets = batch["input_ids"][:, 1:].to(model.device)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"].to(model.device),
+                           attention_mask=batch["attention_mask"].to(model.device), use_cache=False).logits[:, :-1]
+            losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(),
+                                                       reduction="none").view(len(chosen), -1).double().cpu().numpy()
+            greedy = (logits.argmax(-1) == targets).cpu().numpy()
+        for row, i in enumerate(chosen):
+            n = len(rows[i]) - 1
+            scored[i] = (np.array(losses[row, :n]), np.array(greedy[row, :n]))
+    return scored
 
 
 def nll(model: Any, rows: Sequence[TokenizedConversation], max_len: int, batch_size: int) -> tuple[float, int]:
     """(summed NLL over the labelled tokens, their number); rows cut at ``max_len`` tokens, batched by length."""
-    import torch
+    scored = token_scores(model, [r.input_ids[:max_len] for r in rows], batch_size)
+    return _summed([losses for losses, _ in scored], rows, max_len)
 
-    from finetune.training import Batcher, token_loss_sum
 
-    pad = getattr(model.config, "pad_token_id", None) or 0
-    collate = Batcher(pad_id=pad, packing=False)
-    ordered = sorted(rows, key=lambda r: len(r.input_ids))
+def _summed(losses: Sequence[Any], rows: Sequence[TokenizedConversation], max_len: int) -> tuple[float, int]:
+    import numpy as np
+
     total, count = 0.0, 0
-    for first in range(0, len(ordered), batch_size):
-        batch = collate([{"input_ids": r.input_ids[:max_len], "labels": r.labels[:max_len]}
-                         for r in ordered[first:first + batch_size]])
-        with torch.no_grad():
-            loss, n = token_loss_sum(model, {k: v.to(model.device) for k, v in batch.items()})
-        total, count = total + float(loss), count + int(n)
+    for row_losses, row in zip(losses, rows, strict=True):
+        trained = np.asarray([label != IGNORE_INDEX for label in row.labels[1:max_len]], dtype=bool)
+        total += float(row_losses[trained].sum())
+        count += int(trained.sum())
     return total, count
 
 
-def _perplexity(name: str, model: Any, rows: Sequence[TokenizedConversation], inputs: LikelihoodInputs) -> Scored:
-    total, count = nll(model, rows, inputs.max_len, inputs.batch_size)
+def _perplexity(name: str, rows: Sequence[TokenizedConversation], total: float, count: int) -> Scored:
     loss = total / count if count else None
     return Scored({name: math.exp(loss) if loss is not None else None},
                   details={"loss": loss, "tokens": count, "rows": len(rows)})
 
 
 def perplexity(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: Any) -> Scored:
-    scored = _perplexity("perplexity", model, inputs.test, inputs)
+    scored = _perplexity("perplexity", inputs.test,
+                         *_summed(inputs.test_losses(model), inputs.test, inputs.max_len))
     if not scored.details["tokens"]:  # every answer cut off: nothing that was trained is measured
         raise MetricError(f"evaluate: none of the {len(inputs.test)} test conversations scored has an answer token "
                           f"within train.max_seq_len={inputs.max_len}; raise it (or eval.max_samples)")
@@ -71,7 +137,7 @@ def perplexity(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: 
 
 def sequence_perplexity(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: Any) -> Scored:
     whole = [TokenizedConversation(r.input_ids, list(r.input_ids)) for r in inputs.test]
-    return _perplexity("sequence_perplexity", model, whole, inputs)
+    return _perplexity("sequence_perplexity", whole, *_summed(inputs.test_losses(model), whole, inputs.max_len))
 
 
 def probe_texts() -> list[str]:
@@ -79,7 +145,8 @@ def probe_texts() -> list[str]:
 
 
 def forgetting(model: Any, tokenizer: Any, inputs: LikelihoodInputs, _settings: Any) -> Scored:
-    scored = _perplexity("forgetting", model, [tokenize_text(tokenizer, t) for t in probe_texts()], inputs)
+    probe = [tokenize_text(tokenizer, t) for t in probe_texts()]
+    scored = _perplexity("forgetting", probe, *nll(model, probe, inputs.max_len, inputs.batch_size))
     scored.details["probe"] = PROBE.name
     return scored
 

@@ -21,7 +21,7 @@ from finetune.errors import UserError
 from finetune.export import parity
 from finetune.export.modelfile import modelfile, serving_parameters, template_default_system, template_family
 from finetune.methods import METHODS
-from finetune.models import load_config, load_model, load_tokenizer, resolve_model_source
+from finetune.models import load_config, load_model, load_tokenizer, local_folder, resolve_model_source
 from finetune.pipeline.graph import StageContext
 from finetune.pipeline.manifest import atomic_write_json, atomic_write_text
 
@@ -58,15 +58,6 @@ def check(run: RunConfig) -> None:
                           "(lora, qlora do); export the merged model only")
 
 
-def _local_folder(source: str, run: RunConfig) -> Path:
-    """The base model as a folder on disk (the Hub cache for a Hub id)."""
-    if Path(source).is_dir():
-        return Path(source)
-    from huggingface_hub import snapshot_download
-
-    return Path(snapshot_download(source, revision=run.model.revision))
-
-
 def _write_files(run: RunConfig, ctx: StageContext, merged: Path) -> dict[str, str]:
     from finetune.export.gguf_writer import QuantizeError, write_gguf
     from finetune.export.lora_gguf import write_lora_gguf
@@ -77,7 +68,7 @@ def _write_files(run: RunConfig, ctx: StageContext, merged: Path) -> dict[str, s
             files[out_type] = f"model-{out_type}.gguf"
             write_gguf(merged, ctx.out_dir / files[out_type], out_type, name=run.run_name, log=log.info)
         if run.export.adapter:
-            base = _local_folder(resolve_model_source(run.model), run)
+            base = local_folder(resolve_model_source(run.model), run.model.revision)
             write_gguf(base, ctx.out_dir / BASE_GGUF, "f16", name=(run.model.hub_id or base.name).split("/")[-1],
                        log=log.info)
             write_lora_gguf(ctx.input("train", "adapter"), base, ctx.out_dir / ADAPTER_GGUF, name=run.run_name,
@@ -158,7 +149,28 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     if failed:
         _reject(ctx.out_dir, found, artifacts)
         raise ParityError(f"export: parity gate failed: {' | '.join(failed)} (see {ctx.out_dir / 'parity.json'})")
+    if run.export.ollama_create:
+        artifacts["ollama"] = _ollama_create(run, ctx)
     return artifacts
+
+
+def _ollama_create(run: RunConfig, ctx: StageContext) -> str:
+    """The gated Modelfile into a local Ollama and one held-out question asked; ``ollama.json`` records it."""
+    from finetune.chat import first_exchange
+    from finetune.export import ollama
+
+    held_out = parity.held_out(read_split(ctx.input("validate", "test")), 1)
+    exchange = first_exchange(held_out[0]) if held_out else None
+    question = exchange[0].messages[-1]["content"] if exchange else "Hello"
+    record = ollama.create(ctx.out_dir, run.run_name, question)
+    if record["created"]:
+        log.info("ollama: created %s; asked %r, it answered %r", record["model"], question[:60],
+                 record["smoke"]["answer"][:120])
+    else:
+        log.info("ollama: %s; to load the model: cd %s && ollama create %s -f Modelfile && ollama run %s",
+                 record["skipped"], ctx.out_dir, record["model"], record["model"])
+    atomic_write_json(ctx.out_dir / "ollama.json", record)
+    return "ollama.json"
 
 
 def _reject(out_dir: Path, found: dict[str, Any], artifacts: dict[str, str]) -> None:

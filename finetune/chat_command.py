@@ -47,6 +47,7 @@ class Speaker:
     def __init__(self, finished: FinishedRun, args: argparse.Namespace) -> None:
         self.finished, self.args = finished, args
         self.system: str | None = args.system
+        self.default_system = finished.system_prompt()
         self.turn = 0
         # a hosted model: its provider's endpoint renders the template and knows the stop tokens
         self.tokenizer = None if finished.hosted else finished.tokenizer()
@@ -88,10 +89,6 @@ class Speaker:
     def messages(self, history: list[Message]) -> list[Message]:
         system = self.system if self.system is not None else self.default_system
         return ([{"role": "system", "content": system}] if system else []) + history
-
-    @property
-    def default_system(self) -> str | None:
-        return self.finished.system_prompt()
 
     def prompt_ids(self, history: list[Message]) -> list[int]:
         from finetune.chat import generation_prompt_ids

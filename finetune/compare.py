@@ -28,7 +28,7 @@ class NotARun(UserError):
     """A path given to compare is not a run directory."""
 
 
-def _run_dir(arg: str) -> Path:
+def run_directory(arg: str) -> Path:
     """The run directory ``arg`` names; refuses anything without a saved config, and says what it is instead."""
     path = Path(arg)
     if (path / ".hydra" / "config.yaml").is_file():
@@ -154,7 +154,7 @@ def main(argv: list[str]) -> int:
     try:
         if len(args) != 2 or any(arg.startswith("-") for arg in args):
             raise UserError(f"expected two run directories, got {' '.join(argv) or 'none'}; {USAGE}")
-        a_dir, b_dir = _run_dir(args[0]), _run_dir(args[1])
+        a_dir, b_dir = run_directory(args[0]), run_directory(args[1])
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -29,10 +29,10 @@ class FinishedRun:
         from omegaconf import OmegaConf
 
         from finetune import resolvers
-        from finetune.compare import _run_dir
+        from finetune.compare import run_directory
         from finetune.config import ConfigError, load_run_config
 
-        folder = _run_dir(arg)
+        folder = run_directory(arg)
         resolvers.register()
         try:
             run = load_run_config(OmegaConf.load(folder / ".hydra" / "config.yaml"))

@@ -10,6 +10,7 @@ import json
 import shutil
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -303,6 +304,19 @@ def test_rope_scaling_llama_cpp_lacks_is_refused_before_training(folders, tmp_pa
         "for phi3, longrope are); to train and merge it without a GGUF, leave export out: "
         "stages=[validate,train,merge,evaluate]")
     assert not (tmp_path / "run" / "train").exists()
+    # nor can llama.cpp answer the evaluation from it: refused when asked for, transformers when left to auto
+    proc = run_cli_in_process(f"model.source={model}", "model.dtype=float32", f"dataset.path={data}",
+                              "stages=[validate,train,merge,evaluate]", "eval.engine=llama_cpp", "hydra.run.dir=run",
+                              cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith(
+        f"error: eval.engine=llama_cpp: {model} cannot be written as GGUF (RoPE scaling 'yarn' is not supported")
+    assert proc.stderr.strip().endswith("set eval.engine=transformers")
+    from finetune.config import EvalConfig
+    from finetune.stages.evaluate import answer_engine
+
+    cfg = ModelConfig(source=str(model), dtype="float32")
+    assert answer_engine(SimpleNamespace(eval=EvalConfig(), model=cfg), load_tokenizer(str(model), cfg)) == \
+        "transformers"
 
 
 @pytest.mark.slow

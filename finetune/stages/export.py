@@ -1,7 +1,8 @@
 """export: the merged model as GGUF in each ``export.gguf_types``, optionally the LoRA adapter as a llama.cpp
 GGUF adapter over an f16 base, an Ollama Modelfile whose TEMPLATE and SYSTEM match training, and the parity gate
 (``finetune/export/parity.py``): every file is run by llama.cpp against the merged model, and a gated file that
-does not behave like it fails the stage (renamed ``*.rejected``, so no final name holds a bad file).
+does not behave like it fails the stage (renamed ``*.rejected``, so no final name holds a bad file). With
+``export.ollama_create``, the gated Modelfile is then loaded into a local Ollama and asked one held-out question.
 
 Evaluation settings are not read here: changing them reruns ``evaluate`` and ``card``, never the conversion.
 """

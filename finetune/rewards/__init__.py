@@ -34,14 +34,20 @@ class RewardError(UserError, RuntimeError):
 class Reward:
     name: str
     description: str
-    metric: str | None  # the finetune/metrics entry that scores it (None: the judge)
+    metric: str | None  # the finetune/metrics entry that scores it (None: ``make`` builds it)
     value: str | None  # the per-answer value of that metric that is the reward
     compares: bool = False  # compares the answer with the row's reference
+    # the function, from (eval settings, end-of-turn ids, max tokens, seed); None: the metric's value (``built_in``)
+    make: Callable[[Any, Sequence[int], int, int], RewardFunction] | None = None
+    # what it lacks in the eval settings, said before training (None: nothing)
+    lacks: Callable[[Any], str | None] = lambda eval_settings: None
 
 
 REWARDS = {r.name: r for r in (
     Reward("json_valid", "1 when the answer parses as JSON", "json", "json_valid"),
-    Reward("json_schema", "1 when the answer is JSON that fits eval.json_schema", "json", "json_schema"),
+    Reward("json_schema", "1 when the answer is JSON that fits eval.json_schema", "json", "json_schema",
+           lacks=lambda ev: None if ev.json_schema is not None else
+           "scores answers against eval.json_schema, which is not set"),
     Reward("exact_match", "1 when the answer equals the reference (NFKC, whitespace)", "exact_match", "exact_match",
            compares=True),
     Reward("numeric_match", "1 when the answer's last number equals the reference's (None: the reference has none)",
@@ -53,7 +59,10 @@ REWARDS = {r.name: r for r in (
            "stopped"),
     Reward("brevity", "1 − answer tokens / max_completion_length: the shorter, the higher", "length", "brevity"),
     Reward("judge", "eval.judge's grade of the answer (its criteria, 1 to scale) as 0–1; None when it gives none",
-           None, None),
+           None, None, make=lambda ev, end_ids, max_tokens, seed: JudgeReward(ev.judge, seed),
+           lacks=lambda ev: None if ev.judge.base_url or ev.judge.gguf else
+           "asks eval.judge, which is not set (eval.judge.gguf: a GGUF served by llama.cpp, or eval.judge.base_url: "
+           "an OpenAI-compatible endpoint)"),
 )}
 
 
@@ -168,23 +177,24 @@ def functions(reward_settings: Any, eval_settings: Any, end_ids: Sequence[int], 
     loaded = []
     for i, name in enumerate(reward_settings.functions):
         key = f"reward.functions[{i}]={name}"
-        if name == "judge":
-            function: RewardFunction = JudgeReward(eval_settings.judge, seed)
-        elif name in REWARDS:
-            function = built_in(REWARDS[name], eval_settings, end_ids, max_tokens)
-        else:
+        if (reward := REWARDS.get(name)) is None:
             function = _imported(name, key)
+        elif reward.make is not None:
+            function = reward.make(eval_settings, end_ids, max_tokens, seed)
+        else:
+            function = built_in(reward, eval_settings, end_ids, max_tokens)
         loaded.append(_checked(function, key))
     return loaded
 
 
 @contextlib.contextmanager
 def serving(loaded: Sequence[RewardFunction]) -> Iterator[None]:
-    """The servers ``loaded`` rewards need (a GGUF judge), up for as long as the block runs."""
+    """The servers ``loaded`` rewards need (a GGUF judge: those with a ``served()``), up for as long as the block
+    runs."""
     with contextlib.ExitStack() as stack:
         for function in loaded:
-            if isinstance(judge := getattr(function, "__wrapped__", function), JudgeReward):
-                stack.enter_context(judge.served())
+            if served := getattr(getattr(function, "__wrapped__", function), "served", None):
+                stack.enter_context(served())
         yield
 
 
@@ -226,11 +236,9 @@ def held_out(run: Any, samples: Sequence[Any], answers: Sequence[Any], tokenizer
 
 def check(reward_settings: Any, eval_settings: Any) -> None:
     """Before training: every function loads and answers a probe of two completions with two numbers."""
-    if "json_schema" in reward_settings.functions and eval_settings.json_schema is None:
-        raise RewardError("reward.functions: json_schema scores answers against eval.json_schema, which is not set")
-    if "judge" in reward_settings.functions and not (eval_settings.judge.base_url or eval_settings.judge.gguf):
-        raise RewardError("reward.functions: judge asks eval.judge, which is not set (eval.judge.gguf: a GGUF served "
-                          "by llama.cpp, or eval.judge.base_url: an OpenAI-compatible endpoint)")
+    for name in reward_settings.functions:
+        if name in REWARDS and (missing := REWARDS[name].lacks(eval_settings)):
+            raise RewardError(f"reward.functions: {name} {missing}")
     prompts = [[{"role": "user", "content": "Say hello."}]] * 2
     completions = [[{"role": "assistant", "content": "Hello."}], [{"role": "assistant", "content": '{"a": 1}'}]]
     loaded = functions(reward_settings, eval_settings, end_ids=[0], max_tokens=8)

@@ -36,7 +36,7 @@ class LmEvalConfig:
     tasks: list[str] = setting([])  # standard lm-eval task names, run when their datasets can be loaded
     local_task: bool = True  # the held-out split as an lm-eval task
     limit: int | None = setting(None, low=1)  # documents per task
-    batch_size: int = setting(4, low=1)
+    batch_size: int = setting(4, low=1)  # generation tasks' batch (gsm8k …); loglikelihoods: eval.batch_size
 
 
 def write_local_task(samples: Sequence[Sample], tokenizer: Any, folder: Path) -> None:

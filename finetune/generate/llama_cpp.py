@@ -23,8 +23,11 @@ from finetune.generate import Answer, Decoding
 
 
 def cpu_threads() -> int:
-    """The cores this process may run on: llama.cpp's thread count (llama-cpp-python's default is half the cores —
-    on a 2-core machine one thread, half the speed of two)."""
+    """llama.cpp's thread count: ``OMP_NUM_THREADS`` where it is set (as torch's kernels take it), else the cores
+    this process may run on (llama-cpp-python's default is half of them — on a 2-core machine one thread, half the
+    speed of two)."""
+    if (given := os.environ.get("OMP_NUM_THREADS", "")).isdigit() and int(given) > 0:
+        return int(given)
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 

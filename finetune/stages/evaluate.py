@@ -51,15 +51,10 @@ class EvalError(UserError, ValueError):
 def check(run: RunConfig) -> None:
     """Refuse, before training, answers by llama.cpp from a model it cannot load, a judge GGUF that is not in its
     package and lm-eval task names that lm-eval does not know."""
-    if run.eval.engine == "llama_cpp" and LOGPROBS in BACKENDS[run.backend.name].capabilities:
-        from finetune.export.gguf_writer import check_convertible
-        from finetune.models import load_config
-
-        try:
-            check_convertible(load_config(run.model).to_dict())
-        except (ValueError, NotImplementedError) as e:
-            raise EvalError(f"eval.engine=llama_cpp: {run.model.source} cannot be written as GGUF ({e}); set "
-                            "eval.engine=transformers") from None
+    if run.eval.engine == "llama_cpp" and LOGPROBS in BACKENDS[run.backend.name].capabilities and (
+            why := _not_gguf(run)):
+        raise EvalError(f"eval.engine=llama_cpp: {run.model.source} cannot be written as GGUF ({why}); set "
+                        "eval.engine=transformers")
     if (run.eval.judge.gguf or "").startswith("package:"):
         package_file(run.eval.judge.gguf, key="eval.judge.gguf")  # type: ignore[arg-type]
     if not run.eval.lm_eval.tasks:
@@ -139,17 +134,21 @@ def answer_engine(run: RunConfig, tokenizer: Any) -> str:
         return run.eval.engine
     import torch
 
+    return "transformers" if torch.cuda.is_available() or _not_gguf(run, tokenizer) else "llama_cpp"
+
+
+def _not_gguf(run: RunConfig, tokenizer: Any = None) -> str | None:
+    """Why the GGUF writer cannot write the run's model (and ``tokenizer``, when given), or None."""
     from finetune.export.gguf_writer import check_convertible, check_tokenizer
     from finetune.models import load_config
 
-    if torch.cuda.is_available():
-        return "transformers"
     try:
         check_convertible(load_config(run.model).to_dict())
-        check_tokenizer(tokenizer, run.model.source)
-    except (ValueError, NotImplementedError):
-        return "transformers"
-    return "llama_cpp"
+        if tokenizer is not None:
+            check_tokenizer(tokenizer, run.model.source)
+    except (ValueError, NotImplementedError) as e:
+        return str(e)
+    return None
 
 
 def _answer_ggufs(run: RunConfig, asked: dict[str, Asked], folder: Path) -> dict[str, Path]:

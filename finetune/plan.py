@@ -9,8 +9,10 @@ Memory is estimated per part, from the loaded model rather than from a rule of t
   still holds after traced forwards of 64 and 128 tokens, extended to the largest micro-batch) — so LoRA's dropout
   copies, DoRA's extra products, grouped-query attention or 4-bit layers are counted as they are, not assumed;
   with gradient checkpointing, each layer's input plus one layer's worth recomputed;
-- logits: where a target is (``finetune.training`` asks for no others), three vocabulary-wide fp32 tensors per
-  position (logits, log-softmax, their gradient);
+- logits: how the objective's loss reads the vocabulary (``Objective.head``, ``logit_bytes``): our loop's, where a
+  target is (``finetune.training`` asks for no others), three vocabulary-wide fp32 tensors per position (logits,
+  log-softmax, their gradient); TRL's chunked log-probability head (DPO, KTO, GRPO) and the full logits of TRL's
+  ORPO and CPO as measured by ``benchmarks/trl_head_memory.py``;
 - on CPU, the process's own footprint before the model was loaded (Python, torch, tokenizer, data), measured;
   and ``CPU_ALLOCATOR_SLACK`` × (activations + logits): glibc's malloc keeps the freed blocks of earlier steps of
   other lengths and fragments them, so the resident peak exceeds the live tensors (measured on SmolLM2 LoRA here:
@@ -46,6 +48,15 @@ TRACE_TOKENS = 128
 MOMENTS_IN_PARAMETER_DTYPE = {"adamw_torch": 2, "adamw_torch_fused": 2}
 OPTIMIZER_BYTES = {"paged_adamw_32bit": 8, "adamw_8bit": 2, "paged_adamw_8bit": 2, "adafactor": 0.05, "sgd": 0}
 NF4_BLOCK, NESTED_BLOCK = 64, 256  # bitsandbytes' NF4 with double quantisation, as methods.load_kwargs asks
+# TRL's chunked log-probability head (trl.kernels.ChunkedLogProbFunction) works on tiles of at most this many
+# positions × vocabulary entries. Without Triton (a CPU) it scores every position of the micro-batch, and its
+# backward holds 8.3 fp32 tiles at once (the tile, its scaled copy, log-probabilities, probabilities, the one-hot
+# target, the gradient, temporaries); with Triton (CUDA) only the positions with a target, one tile in the model's
+# dtype (from TRL's code; unmeasured here). TRL's ORPO and CPO take the logits of every position and hold 3.3
+# fp32 copies of them. Both measured by benchmarks/trl_head_memory.py, the same for other vocabulary sizes.
+FUSED_TILE = (4096, 32768)
+FUSED_TILES_HELD = 8.3
+FULL_LOGITS_HELD = 3.3
 
 
 def _status_bytes(key: str) -> int | None:
@@ -363,7 +374,8 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
         "gradients": grad_bytes,
         "optimizer": _optimizer_bytes(t.optimizer, params),
         "activations": _activation_bytes(model, micro_tokens, t.gradient_checkpointing),
-        "logits": 3 * 4 * model.config.get_text_config().vocab_size * t.batch_size * max(trained),
+        "logits": logit_bytes(OBJECTIVES[run.objective.name].head, model, t.batch_size * max(trained),
+                              micro_tokens, on_gpu),
         "process": 0 if on_gpu else baseline_bytes,
     }
     for part in STRATEGIES[t.distributed].sharded if processes > 1 else ():  # each process holds its share
@@ -399,6 +411,22 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
                  "estimated_s": round(flops / (here[1] * ASSUMED_MFU), 1) if here[1] else None},
         "gpus": gpus,
     }
+
+
+def logit_bytes(head: str, model: Any, trained_positions: int, positions: int, on_gpu: bool) -> int:
+    """What a micro-batch's loss holds for the vocabulary at once: ``head`` is the objective's (``Objective.head``);
+    ``trained_positions`` the positions with a target, ``positions`` all of them."""
+    text = model.config.get_text_config()
+    vocab = text.vocab_size
+    if head == "targets":
+        return 3 * 4 * vocab * trained_positions
+    if head == "full":
+        return int(FULL_LOGITS_HELD * 4 * vocab * positions)
+    if on_gpu:  # Triton's kernels: one tile in the model's dtype, and the hidden states' fp32 gradient
+        element = next(model.parameters()).element_size()
+        return (min(trained_positions, FUSED_TILE[0]) * min(vocab, FUSED_TILE[1]) * element
+                + 4 * text.hidden_size * trained_positions)
+    return int(FUSED_TILES_HELD * 4 * min(positions, FUSED_TILE[0]) * min(vocab, FUSED_TILE[1]))
 
 
 def _reference(run: Any, weight_bytes: int, adapter: bool) -> dict[str, Any] | None:

@@ -302,3 +302,50 @@ def test_a_plan_over_several_gpus_gives_each_its_share(offline, dataset):
     [alone], [shared] = ([g for g in gpu_costs(1e19, 1e9, n) if g["gpu"] == "H100 80GB"] for n in (1, 4))
     assert shared["hours"] == pytest.approx(alone["hours"] / 4, rel=1e-3)
     assert shared["usd"] == pytest.approx(alone["usd"], rel=1e-3)  # four GPUs for a quarter of the time
+
+
+def _meta_llama(vocab: int, dtype: str = "float32"):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                         num_attention_heads=4, num_key_value_heads=4)
+    with torch.device("meta"):
+        return LlamaForCausalLM(config).to(getattr(torch, dtype))
+
+
+def test_the_logits_a_plan_counts_follow_how_the_objectives_loss_reads_the_vocabulary():
+    """Our loop: three fp32 tensors per trained position. TRL's chunked head (DPO, KTO, GRPO) on a CPU scores every
+    position, 8.3 fp32 tiles of at most 4,096 positions × 32,768 entries at once; on a GPU only the trained ones, one
+    tile in the model's dtype. TRL's ORPO and CPO: 3.3 copies of every position's logits."""
+    from finetune.plan import logit_bytes
+
+    model = _meta_llama(49152)
+    assert logit_bytes("targets", model, 100, 1000, False) == 3 * 4 * 49152 * 100
+    assert logit_bytes("full", model, 100, 1000, False) == int(3.3 * 4 * 49152 * 1000)
+    fused = [logit_bytes("fused", model, trained, positions, False) for trained, positions in
+             ((100, 1000), (900, 1000), (100, 4096), (100, 8192))]
+    assert fused[0] == fused[1] == int(8.3 * 4 * 1000 * 32768)  # every position, whether trained or not
+    assert fused[2] == fused[3]  # a tile holds 4,096 positions: more are scored a tile after another
+    assert logit_bytes("fused", _meta_llama(16000), 100, 1000, False) == int(8.3 * 4 * 1000 * 16000)
+    bf16 = _meta_llama(128256, "bfloat16")
+    assert logit_bytes("fused", bf16, 100, 1000, True) == 100 * 32768 * 2 + 4 * 64 * 100
+    assert logit_bytes("fused", bf16, 100, 1000, True) < logit_bytes("fused", bf16, 100, 1000, False) / 20
+
+
+TRL_TRAINERS = {"dpo": "trl:DPOTrainer", "kto": "trl:KTOTrainer", "grpo": "trl:GRPOTrainer",
+                "orpo": "trl.experimental.orpo:ORPOTrainer", "simpo": "trl.experimental.cpo:CPOTrainer"}
+
+
+@pytest.mark.parametrize("name", sorted(TRL_TRAINERS))
+def test_the_head_a_plan_counts_is_the_one_trls_trainer_runs(name):
+    """A TRL release that changes how a trainer reads the vocabulary fails here, before a plan under-counts it."""
+    import importlib
+    import inspect
+
+    from finetune.objectives import OBJECTIVES
+
+    module, cls = TRL_TRAINERS[name].split(":")
+    source = inspect.getsource(getattr(importlib.import_module(module), cls))
+    assert ("fused_lm_head=True" in source) == (OBJECTIVES[name].head == "fused")
+    assert set(TRL_TRAINERS) == {n for n, o in OBJECTIVES.items() if n != "sft"}

@@ -36,6 +36,10 @@ class Objective:
     rollouts: bool = False  # generates objective.num_generations answers to each prompt and scores them (reward)
     # the fewest rows a micro-batch (train.batch_size) may hold, given objective's settings
     batch_rows: Callable[[Any], int] = lambda settings: 1
+    # how its loss reads the vocabulary, for the plan's logits (finetune.plan.logit_bytes): "targets", our loop's
+    # logits at trained positions only; "fused", TRL's chunked log-probability head (its DPO, KTO and GRPO
+    # trainers); "full", the logits of every position (TRL's ORPO and CPO trainers)
+    head: str = "targets"
 
     def implementation(self) -> Any:
         """Its ``datasets`` and ``trainer`` (``finetune.backends.local_train`` calls them)."""
@@ -52,16 +56,16 @@ def as_dataset(rows: list[dict[str, Any]]) -> Any:
 OBJECTIVES = {o.name: o for o in (
     Objective("sft", "supervised fine-tuning", data=("conversation",)),
     Objective("dpo", "preference tuning (DPO)", data=("pair",), settings=("beta", "loss_type"),
-              losses=DPO_LOSSES, reference=lambda settings: True),
-    Objective("orpo", "preference tuning (ORPO)", data=("pair",), settings=("beta",)),
+              losses=DPO_LOSSES, reference=lambda settings: True, head="fused"),
+    Objective("orpo", "preference tuning (ORPO)", data=("pair",), settings=("beta",), head="full"),
     Objective("kto", "preference tuning (KTO)", data=("labeled", "pair"),
               settings=("beta", "loss_type", "desirable_weight", "undesirable_weight"), losses=KTO_LOSSES,
               reference=lambda settings: True,
               # its KL term scores each prompt with the answer of another row of the micro-batch (not apo's)
-              batch_rows=lambda settings: 1 if settings.loss_type == "apo_zero_unpaired" else 2),
-    Objective("simpo", "preference tuning (SimPO)", data=("pair",), settings=("beta", "simpo_gamma")),
+              batch_rows=lambda settings: 1 if settings.loss_type == "apo_zero_unpaired" else 2, head="fused"),
+    Objective("simpo", "preference tuning (SimPO)", data=("pair",), settings=("beta", "simpo_gamma"), head="full"),
     Objective("grpo", "reinforcement learning with rewards (GRPO)", data=("conversation", "prompt"),
               settings=("beta", "loss_type", "num_generations", "max_completion_length", "epsilon",
                         "temperature"),
-              losses=GRPO_LOSSES, reference=lambda settings: bool(settings.beta), rollouts=True),
+              losses=GRPO_LOSSES, reference=lambda settings: bool(settings.beta), rollouts=True, head="fused"),
 )}

@@ -243,7 +243,8 @@ CASES: list[Case] = [
          "error: data.jsonl:2: message 0 must be an object with 'role' and 'content'",
          files={"data.jsonl": _bad_row({"messages": [{"role": "user"}]}, at=1)}),
     Case("no-assistant-turn", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:4: a conversation needs at least one user and one assistant message (structure check); "
+         "error: data.jsonl:4: a conversation needs at least one user and one assistant message (structure check: 1 "
+         "of 6 rows); "
          "fix the data, or set dataset.checks.structure.action to one of warn, drop, off",
          files={"data.jsonl": _bad_row({"messages": [{"role": "user", "content": "hi"}]})}),
     Case("format-cannot-be-told", (*TINY_MODEL, *DATA, "dataset.format=auto"),
@@ -277,7 +278,7 @@ CASES: list[Case] = [
          "HF_HUB_OFFLINE=1 to use a copy in the local datasets cache, or give a local file"),
     Case("fixed-test-split-repeats-training-questions",
          (*TINY_MODEL, *DATA, "dataset.validation_path=val.jsonl", "dataset.test_path=test.jsonl"),
-         "error: test.jsonl:1: repeats a training question (data.jsonl:4) (leakage check; 1 more rows too); fix the "
+         "error: test.jsonl:1: repeats a training question (data.jsonl:4) (leakage check: 2 of 4 rows); fix the "
          "data, or set dataset.checks.leakage.action to one of warn, drop, move_to_train, off",
          files={"data.jsonl": GOOD, "val.jsonl": jsonl([conversation(100)]),
                 "test.jsonl": jsonl([conversation(3), conversation(101), conversation(4)])}),

@@ -135,7 +135,7 @@ def test_ordinary_braces_are_not_placeholders(text):
     ("call +81 3 1234 5678", "PHONE"), ("tel 09012345678", "PHONE"), ("(555) 123-4567", "PHONE"),
     ("card 4111 1111 1111 1111", "CREDIT_CARD"), ("card 5500-0000-0000-0004", "CREDIT_CARD"),
     ("マイナンバーは123456789018です", "MY_NUMBER"), ("番号 1234 5678 9018", "MY_NUMBER"),
-    ("server 192.168.10.20 down", "IP_ADDRESS"),
+    ("server 192.168.10.20 down", "IP_ADDRESS"), ("SSN 123-45-6789 on file", "SSN"), ("ssn: 078 05 1120", "SSN"),
 ])
 def test_pii_is_found_by_kind(text, kind):
     assert [k for _, _, k in spans(text)] == [kind]
@@ -145,6 +145,7 @@ def test_pii_is_found_by_kind(text, kind):
     "card 4111 1111 1111 1112",  # Luhn fails
     "番号 123456789012",  # My Number check digit fails
     "version 1.2.3.4.5", "on 2024-01-15", "order 12345678", "金額は1,234,567円", "IP 999.1.1.1",
+    "SSN 666-12-3456", "SSN 923-45-6789", "SSN 123-00-6789", "SSN 123-45-0000", "ref 123-45 6789",  # never issued
 ])
 def test_numbers_that_are_not_pii_are_left_alone(text):
     assert spans(text) == []
@@ -252,8 +253,8 @@ def test_leakage_finds_repeated_questions_and_near_duplicate_rows():
             chat("Something new entirely, never seen in training?", "New.", where="test.jsonl:3")]
     with pytest.raises(DataError) as e:
         check("leakage", held, train=train)
-    assert str(e.value).startswith("test.jsonl:1: repeats a training question (train.jsonl:4) (leakage check; "
-                                   "1 more rows too)")
+    assert str(e.value).startswith("test.jsonl:1: repeats a training question (train.jsonl:4) (leakage check: "
+                                   "2 of 3 rows)")
     kept, removed, report = check("leakage", held, train=train, action="move_to_train")
     assert kept == [held[2]] and removed == held[:2]
     assert "a near-duplicate of training row train.jsonl:6" in report.examples[1]["detail"]

@@ -1,8 +1,9 @@
 """Data checks as a registry: ``CHECKS`` maps a name to a ``Check``; ``dataset.checks.<name>`` holds its
 settings (always an ``action``, plus the check's own thresholds). A check finds rows (``Finding``: which row,
 why); the engine applies the action: ``error`` stops the run naming the first row, ``warn`` keeps the rows and
-reports them, ``drop`` removes them, ``redact`` rewrites them (where the check can), ``move_to_train`` moves
-held-out rows into the training split (leakage), ``off`` skips the check.
+reports them, ``drop`` removes them, a check's rewriting action (``redact`` for personal data, ``normalize`` for
+whitespace) rewrites them, ``move_to_train`` moves held-out rows into the training split (leakage), ``off`` skips
+the check.
 
 Checks run in phases: ``rows`` on the conversations as read (before splitting, so a duplicate pair never
 straddles train and test), ``tokens`` on the rows tokenized with the model's chat template, ``splits`` on
@@ -54,17 +55,31 @@ class Check:
     what: str  # the problem in a few words, for the report: "empty answer"
     settings: type  # a dataclass with at least `action`
     find: Callable[[CheckInput], Outcome]
-    redact: Callable[[Conversation, Any], Conversation] | None = None
+    rewrites: str | None = None  # the action that rewrites a flagged row rather than keeping or dropping it
+    rewrite: Callable[[Conversation, Any], Conversation] | None = None  # how
     # Phase "splits": its settings when the split is our own random one, not the user's fixed files (its settings,
     # dataset.checks) -> settings; None: the same either way.
     own_split: Callable[[Any, Any], Any] | None = None
 
 
 def _registry() -> dict[str, Check]:
-    from finetune.data.checks import content, diversity, duplicates, leakage, length, pairs, pii, structure
+    from finetune.data.checks import (
+        conflicts,
+        content,
+        diversity,
+        duplicates,
+        leakage,
+        length,
+        pairs,
+        pii,
+        structure,
+        volume,
+        whitespace,
+    )
 
-    checks = (structure.CHECK, content.EMPTY_ANSWER, pairs.CHECK, content.PLACEHOLDERS, pii.CHECK, duplicates.EXACT,
-              duplicates.NEAR, length.TOO_SHORT, length.TOO_LONG, length.NO_LOSS, leakage.CHECK, diversity.CHECK)
+    checks = (structure.CHECK, whitespace.CHECK, content.EMPTY_ANSWER, pairs.CHECK, content.PLACEHOLDERS, pii.CHECK,
+              duplicates.EXACT, duplicates.NEAR, conflicts.CHECK, length.TOO_SHORT, length.TOO_LONG, length.NO_LOSS,
+              leakage.CHECK, volume.CHECK, diversity.CHECK)
     return {c.name: c for c in checks}
 
 
@@ -94,9 +109,8 @@ class CheckReport:
 
 def _refusal(check: Check, rows: list[Conversation], findings: list[Finding]) -> DataError:
     first = findings[0]
-    others = f"; {len(findings) - 1} more rows too" if len(findings) > 1 else ""
-    return DataError(f"{rows[first.row].location}: {first.detail} ({check.name} check{others}); fix the data, or "
-                     f"set dataset.checks.{check.name}.action to one of "
+    return DataError(f"{rows[first.row].location}: {first.detail} ({check.name} check: {len(findings):,} of "
+                     f"{len(rows):,} rows); fix the data, or set dataset.checks.{check.name}.action to one of "
                      f"{', '.join(a for a in _actions(check) if a != 'error')}")
 
 
@@ -132,9 +146,9 @@ def run_check(check: Check, data: CheckInput, reports: dict[str, CheckReport]
                     findings[0].detail)
         return data.rows, []
     flagged = {f.row for f in findings}
-    if action == "redact":
-        assert check.redact is not None
-        return [check.redact(c, data.settings) if i in flagged else c for i, c in enumerate(data.rows)], []
+    if action == check.rewrites:
+        assert check.rewrite is not None
+        return [check.rewrite(c, data.settings) if i in flagged else c for i, c in enumerate(data.rows)], []
     return ([c for i, c in enumerate(data.rows) if i not in flagged],
             [c for i, c in enumerate(data.rows) if i in flagged])
 

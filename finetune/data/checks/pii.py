@@ -1,7 +1,7 @@
 """Personal data in training rows: e-mail addresses, phone numbers (Japanese formats and +81/international),
-credit-card numbers (Luhn-valid), My Number (Japan's 12-digit individual number, check digit valid) and IPv4
-addresses. ``redact`` replaces each with a typed placeholder such as ``<EMAIL>``, so the model learns the shape
-of an answer without anyone's data."""
+credit-card numbers (Luhn-valid), My Number (Japan's 12-digit individual number, check digit valid), US Social
+Security numbers (AAA-GG-SSSS, in the ranges the SSA issues) and IPv4 addresses. ``redact`` replaces each with a
+typed placeholder such as ``<EMAIL>``, so the model learns the shape of an answer without anyone's data."""
 
 from __future__ import annotations
 
@@ -39,6 +39,13 @@ def my_number_valid(digits: str) -> bool:
     return int(digits[11]) == (0 if remainder <= 1 else 11 - remainder)
 
 
+def ssn_valid(text: str) -> bool:
+    """A US Social Security number as written (123-45-6789, or with spaces): an area the SSA issues (not 000, 666
+    or 900–999), a group other than 00 and a serial other than 0000."""
+    m = re.fullmatch(r"(\d{3})([ -])(\d{2})\2(\d{4})", text)
+    return m is not None and m[1] not in ("000", "666") and m[1][0] != "9" and m[3] != "00" and m[4] != "0000"
+
+
 JP_PHONE = re.compile(r"0\d{1,4}-\d{1,4}-\d{3,4}|0[5789]0\d{8}|0\d{9}|\(0\d{1,4}\)\d{1,4}-\d{4}")
 
 
@@ -51,6 +58,8 @@ def _digit_kind(text: str) -> str | None:
     if plain and len(digits) == 12 and re.fullmatch(r"\d{12}|\d{4}[ -]\d{4}[ -]\d{4}", text) and \
             my_number_valid(digits):
         return "MY_NUMBER"
+    if ssn_valid(text):
+        return "SSN"
     if text.startswith("+") and 8 <= len(digits) <= 15:
         return "PHONE"
     if JP_PHONE.fullmatch(text) or re.fullmatch(r"\d{3}-\d{3}-\d{4}|\(\d{3}\) ?\d{3}-\d{4}", text):
@@ -112,4 +121,4 @@ def _redact(c: Conversation, settings: PiiSettings) -> Conversation:
                                rejected=None if c.rejected is None else redact_text(c.rejected), columns=columns)
 
 
-CHECK = Check("pii", "rows", "personal data", PiiSettings, _find, redact=_redact)
+CHECK = Check("pii", "rows", "personal data", PiiSettings, _find, rewrites="redact", rewrite=_redact)

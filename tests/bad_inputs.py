@@ -59,6 +59,12 @@ def _huge_line(cwd: Path) -> bytes:
     return GOOD[: GOOD.index(b"\n", GOOD.index(b"\n") + 1) + 1] + b"x" * 100_000_000 + b"\n"
 
 
+def _huge_prompt(cwd: Path) -> bytes:
+    """Two good records, then one whose question is 100 MB: no answer token can be within train.max_seq_len."""
+    huge = {"messages": [{"role": "user", "content": "Why? " * 20_000_000}, {"role": "assistant", "content": "No."}]}
+    return GOOD[: GOOD.index(b"\n", GOOD.index(b"\n") + 1) + 1] + json.dumps(huge).encode() + b"\n"
+
+
 def _pickle_only_model(name: str) -> dict[str, File]:
     """A model folder whose weights are a pickle that, if anyone unpickled it, would create a folder."""
     class Payload:
@@ -233,6 +239,17 @@ CASES: list[Case] = [
     Case("empty-file", (*TINY_MODEL, *DATA), "error: data.jsonl: no records", files={"data.jsonl": b""}),
     Case("a-100-MB-line", (*TINY_MODEL, *DATA),
          "error: data.jsonl:3: invalid JSON: Expecting value (column 1)", files={"data.jsonl": _huge_line}),
+    Case("a-100-MB-prompt", (*TINY_MODEL, *DATA, "dataset.checks.no_loss_within_max_seq_len.action=error"),
+         "error: data.jsonl:3: no answer token within train.max_seq_len=128 (the answer starts after 80,000,000 "
+         "visible characters; one token covers at most ...) (no_loss_within_max_seq_len check: 1 of 3 rows); fix the "
+         "data, or set dataset.checks.no_loss_within_max_seq_len.action to one of drop, warn, off",
+         files={"data.jsonl": _huge_prompt}),
+    Case("role-typo", (*TINY_MODEL, *DATA),
+         "error: data.jsonl:4: message 2 has role 'assistnt'; expected one of system, user, assistant, tool",
+         files={"data.jsonl": _bad_row(_with(3, "messages.2.role", "assistnt"))}),
+    Case("content-not-a-string", (*TINY_MODEL, *DATA),
+         "error: data.jsonl:4: message 1 content must be a string or a list of text parts, got int",
+         files={"data.jsonl": _bad_row(_with(3, "messages.1.content", 42))}),
     Case("role-typo", (*TINY_MODEL, *DATA),
          "error: data.jsonl:4: message 2 has role 'assistnt'; expected one of system, user, assistant, tool",
          files={"data.jsonl": _bad_row(_with(3, "messages.2.role", "assistnt"))}),

@@ -25,7 +25,7 @@ from finetune.chat import template_takes
 from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
 from finetune.data.canonical import Conversation, DataError, row_kind, to_row
-from finetune.data.checks import CheckInput, CheckReport, run_phase, run_split_checks
+from finetune.data.checks import CHECKS, CheckInput, CheckReport, length, run_check, run_phase, run_split_checks
 from finetune.data.load import Loaded, load_source
 from finetune.data.readers import local_path
 from finetune.data.report import markdown, summary_table
@@ -84,8 +84,13 @@ class Part:
 
 def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: dict[str, CheckReport],
              where: str, records: int, seconds: dict[str, float]) -> Part:
-    """The row checks, then token counts, then the token checks; refuses when nothing is left."""
+    """The row checks, then token counts, then the token checks; refuses when nothing is left. Rows whose answer
+    is out of ``train.max_seq_len``'s reach by their characters alone are decided first, when the check drops or
+    refuses them: nothing else then reads, hashes or tokenizes them."""
     checks = run.dataset.checks
+    if checks.no_loss_within_max_seq_len.action in ("drop", "error"):
+        early = length.no_loss_before_tokens(rows, tokenizer, run.train.max_seq_len)
+        rows, _ = run_check(early, CheckInput(rows, checks.no_loss_within_max_seq_len), reports)
     kept = run_phase("rows", CheckInput(rows, None), checks, reports)
     started = time.monotonic()
     data = CheckInput(kept, None, tokens=token_stats(tokenizer, kept, run.train.max_seq_len))
@@ -238,7 +243,7 @@ def _report(run: RunConfig, loaded: dict[str, Loaded], splits: dict[str, Part], 
                      "invalid_skipped": len(r.invalid), "invalid_examples": r.invalid[:5]}
                     for name, r in loaded.items()],
         "records": sum(r.records for r in loaded.values()),
-        "checks": {name: r.summary() for name, r in reports.items()},
+        "checks": {name: reports[name].summary() for name in CHECKS if name in reports},  # the registry's order
         "moved_to_train_as_leaks": moved,
         "splits": {name: len(splits[name].rows) for name in SPLITS},
         "multi_turn_train": sum(sum(m["role"] == "assistant" for m in c.messages) > 1 for c in train),

@@ -4,7 +4,10 @@ row (GRPO's) has no answer of its own: it is found only where the prompt leaves 
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -59,7 +62,41 @@ def _find_no_loss(data: CheckInput) -> Outcome:
                     for i in np.flatnonzero(np.where(prompts, t.length >= t.max_seq_len, t.trained_within == 0))])
 
 
+@functools.lru_cache(maxsize=8)
+def longest_token(tokenizer: Any) -> int:
+    """The most characters one token of ``tokenizer`` stands for (its vocabulary's and added tokens' longest)."""
+    return max(len(tokenizer.convert_tokens_to_string([t])) for t in tokenizer.get_vocab())
+
+
+UNSEEN = " \t\n\r\u3000\u00a0"  # a normaliser may fold runs of these into one token, whatever their length
+
+
+def beyond_reach(rows: list[Conversation], tokenizer: Any, max_seq_len: int) -> Outcome:
+    """Rows whose first answer starts later than ``max_seq_len`` tokens can reach, decided from the characters
+    before it, without tokenizing them: a 100 MB prompt takes minutes and gigabytes to tokenize. The bound is
+    generous — visible characters over twice the longest token — so only rows far beyond reach are found here;
+    the rest are measured in tokens."""
+    reach = 2 * longest_token(tokenizer) * max_seq_len
+    findings = []
+    for i, c in enumerate(rows):
+        first = next((k for k, m in enumerate(c.messages) if m["role"] == "assistant"), None)
+        if c.is_text or c.columns is not None or first is None:  # no answer: the structure check's to say
+            continue
+        before = "".join(m["content"] for m in c.messages[:first])
+        if len(before) > reach and (visible := len(before) - sum(map(before.count, UNSEEN))) > reach:
+            findings.append(Finding(i, f"no answer token within train.max_seq_len={max_seq_len} (the answer starts "
+                                       f"after {visible:,} visible characters; one token covers at most "
+                                       f"{longest_token(tokenizer)})"))
+    return Outcome(findings)
+
+
 TOO_SHORT = Check("too_short", "tokens", "almost no answer tokens", TooShortSettings, _find_short)
 TOO_LONG = Check("too_long", "tokens", "longer than train.max_seq_len", TooLongSettings, _find_long)
 NO_LOSS = Check("no_loss_within_max_seq_len", "tokens", "no answer token within train.max_seq_len",
                 NoLossSettings, _find_no_loss)
+
+
+def no_loss_before_tokens(rows: list[Conversation], tokenizer: Any, max_seq_len: int) -> Check:
+    """``NO_LOSS`` deciding the rows ``beyond_reach`` finds, to run before the others are tokenized."""
+    found = beyond_reach(rows, tokenizer, max_seq_len)
+    return dataclasses.replace(NO_LOSS, find=lambda data: found)

@@ -15,6 +15,11 @@ exactly what the template renders. They are found in one of two ways:
 Both give the same spans where both apply (tests/test_chat.py); the first is used whenever the template allows.
 A plain-text row (continued pre-training) is trained on every token, with the end-of-sequence token appended.
 
+An assistant message's loss ``weight`` (``finetune.data.canonical``) stays out of the template: a turn of weight 0
+gets no labels (as if it were the user's), and a row with another weight than 1 also gets ``weights``, one per token:
+its turn's weight on each of its tokens, 1 elsewhere (``train.loss_on=all``), which the loss scales by
+(``finetune.training``).
+
 Tools reach the template as ``tools=`` and assistant ``tool_calls``. A template that ignores them (SmolLM2's
 does: its rendering does not change) gets them as text instead, in the widespread Hermes form — the tool
 definitions appended to the system message inside ``<tools></tools>``, each call as
@@ -48,6 +53,7 @@ class ChatTemplateError(UserError, ValueError):
 class TokenizedConversation:
     input_ids: list[int]
     labels: list[int]
+    weights: list[float] | None = None  # per token, where some assistant turn's loss weight is not 1
 
     @property
     def num_trained_tokens(self) -> int:
@@ -60,13 +66,19 @@ def render(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None
     the conversation (Gemma 2's raises on a system message) is a ``ChatTemplateError`` naming its reason."""
     from jinja2 import TemplateError
 
+    messages = without_weights(messages)
     try:
-        return tokenizer.apply_chat_template(list(messages), tools=tools, tokenize=False,
+        return tokenizer.apply_chat_template(messages, tools=tools, tokenize=False,
                                              add_generation_prompt=add_generation_prompt)
     except TemplateError as e:
         raise ChatTemplateError(f"the model's chat template refuses this conversation ({e}); set "
                                 f"model.chat_template to one that takes it ({', '.join(NAMED)} or a .jinja file), "
                                 "or change the data") from None
+
+
+def without_weights(messages: Sequence[Message]) -> list[Message]:
+    """The messages as a template sees them: without their loss ``weight``, which is ours."""
+    return [{k: v for k, v in m.items() if k != "weight"} if "weight" in m else m for m in messages]
 
 
 @functools.lru_cache(maxsize=8)
@@ -163,9 +175,14 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: li
     if spans is None:
         spans = _spans_in_full_rendering(tokenizer, messages, tools, full)
     labels = [IGNORE_INDEX] * len(full)
-    for start, end in spans:
-        labels[start:end] = full[start:end]
-    return TokenizedConversation(input_ids=full, labels=labels)
+    turn_weights = [float(m.get("weight", 1)) for m in messages if m["role"] == "assistant"]
+    weights = [1.0] * len(full) if any(w != 1 for w in turn_weights) else None
+    for (start, end), weight in zip(spans, turn_weights, strict=True):
+        if weight:
+            labels[start:end] = full[start:end]
+        if weights is not None:
+            weights[start:end] = [weight] * (end - start)
+    return TokenizedConversation(input_ids=full, labels=labels, weights=weights)
 
 
 Span = tuple[int, int]
@@ -276,14 +293,15 @@ def last_exchange(c: Conversation) -> tuple[Conversation, Message]:
 
 
 def first_exchange(c: Conversation) -> tuple[Conversation, Message] | None:
-    """The prompt up to the first assistant turn, and that turn: what a held-out question and answer are
-    (None for a plain-text row, which has no question). A prompt-only row is its prompt and its ``reference``
-    column's text (empty where it has none)."""
+    """The prompt up to the first trained assistant turn (of loss weight other than 0; the first one where all are
+    0), and that turn: what a held-out question and answer are (None for a plain-text row, which has no question). A
+    prompt-only row is its prompt and its ``reference`` column's text (empty where it has none)."""
     if c.is_text:
         return None
     if c.columns is not None:
         reference = c.columns.get("reference")
         return (Conversation(messages=list(c.messages), location=c.location, tools=c.tools, columns=c.columns),
                 {"role": "assistant", "content": "" if reference is None else str(reference)})
-    i = next(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    answers = [i for i, m in enumerate(c.messages) if m["role"] == "assistant"]
+    i = next((i for i in answers if c.messages[i].get("weight", 1) != 0), answers[0])
     return Conversation(messages=list(c.messages[:i]), location=c.location, tools=c.tools), c.messages[i]

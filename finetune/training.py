@@ -7,6 +7,13 @@ and the model is asked for logits only at positions that have a target (``logits
 largest matmul of a small model and its softmax. The loss is the token mean over the whole optimizer step (all
 micro-batches and processes), so gradient accumulation does not change what is optimised.
 
+Loss weights (an assistant message's ``weight``: LLaMA-Factory v1's ``loss_weight``, OpenAI's ``weight``) make it
+the weighted token mean over the step: sum(w·ℓ) / sum(w) over its trained tokens, each token weighing its message's
+weight — LLaMA-Factory v1's SFT loss (``(-log_probs * loss_weights).sum() / loss_weights.sum()``), kept exact over
+the step rather than per micro-batch. Weights are relative: a turn of weight 0.5 counts half as much per token as one
+of weight 1 in the same step, and a step whose tokens all weigh 0.5 trains as if they weighed 1; weights of 0 and 1
+give the plain token mean. Batches then carry ``weights``, one per label; without any, nothing changes.
+
 Batches: padded to the longest row (``attention_mask``), or with ``train.packing`` concatenated into one row
 whose ``position_ids`` restart at every sample. transformers turns restarting positions into a block-diagonal
 mask (SDPA, eager) or varlen kernels (flash-attention 2), so packed samples never attend to each other; each
@@ -31,39 +38,61 @@ class Batcher:
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, Any]:
         import torch
 
+        weighted = "weights" in rows[0]
         if self.packing:
             ids = [t for r in rows for t in r["input_ids"]]
             labels = [t for r in rows for t in [IGNORE_INDEX, *r["labels"][1:]]]
             positions = [p for r in rows for p in range(len(r["input_ids"]))]
-            return {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
-                    "position_ids": torch.tensor([positions])}
+            batch = {"input_ids": torch.tensor([ids]), "labels": torch.tensor([labels]),
+                     "position_ids": torch.tensor([positions])}
+            if weighted:
+                batch["weights"] = torch.tensor([[w for r in rows for w in [0.0, *r["weights"][1:]]]])
+            return batch
         width = max(len(r["input_ids"]) for r in rows)
 
-        def padded(values: list[int], fill: int) -> list[int]:
+        def padded(values: list, fill: Any) -> list:
             return values + [fill] * (width - len(values))
 
-        return {"input_ids": torch.tensor([padded(r["input_ids"], self.pad_id) for r in rows]),
-                "labels": torch.tensor([padded(r["labels"], IGNORE_INDEX) for r in rows]),
-                "attention_mask": torch.tensor([padded([1] * len(r["input_ids"]), 0) for r in rows])}
+        batch = {"input_ids": torch.tensor([padded(r["input_ids"], self.pad_id) for r in rows]),
+                 "labels": torch.tensor([padded(r["labels"], IGNORE_INDEX) for r in rows]),
+                 "attention_mask": torch.tensor([padded([1] * len(r["input_ids"]), 0) for r in rows])}
+        if weighted:
+            batch["weights"] = torch.tensor([padded(list(r["weights"]), 0.0) for r in rows])
+        return batch
+
+
+def trained_weights(inputs: dict[str, Any]) -> Any:
+    """The loss weight of each next-token target of a weighted batch (0 where there is no target)."""
+    import torch
+
+    targets = inputs["labels"][:, 1:]
+    return torch.where(targets != IGNORE_INDEX, inputs["weights"][:, 1:].float(), 0.0)
 
 
 def token_loss_sum(model: Any, inputs: dict[str, Any]) -> tuple[Any, Any]:
-    """(sum of the next-token losses over every labelled position, number of those positions). Logits are
-    computed only at positions where some row of the batch has a target."""
+    """(sum of the next-token losses over every labelled position, number of those positions); for a batch with
+    ``weights``, (sum of the losses times their weights, sum of those weights). Logits are computed only at positions
+    where some row of the batch has a target."""
     import torch
 
     labels = inputs["labels"]
     targets = labels[:, 1:]
     keep = (targets != IGNORE_INDEX).any(0).nonzero().squeeze(1)
-    forward = {k: v for k, v in inputs.items() if k != "labels"}
+    forward = {k: v for k, v in inputs.items() if k not in ("labels", "weights")}
     logits = model(**forward, logits_to_keep=keep, use_cache=False).logits
-    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
-                                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return loss, (targets != IGNORE_INDEX).sum()
+    if "weights" not in inputs:
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
+                                                 ignore_index=IGNORE_INDEX, reduction="sum")
+        return loss, (targets != IGNORE_INDEX).sum()
+    weights = trained_weights(inputs)
+    losses = torch.nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets[:, keep].flatten(),
+                                               ignore_index=IGNORE_INDEX, reduction="none")
+    return (losses * weights[:, keep].flatten()).sum(), weights.sum()
 
 
 def make_trainer(**kwargs: Any) -> Any:
     """A ``transformers.Trainer`` whose loss is :func:`token_loss_sum` over the optimizer step's labelled tokens."""
+    import torch
     from transformers import Trainer
 
     class LabelledTokenTrainer(Trainer):
@@ -73,11 +102,22 @@ def make_trainer(**kwargs: Any) -> Any:
             super().__init__(**kw)
             self.model_accepts_loss_kwargs = True  # so the Trainer counts the step's labelled tokens for us
 
+        def get_batch_samples(self, epoch_iterator: Any, num_batches: int, device: Any) -> tuple[list, Any]:
+            """The step's micro-batches and their labelled tokens (the Trainer's count) or, for weighted batches,
+            the sum of those tokens' weights, over every process alike."""
+            batches, count = super().get_batch_samples(epoch_iterator, num_batches, device)
+            if count is None or not batches or "weights" not in batches[0]:
+                return batches, count
+            total = sum(trained_weights(batch).sum() for batch in batches).to(device)
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                total = self.accelerator.gather(total).sum()
+            return batches, total
+
         def compute_loss(self, model: Any, inputs: dict[str, Any], return_outputs: bool = False,
                          num_items_in_batch: Any = None) -> Any:
             total, count = token_loss_sum(model, inputs)
-            if num_items_in_batch is None:
-                loss = total / count.clamp(min=1)
+            if num_items_in_batch is None:  # a weighted count may be below 1; only none at all is replaced
+                loss = total / torch.where(count > 0, count, torch.ones_like(count))
             else:  # the whole step's count, summed over processes, whose gradients DDP then averages
                 loss = total / num_items_in_batch * self.accelerator.num_processes
             return (loss, {}) if return_outputs else loss  # eval asks for outputs; only the loss is used

@@ -250,12 +250,28 @@ CASES: list[Case] = [
     Case("content-not-a-string", (*TINY_MODEL, *DATA),
          "error: data.jsonl:4: message 1 content must be a string or a list of text parts, got int",
          files={"data.jsonl": _bad_row(_with(3, "messages.1.content", 42))}),
-    Case("role-typo", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:4: message 2 has role 'assistnt'; expected one of system, user, assistant, tool",
-         files={"data.jsonl": _bad_row(_with(3, "messages.2.role", "assistnt"))}),
-    Case("content-not-a-string", (*TINY_MODEL, *DATA),
-         "error: data.jsonl:4: message 1 content must be a string or a list of text parts, got int",
-         files={"data.jsonl": _bad_row(_with(3, "messages.1.content", 42))}),
+    Case("llamafactory-v1-image-part", (*TINY_MODEL, *DATA),
+         "error: data.jsonl:4: message 1 content part 1 of type 'image_url' has keys type, value: only text parts "
+         '({"type": "text", "text"|"value": …}) are read',
+         files={"data.jsonl": _bad_row(_with(3, "messages.1.content", [{"type": "text", "value": "Who are they?"},
+                                                                         {"type": "image_url", "value": "1.jpg"}]))}),
+    Case("loss-weight-negative", (*TINY_MODEL, *DATA),
+         "error: data.jsonl:4: message 2 loss_weight must be a number ≥ 0 (its share of the loss: 0 leaves the "
+         "message untrained, 1 is the default), got -1",
+         files={"data.jsonl": _bad_row(_with(3, "messages.2.loss_weight", -1))}),
+    Case("loss-weight-not-a-number", (*TINY_MODEL, *DATA),
+         "error: data.jsonl:4: message 2 weight must be a number ≥ 0 (its share of the loss: 0 leaves the message "
+         'untrained, 1 is the default), got "low"',
+         files={"data.jsonl": _bad_row(_with(3, "messages.2.weight", "low"))}),
+    Case("loss-weight-on-a-preference-answer", (*TINY_MODEL, *DATA, "objective=dpo"),
+         "error: data.jsonl:1: message 1 has loss weight 0.5; objective=dpo trains the last answer whole (its TRL "
+         "trainer takes no loss weights) — drop the weight of the last answer, or set objective=sft",
+         files={"data.jsonl": jsonl([{"chosen_messages": [{"role": "user", "content": f"q{i}"},
+                                                          {"role": "assistant", "content": f"good {i}",
+                                                           "loss_weight": 0.5 if i == 0 else 1.0}],
+                                      "rejected_messages": [{"role": "user", "content": f"q{i}"},
+                                                            {"role": "assistant", "content": f"bad {i}"}]}
+                                     for i in range(3)])}),
     Case("message-without-content", (*TINY_MODEL, *DATA),
          "error: data.jsonl:2: message 0 must be an object with 'role' and 'content'",
          files={"data.jsonl": _bad_row({"messages": [{"role": "user"}]}, at=1)}),
@@ -269,9 +285,10 @@ CASES: list[Case] = [
          "chat); 'conversations' (ShareGPT; + 'chosen' + 'rejected': LLaMA-Factory's ranking); 'instruction' + "
          "'output' (Alpaca; 'chosen' + 'rejected' for 'output': ranking); 'contents' (Gemini); 'prompt' + "
          "'completion'; 'prompt' alone, with any other columns (prompt-only, GRPO's); 'input' + 'preferred_output' + "
-         "'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + "
-         "'rejected' (preference pairs); 'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH); 'text' "
-         "(plain text, continued pre-training); map other column names with dataset.columns, or set dataset.format",
+         "'non_preferred_output' (OpenAI DPO); 'chosen_messages' + 'rejected_messages' (LLaMA-Factory v1 pairs); "
+         "'prompt' + 'chosen' + 'rejected' (preference pairs); 'chosen' + 'rejected' Human/Assistant transcripts "
+         "(Anthropic HH); 'text' (plain text, continued pre-training); map other column names with dataset.columns, "
+         "or set dataset.format",
          files={"data.jsonl": jsonl([{"question": "q", "answer": "a"}])}),
     Case("every-record-empty", (*TINY_MODEL, *DATA),
          "error: data.jsonl: no usable conversation is left of 5 records: empty_answer dropped 5 (e.g. "

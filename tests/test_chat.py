@@ -151,3 +151,38 @@ def test_plain_text_rows_train_every_token_and_end_with_eos(tokenizer):
     t = tokenize(tokenizer, Conversation([], "t.jsonl:1", text="ABC Cloud ERP keeps invoices for seven years."))
     assert t.labels == t.input_ids and t.input_ids[-1] == tokenizer.eos_token_id
     assert tokenizer.decode(t.input_ids[:-1]) == "ABC Cloud ERP keeps invoices for seven years."
+
+
+def test_a_turn_of_loss_weight_0_gets_no_labels_and_a_fraction_weighs_its_tokens(tokenizer, tmp_path):
+    """LLaMA-Factory v1's file: its loss_weight 0 turn is not trained (as if the user's), its 0.5 turn is trained
+    with weight 0.5 on each token; the template never sees a weight (the rendering is that of the bare messages)."""
+    from finetune.data.load import load_source
+
+    def v1(role: str, text: str, weight: float) -> dict:
+        return {"role": role, "content": [{"type": "text", "value": text}], "loss_weight": weight}
+
+    path = tmp_path / "v1.jsonl"
+    path.write_text(json.dumps({"messages": [
+        v1("user", "What is 2 + 2?", 0.0), v1("assistant", "Five, surely.", 0.0),
+        v1("user", "Are you sure?", 0.0), v1("assistant", "Sorry: it is 4.", 1.0),
+        v1("user", "And 3 + 3?", 0.0), v1("assistant", "It is 6.", 0.5)]}) + "\n", encoding="utf-8")
+    (c,) = load_source(str(path)).conversations
+    t = tokenize(tokenizer, c)
+    bare = tokenize(tokenizer, Conversation([{"role": m["role"], "content": m["content"]} for m in c.messages], ""))
+    assert t.input_ids == bare.input_ids
+    spans = trained_spans(t)
+    assert [tokenizer.decode(s).strip() for s in spans] == ["Sorry: it is 4.<|im_end|>", "It is 6.<|im_end|>"]
+    assert trained_spans(bare)[1:] == spans
+    assert t.weights is not None and len(t.weights) == len(t.input_ids)
+    weight_of = {}
+    for label, weight in zip(t.labels, t.weights, strict=True):
+        if label != IGNORE_INDEX:
+            weight_of.setdefault(weight, []).append(label)
+    assert weight_of == {1.0: spans[0], 0.5: spans[1]}
+    assert bare.weights is None  # no weights at all where every turn weighs 1
+    # a template that writes every key of a message still renders no weight
+    assert "weight" not in render(tokenizer, c.messages) and "weight" in json.dumps(c.messages)
+    tokenizer = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    tokenizer.chat_template = "{% for m in messages %}{{ m | tojson }}\n{% endfor %}"
+    assert render(tokenizer, c.messages) == render(tokenizer, [{k: v for k, v in m.items() if k != "weight"}
+                                                               for m in c.messages])

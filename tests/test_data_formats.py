@@ -35,10 +35,15 @@ SAME_IN_EVERY_FORMAT = {
         {"role": "user", "parts": [{"text": "Translate\n\nhello"}]},
         {"role": "model", "parts": [{"text": "こんにちは"}]}]},
     "prompt/completion (conversational)": {"prompt": EXPECTED[:2], "completion": EXPECTED[2:]},
+    # LLaMA-Factory v1 (its data/v1_sft_demo.jsonl): typed parts with "value", a loss_weight on every message
+    "LLaMA-Factory v1": {"messages": [
+        {"role": "system", "content": [{"type": "text", "value": "Be brief."}], "loss_weight": 0.0},
+        {"role": "user", "content": [{"type": "text", "value": "Translate\n\nhello"}], "loss_weight": 0.0},
+        {"role": "assistant", "content": [{"type": "text", "value": "こんにちは"}], "loss_weight": 1.0}]},
 }
 DETECTED = {"messages": "messages", "messages with typed parts": "messages", "bedrock (system + messages)": "messages",
             "alpaca": "alpaca", "sharegpt": "sharegpt", "gemini": "gemini",
-            "prompt/completion (conversational)": "prompt_completion"}
+            "prompt/completion (conversational)": "prompt_completion", "LLaMA-Factory v1": "messages"}
 
 
 def write_jsonl(path: Path, rows: list) -> Path:
@@ -104,15 +109,60 @@ def test_openai_tool_calls_with_null_content_and_tool_messages():
     assert c.messages[2] == {"role": "tool", "content": "21", "tool_call_id": "call_1"}
 
 
+def v1(role: str, text: str, weight: float | None = None, key: str = "loss_weight") -> dict:
+    """A LLaMA-Factory v1 message (OpenAI's, with ``key="weight"``)."""
+    return {"role": role, "content": [{"type": "text", "value": text}], **({key: weight} if weight is not None else {})}
+
+
+def test_loss_weights_of_llamafactory_v1_and_openai_are_kept_on_assistant_messages_through_the_split_file(tmp_path):
+    """LLaMA-Factory v1's loss_weight (any number ≥ 0) and OpenAI's weight (0 or 1) are one thing: kept as
+    ``weight`` on an assistant message where it is not 1; on other messages (never trained) read, checked, dropped."""
+    path = write_jsonl(tmp_path / "v1.jsonl", [
+        {"messages": [v1("user", "q1", 0.0), v1("assistant", "a1", 0.0), v1("user", "q2", 1.0),
+                      v1("assistant", "a2", 0.5), v1("user", "q3"), v1("assistant", "a3", 2)]},
+        {"messages": [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "weight": 0},
+                      {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2", "weight": 1}]},
+        # a column a Dataset fills where a message has none: null, the default
+        {"messages": [v1("user", "q1", None), {**v1("assistant", "a1"), "loss_weight": None}]},
+    ])
+    loaded = load_source(str(path))
+    assert loaded.format == "messages"
+    first, openai, nulls = loaded.conversations
+    assert first.messages == [
+        {"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "weight": 0.0},
+        {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2", "weight": 0.5},
+        {"role": "user", "content": "q3"}, {"role": "assistant", "content": "a3", "weight": 2.0}]
+    assert openai.messages == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1", "weight": 0},
+                               {"role": "user", "content": "q2"}, {"role": "assistant", "content": "a2"}]
+    assert nulls.messages == [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"}]
+    back = read_split(write_jsonl(tmp_path / "train.jsonl", [to_row(c) for c in loaded.conversations]))
+    assert [c.messages for c in back] == [c.messages for c in loaded.conversations]
+
+
+def test_llamafactory_v1_tool_call_parts_are_tool_calls():
+    record = {"messages": [
+        v1("user", "Weather in Paris?", 0.0),
+        {"role": "assistant", "content": [{"type": "tool_call", "value": json.dumps(
+            {"name": "weather", "arguments": {"city": "Paris"}})}], "loss_weight": 1.0},
+        {"role": "tool", "content": [{"type": "text", "value": "21"}], "loss_weight": 0.0},
+        v1("assistant", "21 °C.", 1.0)], "tools": json.dumps([TOOLS[0]["function"]])}
+    c = formats.read(record, formats.detect(record))
+    assert c.messages[1] == {"role": "assistant", "content": "", "tool_calls": [
+        {"type": "function", "function": {"name": "weather", "arguments": {"city": "Paris"}}}]}
+    assert c.messages[2:] == [{"role": "tool", "content": "21"}, {"role": "assistant", "content": "21 °C."}]
+    assert c.tools == TOOLS
+
+
 @pytest.mark.parametrize(("record", "message"), [
     ({"question": "q", "answer": "a"},
      "cannot tell the format from keys (answer, question); expected 'messages' (OpenAI chat); 'conversations' "
      "(ShareGPT; + 'chosen' + 'rejected': LLaMA-Factory's ranking); 'instruction' + 'output' (Alpaca; 'chosen' + "
      "'rejected' for 'output': ranking); 'contents' (Gemini); 'prompt' + 'completion'; 'prompt' alone, with any "
      "other columns (prompt-only, GRPO's); 'input' + "
-     "'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'prompt' + 'chosen' + 'rejected' (preference "
-     "pairs); 'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH); 'text' (plain text, continued "
-     "pre-training); map other column names with dataset.columns, or set dataset.format"),
+     "'preferred_output' + 'non_preferred_output' (OpenAI DPO); 'chosen_messages' + 'rejected_messages' "
+     "(LLaMA-Factory v1 pairs); 'prompt' + 'chosen' + 'rejected' (preference pairs); 'chosen' + 'rejected' "
+     "Human/Assistant transcripts (Anthropic HH); 'text' (plain text, continued pre-training); map other column "
+     "names with dataset.columns, or set dataset.format"),
     ({"messages": [], "conversations": []},
      "keys (conversations, messages) fit several formats (messages, sharegpt); set dataset.format"),
     (["not", "an", "object"], "a record must be a JSON object, got list"),
@@ -135,7 +185,29 @@ def test_a_record_of_another_format_names_the_format_it_looks_like(tmp_path):
     ({"messages": [{"role": "user", "content": None}]}, "message 0 content must be a string or a list of text "
                                                          "parts, got null"),
     ({"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": "x"}]}]},
-     "message 0 content part 0 is 'image_url'; only text parts are supported"),
+     'message 0 content part 0 has keys type, image_url: only text parts ({"type": "text", "text"|"value": …}) are '
+     'read'),
+    # LLaMA-Factory v1's other parts: the type is a value, not a key
+    ({"messages": [{"role": "user", "content": [{"type": "text", "value": "Who?"},
+                                                {"type": "image_url", "value": "1.jpg"}]}]},
+     "message 0 content part 1 of type 'image_url' has keys type, value: only text parts ({\"type\": \"text\", "
+     '"text"|"value": …}) are read'),
+    ({"messages": [v1("user", "q"), {"role": "assistant", "content": [{"type": "reasoning", "value": "hmm"}]}]},
+     "message 1 content part 0 of type 'reasoning' has keys type, value: only text parts ({\"type\": \"text\", "
+     '"text"|"value": …}) are read'),
+    ({"messages": [{"role": "user", "content": [{"type": "text", "value": None}]}]},
+     "message 0 content part 0 value must be a string, got null"),
+    ({"messages": [v1("user", "q"), v1("assistant", "a", -0.5)]},
+     "message 1 loss_weight must be a number ≥ 0 (its share of the loss: 0 leaves the message untrained, 1 is the "
+     "default), got -0.5"),
+    ({"messages": [v1("user", "q", "none"), v1("assistant", "a")]},
+     "message 0 loss_weight must be a number ≥ 0 (its share of the loss: 0 leaves the message untrained, 1 is the "
+     'default), got "none"'),
+    ({"messages": [v1("user", "q"), v1("assistant", "a", True, key="weight")]},
+     "message 1 weight must be a number ≥ 0 (its share of the loss: 0 leaves the message untrained, 1 is the "
+     "default), got true"),
+    ({"messages": [v1("user", "q"), {**v1("assistant", "a", 0, key="weight"), "loss_weight": 1.0}]},
+     "message 1 has both 'weight' (0) and 'loss_weight' (1.0); give one"),
     ({"instruction": ["a list"], "output": "b"}, "'instruction' must be a string, got list"),
     ({"contents": [{"role": "assistant", "parts": []}]}, "contents 0 must have role 'user' or 'model'"),
     ({"conversations": [{"from": "function_call", "value": "not json"}]},
@@ -219,6 +291,12 @@ SAME_PAIR_IN_EVERY_FORMAT = {
                            "chosen": {"from": "gpt", "value": "こんにちは"},
                            "rejected": {"from": "gpt", "value": "Hello."}},
     "alpaca (ranking)": {"instruction": "Translate", "input": "hello", "chosen": "こんにちは", "rejected": "Hello."},
+    # LLaMA-Factory v1's pairs (its data/v1_dpo_demo.jsonl): two whole conversations
+    "llamafactory_dpo": {
+        "chosen_messages": [v1("system", "Be brief.", 0.0), v1("user", "Translate\n\nhello", 0.0),
+                            v1("assistant", "こんにちは", 1.0)],
+        "rejected_messages": [v1("system", "Be brief.", 0.0), v1("user", "Translate\n\nhello", 0.0),
+                              v1("assistant", "Hello.", 1.0)]},
     # Anthropic HH-RLHF: whole transcripts
     "hh": {"chosen": "\n\nHuman: Translate\n\nhello\n\nAssistant: こんにちは",
            "rejected": "\n\nHuman: Translate\n\nhello\n\nAssistant: Hello."},
@@ -270,6 +348,18 @@ def test_a_preference_pair_round_trips_through_openai_dpo_and_the_split_file(tmp
      "'chosen' and 'rejected' must be one conversation that differs only in its last Assistant turn"),
     ({"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "just text"},
      "'rejected' is not a transcript of '\\n\\nHuman:' and '\\n\\nAssistant:' turns"),
+    ({"chosen_messages": [v1("user", "q"), v1("assistant", "a")], "rejected_messages": [v1("user", "other"),
+                                                                                       v1("assistant", "b")]},
+     "'chosen_messages' and 'rejected_messages' must be one conversation that differs only in its last assistant "
+     "message"),
+    ({"chosen_messages": [v1("user", "q"), v1("assistant", "a")],
+      "rejected_messages": [v1("user", "q"), v1("assistant", "b", 0.5)]},
+     "message 1 of 'rejected_messages' has loss weight 0.5; a preference pair's answers are trained whole"),
+    ({"chosen_messages": [v1("user", "q"), v1("assistant", "a", -1)], "rejected_messages": []},
+     "'chosen_messages' message 1 loss_weight must be a number ≥ 0 (its share of the loss: 0 leaves the message "
+     "untrained, 1 is the default), got -1"),
+    ({"prompt": "p", "chosen": [{"role": "assistant", "content": "a", "weight": 0}], "rejected": "b"},
+     "'chosen' has loss weight 0; a preference pair's answers are trained whole"),
 ])
 def test_bad_preference_records_name_the_field(record, message):
     with pytest.raises(DataError) as e:
@@ -352,6 +442,8 @@ CAN_EXPRESS = {
                            "id": "c1"}]},
                       {"role": "tool", "content": "21", "tool_call_id": "c1"},
                       {"role": "assistant", "content": "21 °C."}], "", tools=TOOLS),
+        # OpenAI's weight: 0 on an assistant message it does not train
+        Conversation([*EXPECTED[:2], {**EXPECTED[2], "weight": 0.0}, *EXPECTED[1:]], ""),
     ],
     "gemini": [Conversation(EXPECTED, ""), Conversation(EXPECTED[1:] * 2, "")],
     "bedrock": [Conversation(EXPECTED, ""), Conversation(EXPECTED[1:] * 2, "")],
@@ -370,6 +462,8 @@ def test_what_a_format_can_express_round_trips_unchanged(output):
 
 
 def test_provider_shapes():
+    assert formats.write(CAN_EXPRESS["openai"][2], "openai")["messages"][2] == {
+        "role": "assistant", "content": "こんにちは", "weight": 0}
     assert formats.write(CAN_EXPRESS["openai"][1], "openai")["messages"][1] == {
         "role": "assistant", "content": None,
         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "weather",
@@ -396,6 +490,13 @@ def test_provider_shapes():
     (Conversation(EXPECTED, "", rejected="Hello."), "gemini", "no place for a rejected answer"),
     (Conversation(EXPECTED, ""), "openai_dpo", "needs a preference pair"),
     (Conversation(EXPECTED, "", label=True), "openai", "no place for a label"),
+    (Conversation([*EXPECTED[:2], {**EXPECTED[2], "weight": 0.5}], ""), "openai",
+     r"the OpenAI chat format takes a weight of 0 or 1 on an assistant message, not 0.5 \(message 2\)"),
+    *((Conversation([*EXPECTED[:2], {**EXPECTED[2], "weight": 0.0}], ""), output,
+       r"format has no per-message loss weight \(message 2 has 0\)")
+      for output in ("gemini", "bedrock", "bedrock_conversation")),
+    (Conversation([*EXPECTED[:2], {**EXPECTED[2], "weight": 0.5}], "", rejected="Hello."), "openai_dpo",
+     "no loss weight for the chosen answer"),
 ])
 def test_what_a_format_cannot_express_is_refused_not_dropped(c, output, why):
     with pytest.raises(formats.CannotExpress, match=why):

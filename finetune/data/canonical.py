@@ -2,14 +2,17 @@
 
 A message is ``{"role", "content"}`` with ``content`` always a string; an assistant message may carry
 ``tool_calls`` (``[{"type": "function", "function": {"name", "arguments": dict}, "id"?}]``, with ``content``
-then possibly empty) and a tool message ``tool_call_id`` / ``name``. Tool definitions are JSON schemas in the
-form ``apply_chat_template(tools=...)`` takes. A plain-text row (continued pre-training) has ``text`` and no
-messages: every token of it carries loss. A preference row also has ``rejected``: the answer not to give in place
-of its last assistant message, which is the chosen one — so every check that reads messages sees the chosen answer
-as it would in a supervised row. A labeled row (KTO's unpaired data) has ``label`` instead: whether its last
-assistant message is an answer to give (true) or not (false). A prompt-only row (GRPO's) has ``columns`` instead: its
-messages are the prompt, which the model answers in training, and ``columns`` its record's other keys, which reach
-the reward functions as they are (``reference``: what the built-in rewards compare an answer with).
+then possibly empty) and a tool message ``tool_call_id`` / ``name``. An assistant message may carry ``weight``, its
+loss weight (a number ≥ 0; absent means 1, and 1 is never written): 0 leaves it untrained, a fraction scales its
+tokens' share of the loss (``finetune.training``); it travels through the split files with the message. Tool
+definitions are JSON schemas in the form ``apply_chat_template(tools=...)`` takes. A plain-text row (continued
+pre-training) has ``text`` and no messages: every token of it carries loss. A preference row also has ``rejected``:
+the answer not to give in place of its last assistant message, which is the chosen one — so every check that reads
+messages sees the chosen answer as it would in a supervised row. A labeled row (KTO's unpaired data) has ``label``
+instead: whether its last assistant message is an answer to give (true) or not (false). A prompt-only row (GRPO's)
+has ``columns`` instead: its messages are the prompt, which the model answers in training, and ``columns`` its
+record's other keys, which reach the reward functions as they are (``reference``: what the built-in rewards compare
+an answer with).
 """
 
 from __future__ import annotations

@@ -12,12 +12,20 @@ validate stage takes them only for a preference objective (``objective=dpo``). A
 ``label`` (TRL's unpaired prompt/completion/label, LLaMA-Factory's KTO messages/label) is KTO's: its last answer
 labeled desirable or not. A record with a ``prompt`` and no answer (TRL's prompt-only data) is GRPO's: the prompt to
 answer, its other columns kept for the reward functions.
+
+A message's loss weight — LLaMA-Factory v1's ``loss_weight`` (any number ≥ 0) or OpenAI's ``weight`` (0 or 1) —
+is kept on an assistant message as ``weight`` where it is not 1 (``finetune.data.canonical``): 0 leaves the message
+untrained, a fraction scales its tokens' share of the loss (``finetune.training``). Weights on other messages are
+read, checked and dropped: only assistant messages are trained, as in LLaMA-Factory. A writer keeps a weight where
+its format has one (OpenAI's chat format: 0 or 1) and refuses the row where it has none.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import numbers
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,8 +59,26 @@ def _string(value: Any, what: str) -> str:
     return value
 
 
+TEXT_PARTS = '{"type": "text", "text"|"value": …}'
+
+
+def _part_text(part: Any, what: str) -> str | None:
+    """A text part's text (OpenAI's ``text``, LLaMA-Factory v1's ``value``), or None for any other part."""
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, dict) or part.get("type", "text") != "text":
+        return None
+    key = next((k for k in ("text", "value") if k in part), None)
+    if key is None:
+        return None
+    if not isinstance(part[key], str):
+        got = "null" if part[key] is None else type(part[key]).__name__
+        raise DataError(f"{what} {key} must be a string, got {got}")
+    return part[key]
+
+
 def _content(value: Any, what: str) -> str:
-    """A string, or a list of text parts (``[{"type": "text", "text": ...}]``) joined."""
+    """A string, or a list of text parts (``[{"type": "text", "text" or "value": ...}]``) joined."""
     if not isinstance(value, list):
         if not isinstance(value, str):
             got = "null" if value is None else type(value).__name__
@@ -60,13 +86,15 @@ def _content(value: Any, what: str) -> str:
         return value
     texts = []
     for j, part in enumerate(value):
-        if isinstance(part, str):
-            texts.append(part)
-        elif isinstance(part, dict) and part.get("type", "text") == "text" and isinstance(part.get("text"), str):
-            texts.append(part["text"])
-        else:
-            kind = part.get("type") if isinstance(part, dict) else type(part).__name__
-            raise DataError(f"{what} part {j} is {kind!r}; only text parts are supported")
+        text = _part_text(part, f"{what} part {j}")
+        if text is None:
+            kind = part.get("type") if isinstance(part, dict) else None
+            named = isinstance(kind, str) and kind not in part  # a v1 part: its type is not one of its keys
+            shape = f"has keys {', '.join(map(str, part))}" if isinstance(part, dict) else \
+                f"is {'null' if part is None else type(part).__name__}"
+            raise DataError(f"{what} part {j}{f' of type {kind!r}' if named else ''} {shape}: only text parts "
+                            f"({TEXT_PARTS}) are read")
+        texts.append(text)
     return "".join(texts)
 
 
@@ -124,21 +152,55 @@ def _labeled(c: Conversation, record: dict[str, Any]) -> Conversation:
 
 # ── OpenAI chat ("messages"); also Bedrock's {"system", "messages"} and typed content parts ──
 
+WEIGHT_KEYS = ("loss_weight", "weight")  # LLaMA-Factory v1's, OpenAI's
+
+
+def _weight(m: dict[str, Any], i: int) -> float:
+    """The message's loss weight (1 where it gives none; null is none, as a column a Dataset fills)."""
+    given = {k: m[k] for k in WEIGHT_KEYS if m.get(k) is not None}
+    for key, w in given.items():
+        if isinstance(w, bool) or not isinstance(w, numbers.Real) or not math.isfinite(w) or w < 0:
+            raise DataError(f"message {i} {key} must be a number ≥ 0 (its share of the loss: 0 leaves the message "
+                            f"untrained, 1 is the default), got {json.dumps(w, ensure_ascii=False, default=str)}")
+    if len({float(w) for w in given.values()}) > 1:
+        raise DataError(f"message {i} has both 'weight' ({given['weight']}) and 'loss_weight' "
+                        f"({given['loss_weight']}); give one")
+    return float(next(iter(given.values()), 1.0))
+
+
+def _split_tool_call_parts(content: Any, what: str) -> tuple[Any, list[Any]]:
+    """LLaMA-Factory v1's ``{"type": "tool_call", "value": <JSON of name and arguments>}`` parts of an assistant
+    message, taken out of its content."""
+    if not isinstance(content, list):
+        return content, []
+    calls = [_json_value(p.get("value"), f"{what} part {j} value") for j, p in enumerate(content)
+             if isinstance(p, dict) and p.get("type") == "tool_call"]
+    return [p for p in content if not (isinstance(p, dict) and p.get("type") == "tool_call")], calls
+
+
 def _message(m: Any, i: int) -> Message:
     if not isinstance(m, dict) or "role" not in m:
         raise DataError(f"message {i} must be an object with 'role' and 'content'")
     role = m["role"]
     if role not in ROLES:
         raise DataError(f"message {i} has role {role!r}; expected one of {', '.join(ROLES)}")
-    if role == "assistant" and m.get("tool_calls"):
-        message = {"role": role, "content": _content(m.get("content") or "", f"message {i} content"),
-                   "tool_calls": _tool_calls(m["tool_calls"], f"message {i}")}
+    weight = _weight(m, i)
+    content, calls = m.get("content"), m.get("tool_calls") if role == "assistant" else None
+    if role == "assistant":
+        content, in_parts = _split_tool_call_parts(content, f"message {i} content")
+        if in_parts:
+            calls = [*(calls if isinstance(calls, list) else [calls] if calls else []), *in_parts]
+    if calls:
+        message = {"role": role, "content": _content(content or "", f"message {i} content"),
+                   "tool_calls": _tool_calls(calls, f"message {i}")}
     elif "content" not in m:
         raise DataError(f"message {i} must be an object with 'role' and 'content'")
     else:
-        message = {"role": role, "content": _content(m["content"], f"message {i} content")}
+        message = {"role": role, "content": _content(content, f"message {i} content")}
     if role == "tool":
         message.update({k: m[k] for k in ("tool_call_id", "name") if isinstance(m.get(k), str)})
+    if role == "assistant" and weight != 1:
+        message["weight"] = weight
     return message
 
 
@@ -162,12 +224,31 @@ def _chat_only(c: Conversation, fmt: str) -> None:
         raise CannotExpress(f"the {fmt} format has no place for a prompt without an answer (GRPO's)")
 
 
+def _weights(c: Conversation) -> list[tuple[int, float]]:
+    """(index, weight) of the messages whose loss weight is not 1."""
+    return [(i, m["weight"]) for i, m in enumerate(c.messages) if m.get("weight", 1) != 1]
+
+
+def _unweighted(c: Conversation, fmt: str) -> None:
+    if weighted := _weights(c):
+        i, w = weighted[0]
+        raise CannotExpress(f"the {fmt} format has no per-message loss weight (message {i} has {w:g})")
+
+
 def _write_openai(c: Conversation) -> dict[str, Any]:
+    """OpenAI's chat JSONL; a loss weight of 0 stays ``"weight": 0`` on its assistant message (OpenAI takes 0 or
+    1)."""
     _chat_only(c, "OpenAI chat")
-    return {"messages": _openai_messages(c.messages), **({"tools": c.tools} if c.tools else {})}
+    fractional = [(i, w) for i, w in _weights(c) if w != 0]
+    if fractional:
+        raise CannotExpress(f"the OpenAI chat format takes a weight of 0 or 1 on an assistant message, not "
+                            f"{fractional[0][1]:g} (message {fractional[0][0]})")
+    return {"messages": _openai_messages(c.messages, weights=True), **({"tools": c.tools} if c.tools else {})}
 
 
-def _openai_messages(conversation: list[Message]) -> list[dict[str, Any]]:
+def _openai_messages(conversation: list[Message], weights: bool = False) -> list[dict[str, Any]]:
+    """The messages in OpenAI's shape; ``weights``: with OpenAI's ``weight`` (0) where a message has one (a DPO
+    prompt's weights are left out: DPO trains no message of the prompt)."""
     messages = []
     for m in conversation:
         out: dict[str, Any] = {"role": m["role"], "content": m["content"]}
@@ -180,6 +261,8 @@ def _openai_messages(conversation: list[Message]) -> list[dict[str, Any]]:
                 for t in m["tool_calls"]
             ]
         out.update({k: m[k] for k in ("tool_call_id", "name") if k in m})
+        if weights and m.get("weight", 1) != 1:
+            out["weight"] = int(m["weight"])
         messages.append(out)
     return messages
 
@@ -187,6 +270,7 @@ def _openai_messages(conversation: list[Message]) -> list[dict[str, Any]]:
 def _plain_turns(c: Conversation, fmt: str) -> tuple[str | None, list[Message]]:
     """System prompt and the user/assistant turns, for formats without tools."""
     _chat_only(c, fmt)
+    _unweighted(c, fmt)
     if c.tools or any(m["role"] == "tool" or m.get("tool_calls") for m in c.messages):
         raise CannotExpress(f"the {fmt} format has no tool definitions, tool calls or tool results")
     system = c.messages[0]["content"] if c.messages and c.messages[0]["role"] == "system" else None
@@ -345,6 +429,8 @@ def _answer(value: Any, what: str) -> str:
         return _string(value, what)
     if len(value) != 1 or not isinstance(value[0], dict) or value[0].get("role") != "assistant":
         raise DataError(f"{what} must be one assistant message")
+    if (weight := _weight(value[0], 0)) != 1:
+        raise DataError(f"{what} has loss weight {weight:g}; a preference pair's answers are trained whole")
     return _content(value[0].get("content"), f"{what} content")
 
 
@@ -369,6 +455,35 @@ def _read_preference(record: dict[str, Any]) -> Conversation:
     messages = _read_messages({"messages": prompt}).messages if isinstance(prompt, list) else \
         [{"role": "user", "content": _string(prompt, "'prompt'")}]
     return _pair(messages, record["chosen"], record["rejected"], ("chosen", "rejected"), record.get("tools"))
+
+
+def _unweighted_messages(messages: list[Message]) -> list[Message]:
+    return [{k: v for k, v in m.items() if k != "weight"} for m in messages]
+
+
+def _read_llamafactory_dpo(record: dict[str, Any]) -> Conversation:
+    """LLaMA-Factory v1's pairs: two whole conversations that differ in their last (assistant) message; the
+    messages before it are the prompt, whose loss weights do not matter (DPO trains the answers only)."""
+    sides = []
+    for key in ("chosen_messages", "rejected_messages"):
+        if not isinstance(record[key], list):
+            raise DataError(f"'{key}' must be a list, got {type(record[key]).__name__}")
+        try:
+            sides.append(_read_messages({"messages": record[key]}).messages)
+        except DataError as e:
+            raise DataError(f"'{key}' {e}") from None
+    chosen, rejected = sides
+    if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant" \
+            or _unweighted_messages(chosen[:-1]) != _unweighted_messages(rejected[:-1]):
+        raise DataError("'chosen_messages' and 'rejected_messages' must be one conversation that differs only in its "
+                        "last assistant message")
+    if rejected[-1].get("tool_calls"):
+        raise DataError("the last message of 'rejected_messages' must be a text answer (a rejected answer is text)")
+    if rejected[-1].get("weight", 1) != 1:
+        raise DataError(f"message {len(rejected) - 1} of 'rejected_messages' has loss weight "
+                        f"{rejected[-1]['weight']:g}; a preference pair's answers are trained whole")
+    return Conversation(messages=chosen, location="", tools=_tools(record.get("tools")),
+                        rejected=rejected[-1]["content"])
 
 
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
@@ -404,6 +519,9 @@ def _write_openai_dpo(c: Conversation) -> dict[str, Any]:
     if c.is_text or c.rejected is None:
         raise CannotExpress("the OpenAI DPO format needs a preference pair (a chosen and a rejected answer)")
     last = max(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    if c.messages[last].get("weight", 1) != 1:
+        raise CannotExpress(f"the OpenAI DPO format has no loss weight for the chosen answer (message {last} has "
+                            f"{c.messages[last]['weight']:g})")
     source = {"messages": _openai_messages(c.messages[:last]), **({"tools": c.tools} if c.tools else {})}
     return {"input": source, "preferred_output": [{"role": "assistant", "content": c.messages[last]["content"]}],
             "non_preferred_output": [{"role": "assistant", "content": c.rejected}]}
@@ -434,6 +552,8 @@ FORMATS: dict[str, Format] = {
                lambda r: "prompt" in r and not any(k in r for k in ANSWER_KEYS), _read_prompt, None),
         Format("openai_dpo", "'input' + 'preferred_output' + 'non_preferred_output' (OpenAI DPO)",
                _has("input", "preferred_output", "non_preferred_output"), _read_openai_dpo, _write_openai_dpo),
+        Format("llamafactory_dpo", "'chosen_messages' + 'rejected_messages' (LLaMA-Factory v1 pairs)",
+               _has("chosen_messages", "rejected_messages"), _read_llamafactory_dpo, None),
         Format("preference", "'prompt' + 'chosen' + 'rejected' (preference pairs)",
                _has("prompt", "chosen", "rejected"), _read_preference, None),
         Format("hh", "'chosen' + 'rejected' Human/Assistant transcripts (Anthropic HH)", _is_hh, _read_hh, None),

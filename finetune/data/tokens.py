@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.chat import IGNORE_INDEX, generation_prompt_ids, render, tokenize
+from finetune.chat import IGNORE_INDEX, generation_prompt_ids, render, tokenize, without_weights
 from finetune.data.canonical import Conversation, DataError
 
 CHUNK = 4096
@@ -162,13 +162,16 @@ def _chunk(tokenizer: Any, rows: Sequence[Conversation], max_seq_len: int) -> To
             and not any(m.get("tool_calls") for m in c.messages)]
     if chat:
         assert fast_path is not None
-        texts = [fast_path.render(rows[i].messages) for i in chat]
+        texts = [fast_path.render(without_weights(rows[i].messages)) for i in chat]
         for i, text, enc in zip(chat, texts, backend.encode_batch(texts, add_special_tokens=False), strict=True):
             spans = _char_spans(text, rows[i].messages, fast_path)
             n = len(enc)
             tokens = [_token_span(enc, len(text), n, s, e) for s, e in spans] if spans else [None]
             if any(t is None for t in tokens):
                 continue
+            # a turn of loss weight 0 is not trained (finetune.chat)
+            weights = [m.get("weight", 1) for m in rows[i].messages if m["role"] == "assistant"]
+            tokens = [t for t, w in zip(tokens, weights, strict=True) if w]
             trained = sum(t1 - t0 for t0, t1 in tokens)
             within = sum(max(0, min(t1, max_seq_len) - t0) for t0, t1 in tokens)
             out[i] = (n, trained, tokens[0][0] if tokens else n, within)

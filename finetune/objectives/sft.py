@@ -14,13 +14,26 @@ from finetune.objectives import as_dataset
 
 def tokenized(tokenizer: Any, split: Iterable[Conversation], loss_on: str, max_len: int) -> Any:
     """The split as ``input_ids``/``labels`` rows, cut at ``max_len`` tokens (validate has checked that every
-    row keeps trained tokens within it), with each row's ``length`` and ``trained`` token counts for the plan."""
-    rows = []
+    row keeps trained tokens within it), with each row's ``length`` and ``trained`` token counts for the plan. Where
+    some assistant turn of the split has a loss weight other than 1, every row also has ``weights`` (one per token,
+    ``finetune.chat``), which the loss scales by; with ``loss_on=all`` a turn of weight 0 is still left untrained."""
+    rows, weighted = [], False
     for row in split:
         t = tokenize(tokenizer, row)
-        labels = (t.input_ids if loss_on == "all" else t.labels)[:max_len]
+        labels = t.labels
+        if loss_on == "all":
+            labels = t.input_ids if t.weights is None else \
+                [token if w else IGNORE_INDEX for token, w in zip(t.input_ids, t.weights, strict=True)]
+        labels = labels[:max_len]
+        weighted = weighted or t.weights is not None
         rows.append({"input_ids": t.input_ids[:max_len], "labels": labels, "length": len(labels),
-                     "trained": sum(label != IGNORE_INDEX for label in labels)})
+                     "trained": sum(label != IGNORE_INDEX for label in labels),
+                     "weights": None if t.weights is None else t.weights[:max_len]})
+    for r in rows:  # a column that every row has, or none: the batches of every process alike
+        if not weighted:
+            del r["weights"]
+        elif r["weights"] is None:
+            r["weights"] = [1.0] * r["length"]
     return as_dataset(rows)
 
 

@@ -144,6 +144,7 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
     later (or its rejected answer or label being dropped); so is a prompt without the ``reference`` a reward
     compares with."""
     objective = OBJECTIVES[run.objective.name]
+    _answers_unweighted(run, rows)
     if run.dataset.rejected_by is not None:  # the rejected stage makes the pairs
         misfit = next((c for c in rows if row_kind(c) != "conversation"), None)
         if misfit is not None:
@@ -164,6 +165,20 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
     instead = KEEP_FOR_SFT[kind] if "conversation" in objective.data else ""
     raise DataError(f"{misfit.location}: {ROW_TEXT[kind]}; objective={objective.name} trains on {wanted} — set "
                     f"objective to one of {takers}{instead}")
+
+
+def _answers_unweighted(run: RunConfig, rows: list[Conversation]) -> None:
+    """Loss weights are sft's (our loop scales each token's loss): another objective trains (or, GRPO, compares
+    with) a row's last answer whole through TRL's trainers, which take no per-token weights, so a weight other than 1
+    on that answer is refused; weights on the turns before it, its prompt, do not matter."""
+    if run.objective.name == "sft":
+        return
+    for c in rows:
+        last = max((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), default=None)
+        if last is not None and (weight := c.messages[last].get("weight", 1)) != 1:
+            raise DataError(f"{c.location}: message {last} has loss weight {weight:g}; objective={run.objective.name} "
+                            "trains the last answer whole (its TRL trainer takes no loss weights) — drop the weight "
+                            "of the last answer, or set objective=sft")
 
 
 def _has_references(run: RunConfig, rows: list[Conversation]) -> None:

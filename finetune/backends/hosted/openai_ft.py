@@ -107,8 +107,8 @@ class OpenAIProvider:
             return _dpo_problems(record)
         messages = record["messages"]
         found = [f"message {i} has role {m['role']!r}" for i, m in enumerate(messages) if m["role"] not in ROLES]
-        if not any(m["role"] == "assistant" for m in messages):
-            found.append("no assistant message to train on")
+        if not any(m["role"] == "assistant" and m.get("weight", 1) != 0 for m in messages):
+            found.append("no assistant message to train on (none, or all of weight 0)")
         found += [f"message {i} ({m['role']}) is empty" for i, m in enumerate(messages)
                   if not (m.get("content") or "").strip() and not m.get("tool_calls")]
         return found

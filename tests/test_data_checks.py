@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
+import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -280,3 +283,94 @@ def test_language_mismatch_and_scripts():
     _, _, report = check("diversity", rows)
     assert report.stats["language_mismatch"] == round(5 / 30, 4)
     assert any("another language" in w for w in report.warnings)
+
+
+# ── near-duplicates in short rows ──
+
+SHORT_SET = Path(__file__).parent / "data" / "near_duplicates_short.jsonl"
+
+
+def near_duplicate_figures(path: Path) -> dict:
+    """The ``near_duplicates`` check with its defaults on a labelled set (rows with a ``group``): a row found as a
+    near-duplicate of a row of its own group is caught, of another group a false find; recall is over the rows that
+    have an earlier row in their group."""
+    from finetune.data.load import load_source
+
+    labels = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    rows = load_source(str(path)).conversations
+    _, removed, report = check("near_duplicates", rows)
+    line = {c.location: i for i, c in enumerate(rows)}
+    group = [r["group"] for r in labels]
+    expected = [i for i, g in enumerate(group) if g in group[:i]]
+    found = {line[where]: line[re.match(r"a near-duplicate of (\S+) \(", detail).group(1)]
+             for where, detail in report.rows}
+    caught = [i for i, j in found.items() if group[i] == group[j]]
+    variant = [r["variant"] for r in labels]  # a base row is expected too when a variant of it comes first
+    by_variant = {v: f"{sum(variant[i] == v for i in caught)}/{sum(variant[i] == v for i in expected)}"
+                  for v in sorted(set(variant))}
+    return {"rows": len(rows), "groups": len(set(group)), "expected": len(expected), "found": len(found),
+            "caught": len(caught), "recall": round(len(caught) / len(expected), 4),
+            "precision": round(len(caught) / max(len(found), 1), 4), "caught_by_variant": by_variant,
+            "removed": len(removed)}
+
+
+def test_short_near_duplicates_of_the_labelled_set_are_found_and_different_facts_kept():
+    """tests/data/near_duplicates_short.jsonl: Japanese and English support rows of 40–200 characters with their
+    punctuation, width, whitespace and one-word variants, and rows that share a template with a different product,
+    amount or action in the question and the answer (tests/data/make_near_duplicates_short.py writes it)."""
+    figures = near_duplicate_figures(SHORT_SET)
+    print(json.dumps(figures, indent=2))
+    assert figures["rows"] >= 500 and figures["groups"] >= 100
+    assert figures["recall"] >= 0.95 and figures["precision"] >= 0.99, figures
+    assert figures["removed"] == figures["found"]
+
+
+def test_the_labelled_set_is_what_its_script_writes():
+    spec = importlib.util.spec_from_file_location("make_short", SHORT_SET.with_name("make_near_duplicates_short.py"))
+    make = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(make)
+    written = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in make.rows())
+    assert written == SHORT_SET.read_text(encoding="utf-8")
+
+
+def test_japanese_rows_differing_in_punctuation_and_a_trailing_space_are_near_duplicates(tmp_path):
+    """The issue's case: a small Japanese Alpaca file where ten rows repeat another with ？ as ?, a trailing space
+    and 。 as ．, found by neither the exact check (the characters differ after NFKC) nor a fixed 5-gram Jaccard."""
+    from finetune.data.load import load_source
+
+    bases = [r for r in map(json.loads, SHORT_SET.read_text(encoding="utf-8").splitlines())
+             if r["variant"] == "base" and r["group"].startswith("ja")][:20]
+    records = [{"instruction": r["instruction"], "input": "", "output": r["output"]} for r in bases]
+    records += [{"instruction": r["instruction"].replace("？", "?") + " ", "input": "",
+                 "output": r["output"].replace("。", "．")} for r in bases[:10]]
+    path = tmp_path / "ja.jsonl"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    rows = load_source(str(path)).conversations
+    assert check("duplicates", rows)[2].count == 0
+    kept, removed, report = check("near_duplicates", rows)
+    assert kept == rows[:20] and removed == rows[20:] and report.count == 10
+    assert [detail for _, detail in report.rows][:2] == [f"a near-duplicate of {path}:1 (similarity ≈ 1.00)",
+                                                         f"a near-duplicate of {path}:2 (similarity ≈ 1.00)"]
+
+
+def test_one_word_changed_in_a_short_row_is_one_edit_apart_and_a_prompt_alone_never_is():
+    rows = [chat("How do I cancel my order?", "Open Orders and click Cancel order."),
+            chat("How do I cancel my purchase?", "Open Orders and click Cancel order."),
+            chat("How do I return my order?", "Open Orders and click Return order.")]
+    _, removed, report = check("near_duplicates", rows)
+    assert removed == [rows[1]] and report.rows[0][1].endswith("one edit apart)")
+    assert check("near_duplicates", rows, edit_chars=0)[2].count == 0
+    trial = [chat("How long is the free trial?", f"The free trial lasts {days} days.") for days in (14, 30)]
+    assert check("near_duplicates", trial)[2].count == 0  # another number: a conflict, not a rewording
+    prompts = [Conversation([{"role": "user", "content": f"What is {a} + {b}? Reply with the number only."}],
+                            f"p.jsonl:{i}", columns={}) for i, (a, b) in enumerate([(20, 28), (22, 36), (14, 48)])]
+    assert check("near_duplicates", prompts)[2].count == 0
+
+
+def test_near_text_folds_what_a_near_duplicate_changes_and_normalize_does_not():
+    from finetune.data.minhash import near_text, normalize
+
+    assert near_text("パスワードを忘れました。どうすれば？ ") == near_text("ﾊﾟｽﾜｰﾄﾞを忘れました．\u3000どうすれば?") \
+        == "パスワードを忘れましたどうすれば"
+    assert near_text("「２〜３日」、Ｏｋ！") == near_text("『2～3日』，ok!") == "23日ok"
+    assert normalize("Ｈｏｗ  do I?　") == "how do i?"

@@ -1,6 +1,7 @@
 """Duplicates, removed before splitting so that no pair straddles train and test: exact after
-normalisation (Unicode NFKC, case, whitespace), and near (MinHash over character 5-grams of the dialogue,
-estimated Jaccard similarity at or above ``threshold``)."""
+normalisation (Unicode NFKC, case, whitespace), and near (``finetune.data.minhash``: the dialogue with
+punctuation and spaces dropped, MinHash over character n-grams for candidates, then the pair's n-gram Jaccard
+similarity at or above ``threshold``, or one edit of at most ``edit_chars`` characters apart)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,9 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
 from finetune.data.canonical import Conversation, all_text
 from finetune.data.checks import Check, CheckInput, Finding, Outcome
-from finetune.data.minhash import near_duplicate_of, normalize, signatures
+from finetune.data.minhash import EDIT_CHARS, TURN, Signatures, near_duplicate_of, normalize, signatures
 from finetune.fields import setting
 
 
@@ -25,8 +24,11 @@ class ExactSettings:
 @dataclass
 class NearSettings:
     action: str = setting("drop", choices=("drop", "warn", "error", "off"))
-    threshold: float = setting(0.9, low=0.5, high=1.0)  # estimated Jaccard similarity of character 5-grams
-    ngram: int = setting(5, low=2, high=16)
+    threshold: float = setting(0.9, low=0.5, high=1.0)  # Jaccard similarity of character n-grams
+    ngram: int = setting(5, low=2, high=16)  # n: the n-grams' characters
+    # rows with every turn the same but one, which differs in one place (not in a number) by at most this many
+    # characters and at most half of that turn, are near-duplicates whatever their similarity; 0: similarity alone
+    edit_chars: int = setting(EDIT_CHARS, low=0, high=64)
 
 
 def exact_key(c: Conversation) -> bytes:
@@ -36,10 +38,11 @@ def exact_key(c: Conversation) -> bytes:
 
 
 def dialogue(c: Conversation) -> str:
-    """The text a near-duplicate shares: every turn but the system prompt (which many rows share)."""
+    """The text a near-duplicate shares: every turn but the system prompt (which many rows share), joined by
+    ``TURN`` so that an edit can be placed in its turn."""
     if c.is_text:
         return c.text or ""
-    return "\n".join(m["content"] for m in c.messages if m["role"] != "system")
+    return TURN.join(m["content"] for m in c.messages if m["role"] != "system")
 
 
 class _Dialogues(Sequence[str]):
@@ -55,7 +58,7 @@ class _Dialogues(Sequence[str]):
         return [dialogue(c) for c in self.rows[index]] if isinstance(index, slice) else dialogue(self.rows[index])
 
 
-def near_signatures(rows: list[Conversation], ngram: int) -> np.ndarray:
+def near_signatures(rows: list[Conversation], ngram: int) -> Signatures:
     return signatures(_Dialogues(rows), ngram=ngram)
 
 
@@ -72,9 +75,13 @@ def _find_exact(data: CheckInput) -> Outcome:
 def _find_near(data: CheckInput) -> Outcome:
     s = data.settings
     sig = near_signatures(data.rows, s.ngram)
-    found = near_duplicate_of(sig, s.threshold)
-    return Outcome([Finding(i, f"a near-duplicate of {data.rows[j].location} (similarity ≈ {sim:.2f})")
+    found = near_duplicate_of(sig, s.threshold, s.edit_chars)
+    return Outcome([Finding(i, f"a near-duplicate of {data.rows[j].location} ({_how(sim, s.threshold)})")
                     for i, (j, sim) in sorted(found.items())])
+
+
+def _how(sim: float, threshold: float) -> str:
+    return f"similarity ≈ {sim:.2f}" + ("" if sim >= threshold else ", one edit apart")
 
 
 EXACT = Check("duplicates", "rows", "exact duplicate", ExactSettings, _find_exact)

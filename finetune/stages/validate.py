@@ -89,7 +89,7 @@ def _checked(run: RunConfig, rows: list[Conversation], tokenizer: Any, reports: 
     refuses them: nothing else then reads, hashes or tokenizes them."""
     checks = run.dataset.checks
     if checks.no_loss_within_max_seq_len.action in ("drop", "error"):
-        early = length.no_loss_before_tokens(rows, tokenizer, run.train.max_seq_len)
+        early = length.no_loss_before_tokens(tokenizer, run.train.max_seq_len)
         rows, _ = run_check(early, CheckInput(rows, checks.no_loss_within_max_seq_len), reports)
     kept = run_phase("rows", CheckInput(rows, None), checks, reports)
     started = time.monotonic()

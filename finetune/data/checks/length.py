@@ -98,7 +98,6 @@ NO_LOSS = Check("no_loss_within_max_seq_len", "tokens", "no answer token within 
                 NoLossSettings, _find_no_loss)
 
 
-def no_loss_before_tokens(rows: list[Conversation], tokenizer: Any, max_seq_len: int) -> Check:
+def no_loss_before_tokens(tokenizer: Any, max_seq_len: int) -> Check:
     """``NO_LOSS`` deciding the rows ``beyond_reach`` finds, to run before the others are tokenized."""
-    found = beyond_reach(rows, tokenizer, max_seq_len)
-    return dataclasses.replace(NO_LOSS, find=lambda data: found)
+    return dataclasses.replace(NO_LOSS, find=lambda data: beyond_reach(data.rows, tokenizer, max_seq_len))

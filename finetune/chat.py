@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.chat_templates import NAMED
-from finetune.data.canonical import Conversation, Message
+from finetune.data.canonical import Conversation, Message, without_weights
 from finetune.errors import UserError
 
 IGNORE_INDEX = -100
@@ -74,11 +74,6 @@ def render(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None
         raise ChatTemplateError(f"the model's chat template refuses this conversation ({e}); set "
                                 f"model.chat_template to one that takes it ({', '.join(NAMED)} or a .jinja file), "
                                 "or change the data") from None
-
-
-def without_weights(messages: Sequence[Message]) -> list[Message]:
-    """The messages as a template sees them: without their loss ``weight``, which is ours."""
-    return [{k: v for k, v in m.items() if k != "weight"} if "weight" in m else m for m in messages]
 
 
 @functools.lru_cache(maxsize=8)

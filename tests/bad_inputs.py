@@ -54,15 +54,18 @@ def _bad_row(row: dict, at: int = 3) -> bytes:
     return jsonl(rows)
 
 
+TWO_GOOD = GOOD[: GOOD.index(b"\n", GOOD.index(b"\n") + 1) + 1]  # the first two records, whole lines
+
+
 def _huge_line(cwd: Path) -> bytes:
     """Two good records, then a single line of 100 MB that is not JSON."""
-    return GOOD[: GOOD.index(b"\n", GOOD.index(b"\n") + 1) + 1] + b"x" * 100_000_000 + b"\n"
+    return TWO_GOOD + b"x" * 100_000_000 + b"\n"
 
 
 def _huge_prompt(cwd: Path) -> bytes:
     """Two good records, then one whose question is 100 MB: no answer token can be within train.max_seq_len."""
     huge = {"messages": [{"role": "user", "content": "Why? " * 20_000_000}, {"role": "assistant", "content": "No."}]}
-    return GOOD[: GOOD.index(b"\n", GOOD.index(b"\n") + 1) + 1] + json.dumps(huge).encode() + b"\n"
+    return TWO_GOOD + json.dumps(huge).encode() + b"\n"
 
 
 def _pickle_only_model(name: str) -> dict[str, File]:

@@ -18,6 +18,7 @@ an answer with).
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,12 @@ class Conversation:
     @property
     def is_text(self) -> bool:
         return self.text is not None
+
+
+def without_weights(messages: Sequence[Message]) -> list[Message]:
+    """The messages without their loss ``weight`` (ours, not the data's: what a template renders, what a pair's two
+    prompts must share)."""
+    return [{k: v for k, v in m.items() if k != "weight"} if "weight" in m else m for m in messages]
 
 
 def row_kind(c: Conversation) -> str:

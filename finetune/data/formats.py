@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.data.canonical import ROLES, Conversation, DataError, Message
+from finetune.data.canonical import ROLES, Conversation, DataError, Message, without_weights
 
 SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -457,10 +457,6 @@ def _read_preference(record: dict[str, Any]) -> Conversation:
     return _pair(messages, record["chosen"], record["rejected"], ("chosen", "rejected"), record.get("tools"))
 
 
-def _unweighted_messages(messages: list[Message]) -> list[Message]:
-    return [{k: v for k, v in m.items() if k != "weight"} for m in messages]
-
-
 def _read_llamafactory_dpo(record: dict[str, Any]) -> Conversation:
     """LLaMA-Factory v1's pairs: two whole conversations that differ in their last (assistant) message; the
     messages before it are the prompt, whose loss weights do not matter (DPO trains the answers only)."""
@@ -474,7 +470,7 @@ def _read_llamafactory_dpo(record: dict[str, Any]) -> Conversation:
             raise DataError(f"'{key}' {e}") from None
     chosen, rejected = sides
     if not chosen or not rejected or chosen[-1]["role"] != "assistant" or rejected[-1]["role"] != "assistant" \
-            or _unweighted_messages(chosen[:-1]) != _unweighted_messages(rejected[:-1]):
+            or without_weights(chosen[:-1]) != without_weights(rejected[:-1]):
         raise DataError("'chosen_messages' and 'rejected_messages' must be one conversation that differs only in its "
                         "last assistant message")
     if rejected[-1].get("tool_calls"):

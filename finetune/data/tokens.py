@@ -19,8 +19,8 @@ from typing import Any
 
 import numpy as np
 
-from finetune.chat import IGNORE_INDEX, generation_prompt_ids, render, tokenize, without_weights
-from finetune.data.canonical import Conversation, DataError
+from finetune.chat import IGNORE_INDEX, generation_prompt_ids, render, tokenize
+from finetune.data.canonical import Conversation, DataError, without_weights
 
 CHUNK = 4096
 PROGRESS_FROM = 50_000

@@ -40,6 +40,7 @@ class Objective:
     # logits at trained positions only; "fused", TRL's chunked log-probability head (its DPO, KTO and GRPO
     # trainers); "full", the logits of every position (TRL's ORPO and CPO trainers)
     head: str = "targets"
+    loss_weights: bool = False  # scales each token's loss by its message's weight (our loop; TRL's trainers do not)
 
     def implementation(self) -> Any:
         """Its ``datasets`` and ``trainer`` (``finetune.backends.local_train`` calls them)."""
@@ -54,7 +55,7 @@ def as_dataset(rows: list[dict[str, Any]]) -> Any:
 
 
 OBJECTIVES = {o.name: o for o in (
-    Objective("sft", "supervised fine-tuning", data=("conversation",)),
+    Objective("sft", "supervised fine-tuning", data=("conversation",), loss_weights=True),
     Objective("dpo", "preference tuning (DPO)", data=("pair",), settings=("beta", "loss_type"),
               losses=DPO_LOSSES, reference=lambda settings: True, head="fused"),
     Objective("orpo", "preference tuning (ORPO)", data=("pair",), settings=("beta",), head="full"),

@@ -168,17 +168,19 @@ def _fits_objective(run: RunConfig, rows: list[Conversation]) -> None:
 
 
 def _answers_unweighted(run: RunConfig, rows: list[Conversation]) -> None:
-    """Loss weights are sft's (our loop scales each token's loss): another objective trains (or, GRPO, compares
-    with) a row's last answer whole through TRL's trainers, which take no per-token weights, so a weight other than 1
-    on that answer is refused; weights on the turns before it, its prompt, do not matter."""
-    if run.objective.name == "sft":
+    """Loss weights are for an objective whose loop scales each token's loss (``Objective.loss_weights``: sft's):
+    another trains (or, GRPO, compares with) a row's last answer whole through TRL's trainers, which take no per-token
+    weights, so a weight other than 1 on that answer is refused; weights on the turns before it, its prompt, do not
+    matter."""
+    if OBJECTIVES[run.objective.name].loss_weights:
         return
+    takers = " or ".join(f"objective={name}" for name, o in OBJECTIVES.items() if o.loss_weights)
     for c in rows:
         last = max((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), default=None)
         if last is not None and (weight := c.messages[last].get("weight", 1)) != 1:
             raise DataError(f"{c.location}: message {last} has loss weight {weight:g}; objective={run.objective.name} "
                             "trains the last answer whole (its TRL trainer takes no loss weights) — drop the weight "
-                            "of the last answer, or set objective=sft")
+                            f"of the last answer, or set {takers}")
 
 
 def _has_references(run: RunConfig, rows: list[Conversation]) -> None:

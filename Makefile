@@ -1,6 +1,7 @@
 # make run   — install into .venv and run the support_bot recipe on the embedded SmolLM2 model
 # make check — ruff and the quick tests (no model run, no server, no subprocess): the loop while editing
 # make test  — install with the test extras and run the whole test suite (what CI runs)
+# make sky   — SkyPilot in .venv-sky, for `python -m finetune launch` (put .venv-sky/bin on PATH) and its tests
 VENV ?= .venv
 PY := $(VENV)/bin/python
 # CPU build of torch from this machine's disk; on a CUDA machine install the torch build you want instead.
@@ -10,7 +11,7 @@ TORCH ?= torch==2.13.0
 # pip reuses the wheel it built last time: after changing CMAKE_ARGS, `pip cache remove llama_cpp_python` first.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF
 
-.PHONY: install run check test
+.PHONY: install sky run check test
 
 # pip would byte-compile all ~24,700 installed files (~105 s here), of which a run imports a few thousand: Python
 # writes each module's .pyc the first time it is imported instead. A machine that sets PYTHONDONTWRITEBYTECODE (this
@@ -26,6 +27,17 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
+# SkyPilot pins click<8.2, which our huggingface_hub outgrew: it gets a venv of its own. `python -m finetune launch`
+# runs its `sky` from PATH; tests/test_launch.py checks the tasks with its parser (pip install: ~40 s here).
+SKY_VENV ?= .venv-sky
+SKYPILOT_VERSION ?= 0.14.1
+$(SKY_VENV)/.skypilot-$(SKYPILOT_VERSION):
+	python3 -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install -q --no-compile "skypilot==$(SKYPILOT_VERSION)"
+	touch $@
+
+sky: $(SKY_VENV)/.skypilot-$(SKYPILOT_VERSION)
+
 run: install
 	$(PY) -m finetune +recipe=support_bot
 
@@ -33,6 +45,6 @@ check: install
 	$(PY) -m ruff check finetune hydra_plugins tests benchmarks
 	$(PY) -m pytest -q -m quick
 
-test: install
+test: install sky
 	$(PY) -m ruff check finetune hydra_plugins tests benchmarks
 	$(PY) -m pytest -q

@@ -167,7 +167,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     outcome = {"job": run_dir.name, "run_dir": str(run_dir), "status": status, "error": error,
                "overrides": [redact_yaml(o) for o in hydra_cfg.overrides.task],  # key=value: as saved
                "seconds": round(time.monotonic() - started, 2)}
-    if in_sweep:
+    if in_sweep and status != "joined":  # a node that joined node 0's training leaves node 0's outcome
         atomic_write_json(run_dir / OUTCOME_NAME, outcome)
     return outcome
 
@@ -179,6 +179,14 @@ def _run(cfg: DictConfig, run_dir: Path, logs: RunLog, in_sweep: bool) -> str:
         spec = load_run_config(cfg)
     except ConfigError as e:
         _refused(run_dir, in_sweep)
+        raise JobFailed(str(e)) from None
+    from finetune import launch
+
+    try:
+        if launch.joins(spec):  # a node other than the first of a several-node run: it trains, node 0 writes
+            launch.engine(spec).join(spec)
+            return "joined"
+    except UserError as e:
         raise JobFailed(str(e)) from None
     # The stages pull in torch and friends: imported only now, so --cfg, --help and bad configs stay fast.
     from finetune.pipeline.graph import StopHere, check_graph, run_graph, stages_for
@@ -265,6 +273,10 @@ def main() -> None:
         from finetune.plan_command import main as plan
 
         sys.exit(plan(args[1:]))
+    if args[:1] == ["launch"]:
+        from finetune.launch_command import main as launch
+
+        sys.exit(launch(args[1:]))
     if word := unknown_word(args):
         _fail(unknown_word_message(word))
     given = {arg.split("=")[0].lstrip("+~") for arg in args}

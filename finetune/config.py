@@ -29,6 +29,7 @@ from finetune.errors import UserError
 from finetune.export.gguf_types import OUT_TYPES
 from finetune.fields import setting as _field
 from finetune.generate import OLLAMA_REPEAT_LAST_N, OLLAMA_TOP_K
+from finetune.launch import ENGINES
 from finetune.methods import METHODS, OPTIMIZERS
 from finetune.metrics import METRICS
 from finetune.metrics.formats import StyleRule, check_style_rules
@@ -232,6 +233,17 @@ class TrainConfig:
     logging_steps: int = _field(1, low=1)
     num_processes: int = _field(1, low=1)  # >1: data-parallel workers (finetune/distributed.py)
     distributed: str = _field("ddp", choices=tuple(STRATEGIES))  # ddp (CPU or CUDA); fsdp, deepspeed on CUDA
+    # how the workers start (finetune/launch/): torchrun on this node (train.nnodes > 1: on each node, with c10d
+    # rendezvous), or ray: a Ray Train TorchTrainer on a Ray cluster (train.ray_address)
+    engine: str = _field("torchrun", choices=tuple(ENGINES))
+    nnodes: int = _field(1, low=1)  # nodes, each running train.num_processes workers
+    max_restarts: int = _field(0, low=0)  # a failed worker group starts again from the last checkpoint
+    ray_address: str | None = None  # engine=ray: ray://host:10001 or auto; null: RAY_ADDRESS, else a local cluster
+
+    @property
+    def rows_per_step(self) -> int:
+        """The global batch: what one optimizer step averages over, however the workers split it."""
+        return self.batch_size * self.grad_accum * self.num_processes * self.nnodes
 
 
 @dataclass
@@ -364,10 +376,10 @@ def _check_reward(run: RunConfig) -> None:
     if weights and len(weights) != len(functions):
         raise ConfigError(f"reward.weights: {len(weights)} weights for {len(functions)} reward.functions")
     t, n = run.train, run.objective.num_generations
-    if (t.batch_size * t.grad_accum * t.num_processes) % n:
+    if (rows := t.rows_per_step) % n:
         raise ConfigError(f"objective.num_generations={n}: the answers to a prompt are compared within a step, so "
-                          f"train.batch_size × train.grad_accum × train.num_processes "
-                          f"({t.batch_size * t.grad_accum * t.num_processes}) must be a multiple of it")
+                          f"train.batch_size × train.grad_accum × train.num_processes × train.nnodes ({rows}) must "
+                          "be a multiple of it")
 
 
 def _check_objective_settings(objective: ObjectiveConfig) -> None:

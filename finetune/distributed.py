@@ -1,28 +1,23 @@
-"""Training in several processes: ``train.num_processes=N`` starts N workers through ``torch.distributed.run``,
-each running the same train stage; the Trainer (through accelerate) makes it data-parallel.
+"""Training in several processes: ``train.num_processes=N`` workers on each of ``train.nnodes`` nodes, started by
+the engine ``train.engine`` chooses (``finetune.launch``), each running the same train stage; the Trainer (through
+accelerate) makes it data-parallel.
 
 ``train.distributed``: ``ddp`` (CPU with gloo, CUDA with nccl), ``fsdp`` (parameters, gradients and optimizer
 state sharded across GPUs) or ``deepspeed`` (ZeRO stage 2, ``conf/deepspeed/zero2.json``); the last two need CUDA.
-The global batch is ``batch_size × grad_accum × num_processes``, and the loss is the token mean over all of it
-(``finetune.training``), so N processes optimise what one process with N× the accumulation would. Only rank 0
-writes the plan, logs, curves, metrics and the saved model; checkpoints come from the Trainer's main process.
+The global batch is ``batch_size × grad_accum × num_processes × nnodes``, and the loss is the token mean over all
+of it (``finetune.training``), so N processes optimise what one process with N× the accumulation would. Only global
+rank 0 writes the plan, logs, curves, metrics and the saved model; checkpoints come from the Trainer's main process.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
-import json
 import os
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from finetune.errors import UserError
 from finetune.paths import CONF_DIR
-
-LAUNCH_FILE = ".launch.json"
 
 
 @dataclass(frozen=True)
@@ -55,8 +50,10 @@ def check(run: Any) -> None:
 
     import torch
 
+    from finetune.launch import ENGINES
+
     t = run.train
-    if t.num_processes == 1:
+    if world_size(run) == 1 or not ENGINES[t.engine].devices_here:  # a Ray cluster's GPUs are not this machine's
         return
     strategy = STRATEGIES[t.distributed]
     if strategy.cuda_only and not torch.cuda.is_available():
@@ -78,39 +75,17 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def world_size(run: Any) -> int:
+    """The workers of the run: ``train.num_processes`` on each of ``train.nnodes`` nodes."""
+    return run.train.num_processes * run.train.nnodes
+
+
 def trainer_arguments(run: Any) -> dict[str, Any]:
     """What ``TrainingArguments`` needs for the chosen strategy (nothing for one process)."""
     import torch
 
     t = run.train
-    if t.num_processes == 1:
+    if world_size(run) == 1:
         return {}
     return {"ddp_backend": "nccl" if torch.cuda.is_available() else "gloo", "ddp_find_unused_parameters": False,
             **copy.deepcopy(STRATEGIES[t.distributed].arguments)}
-
-
-def launch(run: Any, ctx: Any) -> dict[str, str]:
-    """Run the train stage in ``train.num_processes`` workers and return rank 0's artifacts."""
-    n = run.train.num_processes
-    spec = ctx.out_dir / LAUNCH_FILE
-    spec.write_text(json.dumps({
-        "run": dataclasses.asdict(run),
-        "context": {"run_dir": str(ctx.run_dir), "out_dir": str(ctx.out_dir), "resume": ctx.resume,
-                    "inputs": {stage: {k: str(v) for k, v in a.items()} for stage, a in ctx.inputs.items()}},
-    }), encoding="utf-8")
-    # CPU workers share the cores instead of each taking all of them
-    threads = max(1, (os.cpu_count() or 1) // n)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={n}",
-               "-m", "finetune.worker", str(spec)]
-    try:
-        code = subprocess.run(command, env=env).returncode
-    finally:
-        spec.unlink(missing_ok=True)
-    if code:
-        raise DistributedError(f"train: a worker of {n} processes failed (exit {code}); its error is printed above")
-    artifacts = ctx.out_dir / "artifacts.json"
-    try:
-        return json.loads(artifacts.read_text())
-    finally:
-        artifacts.unlink()

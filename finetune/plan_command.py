@@ -130,6 +130,7 @@ def make(run: RunConfig) -> dict[str, Any]:
     from finetune import plan
     from finetune.backends import BACKENDS
     from finetune.backends.base import LOCAL_WEIGHTS
+    from finetune.distributed import world_size
 
     if LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities:
         raise PlanError(f"backend.name={run.backend.name}: plan is for training on your own GPUs or CPU; a hosted "
@@ -138,10 +139,10 @@ def make(run: RunConfig) -> dict[str, Any]:
     train_set, counted = _train_rows(run)
     dtype = "bfloat16" if run.model.dtype == "auto" else run.model.dtype  # what a GPU run loads
     model = meta_model(run, config, dtype)
-    the_plan = plan.make(run, model, train_set, run.train.num_processes, baseline_bytes=0, on_gpu=True)
+    the_plan = plan.make(run, model, train_set, world_size(run), baseline_bytes=0, on_gpu=True)
     if (here := the_plan["here"])["estimated_s"] is not None and here["estimated_s"] < plan.CPU_IS_ENOUGH_S:
         # quick enough on this CPU: does it fit here, in fp32 (what a CPU run loads)?
-        on_cpu = plan.make(run, meta_model(run, config, "float32"), train_set, run.train.num_processes,
+        on_cpu = plan.make(run, meta_model(run, config, "float32"), train_set, world_size(run),
                            baseline_bytes=plan.process_bytes(), on_gpu=False)
         here |= {"memory_bytes": on_cpu["memory_estimate_bytes"]["total"],
                  "memory_available_bytes": plan.available_bytes()}

@@ -1,39 +1,67 @@
-"""One of ``train.num_processes`` workers, as ``torch.distributed.run`` starts it (``finetune.distributed.launch``):
-``python -m finetune.worker SPEC`` trains the run and context SPEC holds with the run's backend. Its own module,
-because it imports the backends, which import ``finetune.distributed``: the launcher stays below them."""
+"""One training worker, as an engine (``finetune.launch``) starts it: ``python -m finetune.worker SPEC`` under
+``torch.distributed.run``, or ``train_in_worker`` inside a Ray Train worker. Its own module, because it imports the
+backends, which import ``finetune.distributed``: the launchers stay below them."""
 
 from __future__ import annotations
 
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
-
-from omegaconf import OmegaConf
+from typing import Any
 
 from finetune.backends import BACKENDS
-from finetune.config import load_run_config
 from finetune.distributed import is_main_process
-from finetune.pipeline.graph import StageContext
+from finetune.launch import spec as worker_spec
 from finetune.pipeline.manifest import atomic_write_json
 from finetune.pipeline.rundir import RunLog
 
 
-def work(spec_path: Path) -> None:
-    """Train as one worker; rank 0 leaves the stage's artifacts beside the spec for the launcher."""
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
-    run = load_run_config(OmegaConf.create(spec["run"]))
-    c = spec["context"]
-    ctx = StageContext(run_dir=Path(c["run_dir"]), out_dir=Path(c["out_dir"]), resume=c["resume"],
-                       inputs={s: {k: Path(v) for k, v in a.items()} for s, a in c["inputs"].items()})
-    artifacts = BACKENDS[run.backend.name].train(run, ctx)  # in a worker: trains here
+def train_in_worker(spec: dict[str, Any], restarted: bool = False) -> dict[str, str]:
+    """Train as one worker of the run ``spec`` holds; a restarted worker group resumes from its last checkpoint."""
+    run, ctx = worker_spec.from_json(spec, resume=restarted)
+    return BACKENDS[run.backend.name].train(run, ctx)  # in a worker: trains here
+
+
+def work(argv: list[str]) -> None:
+    """Train as the worker ``argv`` says: ``SPEC`` (a file the driver wrote) or ``--join RUN`` (a node other than 0,
+    given the run its own command composed); rank 0 leaves the stage's artifacts for the driver."""
+    import os
+
+    from finetune.launch import nodes
+
+    restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
+    first_here = os.environ.get("LOCAL_RANK") == "0"
+    if argv[0] == "--join":
+        spec = nodes.receive(json.loads(argv[1]))
+    else:
+        spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        if nodes.several_nodes() and first_here:
+            nodes.share(spec)
+    heartbeat = nodes.Heartbeat() if nodes.several_nodes() and first_here else None
+    try:
+        artifacts = train_in_worker(spec, restarted)
+    except BaseException:
+        if heartbeat:
+            heartbeat.stop()
+            nodes.record_lost_node(spec["run"]["train"]["nnodes"])
+        raise
+    if heartbeat:
+        heartbeat.stop()
     if is_main_process():
-        atomic_write_json(ctx.out_dir / "artifacts.json", artifacts)
+        atomic_write_json(Path(spec["context"]["out_dir"]) / "artifacts.json", artifacts)
 
 
-if __name__ == "__main__":
+def quiet_unless_main() -> None:
+    """Rank 0 logs as the run does; the other workers keep quiet, so the console shows one run."""
     if is_main_process():
         RunLog()
     else:
         logging.disable(logging.WARNING)
-    work(Path(sys.argv[1]))
+        warnings.simplefilter("ignore")
+
+
+if __name__ == "__main__":
+    quiet_unless_main()
+    work(sys.argv[1:])

@@ -105,7 +105,7 @@ def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
      "objective.loss_type=sigmoid: objective=grpo takes dapo, grpo, dr_grpo, bnpo, cispo, sapo, luspo, vespo"),
     (("objective=grpo", "reward.functions=[rouge_l]", "train.batch_size=1", "train.grad_accum=3"),
      "objective.num_generations=8: the answers to a prompt are compared within a step, so train.batch_size × "
-     "train.grad_accum × train.num_processes (3) must be a multiple of it"),
+     "train.grad_accum × train.num_processes × train.nnodes (3) must be a multiple of it"),
 ])
 def test_an_objective_the_backend_does_not_train_is_refused(overrides, message):
     with pytest.raises(ConfigError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):

@@ -32,6 +32,7 @@ NOT_RUN = {  # first argument → why the command is only parsed here
     "compare": "needs two finished run directories (tests/test_compare.py runs it)",
     "chat": "needs a finished run directory (tests/test_chat_serve.py runs it)",
     "serve": "needs a finished run directory (tests/test_chat_serve.py runs it)",
+    "launch": "writes a SkyPilot task and checks it with SkyPilot (tests/test_launch.py runs it)",
     "--config-path": "reruns a finished run from its .hydra/ (tests/test_reproducible.py runs it)",
 }
 MISTAKES = {  # commands the docs show as mistakes → what the one-line error names
@@ -166,6 +167,11 @@ def test_commands_that_need_a_finished_run_parse(args):
     elif args[0] in ("chat", "serve"):
         module = importlib.import_module(f"finetune.{args[0]}_command")
         assert module.parser().parse_args(list(args[1:])).run_dir, SHOWN[args].where
+    elif args[0] == "launch":
+        from finetune.launch_command import split
+
+        overrides, _, _ = split(list(args[1:]))
+        assert unknown_word(overrides) is None, SHOWN[args].where
     else:
         assert unknown_word(args) is None, SHOWN[args].where
 

@@ -181,11 +181,14 @@ def test_submitit_local_launcher_runs_jobs_in_parallel_processes(dataset, tmp_pa
     assert start_b < end_a and start_a < end_b  # the two jobs ran at the same time
 
 
-def test_slurm_launcher_takes_the_resources_group(tmp_path):
+@pytest.mark.parametrize(("resources", "asked"), [("slurm_1gpu", ("nodes: 1", "gpus_per_node: 1")),
+                                                  ("slurm_2nodes", ("nodes: 2", "tasks_per_node: 1"))])
+def test_slurm_launcher_takes_the_resources_group(resources, asked, tmp_path):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
-    proc = run_cli("hydra/launcher=submitit_slurm", "+resources=slurm_1gpu", "--cfg", "hydra", cwd=tmp_path)
+    proc = run_cli("hydra/launcher=submitit_slurm", f"+resources={resources}", "--cfg", "hydra", cwd=tmp_path)
     launcher = proc.stdout.split("launcher:", 1)[1]
-    assert "SlurmLauncher" in launcher and "gpus_per_node: 1" in launcher and "max_num_timeout: 3" in launcher
+    assert "SlurmLauncher" in launcher and "max_num_timeout: 3" in launcher
+    assert all(f"\n    {line}\n" in launcher for line in asked), launcher
 
 
 def test_multi_objective_search_keeps_both_values_and_does_not_prune(dataset, tmp_path):

@@ -1,21 +1,28 @@
 """The local backends (``hf``, ``unsloth``): they differ in how the model loads and what each needs here; the
-checks, the config keys, the training (``local_train``, in this process or in ``train.num_processes`` workers
-through ``finetune.distributed``) and the models asked in process are shared."""
+checks, the config keys, the training (``local_train``, in this process or in workers an engine of
+``finetune.launch`` starts) and the models asked in process are shared."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune import distributed, methods, rewards
+from finetune import distributed, launch, methods, rewards
 from finetune.backends.base import Asked
+from finetune.config import TrainConfig
 from finetune.errors import UserError
 from finetune.models import load_config, load_tokenizer, resolve_model_source
 from finetune.objectives import OBJECTIVES
 
+# Where the workers run and how a step's rows are split among them, not what they train: a rerun on another node
+# count, engine or restart budget resumes the same training (``train.rows_per_step`` stands for the split)
+PLACEMENT = ("grad_accum", "num_processes", "nnodes", "engine", "max_restarts", "ray_address")
 # What local training reads: a change to one of them trains again
-CONFIG_KEYS = ("model", "method", "backend.name", "objective", "reward", "train", "seed")
+CONFIG_KEYS = ("model", "method", "backend.name", "objective", "reward",
+               *(f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in PLACEMENT),
+               "train.rows_per_step", "seed")
 
 
 class TrainError(UserError, RuntimeError):
@@ -56,6 +63,8 @@ class LocalBackend:
         function that cannot be called."""
         self.needs(run)
         distributed.check(run)
+        if launch.needed(run):
+            launch.engine(run).check(run)
         if OBJECTIVES[run.objective.name].rollouts:
             rewards.check(run.reward, run.eval)
         method = methods.METHODS[run.method.name]
@@ -67,9 +76,9 @@ class LocalBackend:
         return CONFIG_KEYS
 
     def train(self, run: Any, ctx: Any) -> dict[str, str]:
-        """In this process, or in ``train.num_processes`` workers that each come back here."""
-        if run.train.num_processes > 1 and not distributed.in_worker():
-            return distributed.launch(run, ctx)
+        """In this process, or in the workers of ``train.engine``, which each come back here."""
+        if launch.needed(run) and not distributed.in_worker():
+            return launch.engine(run).launch(run, ctx)
         from finetune.backends.local_train import train_here
 
         return train_here(run, ctx, self.load)

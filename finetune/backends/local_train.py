@@ -30,7 +30,7 @@ from finetune.training import jsonl_log, progress_bar
 log = logging.getLogger(__name__)
 
 
-def _last_checkpoint(checkpoints: Path) -> Path | None:
+def last_checkpoint(checkpoints: Path) -> Path | None:
     """The newest complete checkpoint: the Trainer writes trainer_state.json last, so a checkpoint cut off
     mid-save has none and is passed over."""
     found = sorted((p for p in checkpoints.glob("checkpoint-*") if (p / "trainer_state.json").is_file()),
@@ -114,7 +114,7 @@ def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, 
     callbacks += [TensorBoardCallback(tensorboard), jsonl_log(ctx.out_dir / "loss.jsonl", resume_step),
                   progress_bar()]
     # One process only: a pruned rank 0 would leave the other ranks waiting at their next collective.
-    if has_eval and run.train.num_processes == 1 and (pruning := trial.pruning_callback(ctx.run_dir)):
+    if has_eval and distributed.world_size(run) == 1 and (pruning := trial.pruning_callback(ctx.run_dir)):
         callbacks.append(pruning)  # last: the eval loss is logged before a pruned trial stops
     return callbacks, tensorboard
 
@@ -156,7 +156,7 @@ def train_here(run: RunConfig, ctx: StageContext, load: Callable[[RunConfig], An
     checkpoints = ctx.out_dir / "checkpoints"
     if main:
         _drop_incomplete_checkpoints(checkpoints)
-    resume_from = _last_checkpoint(checkpoints) if ctx.resume else None
+    resume_from = last_checkpoint(checkpoints) if ctx.resume else None
     resume_step = int(resume_from.name.split("-")[1]) if resume_from else 0
     tokens_before = _tokens_seen(resume_from) if resume_from else 0  # read now: checkpoints rotate away
     callbacks, tensorboard = _callbacks(run, ctx, main, resume_step, eval_set is not None)

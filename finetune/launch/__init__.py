@@ -1,0 +1,44 @@
+"""Engines that start the training workers, chosen by ``train.engine``: ``torchrun`` (``torch.distributed.run`` on
+this node, and on ``train.nnodes`` nodes with c10d rendezvous) or ``ray`` (a Ray Train ``TorchTrainer`` on a Ray
+cluster). Each module has ``check(run)`` (refuse what cannot start here, before any stage runs) and ``launch(run,
+ctx) -> artifacts`` (run the train stage in its workers; rank 0's artifacts come back). Every worker runs
+``finetune.worker``'s ``train_in_worker``: the same train stage, checkpoints, resume and files as one process.
+
+Light on purpose: ``finetune.config`` takes the choices from ``ENGINES``; an engine's module is imported when used.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Engine:
+    module: str  # holds check(run) and launch(run, ctx)
+    devices_here: bool = True  # the workers use this machine's GPUs (torchrun), not a cluster's (ray)
+
+
+ENGINES: dict[str, Engine] = {
+    "torchrun": Engine("finetune.launch.torchrun"),
+    "ray": Engine("finetune.launch.ray_train", devices_here=False),
+}
+
+
+def engine(run: Any) -> Any:
+    """The chosen engine's module."""
+    return importlib.import_module(ENGINES[run.train.engine].module)
+
+
+def needed(run: Any) -> bool:
+    """Whether the train stage runs in workers an engine starts, rather than in this process."""
+    t = run.train
+    return t.num_processes > 1 or t.nnodes > 1 or t.engine != "torchrun"
+
+
+def joins(run: Any) -> bool:
+    """Whether this process is a node other than the first of a several-node run, which only joins the training
+    (``engine(run).join(run)``) while the first node runs the stage graph."""
+    module = engine(run)
+    return run.train.nnodes > 1 and hasattr(module, "join") and module.node_rank(run) > 0

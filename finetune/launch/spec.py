@@ -1,0 +1,28 @@
+"""What a worker needs to train a run: the resolved run config and the stage's context, as JSON. Launchers write
+it (a file beside the stage's output, or a Ray Train config) and ``finetune.worker`` reads it back."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+
+def to_json(run: Any, ctx: Any) -> dict[str, Any]:
+    return {"run": dataclasses.asdict(run),
+            "context": {"run_dir": str(ctx.run_dir), "out_dir": str(ctx.out_dir), "resume": ctx.resume,
+                        "inputs": {stage: {k: str(v) for k, v in a.items()} for stage, a in ctx.inputs.items()}}}
+
+
+def from_json(spec: dict[str, Any], resume: bool = False) -> tuple[Any, Any]:
+    """The run and the context; ``resume``: also resume when the launcher did not ask (a restarted worker group
+    goes on from the last checkpoint this attempt wrote)."""
+    from omegaconf import OmegaConf
+
+    from finetune.config import load_run_config
+    from finetune.pipeline.graph import StageContext
+
+    c = spec["context"]
+    ctx = StageContext(run_dir=Path(c["run_dir"]), out_dir=Path(c["out_dir"]), resume=c["resume"] or resume,
+                       inputs={s: {k: Path(v) for k, v in a.items()} for s, a in c["inputs"].items()})
+    return load_run_config(OmegaConf.create(spec["run"])), ctx

@@ -45,6 +45,7 @@ check: install
 	$(PY) -m ruff check finetune hydra_plugins tests benchmarks
 	$(PY) -m pytest -q -m quick
 
-test: install sky
+test:  # the two environments install side by side
+	$(MAKE) -j2 install sky
 	$(PY) -m ruff check finetune hydra_plugins tests benchmarks
 	$(PY) -m pytest -q

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from finetune.backends.local import PLACEMENT
 from finetune.config import RunConfig, SourceConfig, load_run_config, section
 from finetune.pipeline.graph import _fingerprint, run_graph, stages_for
 from finetune.pipeline.manifest import Manifest
@@ -84,6 +85,8 @@ def test_every_key_a_stage_reads_changes_its_fingerprint(chat_dataset, tmp_path)
         assert reads[stage.name], stage.name  # the recording saw the stage's reads
         before = _fingerprint(stage, spec, done)
         for key in sorted(reads[stage.name]):
+            if stage.name == "train" and key.removeprefix("train.") in PLACEMENT:
+                continue  # where the workers run: another engine resumes the same training
             other = copy.deepcopy(spec)
             if key.startswith("dataset.") and key.endswith("path"):  # another file with the same data
                 set_key(other, key, str(shutil.copy(chat_dataset, tmp_path / "copy.jsonl")))

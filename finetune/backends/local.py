@@ -16,12 +16,14 @@ from finetune.errors import UserError
 from finetune.models import load_config, load_tokenizer, resolve_model_source
 from finetune.objectives import OBJECTIVES
 
-# Where the workers run and how a step's rows are split among them, not what they train: a rerun on another node
-# count, engine or restart budget resumes the same training (``train.rows_per_step`` stands for the split)
-PLACEMENT = ("grad_accum", "num_processes", "nnodes", "engine", "max_restarts", "ray_address")
+# Where the workers run, not what they train: a rerun on another engine or restart budget resumes the same training
+PLACEMENT = ("engine", "max_restarts", "ray_address")
+# How a step's rows are split among the workers: only the whole, train.rows_per_step, is what they train, so a rerun
+# on another node count with the same global batch resumes too
+SPLIT = ("grad_accum", "num_processes", "nnodes")
 # What local training reads: a change to one of them trains again
 CONFIG_KEYS = ("model", "method", "backend.name", "objective", "reward",
-               *(f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in PLACEMENT),
+               *(f"train.{f.name}" for f in dataclasses.fields(TrainConfig) if f.name not in PLACEMENT + SPLIT),
                "train.rows_per_step", "seed")
 
 

@@ -4,12 +4,13 @@ it (a file beside the stage's output, or a Ray Train config) and ``finetune.work
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 from typing import Any
 
 
 def to_json(run: Any, ctx: Any) -> dict[str, Any]:
-    return {"run": dataclasses.asdict(run),
+    return {"run": dataclasses.asdict(run), "cwd": os.getcwd(),
             "context": {"run_dir": str(ctx.run_dir), "out_dir": str(ctx.out_dir), "resume": ctx.resume,
                         "inputs": {stage: {k: str(v) for k, v in a.items()} for stage, a in ctx.inputs.items()}}}
 
@@ -22,6 +23,9 @@ def from_json(spec: dict[str, Any], resume: bool = False) -> tuple[Any, Any]:
     from finetune.config import load_run_config
     from finetune.pipeline.graph import StageContext
 
+    # relative paths in the config mean what they meant to the command (Ray starts its workers in a folder of its own)
+    if Path(spec["cwd"]).is_dir():
+        os.chdir(spec["cwd"])
     c = spec["context"]
     ctx = StageContext(run_dir=Path(c["run_dir"]), out_dir=Path(c["out_dir"]), resume=c["resume"] or resume,
                        inputs={s: {k: Path(v) for k, v in a.items()} for s, a in c["inputs"].items()})

@@ -13,6 +13,7 @@ from typing import Any
 
 from finetune.backends import BACKENDS
 from finetune.distributed import is_main_process
+from finetune.errors import UserError
 from finetune.launch import spec as worker_spec
 from finetune.pipeline.manifest import atomic_write_json
 from finetune.pipeline.rundir import RunLog
@@ -33,19 +34,25 @@ def work(argv: list[str]) -> None:
 
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     first_here = os.environ.get("LOCAL_RANK") == "0"
-    if argv[0] == "--join":
-        spec = nodes.receive(json.loads(argv[1]))
-    else:
-        spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
-        if nodes.several_nodes() and first_here:
-            nodes.share(spec)
+    try:
+        if argv[0] == "--join":
+            spec = nodes.receive(json.loads(argv[1]))
+        else:
+            spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+            if nodes.several_nodes() and first_here:
+                nodes.share(spec)
+    except UserError as e:
+        nodes.record_failure(str(e))
+        raise
     heartbeat = nodes.Heartbeat() if nodes.several_nodes() and first_here else None
     try:
         artifacts = train_in_worker(spec, restarted)
-    except BaseException:
-        if heartbeat:
+    except BaseException as e:
+        if isinstance(e, UserError):
+            nodes.record_failure(str(e))
+        elif heartbeat:
             heartbeat.stop()
-            nodes.record_lost_node(spec["run"]["train"]["nnodes"])
+            nodes.record_lost_node(spec["run"]["train"]["nnodes"], Path(spec["context"]["out_dir"]) / "checkpoints")
         raise
     if heartbeat:
         heartbeat.stop()

@@ -113,14 +113,25 @@ def kill_node(run) -> None:
 @pytest.mark.slow
 def test_two_nodes_on_one_host_train_like_one_process_and_resume_after_a_node_is_killed(common, one_process):
     """Two torchrun agents (`train.nnodes=2`, c10d rendezvous, gloo, one worker each) in one shared run folder, as
-    two nodes on a shared file system: node 1 is killed mid-training and node 0 fails with one line naming it; the
-    run resumes from the last checkpoint on the one node left (the same global batch: 1 × 4 rows instead of 2 × 2),
-    and the whole curve is the one-process run's."""
+    two nodes on a shared file system. Node 1 started with other settings is refused; then node 1 is killed
+    mid-training and node 0 fails with one line naming it; the run resumes from the last checkpoint on the one node
+    left (the same global batch: 1 × 4 rows instead of 2 × 2), and the whole curve is the one-process run's."""
     folder, args = common
     two = (*args, "train.grad_accum=2", "train.nnodes=2", "hydra.run.dir=nodes")
-    where = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-    second = start_cli(*two, cwd=folder, env={**where, "NODE_RANK": "1"})  # it may come first: it waits for node 0
-    first = start_cli(*two, cwd=folder, env={**where, "NODE_RANK": "0"})
+
+    def nodes(*second_node: str) -> tuple:
+        where = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        second = start_cli(*two, *second_node, cwd=folder, env={**where, "NODE_RANK": "1"})  # it may come first
+        return start_cli(*two, cwd=folder, env={**where, "NODE_RANK": "0"}), second
+
+    # a node started with other settings is refused, and node 0, waiting for it, stops with the same line
+    first, second = nodes("train.lr=1e-3")
+    said = [run.communicate(timeout=120)[1].strip().splitlines()[-1] for run in (first, second)]
+    assert (first.returncode, second.returncode) == (2, 2)
+    assert said == ["error: node 1: train.lr=0.001 here, but node 0 trains with train.lr=0.02; start every node "
+                    "with the same command"] * 2
+
+    first, second = nodes()
     loss_log = folder / "nodes" / "train" / "loss.jsonl"
     deadline = time.monotonic() + 300
     while not (loss_log.is_file() and loss_log.read_text().count('"loss"') >= 6):

@@ -1,11 +1,11 @@
 """What the workers of a several-node torchrun run tell each other through the rendezvous store on node 0: the run
 (node 0's workers hold it; the other nodes' take it, and refuse it if their own command says otherwise), and that
 each node is alive, so that a worker whose peer vanished (a node killed, or lost from the network) names that node
-instead of a socket error.
+instead of a socket error. And what a worker tells its driver: a one-line refusal, in a file.
 
 Everything goes through the c10d rendezvous store that node 0's agent hosts (``--rdzv-conf is_host=1``), whatever
 global ranks the rendezvous hands out: its address comes in ``FINETUNE_RDZV_ENDPOINT``, this node's rank in
-``FINETUNE_NODE_RANK``, and the file the driver reads a lost node's line from in ``FINETUNE_LOST_NODE_FILE``.
+``FINETUNE_NODE_RANK``; the driver's file is ``FINETUNE_FAILURE_FILE``.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 SPEC_KEY = "finetune/spec"
+REFUSED_KEY = "finetune/refused"
 BEAT_S = 1.0  # how often each node says it is alive
 SILENT_BEATS = 4  # a node whose counter did not move for this many beats is gone
 
@@ -48,14 +49,19 @@ def receive(own_run: dict[str, Any]) -> dict[str, Any]:
     differs), since the nodes would train different things."""
     from finetune.distributed import DistributedError
 
-    spec = json.loads(_store(600).get(SPEC_KEY))
+    store = _store(600)
+    spec = json.loads(store.get(SPEC_KEY))
+    refusal = None
     if difference := _first_difference(spec["run"], own_run):
         key, theirs, ours = difference
-        raise DistributedError(f"node {this_node()}: {key}={ours!r} here, but node 0 trains with {key}={theirs!r}; "
-                               "start every node with the same command")
-    if not Path(spec["context"]["out_dir"]).is_dir():
-        raise DistributedError(f"node {this_node()}: node 0's run folder {spec['context']['run_dir']} is not on this "
-                               "node; the nodes need the run folder on a file system they all share")
+        refusal = (f"node {this_node()}: {key}={ours!r} here, but node 0 trains with {key}={theirs!r}; start every "
+                   "node with the same command")
+    elif not Path(spec["context"]["out_dir"]).is_dir():
+        refusal = (f"node {this_node()}: node 0's run folder {spec['context']['run_dir']} is not on this node; the "
+                   "nodes need the run folder on a file system they all share")
+    if refusal:
+        store.set(REFUSED_KEY, refusal)  # the other nodes' workers, waiting for this one, stop with the same line
+        raise DistributedError(refusal)
     return spec
 
 
@@ -69,7 +75,8 @@ def _first_difference(theirs: Any, ours: Any, key: str = "") -> tuple[str, Any, 
 
 
 class Heartbeat:
-    """Counts up ``finetune/alive/<node>`` in the store every ``BEAT_S`` while this node's workers live."""
+    """Counts up ``finetune/alive/<node>`` in the store every ``BEAT_S`` while this node's workers live, and watches
+    for a node's refusal."""
 
     def __init__(self) -> None:
         self._key = f"finetune/alive/{this_node()}"
@@ -79,21 +86,32 @@ class Heartbeat:
         threading.Thread(target=self._beat, daemon=True, name="finetune-heartbeat").start()
 
     def _beat(self) -> None:
+        """Beat; and when a node refused the run, stop this worker with its line, rather than wait for it in a
+        collective until the process group's timeout."""
         while not self._stop.wait(BEAT_S):
             try:
                 self._store.add(self._key, 1)
+                refused = self._store.check([REFUSED_KEY])
             except Exception:  # node 0's store is gone: the worker's own failure says so
                 return
+            if refused:
+                record_failure(self._store.get(REFUSED_KEY).decode())
+                os._exit(2)
 
     def stop(self) -> None:
         self._stop.set()
 
 
-def record_lost_node(nnodes: int) -> None:
-    """After this worker failed: which node, if any, stopped beating; its line goes to the driver's file."""
-    where = os.environ.get("FINETUNE_LOST_NODE_FILE")
-    if not where:
-        return
+def record_failure(line: str) -> None:
+    """Hand the driver this worker's one-line refusal, which it prints in place of the agent's tracebacks."""
+    if (where := os.environ.get("FINETUNE_FAILURE_FILE")) and not Path(where).exists():
+        Path(where).write_text(line, encoding="utf-8")
+
+
+def record_lost_node(nnodes: int, checkpoints: Path) -> None:
+    """After this worker failed: which node, if any, stopped beating, as the driver's one line."""
+    from finetune.backends.local_train import last_checkpoint
+
     try:
         store = _store(5)
         before = {n: store.add(f"finetune/alive/{n}", 0) for n in range(nnodes)}
@@ -102,13 +120,14 @@ def record_lost_node(nnodes: int) -> None:
     except Exception:  # the store itself is gone: node 0, which hosts it, stopped
         lost = [0] if this_node() != 0 else []
     if lost:
-        Path(where).write_text(", ".join(map(str, lost)), encoding="utf-8")
+        resume = f"from {found.name}" if (found := last_checkpoint(checkpoints)) else "from its last checkpoint"
+        record_failure(f"train: node {', '.join(map(str, lost))} of {nnodes} stopped during training (killed, or "
+                       "lost from the network); the same command on every node, or on another node count with the "
+                       f"same global batch, resumes {resume}")
 
 
-def lost_node_message(file: Path, nnodes: int, last_checkpoint: str | None) -> str | None:
-    """The driver's one line for a node that stopped, from what its workers recorded."""
-    if not file.is_file() or not (lost := file.read_text(encoding="utf-8").strip()):
+def failure_line(file: Path) -> str | None:
+    """What a worker recorded for the driver, if anything."""
+    if not file.is_file():
         return None
-    resume = f"from {last_checkpoint}" if last_checkpoint else "from its last checkpoint"
-    return (f"train: node {lost} of {nnodes} stopped during training (killed, or lost from the network); the same "
-            f"command on every node, or on another node count with the same global batch, resumes {resume}")
+    return file.read_text(encoding="utf-8").strip() or None

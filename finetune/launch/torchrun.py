@@ -20,7 +20,6 @@ import re
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -87,25 +86,26 @@ def _agent(run: Any, node: int, worker: list[str]) -> list[str]:
             f"--max-restarts={t.max_restarts}", "-m", "finetune.worker", *worker]
 
 
-def _environment(run: Any, node: int, lost_file: Path) -> dict[str, str]:
+def _environment(run: Any, node: int, failure_file: Path) -> dict[str, str]:
     # CPU workers share the cores instead of each taking all of them
     threads = max(1, (os.cpu_count() or 1) // run.train.num_processes)
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads))}
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(threads)),
+           "FINETUNE_FAILURE_FILE": str(failure_file)}
     if run.train.nnodes > 1:  # for finetune.launch.nodes in the workers
-        env |= {"FINETUNE_RDZV_ENDPOINT": rendezvous_endpoint(), "FINETUNE_NODE_RANK": str(node),
-                "FINETUNE_LOST_NODE_FILE": str(lost_file)}
+        env |= {"FINETUNE_RDZV_ENDPOINT": rendezvous_endpoint(), "FINETUNE_NODE_RANK": str(node)}
     return env
 
 
-def _run_agent(run: Any, node: int, worker: list[str], last_checkpoint: Callable[[], str | None]) -> None:
-    """This node's agent, to its end; a failure is one line: the node that stopped, else the worker that failed."""
+def _run_agent(run: Any, node: int, worker: list[str]) -> None:
+    """This node's agent, to its end; a failure is one line: a worker's refusal or the node that stopped, else the
+    worker that failed."""
     with tempfile.TemporaryDirectory(prefix="finetune-node-") as scratch:
-        lost_file = Path(scratch) / "lost"
-        code = subprocess.run(_agent(run, node, worker), env=_environment(run, node, lost_file)).returncode
+        failure_file = Path(scratch) / "failure"
+        code = subprocess.run(_agent(run, node, worker), env=_environment(run, node, failure_file)).returncode
         if not code:
             return
-        if lost := nodes.lost_node_message(lost_file, run.train.nnodes, last_checkpoint()):
-            raise DistributedError(lost)
+        if line := nodes.failure_line(failure_file):
+            raise DistributedError(line)
     t = run.train
     where = f" on node {node} of {t.nnodes}" if t.nnodes > 1 else ""
     raise DistributedError(f"train: a worker of {t.num_processes} processes{where} failed (exit {code}); its error "
@@ -115,13 +115,11 @@ def _run_agent(run: Any, node: int, worker: list[str], last_checkpoint: Callable
 def launch(run: Any, ctx: Any) -> dict[str, str]:
     """Run the train stage in this node's workers (node 0's, with several nodes) and return rank 0's artifacts, which
     it wrote to the run folder wherever it ran."""
-    from finetune.backends.local_train import last_checkpoint
-
     node = node_rank(run) if run.train.nnodes > 1 else 0
     spec = ctx.out_dir / SPEC_FILE
     atomic_write_json(spec, worker_spec.to_json(run, ctx))
     try:
-        _run_agent(run, node, [str(spec)], lambda: getattr(last_checkpoint(ctx.out_dir / "checkpoints"), "name", None))
+        _run_agent(run, node, [str(spec)])
     finally:
         spec.unlink(missing_ok=True)
     artifacts = ctx.out_dir / "artifacts.json"
@@ -134,4 +132,4 @@ def launch(run: Any, ctx: Any) -> dict[str, str]:
 def join(run: Any) -> None:
     """On a node other than 0: start this node's workers, which train the run node 0 started (refused if this node's
     command composed other settings), and return when they finish."""
-    _run_agent(run, node_rank(run), ["--join", json.dumps(dataclasses.asdict(run))], lambda: None)
+    _run_agent(run, node_rank(run), ["--join", json.dumps(dataclasses.asdict(run))])

@@ -40,5 +40,7 @@ def needed(run: Any) -> bool:
 def joins(run: Any) -> bool:
     """Whether this process is a node other than the first of a several-node run, which only joins the training
     (``engine(run).join(run)``) while the first node runs the stage graph."""
+    if run.train.nnodes == 1:
+        return False
     module = engine(run)
-    return run.train.nnodes > 1 and hasattr(module, "join") and module.node_rank(run) > 0
+    return hasattr(module, "join") and module.node_rank(run) > 0

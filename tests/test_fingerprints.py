@@ -103,3 +103,19 @@ def test_the_recording_sees_nested_reads(tmp_path: Path):
     run = recording(RunConfig(), "", reads)
     _ = run.train.lr, run.model.dtype, dataclasses.asdict(run.eval)
     assert {"train.lr", "model.dtype", "eval.max_samples", "eval.max_new_tokens"} <= reads
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize(("strategy", "resumes"), [("ddp", True), ("fsdp", False)])
+def test_another_node_count_with_the_same_global_batch_is_the_same_training_where_checkpoints_allow(strategy, resumes):
+    """2 nodes × 2 accumulation steps and 1 node × 4 train the same steps: the train stage resumes across them, unless
+    the strategy shards the optimizer state across the workers (its checkpoints load only on as many)."""
+    from finetune.backends import BACKENDS
+
+    def train_config(nnodes: int, grad_accum: int) -> dict[str, Any]:
+        run = RunConfig()
+        run.train.distributed, run.train.nnodes, run.train.grad_accum = strategy, nnodes, grad_accum
+        return {key: section(run, key) for key in BACKENDS[run.backend.name].config_keys(run)}
+
+    assert (train_config(2, 2) == train_config(1, 4)) is resumes
+    assert train_config(2, 2) != train_config(2, 4)  # another global batch is another training

@@ -19,7 +19,7 @@ from finetune.objectives import OBJECTIVES
 # Where the workers run, not what they train: a rerun on another engine or restart budget resumes the same training
 PLACEMENT = ("engine", "max_restarts", "ray_address")
 # How a step's rows are split among the workers: only the whole, train.rows_per_step, is what they train, so a rerun
-# on another node count with the same global batch resumes too
+# on another node count with the same global batch resumes too (where the strategy's checkpoints allow: config_keys)
 SPLIT = ("grad_accum", "num_processes", "nnodes")
 # What local training reads: a change to one of them trains again
 CONFIG_KEYS = ("model", "method", "backend.name", "objective", "reward",
@@ -75,6 +75,10 @@ class LocalBackend:
             _check_target_modules(run)
 
     def config_keys(self, run: Any) -> tuple[str, ...]:
+        """``CONFIG_KEYS``; with a strategy that shards the optimizer state across the workers (FSDP, DeepSpeed),
+        whose checkpoints load only on as many workers, also their count."""
+        if distributed.STRATEGIES[run.train.distributed].sharded:
+            return (*CONFIG_KEYS, "train.num_processes", "train.nnodes")
         return CONFIG_KEYS
 
     def train(self, run: Any, ctx: Any) -> dict[str, str]:

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from finetune.config import flatten
 from finetune.errors import UserError
 from finetune.pipeline.manifest import MANIFEST_NAME
 from finetune.stages import STAGES
@@ -41,16 +42,6 @@ def run_directory(arg: str) -> Path:
     raise NotARun(f"{path}: not a run directory; expected a folder holding .hydra/config.yaml (outputs/<name>/<time>)")
 
 
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as dotted keys; lists stay whole values."""
-    if not isinstance(data, dict) or not data:
-        return {prefix: data}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        flat.update(_flatten(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}"))
-    return flat
-
-
 def config_values(run_dir: Path) -> dict[str, Any]:
     """The run's saved config as dotted keys, interpolations resolved where they resolve here (a path or an
     environment variable of another machine may not: those keep their ``${…}`` text)."""
@@ -61,7 +52,7 @@ def config_values(run_dir: Path) -> dict[str, Any]:
 
     resolvers.register()
     cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
-    flat = _flatten(OmegaConf.to_container(cfg, resolve=False))
+    flat = flatten(OmegaConf.to_container(cfg, resolve=False))
     for key, value in flat.items():
         if isinstance(value, str) and "${" in value:
             with contextlib.suppress(OmegaConfBaseException):  # else shown as the run saved it

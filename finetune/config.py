@@ -597,6 +597,16 @@ def load_run_config(cfg: DictConfig) -> RunConfig:
     return run
 
 
+def flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as dotted keys (``{"train": {"lr": 1}}`` → ``{"train.lr": 1}``); lists stay whole values."""
+    if not isinstance(data, dict) or not data:
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(flatten(value, f"{prefix}{key}" if not prefix else f"{prefix}.{key}"))
+    return flat
+
+
 def section(run: RunConfig, dotted: str) -> Any:
     """A plain-data view of one config key (``"train.max_seq_len"``, ``"model"``), for fingerprints."""
     value: Any = run

@@ -72,13 +72,13 @@ def check(run: Any, s: LaunchSettings) -> None:
     that is no source checkout (the workdir SkyPilot syncs)."""
     from finetune.backends import BACKENDS
     from finetune.backends.base import LOCAL_WEIGHTS
-    from finetune.launch import engine
+    from finetune.launch import ENGINES
 
     if LOCAL_WEIGHTS not in BACKENDS[run.backend.name].capabilities:
         local = ", ".join(name for name, b in BACKENDS.items() if LOCAL_WEIGHTS in b.capabilities)
         raise LaunchError(f"backend.name={run.backend.name}: a hosted backend trains at its provider; launch rents "
                           f"GPUs for a backend that trains on them ({local})")
-    if s.nodes > 1 and not hasattr(engine(run), "join"):
+    if s.nodes > 1 and not ENGINES[run.train.engine].nodes_join:
         raise LaunchError(f"train.engine={run.train.engine}: launch.nodes={s.nodes} starts the same command on each "
                           "node, which this engine cannot join into one training; expected train.engine=torchrun")
     if not (skypilot.PROJECT_DIR / "pyproject.toml").is_file():

@@ -15,25 +15,28 @@ from finetune.backends import BACKENDS
 from finetune.distributed import is_main_process
 from finetune.errors import UserError
 from finetune.launch import spec as worker_spec
-from finetune.pipeline.manifest import atomic_write_json
 from finetune.pipeline.rundir import RunLog
 
 
-def train_in_worker(spec: dict[str, Any], restarted: bool = False) -> dict[str, str]:
-    """Train as one worker of the run ``spec`` holds; a restarted worker group resumes from its last checkpoint."""
+def train_in_worker(spec: dict[str, Any], restarted: bool = False) -> None:
+    """Train as one worker of the run ``spec`` holds; a restarted worker group resumes from its last checkpoint.
+    Rank 0 hands the stage's artifacts back to the launcher."""
     run, ctx = worker_spec.from_json(spec, resume=restarted)
-    return BACKENDS[run.backend.name].train(run, ctx)  # in a worker: trains here
+    artifacts = BACKENDS[run.backend.name].train(run, ctx)  # in a worker: trains here
+    if is_main_process():
+        worker_spec.hand_back(ctx, artifacts)
 
 
 def work(argv: list[str]) -> None:
     """Train as the worker ``argv`` says: ``SPEC`` (a file the driver wrote) or ``--join RUN`` (a node other than 0,
-    given the run its own command composed); rank 0 leaves the stage's artifacts for the driver."""
+    given the run its own command composed). A refusal, or a node found gone, becomes the driver's one line."""
     import os
 
     from finetune.launch import nodes
 
     restarted = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     first_here = os.environ.get("LOCAL_RANK") == "0"
+    heartbeat = None
     try:
         if argv[0] == "--join":
             spec = nodes.receive(json.loads(argv[1]))
@@ -41,12 +44,8 @@ def work(argv: list[str]) -> None:
             spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
             if nodes.several_nodes() and first_here:
                 nodes.share(spec)
-    except UserError as e:
-        nodes.record_failure(str(e))
-        raise
-    heartbeat = nodes.Heartbeat() if nodes.several_nodes() and first_here else None
-    try:
-        artifacts = train_in_worker(spec, restarted)
+        heartbeat = nodes.Heartbeat() if nodes.several_nodes() and first_here else None
+        train_in_worker(spec, restarted)
     except BaseException as e:
         if isinstance(e, UserError):
             nodes.record_failure(str(e))
@@ -56,8 +55,6 @@ def work(argv: list[str]) -> None:
         raise
     if heartbeat:
         heartbeat.stop()
-    if is_main_process():
-        atomic_write_json(Path(spec["context"]["out_dir"]) / "artifacts.json", artifacts)
 
 
 def quiet_unless_main() -> None:

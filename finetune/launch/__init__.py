@@ -18,11 +18,15 @@ from typing import Any
 class Engine:
     module: str  # holds check(run) and launch(run, ctx)
     devices_here: bool = True  # the workers use this machine's GPUs (torchrun), not a cluster's (ray)
+    # train.nnodes > 1: every node runs the same command, and the others join node 0's training (the module's
+    # node_rank and join); ray places its workers on the cluster's nodes itself
+    nodes_join: bool = True
+    one_in_process: bool = True  # one worker on one node trains in the command's own process (ray: on the cluster)
 
 
 ENGINES: dict[str, Engine] = {
     "torchrun": Engine("finetune.launch.torchrun"),
-    "ray": Engine("finetune.launch.ray_train", devices_here=False),
+    "ray": Engine("finetune.launch.ray_train", devices_here=False, nodes_join=False, one_in_process=False),
 }
 
 
@@ -34,13 +38,12 @@ def engine(run: Any) -> Any:
 def needed(run: Any) -> bool:
     """Whether the train stage runs in workers an engine starts, rather than in this process."""
     t = run.train
-    return t.num_processes > 1 or t.nnodes > 1 or t.engine != "torchrun"
+    return t.num_processes > 1 or t.nnodes > 1 or not ENGINES[t.engine].one_in_process
 
 
 def joins(run: Any) -> bool:
     """Whether this process is a node other than the first of a several-node run, which only joins the training
     (``engine(run).join(run)``) while the first node runs the stage graph."""
-    if run.train.nnodes == 1:
+    if run.train.nnodes == 1 or not ENGINES[run.train.engine].nodes_join:
         return False
-    module = engine(run)
-    return hasattr(module, "join") and module.node_rank(run) > 0
+    return engine(run).node_rank(run) > 0

@@ -47,15 +47,16 @@ def share(spec: dict[str, Any]) -> None:
 def receive(own_run: dict[str, Any]) -> dict[str, Any]:
     """The run node 0 trains; refused when this node's command composed other settings (one line, the first key that
     differs), since the nodes would train different things."""
+    from finetune.config import flatten
     from finetune.distributed import DistributedError
 
     store = _store(600)
     spec = json.loads(store.get(SPEC_KEY))
     refusal = None
-    if difference := _first_difference(spec["run"], own_run):
-        key, theirs, ours = difference
-        refusal = (f"node {this_node()}: {key}={ours!r} here, but node 0 trains with {key}={theirs!r}; start every "
-                   "node with the same command")
+    theirs, ours = flatten(spec["run"]), flatten(own_run)
+    if key := next((k for k in sorted(theirs.keys() | ours.keys()) if theirs.get(k) != ours.get(k)), None):
+        refusal = (f"node {this_node()}: {key}={ours.get(key)!r} here, but node 0 trains with {key}="
+                   f"{theirs.get(key)!r}; start every node with the same command")
     elif not Path(spec["context"]["out_dir"]).is_dir():
         refusal = (f"node {this_node()}: node 0's run folder {spec['context']['run_dir']} is not on this node; the "
                    "nodes need the run folder on a file system they all share")
@@ -63,15 +64,6 @@ def receive(own_run: dict[str, Any]) -> dict[str, Any]:
         store.set(REFUSED_KEY, refusal)  # the other nodes' workers, waiting for this one, stop with the same line
         raise DistributedError(refusal)
     return spec
-
-
-def _first_difference(theirs: Any, ours: Any, key: str = "") -> tuple[str, Any, Any] | None:
-    if isinstance(theirs, dict) and isinstance(ours, dict):
-        for name in sorted(theirs.keys() | ours.keys()):
-            if found := _first_difference(theirs.get(name), ours.get(name), f"{key}.{name}".lstrip(".")):
-                return found
-        return None
-    return None if theirs == ours else (key, theirs, ours)
 
 
 class Heartbeat:

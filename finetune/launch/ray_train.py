@@ -12,7 +12,6 @@ Ray's own run folder goes inside the stage's too, and is removed after the stage
 from __future__ import annotations
 
 import importlib.util
-import json
 import logging
 import os
 import shutil
@@ -37,7 +36,6 @@ def _work(config: dict[str, Any]) -> None:
     import ray.train
 
     from finetune.distributed import is_main_process
-    from finetune.pipeline.manifest import atomic_write_json
     from finetune.worker import quiet_unless_main, train_in_worker
 
     quiet_unless_main()
@@ -47,9 +45,7 @@ def _work(config: dict[str, Any]) -> None:
         logging.getLogger(__name__).warning("train: a worker failed; the workers started again")
     mark.parent.mkdir(parents=True, exist_ok=True)
     mark.touch()
-    artifacts = train_in_worker(config["spec"], restarted)
-    if is_main_process():
-        atomic_write_json(Path(config["spec"]["context"]["out_dir"]) / "artifacts.json", artifacts)
+    train_in_worker(config["spec"], restarted)
 
 
 def _connect(run: Any) -> None:
@@ -103,11 +99,7 @@ def launch(run: Any, ctx: Any) -> dict[str, str]:
     finally:
         ray.shutdown()  # stops the cluster started here; from another one, only disconnects
         shutil.rmtree(storage, ignore_errors=True)
-    artifacts = ctx.out_dir / "artifacts.json"
-    try:
-        return json.loads(artifacts.read_text())
-    finally:
-        artifacts.unlink()
+    return worker_spec.take_back(ctx.out_dir)
 
 
 def _failure_line(run: Any, error: Exception) -> str:

@@ -148,16 +148,11 @@ def _shipped(path: Path) -> bool:
 
 def local_inputs(run: Any) -> dict[str, tuple[str, Path]]:
     """Each config key that names a local file or folder: its scheme and path. They are mounted on the cluster."""
-    found: dict[str, tuple[str, Path]] = {}
-    for key in PATH_KEYS:
-        value: Any = run
-        for part in key.split("."):
-            value = getattr(value, part)
-        if local := _local(value):
-            found[key] = local
+    from finetune.config import section
+
+    found = {key: local for key in PATH_KEYS if (local := _local(section(run, key)))}
     for key, field in LIST_PATH_KEYS:
-        section, name = key.split(".")
-        for i, item in enumerate(getattr(getattr(run, section), name)):
+        for i, item in enumerate(section(run, key)):
             if local := _local(getattr(item, field)):
                 found[f"{key}.{i}.{field}"] = local
     return found

@@ -1,12 +1,16 @@
 """What a worker needs to train a run: the resolved run config and the stage's context, as JSON. Launchers write
-it (a file beside the stage's output, or a Ray Train config) and ``finetune.worker`` reads it back."""
+it (a file beside the stage's output, or a Ray Train config) and ``finetune.worker`` reads it back; global rank 0
+hands the stage's artifacts back to the launcher through the stage's folder, wherever it ran."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from pathlib import Path
 from typing import Any
+
+ARTIFACTS = "artifacts.json"
 
 
 def to_json(run: Any, ctx: Any) -> dict[str, Any]:
@@ -30,3 +34,19 @@ def from_json(spec: dict[str, Any], resume: bool = False) -> tuple[Any, Any]:
     ctx = StageContext(run_dir=Path(c["run_dir"]), out_dir=Path(c["out_dir"]), resume=c["resume"] or resume,
                        inputs={s: {k: Path(v) for k, v in a.items()} for s, a in c["inputs"].items()})
     return load_run_config(OmegaConf.create(spec["run"])), ctx
+
+
+def hand_back(ctx: Any, artifacts: dict[str, str]) -> None:
+    """Rank 0's artifacts, for the launcher (``take_back``)."""
+    from finetune.pipeline.manifest import atomic_write_json
+
+    atomic_write_json(ctx.out_dir / ARTIFACTS, artifacts)
+
+
+def take_back(out_dir: Path) -> dict[str, str]:
+    """The artifacts rank 0 handed back; the file goes, as it is no artifact of the stage."""
+    path = out_dir / ARTIFACTS
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    finally:
+        path.unlink()

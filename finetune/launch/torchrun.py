@@ -122,11 +122,7 @@ def launch(run: Any, ctx: Any) -> dict[str, str]:
         _run_agent(run, node, [str(spec)])
     finally:
         spec.unlink(missing_ok=True)
-    artifacts = ctx.out_dir / "artifacts.json"
-    try:
-        return json.loads(artifacts.read_text())
-    finally:
-        artifacts.unlink()
+    return worker_spec.take_back(ctx.out_dir)
 
 
 def join(run: Any) -> None:

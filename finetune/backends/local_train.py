@@ -96,6 +96,15 @@ def _arguments(run: RunConfig, checkpoints: Path, has_eval: bool) -> dict[str, A
     )
 
 
+def tensorboard_writer(folder: Path) -> Any:
+    """TensorBoard's writer, its thread waking every 2 s rather than 120: a Ctrl-C that lands inside the queue's
+    notify loses the thread's next wake-up (CPython gh-92530's stale waiter), and closing the writer then waited out
+    the whole flush interval."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(log_dir=str(folder), flush_secs=2)
+
+
 def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, has_eval: bool
                ) -> tuple[list[Any], Any]:
     """Early stopping on every process; the bar, the loss log, TensorBoard (returned to be closed) and, in an
@@ -107,10 +116,9 @@ def _callbacks(run: RunConfig, ctx: StageContext, main: bool, resume_step: int, 
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=run.train.early_stopping_patience))
     if not main:
         return callbacks, None
-    from torch.utils.tensorboard import SummaryWriter
     from transformers.integrations import TensorBoardCallback
 
-    tensorboard = SummaryWriter(log_dir=str(ctx.out_dir / "tensorboard"))
+    tensorboard = tensorboard_writer(ctx.out_dir / "tensorboard")
     callbacks += [TensorBoardCallback(tensorboard), jsonl_log(ctx.out_dir / "loss.jsonl", resume_step),
                   progress_bar()]
     # One process only: a pruned rank 0 would leave the other ranks waiting at their next collective.

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.chat_templates import NAMED
-from finetune.data.canonical import Conversation, Message, without_weights
+from finetune.data.canonical import Conversation, Message, last_answer, without_weights
 from finetune.errors import UserError
 
 IGNORE_INDEX = -100
@@ -283,7 +283,8 @@ def generation_prompt_ids(tokenizer: Any, prompt: Conversation) -> list[int]:
 def last_exchange(c: Conversation) -> tuple[Conversation, Message]:
     """The conversation before its last assistant turn, and that turn: the prompt a preference pair answers twice
     and its chosen answer."""
-    i = max(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    i = last_answer(c.messages)
+    assert i is not None, "a pair's row has its chosen answer last"
     return Conversation(messages=list(c.messages[:i]), location=c.location, tools=c.tools), c.messages[i]
 
 

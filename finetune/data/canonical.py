@@ -17,8 +17,9 @@ an answer with).
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -56,6 +57,11 @@ def without_weights(messages: Sequence[Message]) -> list[Message]:
     return [{k: v for k, v in m.items() if k != "weight"} if "weight" in m else m for m in messages]
 
 
+def last_answer(messages: Sequence[Message]) -> int | None:
+    """The index of the last assistant message: a pair's chosen answer, a labeled row's judged one."""
+    return max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+
+
 def row_kind(c: Conversation) -> str:
     """What the row gives an objective to train on (``finetune.objectives.Objective.data``): ``pair`` (a chosen
     and a rejected answer), ``labeled`` (one answer marked desirable or not), ``prompt`` (a question to answer, with
@@ -86,6 +92,25 @@ def all_text(c: Conversation) -> str:
     parts += [c.rejected] if c.rejected is not None else []
     parts += [json.dumps(c.columns, ensure_ascii=False, sort_keys=True)] if c.columns else []
     return "\n".join(parts)
+
+
+def written_texts(c: Conversation) -> list[str]:
+    """Every text someone wrote into the row: the messages, the rejected answer and a prompt-only row's text columns,
+    which its rewards read (what the checks that rewrite text look at)."""
+    if c.is_text:
+        return [c.text or ""]
+    return ([m["content"] for m in c.messages] + ([c.rejected] if c.rejected is not None else [])
+            + [v for v in (c.columns or {}).values() if isinstance(v, str)])
+
+
+def rewrite_texts(c: Conversation, rewrite: Callable[[str], str]) -> Conversation:
+    """The row with each of its ``written_texts`` rewritten."""
+    if c.is_text:
+        return dataclasses.replace(c, text=rewrite(c.text or ""))
+    columns = None if c.columns is None else \
+        {k: rewrite(v) if isinstance(v, str) else v for k, v in c.columns.items()}
+    return dataclasses.replace(c, messages=[{**m, "content": rewrite(m["content"])} for m in c.messages],
+                               rejected=None if c.rejected is None else rewrite(c.rejected), columns=columns)
 
 
 def to_row(c: Conversation) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.data.canonical import ROLES, Conversation, DataError, Message, without_weights
+from finetune.data.canonical import ROLES, Conversation, DataError, Message, last_answer, without_weights
 
 SHAREGPT_ROLES = {
     "system": "system", "human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -514,7 +514,8 @@ def _write_openai_dpo(c: Conversation) -> dict[str, Any]:
     """OpenAI's DPO JSONL: the conversation before the chosen answer as ``input``, then both answers."""
     if c.is_text or c.rejected is None:
         raise CannotExpress("the OpenAI DPO format needs a preference pair (a chosen and a rejected answer)")
-    last = max(i for i, m in enumerate(c.messages) if m["role"] == "assistant")
+    last = last_answer(c.messages)
+    assert last is not None, "a pair's row has its chosen answer last"
     if c.messages[last].get("weight", 1) != 1:
         raise CannotExpress(f"the OpenAI DPO format has no loss weight for the chosen answer (message {last} has "
                             f"{c.messages[last]['weight']:g})")

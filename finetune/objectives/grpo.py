@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from finetune.chat import render, text_messages
-from finetune.data.canonical import Conversation, DataError
+from finetune.data.canonical import Conversation, DataError, last_answer
 from finetune.objectives import as_dataset
 
 
@@ -24,7 +24,7 @@ def _row(tokenizer: Any, c: Conversation, max_completion: int) -> dict[str, Any]
     if c.columns is not None:
         prompt, columns = messages, c.columns
     else:
-        last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+        last = last_answer(messages)
         if last is None:
             raise DataError(f"{c.location}: objective=grpo takes conversations with an assistant answer (the "
                             "reference) or prompts")

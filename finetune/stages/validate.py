@@ -24,7 +24,7 @@ import numpy as np
 from finetune.chat import template_takes
 from finetune.config import DatasetConfig, RunConfig, SourceConfig
 from finetune.data import formats
-from finetune.data.canonical import Conversation, DataError, row_kind, to_row
+from finetune.data.canonical import Conversation, DataError, last_answer, row_kind, to_row
 from finetune.data.checks import CHECKS, CheckInput, CheckReport, length, run_check, run_phase, run_split_checks
 from finetune.data.load import Loaded, load_source
 from finetune.data.readers import local_path
@@ -176,7 +176,7 @@ def _answers_unweighted(run: RunConfig, rows: list[Conversation]) -> None:
         return
     takers = " or ".join(f"objective={name}" for name, o in OBJECTIVES.items() if o.loss_weights)
     for c in rows:
-        last = max((i for i, m in enumerate(c.messages) if m["role"] == "assistant"), default=None)
+        last = last_answer(c.messages)
         if last is not None and (weight := c.messages[last].get("weight", 1)) != 1:
             raise DataError(f"{c.location}: message {last} has loss weight {weight:g}; objective={run.objective.name} "
                             "trains the last answer whole (its TRL trainer takes no loss weights) — drop the weight "

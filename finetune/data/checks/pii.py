@@ -5,11 +5,10 @@ typed placeholder such as ``<EMAIL>``, so the model learns the shape of an answe
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 
-from finetune.data.canonical import Conversation
+from finetune.data.canonical import Conversation, rewrite_texts, written_texts
 from finetune.data.checks import Check, CheckInput, Finding, Outcome
 from finetune.fields import setting
 
@@ -92,19 +91,10 @@ class PiiSettings:
     action: str = setting("warn", choices=("warn", "redact", "drop", "error", "off"))
 
 
-def _texts(c: Conversation) -> list[str]:
-    """Every text that is uploaded or trained on, the rejected answer of a preference row included, and a
-    prompt-only row's text columns, which its rewards read (and may write into a card's samples)."""
-    if c.is_text:
-        return [c.text or ""]
-    return ([m["content"] for m in c.messages] + ([c.rejected] if c.rejected is not None else [])
-            + [v for v in (c.columns or {}).values() if isinstance(v, str)])
-
-
 def _find(data: CheckInput) -> Outcome:
     findings, kinds = [], {}
     for i, c in enumerate(data.rows):
-        found = [kind for t in _texts(c) for _, _, kind in spans(t)]
+        found = [kind for t in written_texts(c) for _, _, kind in spans(t)]
         for kind in found:
             kinds[kind] = kinds.get(kind, 0) + 1
         if found:
@@ -113,12 +103,7 @@ def _find(data: CheckInput) -> Outcome:
 
 
 def _redact(c: Conversation, settings: PiiSettings) -> Conversation:
-    if c.is_text:
-        return dataclasses.replace(c, text=redact_text(c.text or ""))
-    columns = None if c.columns is None else \
-        {k: redact_text(v) if isinstance(v, str) else v for k, v in c.columns.items()}
-    return dataclasses.replace(c, messages=[{**m, "content": redact_text(m["content"])} for m in c.messages],
-                               rejected=None if c.rejected is None else redact_text(c.rejected), columns=columns)
+    return rewrite_texts(c, redact_text)
 
 
 CHECK = Check("pii", "rows", "personal data", PiiSettings, _find, rewrites="redact", rewrite=_redact)

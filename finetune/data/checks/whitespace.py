@@ -5,11 +5,10 @@ Indentation at the start of a line is kept, so code in an answer stays code."""
 
 from __future__ import annotations
 
-import dataclasses
 import re
 from dataclasses import dataclass
 
-from finetune.data.canonical import Conversation
+from finetune.data.canonical import Conversation, rewrite_texts, written_texts
 from finetune.data.checks import Check, CheckInput, Finding, Outcome
 from finetune.fields import setting
 
@@ -28,16 +27,10 @@ def normalized(text: str) -> str:
     return _BLANK_LINES.sub("\n\n", _RUN.sub(" ", text)).strip()
 
 
-def _texts(c: Conversation) -> list[str]:
-    if c.is_text:
-        return [c.text or ""]
-    return [m["content"] for m in c.messages] + ([c.rejected] if c.rejected is not None else [])
-
-
 def _find(data: CheckInput) -> Outcome:
     findings, characters = [], 0
     for i, c in enumerate(data.rows):
-        removed = sum(len(t) - len(normalized(t)) for t in _texts(c))
+        removed = sum(len(t) - len(normalized(t)) for t in written_texts(c))
         if removed:
             characters += removed
             findings.append(Finding(i, f"{removed} whitespace characters a reader would not see"))
@@ -45,10 +38,7 @@ def _find(data: CheckInput) -> Outcome:
 
 
 def _normalize(c: Conversation, settings: WhitespaceSettings) -> Conversation:
-    if c.is_text:
-        return dataclasses.replace(c, text=normalized(c.text or ""))
-    return dataclasses.replace(c, messages=[{**m, "content": normalized(m["content"])} for m in c.messages],
-                               rejected=None if c.rejected is None else normalized(c.rejected))
+    return rewrite_texts(c, normalized)
 
 
 CHECK = Check("whitespace", "rows", "invisible whitespace", WhitespaceSettings, _find, rewrites="normalize",

@@ -203,4 +203,24 @@ def test_two_ray_workers_follow_the_one_process_curve_through_a_killed_worker(co
     assert metrics["resumed_from_step"] >= 4, metrics  # the restarted workers went on from our checkpoint
     assert "the workers started again" in stdout
     assert "RayTrainWorker pid=" not in stdout + stderr  # no per-worker prefixes
+    assert "PreemptionWatcher" not in stdout + stderr  # nor the C++ errors of Ray's own actors (the bar: below)
     assert_same_curve(run_dir, one_process)
+
+
+def test_the_ray_driver_prints_the_train_workers_lines_with_their_bar_on_one_line(capsys):
+    """What Ray forwards from the cluster, as its log monitor hands it over: a line per write, a bar's redraws each
+    a line that starts with a carriage return (seen through a terminal, `script`, on 2026-12-06; the runs above read
+    their output with universal newlines, where a carriage return is a newline)."""
+    from finetune.launch.ray_train import _TrainWorkerOutput
+
+    out = _TrainWorkerOutput()
+    out({"actor_name": "TrainController", "is_err": True, "lines": ["core_worker.cc:2330: Actor 'PreemptionWatcher'"]})
+    out({"actor_name": "RayTrainWorker", "is_err": False, "lines": ["plan: 3.3M parameters"]})
+    out({"actor_name": "RayTrainWorker", "is_err": True, "lines": ["\rtrain:   0%", "\rtrain:  50%"]})
+    out({"pid": "raylet", "is_err": True, "lines": ["A worker died or was killed"]})
+    out({"actor_name": "RayTrainWorker", "is_err": True, "lines": ["\rtrain: 100%", ""]})
+    out({"actor_name": "RayTrainWorker", "is_err": True, "lines": ["\rtrain:  50%"]})  # a bar cut short by a line
+    out({"actor_name": "RayTrainWorker", "is_err": False, "lines": ["a worker failed; the workers started again"]})
+    captured = capsys.readouterr()
+    assert captured.out == "plan: 3.3M parameters\na worker failed; the workers started again\n"
+    assert captured.err == "\rtrain:   0%\rtrain:  50%\rtrain: 100%\n\rtrain:  50%\n"

@@ -15,6 +15,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +70,47 @@ def _connect(run: Any) -> None:
     finally:
         root.handlers[:] = handlers
         root.setLevel(level)
+    _print_train_workers_only()
+
+
+class _TrainWorkerOutput:
+    """What this driver prints of the cluster's output, in place of Ray's handler: our train workers' lines, without
+    Ray's prefixes, and none of Ray's own processes' (its controller's and watchers' C++ errors and thread tracebacks,
+    which are about Ray's bookkeeping: a failure that matters reaches ``fit`` as an error). A progress bar's redraw
+    (a line that starts with a carriage return) is written without a newline, so the bar stays on one line."""
+
+    def __init__(self) -> None:
+        self.bar: Any = None  # the stream whose last line is a bar still being redrawn
+
+    def __call__(self, data: dict[str, Any]) -> None:
+        if not str(data.get("actor_name") or "").startswith("RayTrainWorker"):
+            return
+        sink = sys.stderr if data.get("is_err") else sys.stdout
+        for line in data.get("lines", ()):
+            if line.startswith("\r"):
+                sink.write(line)
+                self.bar = sink
+                continue
+            if self.bar is not None:
+                self.bar.write("\n")
+                self.bar.flush()
+                self.bar = None
+                if not line:  # the bar's own closing newline
+                    continue
+            sink.write(line + "\n")
+        sink.flush()
+
+
+def _print_train_workers_only() -> None:
+    """Swap Ray's printer of the workers' output for ``_TrainWorkerOutput`` (Ray's handler registry is internal:
+    where it is not as expected, Ray's printer stays)."""
+    try:
+        from ray._private.ray_logging import global_worker_stdstream_dispatcher as dispatcher
+    except ImportError:
+        return
+    if any(name == "ray_print_logs" for name, _ in getattr(dispatcher, "handlers", ())):
+        dispatcher.remove_handler("ray_print_logs")
+        dispatcher.add_handler("ray_print_logs", _TrainWorkerOutput())
 
 
 def launch(run: Any, ctx: Any) -> dict[str, str]:

@@ -83,6 +83,10 @@ def test_invalid_values_fail_with_one_line_naming_the_key(override, message):
      "objective=dpo: preference tuning (DPO) runs only with backend=hf or backend=openai, not backend=vertex"),
     (("backend=openai", "objective=dpo", "objective.loss_type=ipo"),
      "objective.loss_type=ipo: backend=openai trains DPO's sigmoid loss only"),
+    (("backend=openai", "objective=dpo", "objective.sft_weight=1"),
+     "objective.sft_weight=1: backend=openai trains DPO's sigmoid loss only, with no supervised term"),
+    (("objective=orpo", "objective.sft_weight=1"),
+     "objective.sft_weight=1.0: objective=orpo does not use it (dpo does)"),
     (("objective=orpo", "objective.loss_type=ipo"),
      "objective.loss_type=ipo: objective=orpo does not use it (dpo, kto, grpo do)"),
     (("objective=kto", "train.batch_size=1"), "train.batch_size=1: objective=kto with its kto loss needs at least 2 "

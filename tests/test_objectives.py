@@ -110,6 +110,19 @@ def test_kto_takes_a_pair_as_two_answers_and_scores_each_prompt_with_another_ans
 
 
 @pytest.mark.slow
+def test_dpo_with_an_sft_weight_adds_that_share_of_the_chosen_answers_supervised_loss(tmp_path):
+    """At the first step DPO's own loss is ln 2 (the policy is its reference), so the rest is the weight times the
+    chosen answers' token-mean negative log-likelihood: about ln(vocabulary) for a random model."""
+    rows = pairs(tmp_path / "data.jsonl")
+    run_cli(*TINY, f"dataset.path={rows}", "objective=dpo", "objective.sft_weight=0.5", "train.max_steps=1",
+            "train.logging_steps=1", "stages=[validate,train]", "hydra.run.dir=run", cwd=tmp_path)
+    [first] = [r for r in map(json.loads, (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines())
+               if "loss" in r]
+    assert first["rewards/margins"] == 0
+    assert 0.9 * math.log(49152) < (first["loss"] - math.log(2)) / 0.5 < 1.1 * math.log(49152), first
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("objective", "data", "first_loss", "batch"), [
     ("dpo", pairs, math.log(2), ()), ("orpo", pairs, None, ()), ("simpo", pairs, None, ()),
     ("kto", labeled, 0.5, ("train.batch_size=2", "train.grad_accum=2"))])

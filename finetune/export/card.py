@@ -77,6 +77,7 @@ def _objective(run: RunConfig) -> str:
         return f"{o.name}: {entry.description}"
     beta = o.beta if o.beta is not None else "the trainer's default"
     loss = f", {o.loss_type or entry.losses[0]} loss" if entry.losses else ""
+    loss += f" + {o.sft_weight:g} × the supervised loss on the chosen answer" if o.sft_weight else ""
     weights = list(run.reward.weights) or [1.0] * len(run.reward.functions)
     rewards = ", rewards " + ", ".join(f"{f} ×{w:g}" for f, w in zip(run.reward.functions, weights, strict=True)) \
         if entry.rollouts else ""

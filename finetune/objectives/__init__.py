@@ -56,7 +56,7 @@ def as_dataset(rows: list[dict[str, Any]]) -> Any:
 
 OBJECTIVES = {o.name: o for o in (
     Objective("sft", "supervised fine-tuning", data=("conversation",), loss_weights=True),
-    Objective("dpo", "preference tuning (DPO)", data=("pair",), settings=("beta", "loss_type"),
+    Objective("dpo", "preference tuning (DPO)", data=("pair",), settings=("beta", "loss_type", "sft_weight"),
               losses=DPO_LOSSES, reference=lambda settings: True, head="fused"),
     Objective("orpo", "preference tuning (ORPO)", data=("pair",), settings=("beta",), head="full"),
     Objective("kto", "preference tuning (KTO)", data=("labeled", "pair"),

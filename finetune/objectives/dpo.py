@@ -28,7 +28,11 @@ def trainer(run: Any, model: Any, tokenizer: Any, arguments: dict[str, Any], tra
 
     o = run.objective
     settings = {"beta": o.beta} if o.beta is not None else {}
-    settings |= {"loss_type": [o.loss_type]} if o.loss_type is not None else {}
+    loss = [o.loss_type] if o.loss_type is not None else []
+    if o.sft_weight:  # TRL's default loss named, since a list replaces it
+        settings |= {"loss_type": [*(loss or ["sigmoid"]), "sft"], "loss_weights": [1.0, o.sft_weight]}
+    elif loss:
+        settings |= {"loss_type": loss}
     args = DPOConfig(**arguments, **settings, max_length=None,
                      precompute_ref_log_probs=not methods.METHODS[run.method.name].adapter)
     return PretokenizedDPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,

@@ -61,5 +61,5 @@ if __name__ == "__main__":
     parser.add_argument("recipe")
     parser.add_argument("overrides", nargs="*")
     parser.add_argument("--out", type=Path, help="the results file (default: benchmarks/results/RECIPE_<device>.json)")
-    a = parser.parse_args()
+    a = parser.parse_intermixed_args()
     main(a.recipe, a.overrides, a.out)

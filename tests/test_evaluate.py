@@ -112,3 +112,19 @@ def test_lm_evals_task_names_are_read_from_the_cache(fresh_harness, monkeypatch,
     assert listed.parent == tmp_path / "lm_eval"
     atomic_write_json(listed, ["hellaswag", "arc_easy"])
     assert fresh_harness.known_tasks() == {"hellaswag", "arc_easy"}  # the kept list, not lm-eval's index
+
+
+@pytest.mark.quick
+def test_a_tuned_model_that_stopped_ending_its_turns_is_named_in_a_warning():
+    from finetune.generate import Answer
+    from finetune.stages.evaluate import lost_end_of_turn
+
+    def answers(stopped: int) -> list[Answer]:
+        return [Answer("…", "stop" if i < stopped else "length", 10) for i in range(18)]
+
+    assert lost_end_of_turn({"base": answers(17), "tuned": answers(1)}) == (
+        "the tuned model's answers stop on their own in 1 of 18 prompts, the base's in 17: it has lost much of its "
+        "end of turn (with DPO, objective.sft_weight keeps it)")
+    assert lost_end_of_turn({"base": answers(17), "tuned": answers(9)}) is None  # half of them still stop
+    assert lost_end_of_turn({"base": answers(6), "tuned": answers(3)}) is None  # the base seldom stopped either
+    assert lost_end_of_turn({"tuned": answers(0)}) is None  # nothing to compare with

@@ -185,6 +185,20 @@ def _judge(run: RunConfig, samples: Sequence[Sample], answers: dict[str, list[An
         return judge_all(Judge(cfg, url, run.seed, local=not cfg.base_url), samples[:n], shown, cfg.pairwise)
 
 
+def lost_end_of_turn(answers: dict[str, list[Answer]]) -> str | None:
+    """A warning when far fewer of the tuned model's answers stop on their own than the base's (a quarter of the
+    answers or more, and under half): a model that no longer ends its turn runs on in every chat, whatever else its
+    figures say."""
+    if not answers.get("base") or not answers.get("tuned"):
+        return None
+    stops = {who: sum(a.finish_reason == "stop" for a in answers[who]) for who in ("base", "tuned")}
+    n = len(answers["tuned"])
+    if stops["tuned"] >= n / 2 or stops["base"] - stops["tuned"] < n / 4:
+        return None
+    return (f"the tuned model's answers stop on their own in {stops['tuned']} of {n} prompts, the base's in "
+            f"{stops['base']}: it has lost much of its end of turn (with DPO, objective.sft_weight keeps it)")
+
+
 def _add_judge(results: Results, summary: dict[str, Any]) -> None:
     for who, s in summary["models"].items():
         values = {f"judge: {c}": v for c, v in s["means"].items()}
@@ -235,6 +249,7 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
         "| metric | " + " | ".join(whos) + " | Δ tuned − base |",
         "|---|" + "---|" * (len(whos) + 1),
     ]
+    lines[2:2] = [f"**Warning:** {w}.\n" for w in result.get("warnings", ())]
     for name, row in result["metrics"].items():
         arrow = "↑" if row["higher_is_better"] else "↓"
         delta = _fmt(row.get("delta")) if "delta" in row else ""
@@ -370,6 +385,9 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
         result["lm_eval"] = harness
     if left_out:
         result["left_out"] = left_out
+    if warning := lost_end_of_turn(answers):
+        log.warning("evaluate: %s", warning)
+        result["warnings"] = [warning]
     per_sample = [
         {"location": s.prompt.location, "prompt": s.prompt.messages, "reference": s.reference,
          "answers": {who: a[i].text for who, a in answers.items()},

@@ -51,8 +51,8 @@ def _work(config: dict[str, Any]) -> None:
 
 def _connect(run: Any) -> None:
     """Join the cluster the run names, else start one here, which ``ray.shutdown`` stops again. The job's Ray
-    logging config drops Ray's ``(RayTrainWorker pid=…)`` prefixes and its own lines below errors in every process;
-    in this one, our console and log file stay as they were."""
+    logging config keeps Ray's own lines below errors out of every process, and this one prints only the train
+    workers' output (``_print_train_workers_only``); in this one, our console and log file stay as they were."""
     import ray
 
     address = run.train.ray_address or os.environ.get("RAY_ADDRESS")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from finetune.objectives import DPO_LOSSES
 from finetune.objectives.pairs import datasets
 
 __all__ = ["datasets", "trainer"]
@@ -28,11 +29,9 @@ def trainer(run: Any, model: Any, tokenizer: Any, arguments: dict[str, Any], tra
 
     o = run.objective
     settings = {"beta": o.beta} if o.beta is not None else {}
-    loss = [o.loss_type] if o.loss_type is not None else []
-    if o.sft_weight:  # TRL's default loss named, since a list replaces it
-        settings |= {"loss_type": [*(loss or ["sigmoid"]), "sft"], "loss_weights": [1.0, o.sft_weight]}
-    elif loss:
-        settings |= {"loss_type": loss}
+    settings |= {"loss_type": [o.loss_type or DPO_LOSSES[0]]}  # TRL's default first
+    if o.sft_weight:
+        settings |= {"loss_type": [*settings["loss_type"], "sft"], "loss_weights": [1.0, o.sft_weight]}
     args = DPOConfig(**arguments, **settings, max_length=None,
                      precompute_ref_log_probs=not methods.METHODS[run.method.name].adapter)
     return PretokenizedDPOTrainer(model=model, args=args, train_dataset=train_set, eval_dataset=eval_set,

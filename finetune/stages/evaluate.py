@@ -242,6 +242,7 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
     lines = [
         f"# Evaluation on {result['test_conversations']} held-out conversations ({result['prompts']} prompts answered)",
         "",
+        *(f"**Warning:** {w}.\n" for w in result.get("warnings", ())),
         f"Answers: {result['decoding_text']}"
         + "".join(sorted({f"; base and tuned answered by {m['answers_by']}" for m in result["models"].values()
                           if "answers_by" in m})) + ".",
@@ -249,7 +250,6 @@ def _markdown(result: dict[str, Any], samples: list[dict[str, Any]], show: int) 
         "| metric | " + " | ".join(whos) + " | Δ tuned − base |",
         "|---|" + "---|" * (len(whos) + 1),
     ]
-    lines[2:2] = [f"**Warning:** {w}.\n" for w in result.get("warnings", ())]
     for name, row in result["metrics"].items():
         arrow = "↑" if row["higher_is_better"] else "↓"
         delta = _fmt(row.get("delta")) if "delta" in row else ""

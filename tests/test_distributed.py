@@ -63,37 +63,13 @@ def assert_same_curve(run_dir: Path, reference: list[dict]) -> None:
     """Step by step (a loss not averaged over the workers would be 2× off, a gradient not averaged would take other
     steps), with the stage's files in place and the launcher's own gone."""
     log = train_log(run_dir)
-    assert [r["step"] for r in log] == list(range(1, STEPS + 1))
+    assert [r["step"] for r in log] == list(range(1, len(reference) + 1))
     assert max(abs(a["loss"] - b["loss"]) for a, b in zip(reference, log, strict=True)) < 1e-3, (reference, log)
     # the two workers split each step's rows (same epoch progress), rather than each taking a step of its own
     assert log[-1]["epoch"] == pytest.approx(reference[-1]["epoch"])
     assert json.loads((run_dir / "train" / "metrics.json").read_text())["processes"] == 2
     assert (run_dir / "train" / "adapter" / "adapter_model.safetensors").is_file()
     assert not [p.name for p in (run_dir / "train").glob("*") if p.name in (".launch.json", "artifacts.json", ".ray")]
-
-
-@pytest.mark.slow
-def test_two_processes_follow_the_one_process_loss_curve(common, one_process):
-    folder, args = common
-    proc = run_cli(*args, "train.grad_accum=2", "train.num_processes=2", "hydra.run.dir=two", cwd=folder)
-    assert_same_curve(folder / "two", one_process)
-    assert proc.stdout.count("plan: ") == 1  # one process prints; the other stays quiet
-
-
-@pytest.mark.slow
-def test_with_loss_weights_a_step_weighs_its_rows_over_both_processes(tmp_path):
-    """The step's sum of weights is the one over both processes, as the token count is."""
-    turns = iter([0.5, 3.0])
-    row = {"messages": [{**m, "weight": next(turns)} if m["role"] == "assistant" else m
-                        for m in conversation(0)["messages"]]}
-    data = tmp_path / "weighted.jsonl"
-    data.write_text((json.dumps(row) + "\n") * 48, encoding="utf-8")
-    args = settings(data, 10, save_steps=100)
-    run_cli(*args, "train.grad_accum=4", "hydra.run.dir=one", cwd=tmp_path)
-    run_cli(*args, "train.grad_accum=2", "train.num_processes=2", "hydra.run.dir=two", cwd=tmp_path)
-    one, two = ([r["loss"] for r in train_log(tmp_path / d)] for d in ("one", "two"))
-    assert len(one) == len(two) == 10 and one[0] - one[-1] > 0.1
-    assert max(abs(a - b) for a, b in zip(one, two, strict=True)) < 1e-3, (one, two)
 
 
 def free_port() -> int:
@@ -110,53 +86,10 @@ def kill_node(run) -> None:
     run.wait(timeout=30)
 
 
-@pytest.mark.slow
-def test_two_nodes_on_one_host_train_like_one_process_and_resume_after_a_node_is_killed(common, one_process):
-    """Two torchrun agents (`train.nnodes=2`, c10d rendezvous, gloo, one worker each) in one shared run folder, as
-    two nodes on a shared file system. Node 1 started with other settings is refused; then node 1 is killed
-    mid-training and node 0 fails with one line naming it; the run resumes from the last checkpoint on the one node
-    left (the same global batch: 1 × 4 rows instead of 2 × 2), and the whole curve is the one-process run's."""
-    folder, args = common
-    two = (*args, "train.grad_accum=2", "train.nnodes=2", "hydra.run.dir=nodes")
-
-    def nodes(*second_node: str) -> tuple:
-        where = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
-        second = start_cli(*two, *second_node, cwd=folder, env={**where, "NODE_RANK": "1"})  # it may come first
-        return start_cli(*two, cwd=folder, env={**where, "NODE_RANK": "0"}), second
-
-    # a node started with other settings is refused, and node 0, waiting for it, stops with the same line
-    first, second = nodes("train.lr=1e-3")
-    said = [run.communicate(timeout=120)[1].strip().splitlines()[-1] for run in (first, second)]
-    assert (first.returncode, second.returncode) == (2, 2)
-    assert said == ["error: node 1: train.lr=0.001 here, but node 0 trains with train.lr=0.02; start every node "
-                    "with the same command"] * 2
-
-    first, second = nodes()
-    loss_log = folder / "nodes" / "train" / "loss.jsonl"
-    deadline = time.monotonic() + 300
-    while not (loss_log.is_file() and loss_log.read_text().count('"loss"') >= 6):
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-        time.sleep(0.1)
-    kill_node(second)
-    _, stderr = first.communicate(timeout=120)
-    assert first.returncode == 2, stderr
-    error = stderr.strip().splitlines()[-1]
-    assert error.startswith("error: train: node 1 of 2 stopped during training"), stderr
-    assert "resumes from checkpoint-" in error
-    assert json.loads((folder / "nodes" / "train" / "manifest.json").read_text())["status"] == "failed"
-
-    resumed = run_cli(*args, "train.grad_accum=4", "hydra.run.dir=nodes", cwd=folder)
-    assert "train (resuming)" in resumed.stderr + resumed.stdout
-    metrics = json.loads((folder / "nodes" / "train" / "metrics.json").read_text())
-    assert metrics["resumed_from_step"] >= 4 and metrics["global_step"] == STEPS
-    log = train_log(folder / "nodes")
-    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one_process, log, strict=True)) < 1e-3, (one_process, log)
-
-
 @pytest.fixture(scope="module")
 def ray_head(tmp_path_factory) -> Iterator[tuple[Path, str]]:
     """A Ray cluster on this machine, as a user starts one with ``ray start`` (``train.ray_address``): its log and
-    its address."""
+    its address. Asked for before the reference run, it starts while that run trains."""
     port = free_port()
     log = tmp_path_factory.mktemp("ray-head") / "ray-start.log"
     with log.open("w") as out:
@@ -205,6 +138,67 @@ def test_two_ray_workers_follow_the_one_process_curve_through_a_killed_worker(co
     assert "RayTrainWorker pid=" not in stdout + stderr  # no per-worker prefixes
     assert "PreemptionWatcher" not in stdout + stderr  # nor the C++ errors of Ray's own actors (the bar: below)
     assert_same_curve(run_dir, one_process)
+
+
+@pytest.mark.slow
+def test_two_nodes_on_one_host_train_like_one_process_and_resume_after_a_node_is_killed(common, one_process):
+    """Two torchrun agents (`train.nnodes=2`, c10d rendezvous, gloo, one worker each) in one shared run folder, as
+    two nodes on a shared file system. Node 1 started with other settings is refused; then node 1 is killed
+    mid-training and node 0 fails with one line naming it; the run resumes from the last checkpoint on the one node
+    left (the same global batch: 1 × 4 rows instead of 2 × 2), and the whole curve is the one-process run's."""
+    folder, args = common
+    two = (*args, "train.grad_accum=2", "train.nnodes=2", "hydra.run.dir=nodes")
+
+    def nodes(*second_node: str) -> tuple:
+        where = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port())}
+        second = start_cli(*two, *second_node, cwd=folder, env={**where, "NODE_RANK": "1"})  # it may come first
+        return start_cli(*two, cwd=folder, env={**where, "NODE_RANK": "0"}), second
+
+    # a node started with other settings is refused, and node 0, waiting for it, stops with the same line
+    first, second = nodes("train.lr=1e-3")
+    said = [run.communicate(timeout=120)[1].strip().splitlines()[-1] for run in (first, second)]
+    assert (first.returncode, second.returncode) == (2, 2)
+    assert said == ["error: node 1: train.lr=0.001 here, but node 0 trains with train.lr=0.02; start every node "
+                    "with the same command"] * 2
+
+    first, second = nodes()
+    loss_log = folder / "nodes" / "train" / "loss.jsonl"
+    deadline = time.monotonic() + 300
+    while not (loss_log.is_file() and loss_log.read_text().count('"loss"') >= 6):
+        assert first.poll() is None and time.monotonic() < deadline, first.communicate()
+        time.sleep(0.1)
+    kill_node(second)
+    _, stderr = first.communicate(timeout=120)
+    assert first.returncode == 2, stderr
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith("error: train: node 1 of 2 stopped during training"), stderr
+    assert "resumes from checkpoint-" in error
+    assert json.loads((folder / "nodes" / "train" / "manifest.json").read_text())["status"] == "failed"
+
+    resumed = run_cli(*args, "train.grad_accum=4", "hydra.run.dir=nodes", cwd=folder)
+    assert "train (resuming)" in resumed.stderr + resumed.stdout
+    metrics = json.loads((folder / "nodes" / "train" / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] >= 4 and metrics["global_step"] == STEPS
+    log = train_log(folder / "nodes")
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(one_process, log, strict=True)) < 1e-3, (one_process, log)
+
+
+@pytest.mark.slow
+def test_two_processes_with_loss_weights_follow_the_one_process_curve(tmp_path):
+    """`train.num_processes=2` with per-turn loss weights: a step's sum of weights is the one over both processes, as
+    its token count is (the unweighted path across processes: the Ray and two-node runs above)."""
+    turns = iter([0.5, 3.0])
+    row = {"messages": [{**m, "weight": next(turns)} if m["role"] == "assistant" else m
+                        for m in conversation(0)["messages"]]}
+    data = tmp_path / "weighted.jsonl"
+    data.write_text((json.dumps(row) + "\n") * 48, encoding="utf-8")
+    args = settings(data, 10, save_steps=100)
+    run_cli(*args, "train.grad_accum=4", "hydra.run.dir=one", cwd=tmp_path)
+    reference = train_log(tmp_path / "one")
+    assert len(reference) == 10 and reference[0]["loss"] - reference[-1]["loss"] > 0.1
+    proc = run_cli(*args, "train.grad_accum=2", "train.num_processes=2", "hydra.run.dir=two", cwd=tmp_path)
+    assert_same_curve(tmp_path / "two", reference)
+    assert proc.stdout.count("plan: ") == 1  # one process prints; the other stays quiet
 
 
 def test_the_ray_driver_prints_the_train_workers_lines_with_their_bar_on_one_line(capsys):

@@ -330,7 +330,8 @@ def test_the_judge_reward_needs_a_judge_and_grades_through_one_served_for_the_wh
     (tmp_path / "p.jsonl").write_text("".join(json.dumps({"prompt": f"What is {i} + 1?", "reference": str(i + 1)})
                                               + "\n" for i in range(20)), encoding="utf-8")
     run_cli(*TINY, "dataset.path=p.jsonl", "objective=grpo", "objective.num_generations=2",
-            "objective.max_completion_length=4", "train.batch_size=2", "train.max_steps=2", "train.logging_steps=1",
+            "objective.max_completion_length=4", "train.batch_size=2", "train.grad_accum=1", "train.max_steps=2",
+            "train.logging_steps=1",
             "reward.functions=[judge]", f"eval.judge.gguf={EMBEDDED}", "eval.judge.response_format=json_schema",
             "eval.judge.max_tokens=48", "stages=[validate,train]", "hydra.run.dir=run", cwd=tmp_path)
     log = [json.loads(line) for line in (tmp_path / "run" / "train" / "loss.jsonl").read_text().splitlines()]

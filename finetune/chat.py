@@ -34,7 +34,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from finetune.chat_templates import NAMED
+from finetune.chat_templates import NAMED, same_format
 from finetune.data.canonical import Conversation, Message, last_answer, without_weights
 from finetune.errors import UserError
 
@@ -163,9 +163,9 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: li
     full = _ids(tokenizer, messages, tools, add_generation_prompt=False)
     if messages[0]["role"] == "system" and drops_the_system_message(tokenizer):
         raise ChatTemplateError(
-            "the chat template leaves the system message out of a conversation that ends in an answer (Mistral-Nemo's "
-            "writes it only into a final question), so no answer would be trained with it: set model.chat_template="
-            "mistral (the system message in the first user turn) or another template, or drop the system messages")
+            "the chat template leaves the system message out of the answers' context (Mistral's write it only into "
+            "the last user turn, Mistral-Nemo's only when that turn ends the conversation), so answers would be "
+            f"trained without it: set {_system_first_way_out(tokenizer)}, or drop the system messages")
     spans = _spans_by_prefixes(tokenizer, messages, tools, full) if renders_by_prefixes(tokenizer) else None
     if spans is None:
         spans = _spans_in_full_rendering(tokenizer, messages, tools, full)
@@ -240,15 +240,27 @@ def renders_by_prefixes(tokenizer: Any) -> bool:
 
 @functools.lru_cache(maxsize=8)
 def drops_the_system_message(tokenizer: Any) -> bool:
-    """Whether the template renders a conversation that ends in an answer without its system message, as
-    Mistral-Nemo's does (it writes it only into a final user turn). A template that refuses a system message says so
-    itself when it renders one."""
+    """Whether the template renders a conversation of two exchanges without its system message before the first
+    answer, as Mistral's do: Mistral-Nemo's writes it only into a final user turn (nowhere, when the conversation ends
+    in an answer), Mistral v0.3's into the last user turn (after the first answer). A template that refuses a system
+    message says so itself when it renders one."""
+    first_answer = f"{_PROBE}_answer"
     probe = [{"role": "system", "content": _PROBE}, {"role": "user", "content": "U1"},
-             {"role": "assistant", "content": "A1"}]
+             {"role": "assistant", "content": first_answer}, {"role": "user", "content": "U2"},
+             {"role": "assistant", "content": "A2"}]
     try:
-        return _PROBE not in render(tokenizer, probe)
+        return _PROBE not in render(tokenizer, probe).partition(first_answer)[0]
     except ChatTemplateError:
         return False
+
+
+def _system_first_way_out(tokenizer: Any) -> str:
+    """The setting that writes the system message into the first user turn: the named template of the model's own
+    format (``chat_templates.same_format``), else any that does."""
+    name = same_format(tokenizer)
+    if name is None:
+        return f"model.chat_template to a template that writes it first ({', '.join(NAMED)} or a .jinja file)"
+    return f"model.chat_template={name} (the model's format, the system message in the first user turn) or another"
 
 
 @functools.lru_cache(maxsize=8)

@@ -77,20 +77,26 @@ GEMMA = NamedTemplate(
            "'<end_of_turn>\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"),
     tokens=("<start_of_turn>", "<end_of_turn>"),
 )
-# Mistral's [INST] turns, each answer ended by the model's EOS, the conversation's system message written at the start
-# of the first user turn. Mistral-Nemo's own template writes it only into a final user turn, so a conversation that
-# ends in an answer renders without it: no answer would be trained with it. Here every turn after the first sees it.
-MISTRAL = NamedTemplate(
-    jinja=("{% set prefix = '' %}{% if messages and messages[0]['role'] == 'system' %}"
-           "{% set prefix = messages[0]['content'] + '\n\n' %}{% set messages = messages[1:] %}{% endif %}"
-           "{% for message in messages %}{% if message['role'] == 'user' %}"
-           "{{ '[INST]' + (prefix if loop.first else '') + message['content'] + '[/INST]' }}"
-           "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token }}"
-           "{% else %}{{ raise_exception('this template takes system, user and assistant messages') }}{% endif %}"
-           "{% endfor %}"),
-    tokens=("[INST]", "[/INST]"),
-    ends_with_eos=True,
-)
+
+
+def _mistral_jinja(separator: str) -> str:
+    """Mistral's [INST] turns, each answer ended by the model's EOS, the conversation's system message written at the
+    start of the first user turn; ``separator`` after ``[INST]`` and before each answer (v0.3's space, none in
+    Nemo's). Mistral's own templates write it only into the last user turn, so the answers before it (or, Nemo's, all
+    of them) would be trained without it: here every turn after the first sees it."""
+    return ("{% set prefix = '' %}{% if messages and messages[0]['role'] == 'system' %}"
+            "{% set prefix = messages[0]['content'] + '\n\n' %}{% set messages = messages[1:] %}{% endif %}"
+            "{% for message in messages %}{% if message['role'] == 'user' %}"
+            f"{{{{ '[INST]{separator}' + (prefix if loop.first else '') + message['content'] + '[/INST]' }}}}"
+            f"{{% elif message['role'] == 'assistant' %}}{separator}{{{{ message['content'] + eos_token }}}}"
+            "{% else %}{{ raise_exception('this template takes system, user and assistant messages') }}{% endif %}"
+            "{% endfor %}")
+
+
+# Mistral-Nemo's spacing (``[INST]question[/INST]answer</s>``) and Mistral v0.3's (``[INST] question[/INST]
+# answer</s>``; answers not trimmed as v0.3's template trims them: Ollama's Go template cannot).
+MISTRAL = NamedTemplate(jinja=_mistral_jinja(""), tokens=("[INST]", "[/INST]"), ends_with_eos=True)
+MISTRAL_V3 = NamedTemplate(jinja=_mistral_jinja(" "), tokens=("[INST]", "[/INST]"), ends_with_eos=True)
 # The guide's §5 instruction prompt (Japanese Alpaca), and Stanford Alpaca's own.
 ALPACA_PROMPTS = {
     "alpaca": InstructionPrompt(preamble="以下は、タスクを説明する指示です。要求を適切に満たす応答を書きなさい。",
@@ -99,7 +105,7 @@ ALPACA_PROMPTS = {
                                             "appropriately completes the request.",
                                    instruction="### Instruction:", response="### Response:"),
 }
-NAMED = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA, "mistral": MISTRAL,
+NAMED = {"chatml": CHATML, "llama3": LLAMA3, "gemma": GEMMA, "mistral": MISTRAL, "mistral_v3": MISTRAL_V3,
          **{name: NamedTemplate(jinja=prompt.jinja(), tokens=(), ends_with_eos=True)
             for name, prompt in ALPACA_PROMPTS.items()}}
 
@@ -146,8 +152,7 @@ def adds_bos(tokenizer: Any) -> bool:
 
 def apply(tokenizer: Any, value: str) -> None:
     """Give ``tokenizer`` the template ``value`` names; a named template's special tokens must be tokens of it
-    (a template whose end-of-turn splits into pieces could not be trained to stop). An instruction prompt starts
-    with the BOS token where the tokenizer adds one (``adds_bos``)."""
+    (a template whose end-of-turn splits into pieces could not be trained to stop)."""
     named = NAMED.get(value)
     if named is not None:
         if named.ends_with_eos and not tokenizer.eos_token:
@@ -160,7 +165,22 @@ def apply(tokenizer: Any, value: str) -> None:
                 f"model.chat_template={value}: {', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not "
                 f"a token of this model's vocabulary; choose another template ({', '.join(NAMED)}) or a .jinja "
                 "file written in tokens the model has")
+    tokenizer.chat_template = _text_for(tokenizer, value)
+
+
+def _text_for(tokenizer: Any, value: str) -> str:
+    """The Jinja source ``value`` names, for ``tokenizer``: a named template that ends answers with EOS starts with
+    the BOS token where the tokenizer adds one (``adds_bos``)."""
+    named = NAMED.get(value)
     text = template_text(value)
-    if named is not None and named.ends_with_eos and adds_bos(tokenizer):
-        text = "{{ bos_token }}" + text
-    tokenizer.chat_template = text
+    return "{{ bos_token }}" + text if named is not None and named.ends_with_eos and adds_bos(tokenizer) else text
+
+
+def same_format(tokenizer: Any) -> str | None:
+    """The named template that renders a conversation without a system message as the tokenizer's own template
+    does (``mistral`` for Mistral-Nemo's, ``mistral_v3`` for Mistral v0.3's), or None: the way out that keeps the
+    model's format when its template keeps the system message from the answers (``chat.drops_the_system_message``)."""
+    probe = [{"role": role, "content": f"{role} {n}"} for n in (1, 2) for role in ("user", "assistant")]
+    own = tokenizer.apply_chat_template(probe, tokenize=False)
+    return next((name for name in NAMED if own == tokenizer.apply_chat_template(
+        probe, chat_template=_text_for(tokenizer, name), tokenize=False)), None)

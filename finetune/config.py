@@ -65,8 +65,8 @@ class ModelConfig:
     dtype: str = _field("auto", choices=("auto", "float32", "bfloat16", "float16"))
     trust_remote_code: bool = False
     # The chat template training renders, replacing the model's own: a named one (finetune/chat_templates.py:
-    # chatml, llama3, gemma, mistral, alpaca, alpaca_en) or a .jinja file. A base model without a template needs one
-    # for chat data (plain text: none).
+    # chatml, llama3, gemma, mistral, mistral_v3, alpaca, alpaca_en) or a .jinja file. A base model without a template
+    # needs one for chat data (plain text: none).
     chat_template: str | None = None
     random_init: RandomInitConfig | None = None
     hub_id: str | None = None  # the model's Hub id, named in the card (base_model); a Hub `source` is its own id

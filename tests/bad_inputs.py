@@ -339,14 +339,14 @@ CASES: list[Case] = [
          "error: model.source: cannot read {cwd}/broken.gguf as a GGUF model (...)",
          files={"data.jsonl": GOOD, "broken.gguf": b"GGUF" + b"\x03\x00\x00\x00" + b"\x00" * 64}),
     Case("chat-template-unknown", (*DATA, "model.chat_template=vicuna"),
-         "error: model.chat_template='vicuna': expected a named template (chatml, llama3, gemma, mistral, alpaca, "
-         "alpaca_en) or a .jinja file",
+         "error: model.chat_template='vicuna': expected a named template (chatml, llama3, gemma, mistral, mistral_v3, "
+         "alpaca, alpaca_en) or a .jinja file",
          files={"data.jsonl": GOOD}),
     # Gemma 2's template as Google ships it (llama.cpp's models/templates/google-gemma-2-2b-it.jinja): no system role
     Case("chat-template-refuses-the-data", (*DATA, "model.chat_template=gemma2.jinja"),
          "error: data.jsonl:1: the model's chat template refuses this conversation (System role not "
-         "supported); set model.chat_template to one that takes it (chatml, llama3, gemma, mistral, alpaca, alpaca_en "
-         "or a .jinja file), or change the data",
+         "supported); set model.chat_template to one that takes it (chatml, llama3, gemma, mistral, mistral_v3, "
+         "alpaca, alpaca_en or a .jinja file), or change the data",
          files={"data.jsonl": GOOD, "gemma2.jinja": (
              b"{{ bos_token }}{% if messages[0]['role'] == 'system' %}"
              b"{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}"

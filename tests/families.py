@@ -19,8 +19,10 @@ class Family:
 
     name: str
     build: Callable[[Path], Path]  # writes the tiny model's folder at the path given, returns it
-    # llama.cpp's models/ggml-vocab-*.gguf of its tokenizer, with .inp/.out expected ids; or, where llama.cpp ships
-    # none, the pre-tokenizer llama.cpp's converter names from the hash of the real tokenizer's encodings
+    # llama.cpp's models/ggml-vocab-*.gguf of its tokenizer, with .inp/.out expected ids. Where llama.cpp ships none:
+    # for a SentencePiece model, the texts of a models/ggml-vocab-*.gguf.inp, whose expected ids are llama.cpp's on
+    # its converter's GGUF of the folder (as llama.cpp makes its .out files); for byte-level BPE, the pre-tokenizer
+    # llama.cpp's converter names from the hash of the real tokenizer's encodings
     vocab: str
     end_of_turn: str
     after_end_of_turn: str  # what the template writes after it, before the next turn (trained with the turn)
@@ -36,6 +38,8 @@ class Family:
     # starts with a space, unlike SentencePiece and llama.cpp: its ids differ on such texts
     space_prefix_at_start_only: bool = False
     run_args: tuple[str, ...] = ()  # what a whole run on the tests' system-prompted conversations needs
+    answer_prefix: str = ""  # what the template writes before every assistant turn's content (Mistral v0.3's
+    # space, which becomes the ▁ of the answer's first token), trained with it
 
 
 # Llama 3.1's RoPE scaling with a short original context, so that its factors change the rotations within a short
@@ -323,15 +327,70 @@ def nemo_tokenizer_files(out: Path, template: str = "mistralai-Mistral-Nemo-Inst
 def nemo_folder(out: Path) -> Path:
     """A tiny random Mistral-Nemo (a head size other than hidden / heads, no sliding window, an untied output,
     RoPE θ 10⁶) with Nemo's Tekken tokenizer and Nemo Instruct's chat template, saved at ``out``."""
+    nemo_tokenizer_files(out)
+    return _tiny_mistral(out, vocab_size=131072, head_dim=32, max_position_embeddings=1024000)
+
+
+# Mistral-7B-Instruct-v0.3's chat template: the chat_template of the checkpoint's tokenizer_config.json, its 2024
+# revision with tool calls (the system message in the last user turn, ``[INST] `` and a space before each trimmed
+# answer), as a public repository quotes it: llama.cpp's models/templates have none for it, and the Hub is out of
+# reach. Checked by hand against mistral-common's own encoder (docs/training.md).
+MISTRAL_V03_TEMPLATE = Path(__file__).parent / "data" / "templates" / "mistralai-Mistral-7B-Instruct-v0.3.jinja"
+
+
+def mistral_v03_tokenizer_files(out: Path) -> None:
+    """Mistral-7B-Instruct-v0.3's tokenizer as its checkpoint holds it: Mistral's v3 SentencePiece model
+    (``mistral_instruct_tokenizer_240323.model.v3`` from mistral-common: 32,768 pieces, [INST]… control pieces, byte
+    fallback), a tokenizer_config.json with the checkpoint's settings (LlamaTokenizer, BOS added, ``legacy: false``,
+    no pad token, the chat template) and its pieces that are not text listed as added tokens, and the tokenizer.json
+    transformers converts from them. The control pieces are special, so that transformers reads [INST] and [/INST]
+    in a rendered template as one token each, as mistral-common writes them; the user-defined ones
+    ([REFERENCE_DOC_n]) are not, as the model has them. Where the released file's settings are not known here, these
+    are those with which transformers gives the model's own ids (test_the_tokenizer_gives_llama_cpps_expected_ids).
+    The wheel names ids 10–13 and 751–770 [IMG], [PREFIX], [MIDDLE], [SUFFIX] and [REFERENCE_DOC_n] where v0.3's
+    released tokenizer has [control_8]… control tokens: tokens no chat template writes."""
+    from sentencepiece import sentencepiece_model_pb2 as sp
+    from transformers import AutoTokenizer
+
+    from .mistral_common_wheel import mistral_common_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    raw = mistral_common_file("mistral_instruct_tokenizer_240323.model.v3").read_bytes()
+    (out / "tokenizer.model").write_bytes(raw)
+    model = sp.ModelProto.FromString(raw)
+    kind = sp.ModelProto.SentencePiece
+    added = {str(i): {"content": piece.piece, "lstrip": False, "normalized": False, "rstrip": False,
+                      "single_word": False, "special": piece.type != kind.USER_DEFINED}
+             for i, piece in enumerate(model.pieces) if piece.type in (kind.UNKNOWN, kind.CONTROL, kind.USER_DEFINED)}
+    config = {"add_bos_token": True, "add_eos_token": False, "added_tokens_decoder": added, "bos_token": "<s>",
+              "chat_template": MISTRAL_V03_TEMPLATE.read_text("utf-8"), "clean_up_tokenization_spaces": False,
+              "eos_token": "</s>", "legacy": False, "pad_token": None, "sp_model_kwargs": {},
+              "spaces_between_special_tokens": False, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
+              "use_default_system_prompt": False}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    # tokenizer.json alone: transformers 5's save_pretrained would rewrite tokenizer_config.json without the added
+    # tokens llama.cpp's converter reads from it
+    AutoTokenizer.from_pretrained(out).backend_tokenizer.save(str(out / "tokenizer.json"))
+
+
+def mistral_v03_folder(out: Path) -> Path:
+    """A tiny random Mistral 7B v0.3 (head size hidden / heads, no sliding window, an untied output, RoPE θ 10⁶)
+    with v0.3's SentencePiece tokenizer and v0.3 Instruct's chat template, saved at ``out``."""
+    mistral_v03_tokenizer_files(out)
+    return _tiny_mistral(out, vocab_size=32768, head_dim=None, max_position_embeddings=32768)
+
+
+def _tiny_mistral(out: Path, *, vocab_size: int, head_dim: int | None, max_position_embeddings: int) -> Path:
+    """A tiny random MistralForCausalLM over the tokenizer already in ``out`` (BOS 1, EOS 2), saved there."""
     import torch
     from transformers import GenerationConfig, MistralConfig, MistralForCausalLM
 
-    nemo_tokenizer_files(out)
     torch.manual_seed(0)
-    config = MistralConfig(vocab_size=131072, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                           num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=1024000,
-                           rms_norm_eps=1e-5, rope_parameters={"rope_type": "default", "rope_theta": 1000000.0},
-                           sliding_window=None, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
+    config = MistralConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, head_dim=head_dim,
+                           max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5,
+                           rope_parameters={"rope_type": "default", "rope_theta": 1000000.0}, sliding_window=None,
+                           tie_word_embeddings=False, bos_token_id=1, eos_token_id=2)
     model = MistralForCausalLM(config)
     _sharpen(model)
     model.save_pretrained(out)
@@ -355,13 +414,16 @@ def _sharpen(model: Any) -> None:
 
 
 # llama.cpp's converter also writes the generation config's sampling defaults (ours are the Modelfile's PARAMETERs,
-# from export.temperature/top_p), a size label for Hub listings and, for Llama, a SEP flag. We write the head sizes,
+# from export.temperature/top_p), a size label for Hub listings and, for Llama and Mistral, a SEP flag (from the
+# tokenizer.json's template for pairs of texts, which a chat never tokenizes). We write the head sizes,
 # RoPE dimensions and vocabulary size for every architecture; llama.cpp's converter the head sizes only where the
 # config gives head_dim (Qwen 3) or for Llama, and llama.cpp derives the same values when they are absent. For
 # Phi-3.5, llama.cpp's converter names the SentencePiece vocabulary's pre-tokenizer "default" (which llama.cpp does
 # not read for it) and writes no add-BOS/EOS flags, as the tokenizer_config.json transformers 5 saves has none:
 # llama.cpp would then add BOS, which the tokenizer does not; and no space-prefix flag, so llama.cpp would add ▁
-# after every special token, which the tokenizer does not (gguf_writer._space_prefix).
+# after every special token, which the tokenizer does not (gguf_writer._space_prefix). For Mistral v0.3, whose
+# vocabulary is SentencePiece too, the same pre-tokenizer name and no space-prefix flag, for the same reasons; its
+# tokenizer_config.json keeps its add-BOS/EOS flags, which both write.
 _LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 FAMILIES = (
     Family("llama3", llama3_folder, "ggml-vocab-llama-bpe.gguf", "<|eot_id|>", "", "", "llama3", _LLAMA_PROJECTIONS,
@@ -384,4 +446,9 @@ FAMILIES = (
     # one takes model.chat_template=mistral
     Family("mistral-nemo", nemo_folder, "tekken", "</s>", "", "", "mistral-nemo", _LLAMA_PROJECTIONS,
            ("general.size_label", "tokenizer.ggml.add_sep_token"), run_args=("model.chat_template=mistral",)),
+    # v0.3's writes it only into the last user turn, after the answers before it: model.chat_template=mistral_v3
+    Family("mistral-v0.3", mistral_v03_folder, "ggml-vocab-llama-spm.gguf.inp", "</s>", "", "", "mistral-v0.3",
+           _LLAMA_PROJECTIONS, ("general.size_label", "tokenizer.ggml.add_sep_token", "tokenizer.ggml.pre"),
+           ("tokenizer.ggml.add_space_prefix",), space_prefix_at_start_only=True,
+           run_args=("model.chat_template=mistral_v3",), answer_prefix=" "),
 )

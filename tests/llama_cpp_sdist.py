@@ -59,9 +59,25 @@ def _unpack(root: Path) -> None:
 def expected_ids(vocab: str) -> list[tuple[str, list[int]]]:
     """The texts of ``models/<vocab>.inp`` with the token ids llama.cpp gives them (``.out``)."""
     path = llama_cpp_folder() / "models" / vocab
-    texts = path.with_suffix(".gguf.inp").read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
     ids = path.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
-    return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids, strict=True)]
+    return [(text, [int(i) for i in line.split()]) for text, line in zip(_texts(vocab + ".inp"), ids, strict=True)]
+
+
+def llama_cpps_ids(gguf: Path, inp: str) -> list[tuple[str, list[int]]]:
+    """The texts of ``models/<inp>`` with the token ids llama.cpp's tokenizer gives them with ``gguf``'s vocabulary,
+    as llama.cpp's test-tokenizer-0 writes a ``.out`` file (no BOS, special tokens not parsed): the expected ids of a
+    tokenizer llama.cpp ships no vocabulary of, from its converter's GGUF of it."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    try:
+        return [(text, llm.tokenize(text.encode(), add_bos=False, special=False)) for text in _texts(inp)]
+    finally:
+        llm.close()
+
+
+def _texts(inp: str) -> list[str]:
+    return (llama_cpp_folder() / "models" / inp).read_text(encoding="utf-8").split("\n__ggml_vocab_test__\n")
 
 
 def convert_with_llama_cpp(folder: Path, out: Path, out_type: str = "f16") -> None:

@@ -1,6 +1,7 @@
 """Mistral's own tokenizer files, from the wheel of its reference library ``mistral-common`` (fetched once from the
 package registry, not installed): ``tekken_240718.json`` is Mistral-Nemo's Tekken vocabulary (its release date,
-2024-07-18, names it), as the Nemo checkpoints ship it."""
+2024-07-18, names it), as the Nemo checkpoints ship it; ``mistral_instruct_tokenizer_240323.model.v3`` Mistral's v3
+SentencePiece model, Mistral 7B v0.3's vocabulary."""
 
 from __future__ import annotations
 

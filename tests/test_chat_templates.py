@@ -176,7 +176,7 @@ def test_a_base_model_without_a_template_is_refused_before_training(tmp_path):
     [line] = proc.stderr.strip().splitlines()
     assert line.startswith("error: ") and line.endswith(
         "the model's tokenizer has no chat template: set model.chat_template to chatml, llama3, gemma, mistral, "
-        "alpaca, alpaca_en or a .jinja file (plain-text data needs none)"), line
+        "mistral_v3, alpaca, alpaca_en or a .jinja file (plain-text data needs none)"), line
     assert snapshot(work) == before
 
 

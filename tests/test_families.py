@@ -37,7 +37,7 @@ from finetune.models import load_tokenizer
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
 from .families import FAMILIES, Family
-from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder
+from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder, llama_cpps_ids
 from .test_chat import trained_spans
 from .test_gguf_writer import F16_ATOL, assert_logits_match, hf_logits
 from .test_lora_gguf import llama_cpp_logits as lora_logits
@@ -66,6 +66,19 @@ def tokenizers(folders) -> Callable[[str], Any]:
     return functools.cache(lambda name: AutoTokenizer.from_pretrained(folders(name)))
 
 
+@pytest.fixture(scope="module")
+def llama_cpps_ggufs(folders, tmp_path_factory) -> Callable[[str], Path]:
+    """llama.cpp's converter's f16 GGUF of a family's folder by the family's name, made once per module (~10 s)."""
+
+    @functools.cache
+    def gguf(name: str) -> Path:
+        out = tmp_path_factory.mktemp(f"{name}-llama-cpp") / "llama_cpp.gguf"
+        convert_with_llama_cpp(folders(name), out)
+        return out
+
+    return gguf
+
+
 def assert_llama_cpps_ids(tokenizer: Any, cases: list[tuple[str, list[int]]]) -> None:
     """The tokenizer gives the ids llama.cpp expects for every text of ``cases`` (``expected_ids``)."""
     for text, expected in cases:
@@ -77,15 +90,19 @@ def family(request, folders) -> tuple[Family, Path]:
     return request.param, folders(request.param.name)
 
 
-def test_the_tokenizer_gives_llama_cpps_expected_ids(family, tokenizers):
+def test_the_tokenizer_gives_llama_cpps_expected_ids(family, tokenizers, llama_cpps_ggufs):
     spec, folder = family
-    if not spec.vocab.endswith(".gguf"):  # llama.cpp ships no such vocabulary: its converter's hash of the real
-        # tokenizer's ids for a text of every kind of character (and BOS) names it
+    if not spec.vocab.endswith((".gguf", ".inp")):  # llama.cpp ships no such vocabulary: its converter's hash of
+        # the real tokenizer's ids for a text of every kind of character (and BOS) names it
         digest = hashlib.sha256(str(tokenizers(spec.name).encode(_CHKTXT)).encode()).hexdigest()
         assert _PRE_TOKENIZERS[digest] == spec.vocab
         assert f'if chkhsh == "{digest}"' in (llama_cpp_folder() / "conversion" / "base.py").read_text("utf-8")
         return
-    cases = expected_ids(spec.vocab)
+    if spec.vocab.endswith(".inp"):  # nor of this SentencePiece model (Mistral v0.3's): the texts with the ids
+        # llama.cpp gives them with the vocabulary its converter writes, as it makes its .out files
+        cases = llama_cpps_ids(llama_cpps_ggufs(spec.name), spec.vocab)
+    else:
+        cases = expected_ids(spec.vocab)
     assert len(cases) > 40
     if spec.space_prefix_at_start_only:  # the SentencePiece model gives them all; transformers 5 not those
         from sentencepiece import SentencePieceProcessor
@@ -101,12 +118,12 @@ def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_e
     spec, _ = family
     tokenizer = tokenizers(spec.name)
     messages = conversation(3)["messages"]  # a system message and two assistant turns
-    if drops_the_system_message(tokenizer):  # Mistral-Nemo's: refused (test_mistral_nemos_template…)
+    if drops_the_system_message(tokenizer):  # Mistral's: refused (test_mistrals_templates_keep…)
         messages = messages[1:]
     tokenized = tokenize_conversation(tokenizer, messages)
     end = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
     after = tokenizer.encode(spec.after_end_of_turn, add_special_tokens=False)
-    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    answers = [spec.answer_prefix + m["content"] for m in messages if m["role"] == "assistant"]
     answers[-1] = spec.last_turn_prefix + answers[-1]
     # each answer's tokens as they follow a special token (transformers 5's Llama tokenizers add no ▁ there)
     expected = [tokenizer.encode(spec.end_of_turn + answer, add_special_tokens=False)[1:] + [end, *after]
@@ -146,44 +163,46 @@ def test_phi35s_turns_are_trained_though_its_template_ends_a_conversation_with_e
     assert "\n" in render(tokenizer, messages).split("<|end|>")[1]  # written by the template, not a token
 
 
-def test_mistral_nemos_template_would_train_no_system_message_so_it_is_refused_and_the_mistral_template_trains_it(
-        folders, tokenizers, tmp_path):
-    """Mistral-Nemo's template writes the system message only into a final question, so a conversation that ends in
-    an answer renders without it: refused before training, in one line naming the way out. ``model.chat_template=
-    mistral`` writes it into the first user turn; each answer is trained with its </s>, and its Modelfile family
-    renders in Go as the template does."""
+@pytest.mark.parametrize(("name", "named", "separator"),
+                         [("mistral-nemo", "mistral", ""), ("mistral-v0.3", "mistral_v3", " ")])
+def test_mistrals_templates_keep_the_system_message_from_answers_so_they_are_refused_and_their_named_twin_trains_it(
+        name, named, separator, folders, tokenizers, tmp_path):
+    """Mistral's templates write the system message only into the last question (Nemo's only into a final one), so
+    the answers before it, or all of them, would be trained without it: refused before training, in one line naming
+    the way out in the model's own format (v0.3's space after [INST] and before each answer, none in Nemo's).
+    ``model.chat_template=<named>`` writes it into the first user turn; each answer is trained with its </s>, and
+    its Modelfile family renders in Go as the template does."""
     messages = conversation(3)["messages"]
-    assert drops_the_system_message(tokenizers("mistral-nemo"))
+    assert drops_the_system_message(tokenizers(name))
     data = tmp_path / "chats.jsonl"
     data.write_text(json.dumps({"messages": messages}) + "\n", encoding="utf-8")
-    proc = run_cli_in_process(*TINY_ON_A_MODEL, f"model.source={folders('mistral-nemo')}", "model.dtype=float32",
+    proc = run_cli_in_process(*TINY_ON_A_MODEL, f"model.source={folders(name)}", "model.dtype=float32",
                               f"dataset.path={data}", "hydra.run.dir=run", cwd=tmp_path, check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "leaves the system message out" in proc.stderr and "set model.chat_template=mistral" in proc.stderr
+    assert "leaves the system message out" in proc.stderr and f"set model.chat_template={named} (" in proc.stderr
     assert not (tmp_path / "run" / "train").exists()
 
-    tokenizer = AutoTokenizer.from_pretrained(folders("mistral-nemo"))
-    apply(tokenizer, "mistral")
-    tokenized = tokenize_conversation(tokenizer, messages)
-    assert [tokenizer.decode(span) for span in trained_spans(tokenized)] == [
-        f"{m['content']}</s>" for m in messages if m["role"] == "assistant"]
-    assert render(tokenizer, messages).startswith(f"<s>[INST]{messages[0]['content']}\n\n{messages[1]['content']}"
-                                                  "[/INST]")
+    tokenizer = AutoTokenizer.from_pretrained(folders(name))
+    apply(tokenizer, named)
+    answers = [m["content"] for m in messages if m["role"] == "assistant"]
+    assert trained_spans(tokenize_conversation(tokenizer, messages)) == [
+        tokenizer.encode(f"</s>{separator}{answer}</s>", add_special_tokens=False)[1:] for answer in answers]
+    assert render(tokenizer, messages).startswith(
+        f"<s>[INST]{separator}{messages[0]['content']}\n\n{messages[1]['content']}[/INST]{separator}{answers[0]}</s>")
     family = template_family(tokenizer)
-    assert family.name == "mistral"
+    assert family.name == named
     for probe in (*PROBES, messages[:-1], messages[1:-1]):
         expected = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
         assert "<s>" + go_render(family.go_template, probe) == expected == "<s>" + family.render(probe)
 
 
-def test_the_gguf_is_llama_cpps_own(family, tmp_path):
+def test_the_gguf_is_llama_cpps_own(family, llama_cpps_ggufs, tmp_path):
     """The f16 GGUF as llama.cpp's converter writes it; that llama.cpp runs it like the HF model is the parity gate's
     to show (test_a_run_ends_in_a_gguf_that_passes_the_parity_gate…)."""
     spec, folder = family
-    ours, reference = tmp_path / "ours.gguf", tmp_path / "llama_cpp.gguf"
+    ours = tmp_path / "ours.gguf"
     write_gguf(folder, ours, "f16", log=lambda _: None)
-    convert_with_llama_cpp(folder, reference)
-    comparison = compare_gguf(ours, reference)
+    comparison = compare_gguf(ours, llama_cpps_ggufs(spec.name))
     assert comparison["byte_identical_tensors"] and comparison["tensors"]["same_order"], comparison["tensors"]
     assert comparison["metadata"]["only_ours"] == sorted(spec.only_ours)
     assert comparison["metadata"]["only_reference"] == sorted(spec.only_llama_cpps)

@@ -159,45 +159,55 @@ def instruction_family(name: str, prompt: InstructionPrompt, eos: str, bos: bool
     )
 
 
-def _render_mistral(eos: str, system_in_last_turn: bool, messages: list[Message]) -> str:
+def _render_mistral(eos: str, system_in_last_turn: bool, separator: str, messages: list[Message]) -> str:
     system, rest = (messages[0]["content"], messages[1:]) if messages[0]["role"] == "system" else (None, messages)
     out = []
     for i, m in enumerate(rest):
         if m["role"] == "user":
             here = i == len(rest) - 1 if system_in_last_turn else i == 0
-            out.append(f"[INST]{system}\n\n{m['content']}[/INST]" if system is not None and here else
-                       f"[INST]{m['content']}[/INST]")
+            out.append(f"[INST]{separator}{system}\n\n{m['content']}[/INST]" if system is not None and here else
+                       f"[INST]{separator}{m['content']}[/INST]")
         elif m["role"] == "assistant":
-            out.append(m["content"] + eos)
+            out.append(f"{separator}{m['content']}{eos}")
     return "".join(out)
 
 
-def mistral_family(eos: str, bos: bool, *, system_in_last_turn: bool) -> TemplateFamily:
+# Mistral's families by where the system message goes (the final user turn: the models' own templates, as Ollama's
+# templates for them; the first: model.chat_template=mistral / mistral_v3) and the separator after [INST] and before
+# each answer (none in Mistral-Nemo's, a space in Mistral v0.3's).
+MISTRAL_FAMILIES = {(True, ""): "mistral-nemo", (False, ""): "mistral", (True, " "): "mistral-v0.3",
+                    (False, " "): "mistral_v3"}
+
+
+def mistral_family(eos: str, bos: bool, *, system_in_last_turn: bool, separator: str) -> TemplateFamily:
     """Mistral's ``[INST] … [/INST]`` turns, each answer ended by the model's EOS, no generation prompt after the
-    last question. Mistral-Nemo's own template writes the system message into the conversation's final user turn
-    only, when it ends the conversation (``mistral-nemo``, as Ollama's mistral-nemo template does);
-    ``model.chat_template=mistral`` into its first (``mistral``), where every later turn sees it as training did."""
+    last question. The models' own templates write the system message into the final user turn only, when it ends
+    the conversation (as Ollama's templates for them do); ``model.chat_template=mistral`` / ``mistral_v3`` into the
+    first, where every later turn sees it as training did (``MISTRAL_FAMILIES``). Mistral v0.3's template trims each
+    answer, which a Go template cannot (Ollama gives it no such function): the answer is written as given, as in
+    Ollama's template for v0.3, which is what v0.3's renders of an answer without whitespace around it."""
     if system_in_last_turn:
         go_template = (
             '{{- $system := "" }}{{- $has := false }}{{- $first := index .Messages 0 }}'
             '{{- if eq $first.Role "system" }}{{ $system = $first.Content }}{{ $has = true }}{{ end }}'
             '{{- range $i, $m := .Messages }}{{- if eq $m.Role "user" }}'
-            '[INST]{{ if and $has (eq (len (slice $.Messages $i)) 1) }}{{ $system }}\n\n{{ end }}'
-            '{{ $m.Content }}[/INST]'
-            f'{{{{- else if eq $m.Role "assistant" }}}}{{{{ $m.Content }}}}{eos}{{{{- end }}}}{{{{- end }}}}'
+            f'[INST]{separator}{{{{ if and $has (eq (len (slice $.Messages $i)) 1) }}}}'
+            '{{ $system }}\n\n{{ end }}{{ $m.Content }}[/INST]'
+            f'{{{{- else if eq $m.Role "assistant" }}}}{separator}{{{{ $m.Content }}}}{eos}{{{{- end }}}}{{{{- end }}}}'
         )
     else:
         go_template = (
             '{{- $prefix := "" }}{{- $first := index .Messages 0 }}'
             '{{- if eq $first.Role "system" }}{{ $prefix = printf "%s\\n\\n" $first.Content }}{{ end }}'
-            '{{- range .Messages }}{{- if eq .Role "user" }}[INST]{{ $prefix }}{{ .Content }}[/INST]'
-            f'{{{{- else if eq .Role "assistant" }}}}{{{{ .Content }}}}{eos}{{{{- end }}}}'
+            f'{{{{- range .Messages }}}}{{{{- if eq .Role "user" }}}}[INST]{separator}{{{{ $prefix }}}}'
+            '{{ .Content }}[/INST]'
+            f'{{{{- else if eq .Role "assistant" }}}}{separator}{{{{ .Content }}}}{eos}{{{{- end }}}}'
             '{{- if ne .Role "system" }}{{ $prefix = "" }}{{- end }}{{- end }}'
         )
     return TemplateFamily(
-        name="mistral-nemo" if system_in_last_turn else "mistral",
+        name=MISTRAL_FAMILIES[system_in_last_turn, separator],
         go_template=go_template,
-        render=lambda messages: _render_mistral(eos, system_in_last_turn, messages),
+        render=lambda messages: _render_mistral(eos, system_in_last_turn, separator, messages),
         stop=(eos, "[INST]"),
         system_block=r"^(?!)",  # Mistral's templates write no default system prompt
         bos=bos,
@@ -209,7 +219,8 @@ def families(tokenizer: Any) -> tuple[TemplateFamily, ...]:
     instruction prompts, Mistral's)."""
     eos, bos = tokenizer.eos_token or "", adds_bos(tokenizer)
     return (*FAMILIES, *(instruction_family(name, prompt, eos, bos) for name, prompt in ALPACA_PROMPTS.items()),
-            *(mistral_family(eos, bos, system_in_last_turn=last) for last in (True, False)))
+            *(mistral_family(eos, bos, system_in_last_turn=last, separator=separator)
+              for last, separator in MISTRAL_FAMILIES))
 
 
 PROBES: tuple[list[Message], ...] = (

@@ -138,12 +138,14 @@ def test_a_failed_gate_fails_the_export_leaving_no_final_file(model_dir: Path, t
     validate = tmp_path / "validate"
     validate.mkdir()
     (validate / "report.json").write_text(json.dumps({"system_prompt": SYSTEM}))
-    (validate / "test.jsonl").write_text("".join(json.dumps(to_row(c)) + "\n" for c in CONVERSATIONS))
+    for split in ("train", "test"):
+        (validate / f"{split}.jsonl").write_text("".join(json.dumps(to_row(c)) + "\n" for c in CONVERSATIONS))
     run = RunConfig()
     run.model.source, run.model.dtype, run.run_name = str(model_dir), "float32", "broken"
     run.export.gguf_types, run.export.parity_samples = ["f16", "q8_0"], 3
     ctx = StageContext(run_dir=tmp_path, out_dir=tmp_path / "export", resume=False, inputs={
-        "validate": {"report": validate / "report.json", "test": validate / "test.jsonl"},
+        "validate": {"report": validate / "report.json", "train": validate / "train.jsonl",
+                     "test": validate / "test.jsonl"},
         "merge": {"model": model_dir}, "train": {}})
     ctx.out_dir.mkdir()
     no_rotary_regrouping(monkeypatch)
@@ -157,6 +159,7 @@ def test_a_failed_gate_fails_the_export_leaving_no_final_file(model_dir: Path, t
         "Modelfile", "model-f16.gguf.rejected", "model-q8_0.gguf.rejected", "parity.json"]
     found = json.loads((ctx.out_dir / "parity.json").read_text())
     assert [r["passed"] for r in found["files"].values()] == [False, False]
+    assert found["modelfile_tools"] is None  # no conversation defines tools
 
 
 def test_gemma3_prompts_and_stop_match_through_llama_cpp_and_the_modelfile(tmp_path: Path) -> None:

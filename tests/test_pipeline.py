@@ -241,6 +241,33 @@ def test_interrupted_training_resumes_from_its_last_checkpoint(dataset, tmp_path
     assert steps == list(range(1, 61))
 
 
+def test_tools_in_the_training_data_are_named_where_the_modelfile_cannot_carry_them(tmp_path):
+    """SmolLM2's template renders no tools, so a conversation's tools train as system-message text; a Modelfile
+    writes none in any case (finetune.export.modelfile.tools_left_out): the export stage says so, with the way the
+    model gets them, in its log and parity.json, and the card repeats it."""
+    from types import SimpleNamespace
+
+    from finetune.data.canonical import to_row
+    from finetune.export.card import _parity
+
+    from .test_chat import TOOL_CHAT
+
+    def asked(city: str) -> dict:
+        return json.loads(json.dumps(to_row(TOOL_CHAT)).replace("Paris", city))
+
+    data = tmp_path / "chats.jsonl"
+    rows = [conversation(i) for i in range(24)] + [asked(city) for city in ("Oslo", "Lima", "Pune", "Kyiv", "Rome")]
+    data.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    proc = run_cli(*TINY, f"dataset.path={data}", "train.max_seq_len=512", "train.max_steps=1",
+                   "stages=[validate,train,merge,export]", "hydra.run.dir=run", cwd=tmp_path)
+    note = json.loads((tmp_path / "run" / "export" / "parity.json").read_text())["modelfile_tools"]
+    assert note.startswith("the training data defines tools, which the Modelfile's TEMPLATE does not write")
+    assert "trained as text in the system message" in note
+    assert f"export: {note}" in proc.stdout + proc.stderr
+    assert f"Ollama: {note}." in _parity(SimpleNamespace(parity=json.loads(
+        (tmp_path / "run" / "export" / "parity.json").read_text())))
+
+
 def test_a_bad_record_stops_the_run_with_file_and_line(tmp_path):
     path = tmp_path / "bad.jsonl"
     rows = [conversation(i) for i in range(5)]

@@ -186,6 +186,8 @@ def _parity(inputs: CardInputs) -> list[str]:
               f"`apply_chat_template` in {identical} of {len(p['templates']['prompts'])} cases (system or not, one or "
               f"several turns; tools: {p['templates']['tools']}); end-of-turn `{stop['end_of_turn']}` ends generation "
               "in llama.cpp" + (" and in the Modelfile." if stop.get("Modelfile stops on it") else "."), ""]
+    if p.get("modelfile_tools"):
+        lines += [f"Ollama: {p['modelfile_tools']}.", ""]
     return lines
 
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from finetune.chat_templates import ALPACA_PROMPTS, InstructionPrompt, adds_bos
+from finetune.data.canonical import Conversation
 from finetune.errors import UserError
 from finetune.generate import Decoding
 
@@ -251,6 +252,21 @@ def template_family(tokenizer: Any) -> TemplateFamily:
         "the model's chat template matches none of the Ollama templates we verify "
         f"({', '.join(f.name for f in candidates)}); set export.ollama=false to export the GGUF alone"
     )
+
+
+def tools_left_out(conversations: Iterable[Conversation], takes_tools: bool) -> str | None:
+    """What the Modelfile cannot carry of training data that defines tools, and the way that can; None when no
+    conversation defines any. Ollama renders TEMPLATE with Go's text/template, whose only JSON is its ``json``
+    function (Go's compact encoding): it cannot write tool definitions and calls as a chat template's ``tojson`` does
+    (``", "`` and ``": "``), so these Go templates write none."""
+    if not any(c.tools for c in conversations):
+        return None
+    way = ("ask with tools through `python -m finetune serve RUN_DIR` (OpenAI's tools parameter): llama.cpp's chat "
+           "path renders the GGUF's own template, tools included, as the parity gate checks" if takes_tools else
+           "the model's template renders no tools, so they were trained as text in the system message "
+           "(finetune.chat.TOOLS_PREAMBLE and a <tools> list): give them the same way")
+    return ("the training data defines tools, which the Modelfile's TEMPLATE does not write (Ollama's template "
+            f"language writes JSON without the spaces of the chat template's tojson): {way}")
 
 
 def stop_strings(tokenizer: Any) -> tuple[str, ...]:

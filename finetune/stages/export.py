@@ -16,11 +16,18 @@ import time
 from pathlib import Path
 from typing import Any
 
+from finetune.chat import template_takes
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
 from finetune.errors import UserError
 from finetune.export import parity
-from finetune.export.modelfile import modelfile, serving_parameters, template_default_system, template_family
+from finetune.export.modelfile import (
+    modelfile,
+    serving_parameters,
+    template_default_system,
+    template_family,
+    tools_left_out,
+)
 from finetune.methods import METHODS
 from finetune.models import load_config, load_model, load_tokenizer, local_folder, resolve_model_source
 from finetune.pipeline.graph import StageContext
@@ -143,6 +150,11 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
 
     found = _gate(run, ctx, merged, files, tokenizer, family, system)
     found["system_prompt"] = system
+    if family is not None:
+        found["modelfile_tools"] = tools_left_out(read_split(ctx.input("validate", "train")),
+                                                  template_takes(tokenizer)[0])
+        if found["modelfile_tools"]:
+            log.warning("export: %s", found["modelfile_tools"])
     atomic_write_json(ctx.out_dir / "parity.json", found)
     artifacts["parity"] = "parity.json"
     failed = [f"{name}: {'; '.join(r['failures'])}" for name, r in found["files"].items() if r["failures"]]

@@ -135,16 +135,11 @@ def test_tools_in_the_data_are_named_with_the_way_the_model_gets_them():
     """A Modelfile writes no tools: where the data defines some, the note names the way that gives them to the
     model — llama.cpp's chat path (serve) for a template that renders tools, the system message for one that does
     not (they were trained as text there)."""
-    from finetune.data.canonical import Conversation
     from finetune.export.modelfile import tools_left_out
 
-    from .conftest import conversation
-    from .test_chat import TOOL_CHAT
-
-    plain = Conversation(conversation(0)["messages"], "c.jsonl:1")
-    assert tools_left_out([plain], takes_tools=True) is None
-    served = tools_left_out([plain, TOOL_CHAT], takes_tools=True)
+    assert tools_left_out(0, takes_tools=True) is None
+    served = tools_left_out(1, takes_tools=True)
     assert served.startswith("the training data defines tools, which the Modelfile's TEMPLATE does not write")
     assert "python -m finetune serve RUN_DIR" in served and "system message" not in served
-    as_text = tools_left_out([TOOL_CHAT], takes_tools=False)
+    as_text = tools_left_out(3, takes_tools=False)
     assert "trained as text in the system message" in as_text and "serve" not in as_text

@@ -137,15 +137,13 @@ def test_a_failed_gate_fails_the_export_leaving_no_final_file(model_dir: Path, t
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     validate = tmp_path / "validate"
     validate.mkdir()
-    (validate / "report.json").write_text(json.dumps({"system_prompt": SYSTEM}))
-    for split in ("train", "test"):
-        (validate / f"{split}.jsonl").write_text("".join(json.dumps(to_row(c)) + "\n" for c in CONVERSATIONS))
+    (validate / "report.json").write_text(json.dumps({"system_prompt": SYSTEM, "tools": {"train_rows_with_tools": 0}}))
+    (validate / "test.jsonl").write_text("".join(json.dumps(to_row(c)) + "\n" for c in CONVERSATIONS))
     run = RunConfig()
     run.model.source, run.model.dtype, run.run_name = str(model_dir), "float32", "broken"
     run.export.gguf_types, run.export.parity_samples = ["f16", "q8_0"], 3
     ctx = StageContext(run_dir=tmp_path, out_dir=tmp_path / "export", resume=False, inputs={
-        "validate": {"report": validate / "report.json", "train": validate / "train.jsonl",
-                     "test": validate / "test.jsonl"},
+        "validate": {"report": validate / "report.json", "test": validate / "test.jsonl"},
         "merge": {"model": model_dir}, "train": {}})
     ctx.out_dir.mkdir()
     no_rotary_regrouping(monkeypatch)

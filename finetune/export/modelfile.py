@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from finetune.chat_templates import ALPACA_PROMPTS, InstructionPrompt, adds_bos
-from finetune.data.canonical import Conversation
 from finetune.errors import UserError
 from finetune.generate import Decoding
 
@@ -254,12 +253,12 @@ def template_family(tokenizer: Any) -> TemplateFamily:
     )
 
 
-def tools_left_out(conversations: Iterable[Conversation], takes_tools: bool) -> str | None:
+def tools_left_out(train_rows_with_tools: int, takes_tools: bool) -> str | None:
     """What the Modelfile cannot carry of training data that defines tools, and the way that can; None when no
-    conversation defines any. Ollama renders TEMPLATE with Go's text/template, whose only JSON is its ``json``
-    function (Go's compact encoding): it cannot write tool definitions and calls as a chat template's ``tojson`` does
-    (``", "`` and ``": "``), so these Go templates write none."""
-    if not any(c.tools for c in conversations):
+    training conversation defines any (validate's report counts them). Ollama renders TEMPLATE with Go's
+    text/template, whose only JSON is its ``json`` function (Go's compact encoding): it cannot write tool definitions
+    and calls as a chat template's ``tojson`` does (``", "`` and ``": "``), so these Go templates write none."""
+    if not train_rows_with_tools:
         return None
     way = ("ask with tools through `python -m finetune serve RUN_DIR` (OpenAI's tools parameter): llama.cpp's chat "
            "path renders the GGUF's own template, tools included, as the parity gate checks" if takes_tools else

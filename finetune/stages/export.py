@@ -151,7 +151,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     found = _gate(run, ctx, merged, files, tokenizer, family, system)
     found["system_prompt"] = system
     if family is not None:
-        found["modelfile_tools"] = tools_left_out(read_split(ctx.input("validate", "train")),
+        found["modelfile_tools"] = tools_left_out(report["tools"]["train_rows_with_tools"],
                                                   template_takes(tokenizer)[0])
         if found["modelfile_tools"]:
             log.warning("export: %s", found["modelfile_tools"])

@@ -1,6 +1,7 @@
 """Tiny random models of the families people fine-tune, each with its family's real tokenizer and real chat
-template, taken from llama.cpp's files (``tests/llama_cpp_sdist.py``): what a Hugging Face folder of that family
-holds, at a size a test trains in seconds."""
+template, taken from llama.cpp's files (``tests/llama_cpp_sdist.py``), mistral-common's wheel
+(``tests/mistral_common_wheel.py``) and the npm registry (``tests/npm_tokenizers.py``): what a Hugging Face folder
+of that family holds, at a size a test trains in seconds."""
 
 from __future__ import annotations
 
@@ -398,19 +399,121 @@ def _tiny_mistral(out: Path, *, vocab_size: int, head_dim: int | None, max_posit
     return out
 
 
+def gemma_sentencepiece_model(spec: dict, out: Path) -> None:
+    """A Gemma ``tokenizer.model`` for the released ``tokenizer.json`` ``spec``, which the npm copy comes without
+    (llama.cpp's converter reads Gemma's vocabulary from it): the pieces id for id, typed as the tokenizer types them
+    (its special added tokens control, ``<unk>`` unknown, the others user-defined; ``<0x00>``… byte), each normal
+    piece scored minus the rank of the first merge that makes it and the unmerged ones below all merges (the order
+    Hugging Face's converter made the merges in); Gemma's normaliser (spaces as ▁, no space prefix) and byte
+    fallback. The released file's scores are not known here; its tokenization is, and these give it
+    (test_the_tokenizer_gives_llama_cpps_expected_ids)."""
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    vocab, added = spec["model"]["vocab"], {t["id"]: t for t in spec["added_tokens"]}
+    rank: dict[str, int] = {}
+    for r, pair in enumerate(spec["model"]["merges"]):
+        left, right = pair if isinstance(pair, list) else pair.split(" ", 1)
+        rank.setdefault(left + right, r)
+    piece_type = sp.ModelProto.SentencePiece
+    model = sp.ModelProto()
+    for piece, i in sorted(vocab.items(), key=lambda item: item[1]):
+        assert i == len(model.pieces), "the vocabulary's ids are 0…n-1"
+        if piece == "\t" and "<0x09>" not in vocab:  # transformers' Gemma converter writes the byte piece so
+            piece = "<0x09>"
+        if i in added:
+            kind = (piece_type.UNKNOWN if piece == "<unk>" else piece_type.CONTROL if added[i]["special"]
+                    else piece_type.USER_DEFINED)
+        else:
+            kind = piece_type.BYTE if len(piece) == 6 and piece.startswith("<0x") else piece_type.NORMAL
+        score = -float(rank.get(piece, len(rank) + 1)) if kind == piece_type.NORMAL else 0.0
+        model.pieces.add(piece=piece, type=kind, score=score)
+    ids = {t: vocab[t] for t in ("<unk>", "<bos>", "<eos>", "<pad>")}
+    model.trainer_spec.MergeFrom(sp.TrainerSpec(model_type=sp.TrainerSpec.BPE, vocab_size=len(vocab),
+                                                byte_fallback=True, unk_id=ids["<unk>"], bos_id=ids["<bos>"],
+                                                eos_id=ids["<eos>"], pad_id=ids["<pad>"]))
+    model.normalizer_spec.MergeFrom(sp.NormalizerSpec(name="identity", add_dummy_prefix=False,
+                                                      remove_extra_whitespaces=False, escape_whitespaces=True))
+    (out / "tokenizer.model").write_bytes(model.SerializeToString())
+
+
+def gemma_tokenizer_files(out: Path, package: str, template: str | None = None) -> None:
+    """Gemma's released tokenizer.json and tokenizer_config.json (from the npm package ``@lenml/tokenizer-<package>``,
+    ``tests/npm_tokenizers.py``), with ``models/templates/<template>`` as the config's chat template where given
+    (the package's has none), and a ``tokenizer.model`` of the same tokenizer (``gemma_sentencepiece_model``)."""
+    from .npm_tokenizers import npm_tokenizer_folder
+
+    out.mkdir(parents=True, exist_ok=True)
+    source = npm_tokenizer_folder(package)
+    raw = (source / "tokenizer.json").read_bytes()
+    (out / "tokenizer.json").write_bytes(raw)
+    config = json.loads((source / "tokenizer_config.json").read_text("utf-8"))
+    if template:
+        config["chat_template"] = (llama_cpp_folder() / "models" / "templates" / template).read_text("utf-8")
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
+    gemma_sentencepiece_model(json.loads(raw), out)
+
+
+def gemma2_folder(out: Path) -> Path:
+    """A tiny random Gemma 2 (soft-capped attention and logits, sliding-window layers every other layer, a head
+    size other than hidden / heads, tied embeddings) with Gemma 2's tokenizer and Gemma 2 Instruct's chat template,
+    saved at ``out``."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM, GenerationConfig
+
+    gemma_tokenizer_files(out, "gemma2", "google-gemma-2-2b-it.jinja")
+    torch.manual_seed(0)
+    config = Gemma2Config(vocab_size=256000, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                          num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                          max_position_embeddings=8192, rms_norm_eps=1e-6, sliding_window=16,
+                          attn_logit_softcapping=50.0, final_logit_softcapping=30.0, pad_token_id=0, eos_token_id=1,
+                          bos_token_id=2)
+    model = Gemma2ForCausalLM(config)
+    _sharpen(model)
+    model.save_pretrained(out)
+    GenerationConfig(bos_token_id=2, eos_token_id=[1, 107], pad_token_id=0).save_pretrained(out)
+    return out
+
+
+def gemma3_folder(out: Path) -> Path:
+    """A tiny random Gemma 3 (RMS norms on each head's queries and keys, five sliding-window layers to a global one
+    as released — here one of each —, a local RoPE base, linear RoPE scaling on the global layers as in Gemma 3 4B,
+    tied embeddings) with Gemma 3's tokenizer and chat template, saved at ``out``."""
+    import torch
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
+
+    gemma_tokenizer_files(out, "gemma3")
+    torch.manual_seed(0)
+    rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
+    config = Gemma3TextConfig(vocab_size=262208, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                              num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                              max_position_embeddings=131072, rms_norm_eps=1e-6, sliding_window=16,
+                              layer_types=["sliding_attention", "full_attention"], rope_parameters=rope,
+                              pad_token_id=0, eos_token_id=[1, 106], bos_token_id=2)
+    model = Gemma3ForCausalLM(config)
+    _sharpen(model)
+    model.save_pretrained(out)
+    GenerationConfig(bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0, do_sample=True, top_k=64,
+                     top_p=0.95).save_pretrained(out)
+    return out
+
+
 def _sharpen(model: Any) -> None:
     """Norms at 1 ± noise and biases ± noise (a mis-mapped one shows in the logits), sharp attention (q and k ×8)
     so that the rotary positions show in the logits, and the final norm ×4 so that most positions have a top-1 token
     clearly ahead of the runner-up among 150k random logits (what ``assert_logits_match`` compares)."""
     import torch
 
+    gemma = model.config.model_type.startswith("gemma")  # its norms are stored as w for a scale of 1 + w
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:
-                p.normal_(1.0 if "norm" in name else 0.0, 0.3)
+                p.normal_(1.0 if "norm" in name and not gemma else 0.0, 0.3)
             elif name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 p.mul_(8)
         model.model.norm.weight.mul_(4)
+        if gemma:  # its scale 1 + w, ×4 too
+            model.model.norm.weight.add_(3)
 
 
 # llama.cpp's converter also writes the generation config's sampling defaults (ours are the Modelfile's PARAMETERs,
@@ -425,6 +528,17 @@ def _sharpen(model: Any) -> None:
 # vocabulary is SentencePiece too, the same pre-tokenizer name and no space-prefix flag, for the same reasons; its
 # tokenizer_config.json keeps its add-BOS/EOS flags, which both write.
 _LLAMA_PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# For Gemma, both write its SentencePiece vocabulary; llama.cpp's converter names a pre-tokenizer "default"
+# (which llama.cpp does not read for it), and writes neither which layers slide (llama.cpp then takes the
+# released pattern: every other layer for Gemma 2, five of six for Gemma 3, which a 2-layer Gemma 3 does not
+# follow) nor Gemma 2's RoPE base (llama.cpp's default, 10,000, is Gemma 2's).
+_GEMMA_ONLY_LLAMA_CPPS = ("general.size_label", "tokenizer.ggml.add_sep_token", "tokenizer.ggml.pre")
+
+
+def _gemma_only_ours(arch: str) -> tuple[str, ...]:
+    return (f"{arch}.attention.sliding_window_pattern", f"{arch}.rope.dimension_count", f"{arch}.vocab_size")
+
+
 FAMILIES = (
     Family("llama3", llama3_folder, "ggml-vocab-llama-bpe.gguf", "<|eot_id|>", "", "", "llama3", _LLAMA_PROJECTIONS,
            ("general.sampling.temp", "general.sampling.top_p", "general.size_label", "tokenizer.ggml.add_sep_token")),
@@ -451,4 +565,11 @@ FAMILIES = (
            _LLAMA_PROJECTIONS, ("general.size_label", "tokenizer.ggml.add_sep_token", "tokenizer.ggml.pre"),
            ("tokenizer.ggml.add_space_prefix",), space_prefix_at_start_only=True,
            run_args=("model.chat_template=mistral_v3",), answer_prefix=" "),
+    # Gemma 2's template refuses a system message: a run on data with one takes model.chat_template=gemma
+    Family("gemma2", gemma2_folder, "ggml-vocab-gemma-4.gguf.inp", "<end_of_turn>", "\n", "", "gemma",
+           _LLAMA_PROJECTIONS, _GEMMA_ONLY_LLAMA_CPPS, ("gemma2.rope.freq_base", *_gemma_only_ours("gemma2")),
+           run_args=("model.chat_template=gemma",)),
+    Family("gemma3", gemma3_folder, "ggml-vocab-gemma-4.gguf.inp", "<end_of_turn>", "\n", "", "gemma",
+           _LLAMA_PROJECTIONS, ("general.sampling.top_k", "general.sampling.top_p", *_GEMMA_ONLY_LLAMA_CPPS),
+           _gemma_only_ours("gemma3")),
 )

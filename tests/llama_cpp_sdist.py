@@ -59,8 +59,10 @@ def _unpack(root: Path) -> None:
 def expected_ids(vocab: str) -> list[tuple[str, list[int]]]:
     """The texts of ``models/<vocab>.inp`` with the token ids llama.cpp gives them (``.out``)."""
     path = llama_cpp_folder() / "models" / vocab
-    ids = path.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")
-    return [(text, [int(i) for i in line.split()]) for text, line in zip(_texts(vocab + ".inp"), ids, strict=True)]
+    texts = _texts(vocab + ".inp")
+    ids = path.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")[: len(texts)]  # Gemma 4's ends
+    # in a newline, the others not
+    return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids, strict=True)]
 
 
 def llama_cpps_ids(gguf: Path, inp: str) -> list[tuple[str, list[int]]]:

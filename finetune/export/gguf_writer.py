@@ -16,7 +16,6 @@ import itertools
 import json
 import math
 import os
-import re
 import struct
 import tempfile
 import time
@@ -101,9 +100,11 @@ class QuantizeError(RuntimeError):
 
 
 def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: str | None = None,
-               log: Log = print) -> None:
+               tokenizer: Any = None, log: Log = print) -> None:
     """Write ``model_dir`` as a GGUF file at ``out_path`` with weights in ``out_type`` (one of OUT_TYPES);
-    ``name`` is its ``general.name`` (what llama.cpp and Ollama show), by default the source model's name.
+    ``name`` is its ``general.name`` (what llama.cpp and Ollama show), by default the source model's name;
+    ``tokenizer``: the folder's tokenizer where the caller has loaded it already (export, for every file it writes:
+    parsing Gemma's 256k-token tokenizer.json takes seconds), else loaded here.
 
     The file appears atomically: it is written next to ``out_path`` under a temporary name and renamed at the
     end, so a failure leaves nothing (or the previous file) at ``out_path``.
@@ -118,11 +119,11 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
     with temp_path(out_path) as tmp:
         if out_type in K_QUANTS:
             with temp_path(out_path) as f16:
-                _write_numpy_types(model_dir, config, arch, f16, "f16", name, log)
+                _write_numpy_types(model_dir, config, arch, f16, "f16", name, tokenizer, log)
                 log(f"quantizing to {out_type} with llama.cpp")
                 _llama_quantize(f16, tmp, out_type)
         else:
-            _write_numpy_types(model_dir, config, arch, tmp, out_type, name, log)
+            _write_numpy_types(model_dir, config, arch, tmp, out_type, name, tokenizer, log)
         tmp.chmod(umask_mode())  # mkstemp makes it owner-only; Ollama's server may run as another user
         os.replace(tmp, out_path)
     size_mb = out_path.stat().st_size / 1e6
@@ -169,7 +170,7 @@ def temp_path(out_path: Path) -> Iterator[Path]:
 
 
 def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path: Path, out_type: str,
-                       name: str | None, log: Log) -> None:
+                       name: str | None, tokenizer: Any, log: Log) -> None:
     """Write the GGUF with gguf-py: metadata and tokenizer first (they fail fast), then tensors one by one."""
     import gguf
     import numpy as np
@@ -181,7 +182,7 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
         writer.add_file_type(gguf.LlamaFileType[file_type])
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         _add_hyperparameters(writer, config, arch, log)
-        hf_tokenizer = _hf_tokenizer(model_dir)
+        hf_tokenizer = tokenizer or _hf_tokenizer(model_dir)
         writer.add_name(_llama_cpp_name(name or _model_name(config, model_dir), hf_tokenizer))
         _add_tokenizer(writer, model_dir, hf_tokenizer, config["vocab_size"], log)
         tensors = _plan_tensors(model_dir, config, arch, gguf.GGMLQuantizationType[tensor_type])
@@ -499,7 +500,7 @@ def _vocabulary(hf_tokenizer: Any, where: Path | str, log: Log) -> tuple[str, di
     if model.get("type") == "BPE" and model.get("byte_fallback"):
         if model.get("continuing_subword_prefix") or model.get("end_of_word_suffix") or model.get("ignore_merges"):
             raise ValueError(f"the BPE options of the tokenizer in {where} have no llama.cpp SPM equivalent")
-        missing = [f"<0x{b:02X}>" for b in range(256) if f"<0x{b:02X}>" not in model["vocab"]]
+        missing = [f"<0x{b:02X}>" for b in range(256) if b not in _byte_tokens(model["vocab"])]
         if missing:
             raise ValueError(f"the tokenizer in {where} lacks byte-fallback tokens {', '.join(missing[:5])}")
         return "llama", spec, _space_prefix(spec, hf_tokenizer, where, log)
@@ -583,6 +584,16 @@ def _record_bos_eos(hf_tokenizer: Any, special_vocab: Any) -> None:
     special_vocab.add_special_token = {"bos": probe[0] == bos, "eos": probe[-1] == eos}
 
 
+def _byte_tokens(vocab: dict[str, int]) -> dict[int, int]:
+    """The id of each byte-fallback token <0x00>..<0xFF> by its byte. transformers' Gemma converter names the tab's
+    byte piece "\\t" in tokenizer.json (Gemma 2's checkpoints have it so); the SentencePiece model and llama.cpp's
+    converter keep <0x09>, a byte token: the same id, which both give a tab."""
+    ids = {b: vocab[f"<0x{b:02X}>"] for b in range(256) if f"<0x{b:02X}>" in vocab}
+    if 0x09 not in ids and "\t" in vocab:
+        ids[0x09] = vocab["\t"]
+    return ids
+
+
 def _add_sentencepiece_vocab(
     writer: Any, hf_tokenizer: Any, spec: dict[str, Any], model_dir: Path, n_vocab: int, add_space_prefix: bool,
     log: Log
@@ -595,14 +606,17 @@ def _add_sentencepiece_vocab(
     exactly the same tokenization when every pair that joins into a token is a listed merge, as in tokenizers
     converted from SentencePiece models. Where the folder keeps the SentencePiece model itself
     (``tokenizer.model``), its scores are taken instead, as llama.cpp's converter takes them; lacking it, that
-    converter scores all -1000. Byte tokens <0x00>..<0xFF> become BYTE, as llama.cpp needs all 256 for text
-    outside the vocabulary.
+    converter scores all -1000. Byte tokens <0x00>..<0xFF> become BYTE (``_byte_tokens``), as llama.cpp needs
+    all 256 for text outside the vocabulary.
     """
     import gguf
 
     model = spec["model"]
     vocab: dict[str, int] = model["vocab"]
     tokens, types = _token_list(hf_tokenizer, vocab, n_vocab)
+    for byte, i in _byte_tokens(vocab).items():
+        if vocab.get(tokens[i]) == i:  # also when trained as special tokens
+            tokens[i], types[i] = f"<0x{byte:02X}>", gguf.TokenType.BYTE
     if (model_dir / "tokenizer.model").is_file():
         scores, source = _sentencepiece_scores(model_dir / "tokenizer.model", tokens, types), "tokenizer.model"
     else:
@@ -612,9 +626,7 @@ def _add_sentencepiece_vocab(
         if unk_id is not None:
             types[unk_id] = gguf.TokenType.UNKNOWN
     for i, t in enumerate(tokens):
-        if vocab.get(t) == i and re.fullmatch(r"<0x[0-9A-F]{2}>", t):  # also when trained as special tokens
-            types[i] = gguf.TokenType.BYTE
-        elif types[i] == gguf.TokenType.USER_DEFINED:
+        if types[i] == gguf.TokenType.USER_DEFINED:
             tokens[i] = t.replace("▁", " ")  # llama.cpp matches user-defined tokens in the raw text
 
     special_vocab = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=n_vocab)

@@ -66,7 +66,9 @@ def check(run: RunConfig) -> None:
                           "(lora, qlora do); export the merged model only")
 
 
-def _write_files(run: RunConfig, ctx: StageContext, merged: Path) -> dict[str, str]:
+def _write_files(run: RunConfig, ctx: StageContext, merged: Path, tokenizer: Any) -> dict[str, str]:
+    """The GGUF files of the merged model (``tokenizer``: its tokenizer, loaded once for all of them), and with
+    ``export.adapter`` the base model's f16 and the LoRA adapter's."""
     from finetune.export.gguf_writer import QuantizeError, write_gguf
     from finetune.export.lora_gguf import write_lora_gguf
 
@@ -74,7 +76,8 @@ def _write_files(run: RunConfig, ctx: StageContext, merged: Path) -> dict[str, s
     try:
         for out_type in dict.fromkeys(run.export.gguf_types):
             files[out_type] = f"model-{out_type}.gguf"
-            write_gguf(merged, ctx.out_dir / files[out_type], out_type, name=run.run_name, log=log.info)
+            write_gguf(merged, ctx.out_dir / files[out_type], out_type, name=run.run_name, tokenizer=tokenizer,
+                       log=log.info)
         if run.export.adapter:
             base = local_folder(resolve_model_source(run.model), run.model.revision)
             write_gguf(base, ctx.out_dir / BASE_GGUF, "f16", name=(run.model.hub_id or base.name).split("/")[-1],
@@ -135,7 +138,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     trained_system = run.export.system_prompt or report["system_prompt"]
     system = trained_system or (template_default_system(tokenizer, family) if family else None)
 
-    files = _write_files(run, ctx, merged)
+    files = _write_files(run, ctx, merged, tokenizer)
     artifacts = {f"gguf_{out_type}": name for out_type, name in files.items()}
     if run.export.adapter:
         artifacts |= {"base_gguf": BASE_GGUF, "adapter_gguf": ADAPTER_GGUF}

@@ -418,8 +418,8 @@ def gemma_sentencepiece_model(spec: dict, out: Path) -> None:
     model = sp.ModelProto()
     for piece, i in sorted(vocab.items(), key=lambda item: item[1]):
         assert i == len(model.pieces), "the vocabulary's ids are 0…n-1"
-        if piece == "\t" and "<0x09>" not in vocab:  # transformers' Gemma converter writes the byte piece so
-            piece = "<0x09>"
+        if piece == "\t" and "<0x09>" not in vocab:  # the tab's byte piece, which transformers' Gemma converter
+            piece = "<0x09>"  # named "\t" in Gemma 2's tokenizer.json
         if i in added:
             kind = (piece_type.UNKNOWN if piece == "<unk>" else piece_type.CONTROL if added[i]["special"]
                     else piece_type.USER_DEFINED)

@@ -165,7 +165,7 @@ def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: li
         raise ChatTemplateError(
             "the chat template leaves the system message out of the answers' context (Mistral's write it only into "
             "the last user turn, Mistral-Nemo's only when that turn ends the conversation), so answers would be "
-            f"trained without it: set {_system_first_way_out(tokenizer)}, or drop the system messages")
+            f"trained without it: set {system_first_way_out(tokenizer)}, or drop the system messages")
     spans = _spans_by_prefixes(tokenizer, messages, tools, full) if renders_by_prefixes(tokenizer) else None
     if spans is None:
         spans = _spans_in_full_rendering(tokenizer, messages, tools, full)
@@ -254,7 +254,7 @@ def drops_the_system_message(tokenizer: Any) -> bool:
         return False
 
 
-def _system_first_way_out(tokenizer: Any) -> str:
+def system_first_way_out(tokenizer: Any) -> str:
     """The setting that writes the system message into the first user turn: the named template of the model's own
     format (``chat_templates.same_format``), else any that does."""
     name = same_format(tokenizer)

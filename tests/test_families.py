@@ -31,7 +31,7 @@ from finetune.chat_templates import apply
 from finetune.config import ModelConfig
 from finetune.export.gguf_writer import _CHKTXT, _PRE_TOKENIZERS, check_tokenizer, write_gguf
 from finetune.export.lora_gguf import write_lora_gguf
-from finetune.export.modelfile import PROBES, rendered, template_default_system, template_family
+from finetune.export.modelfile import PROBES, as_taken, takes_system, template_default_system, template_family
 from finetune.export.parity import template_checks, template_failures
 from finetune.gguf_header import gguf_header
 from finetune.models import load_tokenizer
@@ -119,9 +119,9 @@ def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_e
     spec, _ = family
     tokenizer = tokenizers(spec.name)
     messages = conversation(3)["messages"]  # a system message and two assistant turns
-    # Mistral's drop it: refused (test_mistrals_templates_keep…); Gemma 2's refuses it (tests/bad_inputs.py)
-    if drops_the_system_message(tokenizer) or rendered(tokenizer, messages[:2]) is None:
+    if drops_the_system_message(tokenizer):  # Mistral's: refused (test_mistrals_templates_keep…)
         messages = messages[1:]
+    messages = as_taken(tokenizer, messages)  # Gemma 2's takes none (test_gemma_2s_own_template…)
     tokenized = tokenize_conversation(tokenizer, messages)
     end = tokenizer.convert_tokens_to_ids(spec.end_of_turn)
     after = tokenizer.encode(spec.after_end_of_turn, add_special_tokens=False)
@@ -150,6 +150,28 @@ def test_gemma_3s_tokenizer_gives_llama_cpps_expected_ids_of_gemma_4s(tokenizers
     cases = expected_ids("ggml-vocab-gemma-4.gguf")
     assert len(cases) > 40
     assert_llama_cpps_ids(tokenizer, cases)
+
+
+def test_gemma_2s_own_template_takes_no_system_message_and_exports_with_the_gemma_modelfile(
+        folders, tokenizers, llama_cpps_ggufs, tmp_path):
+    """Gemma 2 Instruct's template raises on a system message: data with one is refused before training
+    (tests/bad_inputs.py), and so is a Modelfile SYSTEM (export.system_prompt), naming model.chat_template=gemma.
+    On conversations without one, llama.cpp's chat path and the gemma Modelfile render its prompts token for token,
+    and <end_of_turn> stops both."""
+    tokenizer = tokenizers("gemma2")
+    assert not takes_system(tokenizer) and template_family(tokenizer).name == "gemma"
+    checks = template_checks(llama_cpps_ggufs("gemma2"), tokenizer, template_family(tokenizer), None)
+    assert not template_failures(checks) and {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
+    data = tmp_path / "chats.jsonl"
+    data.write_text("".join(json.dumps({"messages": conversation(i)["messages"][1:]}) + "\n" for i in range(30)),
+                    encoding="utf-8")
+    proc = run_cli_in_process(*TINY_ON_A_MODEL, f"model.source={folders('gemma2')}", f"dataset.path={data}",
+                              "export.system_prompt=Be brief.", "hydra.run.dir=run", cwd=tmp_path, check=False)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: export.system_prompt: the model's chat template takes no system message, so training saw none; "
+        "leave it unset, or set model.chat_template=gemma (the model's format, the system message in the first "
+        "user turn) or another")
+    assert not (tmp_path / "run" / "train").exists()
 
 
 def test_qwen3s_thinking_blocks_are_trained_as_its_template_renders_them(tokenizers):
@@ -294,8 +316,7 @@ def test_the_modelfile_renders_in_go_like_the_chat_template(family, tokenizers):
     bos = tokenizer.bos_token if chosen.bos else ""  # Ollama's tokenizer adds it
     multi_turn = conversation(3)["messages"][:-1]
     for messages in (*PROBES, multi_turn, multi_turn[1:]):
-        if rendered(tokenizer, messages) is None:  # Gemma 2's refuses a system message, as training does
-            messages = messages[1:]
+        messages = as_taken(tokenizer, messages)  # Gemma 2's takes no system message, as training does
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if messages[0]["role"] != "system" and default_system:
             messages = [{"role": "system", "content": default_system}, *messages]  # as Ollama adds SYSTEM

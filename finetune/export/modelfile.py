@@ -8,6 +8,7 @@ format (the cause of "fine in transformers, gibberish in Ollama").
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Callable
@@ -240,15 +241,25 @@ def rendered(tokenizer: Any, messages: list[Message]) -> str | None:
         return None
 
 
+@functools.lru_cache(maxsize=8)
+def takes_system(tokenizer: Any) -> bool:
+    """Whether the chat template renders a system message: Gemma 2's raises on one. Training refuses data with one
+    before it starts (``chat.render``), so no prompt of such a run has one."""
+    return rendered(tokenizer, PROBES[0]) is not None or rendered(tokenizer, PROBES[0][1:]) is None
+
+
+def as_taken(tokenizer: Any, messages: list[Message]) -> list[Message]:
+    """``messages`` as a run can send them: without their system message where the template takes none
+    (``takes_system``), which is how such a template is held to a Modelfile family and to llama.cpp."""
+    if messages and messages[0]["role"] == "system" and not takes_system(tokenizer):
+        return messages[1:]
+    return messages
+
+
 def _renders_like(tokenizer: Any, family: TemplateFamily, probe: list[Message]) -> bool:
-    """Whether the family's Go template renders ``probe`` as the chat template does. A template without a system
-    role (Gemma 2's raises on one) is held to it on the probe without its system message: training refuses data
-    with one before it starts (``chat.render``), so no prompt of the run has one."""
-    text = rendered(tokenizer, probe)
-    if text is None and probe[0]["role"] == "system":
-        probe = probe[1:]
-        text = rendered(tokenizer, probe)
-    return text == (tokenizer.bos_token if family.bos else "") + family.render(probe)
+    """Whether the family's Go template renders ``probe`` (``as_taken``) as the chat template does."""
+    probe = as_taken(tokenizer, probe)
+    return rendered(tokenizer, probe) == (tokenizer.bos_token if family.bos else "") + family.render(probe)
 
 
 def template_family(tokenizer: Any) -> TemplateFamily:

@@ -26,7 +26,7 @@ from typing import Any
 
 from finetune.chat import end_of_turn_id, first_exchange, generation_prompt_ids, render, template_takes
 from finetune.data.canonical import Conversation, Message
-from finetune.export.modelfile import TemplateFamily
+from finetune.export.modelfile import TemplateFamily, as_taken
 
 GREEDY_TOKENS = 32
 # A greedy continuation that parts where the merged model led its runner-up by less than this (logits) parts on
@@ -269,9 +269,10 @@ def template_checks_loaded(llm: Any, tokenizer: Any, family: TemplateFamily | No
 
     The Modelfile is checked the way Ollama renders it: its SYSTEM (``system``) stands in when a conversation has
     no system message, so the expected prompt is the template applied to the conversation with that system
-    prompt, which is what the model was trained on.
+    prompt, which is what the model was trained on. A template that takes no system message is checked on the
+    cases without one (``as_taken``).
     """
-    cases = dict(TEMPLATE_CASES)
+    cases = {case: as_taken(tokenizer, messages) for case, messages in TEMPLATE_CASES.items()}
     takes_tools = template_takes(tokenizer)[0]
     checks = []
     eot = end_of_turn_id(tokenizer)

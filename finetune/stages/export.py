@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import template_takes
+from finetune.chat import system_first_way_out, template_takes
 from finetune.config import RunConfig
 from finetune.data.canonical import read_split
 from finetune.errors import UserError
@@ -24,6 +24,7 @@ from finetune.export import parity
 from finetune.export.modelfile import (
     modelfile,
     serving_parameters,
+    takes_system,
     template_default_system,
     template_family,
     tools_left_out,
@@ -61,6 +62,9 @@ def check(run: RunConfig) -> None:
                           "GGUF, leave export out: stages=[validate,train,merge,evaluate]") from None
     if run.export.ollama:
         template_family(tokenizer)
+    if run.export.system_prompt and not takes_system(tokenizer):
+        raise ExportError("export.system_prompt: the model's chat template takes no system message, so training "
+                          f"saw none; leave it unset, or set {system_first_way_out(tokenizer)}")
     if run.export.adapter and not METHODS[run.method.name].plain_lora:
         raise ExportError(f"export.adapter=true: method {run.method.name!r} has no LoRA adapter llama.cpp can apply "
                           "(lora, qlora do); export the merged model only")

@@ -60,8 +60,8 @@ def expected_ids(vocab: str) -> list[tuple[str, list[int]]]:
     """The texts of ``models/<vocab>.inp`` with the token ids llama.cpp gives them (``.out``)."""
     path = llama_cpp_folder() / "models" / vocab
     texts = _texts(vocab + ".inp")
-    ids = path.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")[: len(texts)]  # Gemma 4's ends
-    # in a newline, the others not
+    # a line per text (Gemma 4's file ends in a newline, the others not)
+    ids = path.with_suffix(".gguf.out").read_text(encoding="utf-8").split("\n")[: len(texts)]
     return [(text, [int(i) for i in line.split()]) for text, line in zip(texts, ids, strict=True)]
 
 

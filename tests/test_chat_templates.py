@@ -192,7 +192,7 @@ def llama3_base_model(dest: Path) -> Path:
 @pytest.mark.slow
 # The named llama3 template renders as Llama 3.1 Instruct's (above), whose GGUF test_families runs through the
 # parity gate; a base Llama 3 trains and exports here with alpaca_en. gemma, mistral and mistral_v3 train and
-# export on tiny Gemma 2, Mistral-Nemo and Mistral 7B v0.3 with their real tokenizers there (their run_args).
+# export in test_families, on tiny Gemma 2, Mistral-Nemo and Mistral 7B v0.3 with their real tokenizers (run_args).
 @pytest.mark.parametrize(("name", "build", "end_of_turn"), [("chatml", base_model, "<|im_end|>"),
                                                             ("alpaca", base_model, "<|im_end|>"),
                                                             ("alpaca_en", llama3_base_model, "<|eot_id|>")])

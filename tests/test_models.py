@@ -46,6 +46,29 @@ def test_a_tokenizer_is_parsed_once_per_content_not_per_folder(tmp_path):
     assert load_tokenizer(str(copy), cfg) is not changed
 
 
+@pytest.mark.quick
+def test_a_saved_tokenizer_keeps_its_added_tokens_and_reloads_the_same(tmp_path):
+    """transformers 5 saves no added_tokens_decoder (then every load parses tokenizer.json twice, and llama.cpp's
+    converter cannot type a SentencePiece vocabulary's added tokens) and an indented tokenizer.json: save_tokenizer
+    writes the one back and the other compact, and the tokenizer loads back as it was."""
+    from transformers import AutoTokenizer
+
+    from finetune.models import save_tokenizer
+
+    cfg = ModelConfig(source=EMBEDDED)
+    source = resolve_model_source(cfg)
+    tokenizer = load_tokenizer(source, cfg)
+    save_tokenizer(tokenizer, source, cfg, tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text(encoding="utf-8"))
+    assert {int(i): t["content"] for i, t in config["added_tokens_decoder"].items()} == {
+        i: t.content for i, t in tokenizer.added_tokens_decoder.items()}
+    assert "\n" not in (tmp_path / "tokenizer.json").read_text(encoding="utf-8").strip()
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert reloaded.added_tokens_decoder == tokenizer.added_tokens_decoder
+    text = "<|im_start|>user\nCSVの文字コードは 2026 年?<|im_end|>\n"
+    assert reloaded.encode(text) == tokenizer.encode(text)
+
+
 def test_random_init_keeps_the_source_family_with_the_given_shape():
     from transformers import AutoConfig
 

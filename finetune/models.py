@@ -364,8 +364,8 @@ def save_tokenizer(tokenizer: Any, source: str, cfg: ModelConfig, out: Path) -> 
 
     tokenizer.save_pretrained(str(out))
     if getattr(tokenizer, "backend_tokenizer", None) is not None:
-        tokenizer.backend_tokenizer.save(str(Path(out) / "tokenizer.json"), pretty=False)
-    config_file = Path(out) / "tokenizer_config.json"
+        tokenizer.backend_tokenizer.save(str(out / "tokenizer.json"), pretty=False)
+    config_file = out / "tokenizer_config.json"
     config = json.loads(config_file.read_text(encoding="utf-8"))
     if "added_tokens_decoder" not in config and tokenizer.added_tokens_decoder:
         config["added_tokens_decoder"] = {str(i): token.__getstate__()

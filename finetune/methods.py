@@ -9,6 +9,7 @@ reloads the base in full precision, so a QLoRA adapter is never merged into 4-bi
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,12 +57,24 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bi
               "paged_adamw_32bit")
 
 
-def target_modules(setting: Any, model_type: str) -> list[str] | str:
-    """``method.target_modules`` as peft takes it: a list of layer names, ``all-linear``, or for ``auto`` the
-    architecture's usual projections (all-linear where the architecture is not in the table)."""
+def target_names(setting: Any, config: Any) -> list[str] | str:
+    """``method.target_modules`` for the model whose transformers config is ``config``: a list of layer names,
+    ``all-linear``, or for ``auto`` the usual projections of its (language model's) architecture (all-linear where
+    the architecture is not in the table)."""
     if setting == "auto":
-        return TARGETS_BY_ARCHITECTURE.get(model_type, "all-linear")
+        return TARGETS_BY_ARCHITECTURE.get(config.get_text_config().model_type, "all-linear")
     return setting if setting == "all-linear" else list(setting)
+
+
+def target_modules(setting: Any, config: Any) -> list[str] | str:
+    """``target_names`` as peft takes them. A vision-language model's (Gemma 3 4B and up) name its language model's
+    layers alone, as a regex peft matches against each layer's full name: by their names alone peft would adapt
+    the vision tower's q/k/v projections too, which text never trains and a GGUF of the language model leaves out.
+    ``all-linear`` is peft's, vision tower included."""
+    names = target_names(setting, config)
+    if names == "all-linear" or config.get_text_config() is config:
+        return names
+    return rf"(.*\.)?language_model\.(.*\.)?({'|'.join(map(re.escape, names))})"
 
 
 def _has_bitsandbytes() -> bool:
@@ -106,14 +119,14 @@ def load_kwargs(method: Method, dtype: Any) -> dict[str, Any]:
     }
 
 
-def peft_config(method: Method, cfg: Any, model_type: str) -> Any:
-    """The adapter to train (None for full fine-tuning); ``cfg`` is ``run.method``."""
+def peft_config(method: Method, cfg: Any, config: Any) -> Any:
+    """The adapter to train (None for full fine-tuning); ``cfg`` is ``run.method``, ``config`` the model's."""
     if not method.adapter:
         return None
     from peft import LoraConfig
 
     return LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, use_dora=method.dora,
-                      use_rslora=cfg.rslora, target_modules=target_modules(cfg.target_modules, model_type),
+                      use_rslora=cfg.rslora, target_modules=target_modules(cfg.target_modules, config),
                       task_type="CAUSAL_LM")
 
 
@@ -148,7 +161,7 @@ def prepare(method: Method, model: Any, gradient_checkpointing: bool) -> Any:
 def attach(method: Method, run: Any, model: Any, dtype: Any) -> Any:
     """The loaded base ready to train with ``method``: prepared when quantized, then wrapped in its adapter."""
     model = prepare(method, model, run.train.gradient_checkpointing)
-    config = peft_config(method, run.method, model.config.model_type)
+    config = peft_config(method, run.method, model.config)
     if config is None:
         return model
     from peft import get_peft_model

@@ -394,7 +394,8 @@ def make(run: Any, model: Any, train_set: Any, processes: int, baseline_bytes: i
     return {
         "parameters": total,
         "trainable_parameters": trainable,
-        "adapter_on": sorted(adapter_config.target_modules) if adapter_config else None,
+        "adapter_on": sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                              if hasattr(module, "lora_A")}) if adapter_config else None,
         "trainable_percent": round(100 * trainable / total, 3),
         "train_rows": len(lengths),
         "tokens_per_epoch": sum(lengths),

@@ -475,26 +475,55 @@ def gemma2_folder(out: Path) -> Path:
 
 
 def gemma3_folder(out: Path) -> Path:
-    """A tiny random Gemma 3 (RMS norms on each head's queries and keys, five sliding-window layers to a global one
-    as released — here one of each —, a local RoPE base, linear RoPE scaling on the global layers as in Gemma 3 4B,
-    tied embeddings) with Gemma 3's tokenizer and chat template, saved at ``out``."""
+    """A tiny random Gemma 3 as 4B and larger are released: ``Gemma3ForConditionalGeneration``, a SigLIP vision tower
+    and its projector beside the language model (RMS norms on each head's queries and keys, five sliding-window
+    layers to a global one as released — here one of each —, a local RoPE base, 4B's linear RoPE scaling on the global
+    layers, tied embeddings, the image token ids past the tokenizer's 262,144), with Gemma 3's tokenizer and chat
+    template, saved at ``out``. What the GGUF holds is its language model alone, as llama.cpp's converter writes it;
+    1B and 270M are that language model as ``Gemma3ForCausalLM`` (``gemma3_text_folder``)."""
     import torch
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, GenerationConfig
+    from transformers import (
+        Gemma3Config,
+        Gemma3ForConditionalGeneration,
+        Gemma3TextConfig,
+        GenerationConfig,
+        SiglipVisionConfig,
+    )
 
     gemma_tokenizer_files(out, "gemma3")
     torch.manual_seed(0)
     rope = {"full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}}
-    config = Gemma3TextConfig(vocab_size=262208, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                              num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
-                              max_position_embeddings=131072, rms_norm_eps=1e-6, sliding_window=16,
-                              layer_types=["sliding_attention", "full_attention"], rope_parameters=rope,
-                              pad_token_id=0, eos_token_id=[1, 106], bos_token_id=2)
-    model = Gemma3ForCausalLM(config)
-    _sharpen(model)
+    text = Gemma3TextConfig(vocab_size=262208, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                            num_attention_heads=4, num_key_value_heads=2, head_dim=32, query_pre_attn_scalar=32,
+                            max_position_embeddings=131072, rms_norm_eps=1e-6, sliding_window=16,
+                            layer_types=["sliding_attention", "full_attention"], rope_parameters=rope,
+                            pad_token_id=0, eos_token_id=[1, 106], bos_token_id=2)
+    vision = SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                image_size=28, patch_size=14, vision_use_head=False)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, eos_token_id=[1, 106])
+    model = Gemma3ForConditionalGeneration(config)
+    _sharpen(model.model.language_model)
     model.save_pretrained(out)
     GenerationConfig(bos_token_id=2, eos_token_id=[1, 106], pad_token_id=0, do_sample=True, top_k=64,
                      top_p=0.95).save_pretrained(out)
+    return out
+
+
+def gemma3_text_folder(multimodal: Path, out: Path) -> Path:
+    """``multimodal``'s language model (``gemma3_folder``) as Gemma 3 1B's class, ``Gemma3ForCausalLM``: the same
+    weights, config and tokenizer, saved at ``out``."""
+    import shutil
+
+    from transformers import Gemma3ForCausalLM, Gemma3ForConditionalGeneration
+
+    model = Gemma3ForConditionalGeneration.from_pretrained(multimodal)
+    text = Gemma3ForCausalLM(model.config.text_config)
+    text.model.load_state_dict(model.model.language_model.state_dict())
+    text.save_pretrained(out)
+    for f in multimodal.iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template", "generation_config")):
+            shutil.copy2(f, out / f.name)
     return out
 
 
@@ -505,15 +534,16 @@ def _sharpen(model: Any) -> None:
     import torch
 
     gemma = model.config.model_type.startswith("gemma")  # its norms are stored as w for a scale of 1 + w
+    body = getattr(model, "model", model)  # a causal LM's body, or the body itself (a vision model's language model)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if p.ndim == 1:
                 p.normal_(1.0 if "norm" in name and not gemma else 0.0, 0.3)
             elif name.endswith(("q_proj.weight", "k_proj.weight", "qkv_proj.weight")):
                 p.mul_(8)
-        model.model.norm.weight.mul_(4)
+        body.norm.weight.mul_(4)
         if gemma:  # its scale 1 + w, ×4 too
-            model.model.norm.weight.add_(3)
+            body.norm.weight.add_(3)
 
 
 # llama.cpp's converter also writes the generation config's sampling defaults (ours are the Modelfile's PARAMETERs,

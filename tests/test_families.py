@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from safetensors import safe_open
 from transformers import AutoTokenizer
 
 from finetune.chat import (
@@ -37,7 +38,7 @@ from finetune.gguf_header import gguf_header
 from finetune.models import load_tokenizer
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
-from .families import FAMILIES, Family
+from .families import FAMILIES, Family, gemma3_text_folder
 from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder, llama_cpps_ids
 from .test_chat import trained_spans
 from .test_gguf_writer import F16_ATOL, assert_logits_match, hf_logits
@@ -75,6 +76,20 @@ def llama_cpps_ggufs(folders, tmp_path_factory) -> Callable[[str], Path]:
     def gguf(name: str) -> Path:
         out = tmp_path_factory.mktemp(f"{name}-llama-cpp") / "llama_cpp.gguf"
         convert_with_llama_cpp(folders(name), out)
+        return out
+
+    return gguf
+
+
+@pytest.fixture(scope="module")
+def our_ggufs(folders, tokenizers, tmp_path_factory) -> Callable[[str], Path]:
+    """Our f16 GGUF of a family's folder by the family's name, written once per module (Gemma's 262k-token
+    vocabulary takes ~5 s): for tests that only read it."""
+
+    @functools.cache
+    def gguf(name: str) -> Path:
+        out = tmp_path_factory.mktemp(f"{name}-ours") / "ours.gguf"
+        write_gguf(folders(name), out, "f16", tokenizer=tokenizers(name), log=lambda _: None)
         return out
 
     return gguf
@@ -233,31 +248,40 @@ def test_mistrals_templates_keep_the_system_message_from_answers_so_they_are_ref
         assert "<s>" + go_render(family.go_template, probe) == expected == "<s>" + family.render(probe)
 
 
-def test_the_gguf_is_llama_cpps_own(family, llama_cpps_ggufs, tmp_path):
+def test_the_gguf_is_llama_cpps_own(family, our_ggufs, llama_cpps_ggufs):
     """The f16 GGUF as llama.cpp's converter writes it; that llama.cpp runs it like the HF model is the parity gate's
     to show (test_a_run_ends_in_a_gguf_that_passes_the_parity_gate…)."""
-    spec, folder = family
-    ours = tmp_path / "ours.gguf"
-    write_gguf(folder, ours, "f16", log=lambda _: None)
-    comparison = compare_gguf(ours, llama_cpps_ggufs(spec.name))
+    spec, _ = family
+    comparison = compare_gguf(our_ggufs(spec.name), llama_cpps_ggufs(spec.name))
     assert comparison["byte_identical_tensors"] and comparison["tensors"]["same_order"], comparison["tensors"]
     assert comparison["metadata"]["only_ours"] == sorted(spec.only_ours)
     assert comparison["metadata"]["only_reference"] == sorted(spec.only_llama_cpps)
     assert list(comparison["metadata"]["different_values"]) == ["general.name"]
 
 
+def test_gemma_3_1bs_class_writes_the_gguf_of_4bs_language_model(folders, tokenizers, our_ggufs, tmp_path):
+    """Gemma 3 1B and 270M are ``Gemma3ForCausalLM``, 4B and up ``Gemma3ForConditionalGeneration`` (the family's
+    tiny model, whose GGUF is llama.cpp's own: test_the_gguf_is_llama_cpps_own). The family's language model saved
+    as the text-only class writes the same GGUF, tensor for tensor and key for key: the vision tower left out."""
+    text = gemma3_text_folder(folders("gemma3"), tmp_path / "model")  # the family folder's name: general.name
+    assert json.loads((text / "config.json").read_text())["architectures"] == ["Gemma3ForCausalLM"]
+    write_gguf(text, tmp_path / "text.gguf", "f16", tokenizer=tokenizers("gemma3"), log=lambda _: None)
+    comparison = compare_gguf(tmp_path / "text.gguf", our_ggufs("gemma3"))
+    assert comparison["byte_identical_tensors"] and comparison["tensors"]["same_order"], comparison["tensors"]
+    assert not any(comparison["metadata"][k] for k in ("only_ours", "only_reference", "different_values"))
+
+
 def test_phi35s_lora_adapter_gguf_on_its_fused_projections_runs_in_llama_cpp_like_peft(folders, tokenizers,
-                                                                                         tmp_path):
+                                                                                         our_ggufs, tmp_path):
     """A LoRA adapter on Phi-3.5's fused qkv_proj and gate_up_proj (and o_proj, down_proj) as a GGUF adapter:
     llama.cpp applies it to the f16 base as peft's merge does."""
     folder, tokenizer = folders("phi3.5"), tokenizers("phi3.5")
     ids = tokenizer.encode(render(tokenizer, conversation(3)["messages"]), add_special_tokens=False)[:64]
     phi = next(f for f in FAMILIES if f.name == "phi3.5")
     merged = save_adapter(folder, tmp_path / "adapter", ids, target_modules=list(phi.target_modules))
-    write_gguf(folder, tmp_path / "base.gguf", "f16", log=lambda _: None)
     write_lora_gguf(tmp_path / "adapter", folder, tmp_path / "adapter.gguf", name="phi-lora", log=lambda _: None)
-    assert_logits_match(lora_logits(tmp_path / "base.gguf", ids, lora=tmp_path / "adapter.gguf"), merged)
-    assert np.abs(lora_logits(tmp_path / "base.gguf", ids) - merged).max() > 10 * F16_ATOL  # the adapter matters
+    assert_logits_match(lora_logits(our_ggufs("phi3.5"), ids, lora=tmp_path / "adapter.gguf"), merged)
+    assert np.abs(lora_logits(our_ggufs("phi3.5"), ids) - merged).max() > 10 * F16_ATOL  # the adapter matters
 
 
 def test_llama_cpp_strips_whitespace_after_phi3s_special_tokens_only_under_a_phi3_name(folders, tokenizers,
@@ -266,16 +290,16 @@ def test_llama_cpp_strips_whitespace_after_phi3s_special_tokens_only_under_a_phi
     says so for a Phi-3 tokenizer (else its prompts tokenize otherwise: the parity gate's check fails), and a name
     that says so for another tokenizer is refused before training."""
     for name, written in (("support_bot", "support_bot (phi-3)"), ("Phi3-support", "Phi3-support")):
-        write_gguf(folders("phi3.5"), tmp_path / "phi.gguf", "f16", name=name, log=lambda _: None)
+        write_gguf(folders("phi3.5"), tmp_path / "phi.gguf", "f16", name=name, tokenizer=tokenizers("phi3.5"),
+                   log=lambda _: None)
         assert gguf_header(tmp_path / "phi.gguf")[0]["general.name"] == written
     with pytest.raises(ValueError, match="llama.cpp takes a model named 'phi3-bot' for Phi-3"):
         check_tokenizer(tokenizers("qwen2.5"), "phi3-bot")  # what export's pre-run check calls with run_name
 
 
-def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, tokenizers, tmp_path):
+def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, tokenizers, our_ggufs, tmp_path):
     folder = folders("llama3")
-    write_gguf(folder, tmp_path / "f16.gguf", "f16", log=lambda _: None)
-    assert gguf_header(tmp_path / "f16.gguf")[1][0].name == "rope_freqs.weight"
+    assert gguf_header(our_ggufs("llama3"))[1][0].name == "rope_freqs.weight"
     # the parity gate (test_a_run_ends_in_a_gguf…) could fail on it: without llama3 scaling the same weights give
     # other logits
     tokenizer = tokenizers("llama3")
@@ -288,13 +312,12 @@ def test_llama3_rope_scaling_is_in_the_gguf_and_changes_the_logits(folders, toke
     assert np.abs(hf_logits(unscaled, ids) - hf_logits(folder, ids)).max() > 10 * F16_ATOL
 
 
-def test_phi35s_longrope_is_in_the_gguf_and_changes_the_logits(folders, tokenizers, tmp_path):
+def test_phi35s_longrope_is_in_the_gguf_and_changes_the_logits(folders, tokenizers, our_ggufs, tmp_path):
     """LongRoPE's factors go into the GGUF as llama.cpp's rope_factors_long/short and its attention factor into the
     metadata; the parity gate (test_a_run_ends_in_a_gguf…) could fail on them: other short factors give other
     logits."""
     folder = folders("phi3.5")
-    write_gguf(folder, tmp_path / "f16.gguf", "f16", log=lambda _: None)
-    metadata, tensors, _ = gguf_header(tmp_path / "f16.gguf")
+    metadata, tensors, _ = gguf_header(our_ggufs("phi3.5"))
     assert [t.name for t in tensors[:2]] == ["rope_factors_long.weight", "rope_factors_short.weight"]
     assert metadata["phi3.rope.scaling.attn_factor"] == pytest.approx((1 + np.log(32) / np.log(4096)) ** 0.5)
     tokenizer = tokenizers("phi3.5")
@@ -338,7 +361,7 @@ def test_llama32s_dated_template_renders_one_prompt_on_every_day_through_llama_c
     tokenizer = AutoTokenizer.from_pretrained(model)
     prompt = render(tokenizer, [{"role": "user", "content": "Hi"}], add_generation_prompt=True)
     assert "Today Date: 26 Jul 2024\n" in prompt  # whatever today is
-    write_gguf(model, tmp_path / "f16.gguf", "f16", log=lambda _: None)
+    write_gguf(model, tmp_path / "f16.gguf", "f16", tokenizer=tokenizer, log=lambda _: None)
     assert gguf_header(tmp_path / "f16.gguf")[0]["tokenizer.chat_template"] == tokenizer.chat_template
     checks = template_checks(tmp_path / "f16.gguf", tokenizer, template_family(tokenizer), None)
     assert not template_failures(checks) and {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
@@ -399,6 +422,8 @@ def test_a_run_ends_in_a_gguf_that_passes_the_parity_gate_and_its_modelfile(fami
         assert load_tokenizer(str(run_dir / "merge" / "model"), ModelConfig(source=str(folder))).chat_template == \
             gguf_header(run_dir / "export" / "model-f16.gguf")[0]["tokenizer.chat_template"] == \
             expected.chat_template
-    adapter = json.loads((run_dir / "train" / "adapter" / "adapter_config.json").read_text())
-    assert sorted(adapter["target_modules"]) == sorted(spec.target_modules)
+    with safe_open(str(run_dir / "train" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        adapted = {key.split(".lora_")[0] for key in f.keys()}  # noqa: SIM118 (safe_open is not iterable)
+    assert {layer.rsplit(".", 1)[-1] for layer in adapted} == set(spec.target_modules)
+    assert not any("vision" in layer for layer in adapted)  # Gemma 3's vision tower has q/k/v projections too
     assert "[transformers]" not in proc.stderr + proc.stdout  # Llama 3's tokenizer_config earns it a warning

@@ -23,11 +23,38 @@ def test_registry_is_the_config_choice_list():
 
 @pytest.mark.quick
 def test_target_modules_auto_all_linear_and_lists():
-    assert target_modules("auto", "llama") == TARGETS_BY_ARCHITECTURE["llama"]
-    assert target_modules("auto", "gpt_neox") == ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]
-    assert target_modules("auto", "some_new_arch") == "all-linear"
-    assert target_modules("all-linear", "llama") == "all-linear"
-    assert target_modules(["q_proj"], "llama") == ["q_proj"]
+    from transformers import AutoConfig, PretrainedConfig
+
+    llama = AutoConfig.for_model("llama")
+    assert target_modules("auto", llama) == TARGETS_BY_ARCHITECTURE["llama"]
+    assert target_modules("auto", AutoConfig.for_model("gpt_neox")) == ["query_key_value", "dense", "dense_h_to_4h",
+                                                                        "dense_4h_to_h"]
+    assert target_modules("auto", PretrainedConfig()) == "all-linear"  # an architecture not in the table
+    assert target_modules("all-linear", llama) == "all-linear"
+    assert target_modules(["q_proj"], llama) == ["q_proj"]
+
+
+@pytest.mark.quick
+def test_a_vision_language_models_targets_are_its_language_models_layers_alone():
+    """Gemma 3 4B: its SigLIP tower has q/k/v projections too, which peft would adapt by their names alone."""
+    import re
+
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(
+        "gemma3", text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "vocab_size": 300,
+                               "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16},
+        vision_config={"hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+                       "image_size": 28, "patch_size": 14}, mm_tokens_per_image=4)
+    model = AutoModelForCausalLM.from_config(config)
+    linear = [name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)]
+    assert any("vision_tower" in name and name.endswith("q_proj") for name in linear)
+    for setting, names in (("auto", TARGETS_BY_ARCHITECTURE["gemma3_text"]), (["q_proj", "v_proj"],) * 2):
+        pattern = target_modules(setting, config)
+        adapted = [name for name in linear if re.fullmatch(pattern, name)]
+        assert adapted and all(".language_model." in name for name in adapted)
+        assert {name.rsplit(".", 1)[-1] for name in adapted} == set(names)
 
 
 @pytest.mark.quick

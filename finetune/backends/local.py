@@ -32,19 +32,22 @@ class TrainError(UserError, RuntimeError):
 
 
 def _check_target_modules(run: Any) -> None:
-    """Every name in ``method.target_modules`` must match a layer of the model, as peft matches them (the
-    full name or its last parts); the model is built on the meta device, so this costs no memory."""
+    """Every name in ``method.target_modules`` must match a layer of the model (of its language model, for a
+    vision-language model: ``methods.target_modules``), as peft matches them (the full name or its last parts);
+    the model is built on the meta device, so this costs no memory."""
     import torch
     from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
     config = load_config(run.model)
-    targets = methods.target_modules(run.method.target_modules, config.model_type)
+    targets = methods.target_names(run.method.target_modules, config)
     if targets == "all-linear":
         return
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code)
     names = [name for name, _ in model.named_modules()]
+    if config.get_text_config() is not config:
+        names = [name for name in names if "language_model." in name]
     for target in targets:
         if not any(name == target or name.endswith(f".{target}") for name in names):
             linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()

@@ -46,7 +46,7 @@ def load(run: Any) -> Any:
     )
     if not method.adapter:
         return model
-    targets = methods.target_modules(run.method.target_modules, model.config.model_type)
+    targets = methods.target_modules(run.method.target_modules, model.config)
     return methods.sets_sorted(FastLanguageModel.get_peft_model(
         model, r=run.method.r, lora_alpha=run.method.alpha, lora_dropout=run.method.dropout, bias="none",
         target_modules=targets, use_rslora=run.method.rslora, random_state=run.seed,

@@ -35,8 +35,14 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
     "Gemma2ForCausalLM": "gemma2",
     "Gemma3ForCausalLM": "gemma3",
+    "Gemma3ForConditionalGeneration": "gemma3",  # 4B and up: the language model (an mmproj GGUF holds the rest)
     "Phi3ForCausalLM": "phi3",
 }
+# A vision-language checkpoint's tensors that are not its language model's (Gemma 3: the SigLIP tower and its
+# projector), left out as llama.cpp's converter leaves them out of the model's GGUF; and the prefix its language
+# model's tensor names carry (model.language_model.layers.0… in transformers 5, language_model.model.layers.0… before).
+_NOT_LANGUAGE_MODEL = ("vision_tower.", "multi_modal_projector.")
+LANGUAGE_MODEL_PREFIX = "language_model."
 _GEMMA = ("gemma2", "gemma3")
 # RoPE scalings llama.cpp applies through tensors the writer adds (_rope_tensors), and the one graph for each.
 _ROPE_TENSORS = {"llama3": "llama", "longrope": "phi3"}
@@ -112,7 +118,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
     model_dir, out_path = Path(model_dir), Path(out_path)
     if out_type not in OUT_TYPES:
         raise ValueError(f"unknown GGUF output type {out_type!r}; choose one of {', '.join(OUT_TYPES)}")
-    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    config = checkpoint_config(model_dir)
     arch = gguf_architecture(config)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
@@ -130,10 +136,31 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
     log(f"wrote {out_path} ({out_type}, {size_mb:.0f} MB) in {time.monotonic() - started:.1f} s")
 
 
+def checkpoint_config(model_dir: Path) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` as the writer reads it (``language_model_config``). A vision-language
+    model's is read through transformers, as llama.cpp's converter reads it: its ``text_config`` holds only what
+    differs from the defaults (Gemma 3 4B's leaves out the head counts and sizes)."""
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    if "text_config" in config:
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_dir).to_dict()
+    return language_model_config(config)
+
+
+def language_model_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A vision-language model's ``text_config`` over its top level, as llama.cpp's converter merges them (its
+    architecture kept); any other config as it is."""
+    if "text_config" not in config:
+        return config
+    return {**config, **config["text_config"], "architectures": config.get("architectures")}
+
+
 def check_convertible(config: dict[str, Any]) -> str:
     """llama.cpp's architecture name for the checkpoint whose ``config.json`` this is, after every refusal the
     writer would make of its settings (activation, attention, RoPE): ``stages/export.check`` calls this before
     training, so that a model we cannot convert is refused before anyone pays for its training."""
+    config = language_model_config(config)
     arch = gguf_architecture(config)
     _add_hyperparameters(_DiscardedMetadata(), config, arch, log=lambda _: None)
     _rope_tensors(config)
@@ -781,9 +808,11 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: str, weight_typ
     for source in _safetensors_files(model_dir):
         with safe_open(source, framework="pt") as f:
             for hf_name in f.keys():  # noqa: SIM118 - safe_open is not iterable
-                if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight"):
-                    continue  # recomputed by llama.cpp / same as token_embd
-                found = name_map.get_type_and_name(hf_name, try_suffixes=(".weight", ".bias"))
+                if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight") or \
+                        any(part in hf_name for part in _NOT_LANGUAGE_MODEL):
+                    continue  # recomputed by llama.cpp / same as token_embd / not the language model
+                found = name_map.get_type_and_name(hf_name.replace(LANGUAGE_MODEL_PREFIX, ""),
+                                                   try_suffixes=(".weight", ".bias"))
                 if found is None:
                     unknown.append(hf_name)
                     continue

@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from finetune.export.gguf_writer import (
+    LANGUAGE_MODEL_PREFIX,
     Log,
     _interleave_rotary_halves,
     attention_head_dim,
+    checkpoint_config,
     gguf_architecture,
     temp_path,
 )
@@ -89,7 +91,7 @@ def write_lora_gguf(
         raise ValueError(f"{adapter_dir} is not a peft adapter folder (needs adapter_config.json and "
                          "adapter_model.safetensors)")
     adapter_config = json.loads(config_path.read_text(encoding="utf-8"))
-    config = json.loads((base_model_dir / "config.json").read_text(encoding="utf-8"))
+    config = checkpoint_config(base_model_dir)
     arch = gguf_architecture(config)
     _check_adapter_config(adapter_config)
     started = time.monotonic()
@@ -145,7 +147,8 @@ def _plan_pairs(
     unmapped = []
     located = {}
     for module in shapes:
-        found = name_map.get_type_and_name(module + ".weight", try_suffixes=(".weight",))
+        found = name_map.get_type_and_name(module.replace(LANGUAGE_MODEL_PREFIX, "") + ".weight",
+                                           try_suffixes=(".weight",))
         if found is None or found[0] not in expected:
             unmapped.append(module)
         else:

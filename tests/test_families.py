@@ -271,17 +271,22 @@ def test_gemma_3_1bs_class_writes_the_gguf_of_4bs_language_model(folders, tokeni
     assert not any(comparison["metadata"][k] for k in ("only_ours", "only_reference", "different_values"))
 
 
-def test_phi35s_lora_adapter_gguf_on_its_fused_projections_runs_in_llama_cpp_like_peft(folders, tokenizers,
-                                                                                         our_ggufs, tmp_path):
-    """A LoRA adapter on Phi-3.5's fused qkv_proj and gate_up_proj (and o_proj, down_proj) as a GGUF adapter:
-    llama.cpp applies it to the f16 base as peft's merge does."""
-    folder, tokenizer = folders("phi3.5"), tokenizers("phi3.5")
+@pytest.mark.parametrize("name", ["phi3.5", "gemma3"])
+def test_a_lora_adapter_gguf_runs_in_llama_cpp_like_peft(name, folders, tokenizers, our_ggufs, tmp_path):
+    """A LoRA adapter on the projections ``method.target_modules=auto`` picks, as a GGUF adapter: llama.cpp applies
+    it to the f16 base as peft's merge does — on Phi-3.5's fused qkv_proj and gate_up_proj, and on the language model
+    of Gemma 3 4B's class (its layers named model.language_model.…, a vision tower beside it)."""
+    from transformers import AutoConfig
+
+    from finetune.methods import target_modules
+
+    folder, tokenizer = folders(name), tokenizers(name)
     ids = tokenizer.encode(render(tokenizer, conversation(3)["messages"]), add_special_tokens=False)[:64]
-    phi = next(f for f in FAMILIES if f.name == "phi3.5")
-    merged = save_adapter(folder, tmp_path / "adapter", ids, target_modules=list(phi.target_modules))
-    write_lora_gguf(tmp_path / "adapter", folder, tmp_path / "adapter.gguf", name="phi-lora", log=lambda _: None)
-    assert_logits_match(lora_logits(our_ggufs("phi3.5"), ids, lora=tmp_path / "adapter.gguf"), merged)
-    assert np.abs(lora_logits(our_ggufs("phi3.5"), ids) - merged).max() > 10 * F16_ATOL  # the adapter matters
+    targets = target_modules("auto", AutoConfig.from_pretrained(folder))
+    merged = save_adapter(folder, tmp_path / "adapter", ids, target_modules=targets)
+    write_lora_gguf(tmp_path / "adapter", folder, tmp_path / "adapter.gguf", name=f"{name}-lora", log=lambda _: None)
+    assert_logits_match(lora_logits(our_ggufs(name), ids, lora=tmp_path / "adapter.gguf"), merged)
+    assert np.abs(lora_logits(our_ggufs(name), ids) - merged).max() > 10 * F16_ATOL  # the adapter matters
 
 
 def test_llama_cpp_strips_whitespace_after_phi3s_special_tokens_only_under_a_phi3_name(folders, tokenizers,

@@ -67,10 +67,10 @@ def target_names(setting: Any, config: Any) -> list[str] | str:
 
 
 def target_modules(setting: Any, config: Any) -> list[str] | str:
-    """``target_names`` as peft takes them. A vision-language model's (Gemma 3 4B and up) name its language model's
-    layers alone, as a regex peft matches against each layer's full name: by their names alone peft would adapt
-    the vision tower's q/k/v projections too, which text never trains and a GGUF of the language model leaves out.
-    ``all-linear`` is peft's, vision tower included."""
+    """``target_names`` as peft takes them. For a vision-language model (Gemma 3 4B and up) they name its language
+    model's layers alone, as a regex peft matches against each layer's full name: by their names alone peft would
+    adapt the vision tower's q/k/v projections too, which text never trains and a GGUF of the language model leaves
+    out. ``all-linear`` is peft's, vision tower included."""
     names = target_names(setting, config)
     if names == "all-linear" or config.get_text_config() is config:
         return names

@@ -168,12 +168,12 @@ def measure_loaded(llm: Any, reference: Reference) -> dict[str, Any]:
     for ids, labels, hf_top1 in zip(reference.rows, reference.labels, reference.top1, strict=True):
         llm.reset()
         llm.eval(ids)
-        scores = np.asarray(llm.scores[: len(ids)], dtype=np.float64)
+        scores = llm.scores[: len(ids)]  # llama.cpp's float32 logits, not copied: a row is widened where it is scored
         agree += int((scores.argmax(-1) == np.asarray(hf_top1)).sum())
         positions += len(ids)
         for t in range(len(ids) - 1):
             if labels[t + 1] >= 0:
-                row = scores[t]
+                row = scores[t].astype(np.float64)
                 top = row.max()
                 nll += float(top + np.log(np.exp(row - top).sum()) - row[labels[t + 1]])
                 count += 1

@@ -261,9 +261,14 @@ def test_qwen2_round_trip(tokenizer_dir: Path, tmp_path: Path) -> None:
 
 
 @pytest.mark.quick
-def test_unsupported_architecture_is_refused(tmp_path: Path) -> None:
-    (tmp_path / "config.json").write_text(json.dumps({"architectures": ["GPT2LMHeadModel"]}))
-    with pytest.raises(ValueError, match=r"GPT2LMHeadModel.*LlamaForCausalLM.*Qwen2ForCausalLM"):
+@pytest.mark.parametrize("config", [
+    {"architectures": ["GPT2LMHeadModel"]},
+    # a vision-language model of a type transformers does not know: refused by name, not by AutoConfig's error
+    {"architectures": ["MysteryVLForConditionalGeneration"], "model_type": "mystery_vl", "text_config": {}},
+])
+def test_unsupported_architecture_is_refused(config: dict, tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=rf"{config['architectures'][0]}.*LlamaForCausalLM.*Qwen2ForCausalLM"):
         write_gguf(tmp_path, tmp_path / "out.gguf")
     assert not (tmp_path / "out.gguf").exists()
 

@@ -139,9 +139,10 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
 def checkpoint_config(model_dir: Path) -> dict[str, Any]:
     """The checkpoint's ``config.json`` as the writer reads it (``language_model_config``). A vision-language
     model's is read through transformers, as llama.cpp's converter reads it: its ``text_config`` holds only what
-    differs from the defaults (Gemma 3 4B's leaves out the head counts and sizes)."""
+    differs from the defaults (Gemma 3 4B's leaves out the head counts and sizes). Another architecture's is left to
+    ``gguf_architecture`` to refuse."""
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
-    if "text_config" in config:
+    if "text_config" in config and (config.get("architectures") or [None])[0] in SUPPORTED_ARCHITECTURES:
         from transformers import AutoConfig
 
         config = AutoConfig.from_pretrained(model_dir).to_dict()

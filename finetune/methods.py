@@ -66,13 +66,18 @@ def target_names(setting: Any, config: Any) -> list[str] | str:
     return setting if setting == "all-linear" else list(setting)
 
 
+def vision_language(config: Any) -> bool:
+    """Whether the transformers ``config`` is a vision-language model's, its language model's config inside it."""
+    return config.get_text_config() is not config
+
+
 def target_modules(setting: Any, config: Any) -> list[str] | str:
     """``target_names`` as peft takes them. For a vision-language model (Gemma 3 4B and up) they name its language
     model's layers alone, as a regex peft matches against each layer's full name: by their names alone peft would
     adapt the vision tower's q/k/v projections too, which text never trains and a GGUF of the language model leaves
     out. ``all-linear`` is peft's, vision tower included."""
     names = target_names(setting, config)
-    if names == "all-linear" or config.get_text_config() is config:
+    if names == "all-linear" or not vision_language(config):
         return names
     return rf"(.*\.)?language_model\.(.*\.)?({'|'.join(map(re.escape, names))})"
 

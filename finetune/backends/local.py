@@ -46,7 +46,7 @@ def _check_target_modules(run: Any) -> None:
     with init_empty_weights():
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code)
     names = [name for name, _ in model.named_modules()]
-    if config.get_text_config() is not config:
+    if methods.vision_language(config):
         names = [name for name in names if "language_model." in name]
     for target in targets:
         if not any(name == target or name.endswith(f".{target}") for name in names):

@@ -28,8 +28,8 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
                 "stages=[validate,train,merge,evaluate]", "eval.decoding=greedy", "eval.max_new_tokens=12",
                 f"+eval.compare=[{{name: gguf, gguf: '{gguf}'}}, {{name: hosted, base_url: '{url}', "
                 "model: tuned-hosted, sampler_extras: true}]",
-                f"eval.judge.gguf={SMOLLM2}", "eval.judge.response_format=json_schema", "eval.judge.max_samples=1",
-                "eval.lm_eval.tasks=[arc_easy]", cwd=tmp_path)
+                f"eval.judge.gguf={SMOLLM2}", "eval.judge.serve_as=f16", "eval.judge.response_format=json_schema",
+                "eval.judge.max_samples=1", "eval.lm_eval.tasks=[arc_easy]", cwd=tmp_path)
     out = tmp_path / "run" / "evaluate"
     result = json.loads((out / "eval.json").read_text())
     assert list(result["models"]) == ["base", "tuned", "gguf", "hosted"]
@@ -49,7 +49,7 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
         assert s["scores"]["gguf"]["rougeL"] == s["scores"]["hosted"]["rougeL"]
 
     judge = result["judge"]
-    assert judge["endpoint"] == "llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert judge["endpoint"] == "llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf as f16"
     for who in result["models"]:
         assert judge["models"][who]["scored"] + judge["models"][who]["unscored"] == 1
     assert sum(judge["pairwise"][k] for k in ("tuned", "base", "tie", "unscored")) == 1
@@ -70,7 +70,7 @@ def test_every_model_is_asked_the_same_prompts_and_scored_in_one_table(tmp_path,
     md = (out / "eval.md").read_text()
     assert "| metric | base | tuned | gguf | hosted | Δ tuned − base |" in md
     assert "| perplexity ↓ |" in md and "| lm-eval finetune_heldout acc ↑ |" in md
-    assert "Judge: `judge` at llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf" in md
+    assert "Judge: `judge` at llama.cpp serving SmolLM2-135M-Instruct.Q4_1.gguf as f16" in md
     assert "Answers: greedy; no repeat penalty; at most 12 new tokens" in md
     assert "lm-eval `arc_easy` skipped for base: " in md
 

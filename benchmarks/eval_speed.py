@@ -8,6 +8,11 @@ the earlier commit from a git worktree), alternating, `--repeats` times each; th
 after. Writes each one's stage time and every metric of both, and their differences, to FILE
 (benchmarks/results/eval_speed.json). Overrides follow RUN_DIR: a run made from another folder than this one takes
 dataset.path=<that folder's bundled_data/…>, as the data file's path is part of the run's settings.
+
+`--before-run DIR`: the earlier commit evaluates a copy of DIR instead, a run made through merge by its own code —
+for a commit that cannot read RUN_DIR (it checks each stage's settings by its own fingerprints, and calls a run made
+by later code out of date). The two runs' merged weights must be equal, tensor for tensor, so that both versions
+evaluate the same model.
 """
 
 from __future__ import annotations
@@ -46,6 +51,19 @@ def copy_run(run_dir: Path, to: Path) -> None:
             shutil.copy2(source, to / name)
 
 
+def same_merged_weights(a: Path, b: Path) -> bool:
+    """Whether two runs' merged models hold the same tensors, bit for bit."""
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    def tensors(run_dir: Path) -> dict:
+        files = sorted((run_dir / "merge" / "model").glob("*.safetensors"))
+        return {k: v for f in files for k, v in load_file(f).items()}
+
+    ta, tb = tensors(a), tensors(b)
+    return ta.keys() == tb.keys() and all(np.array_equal(ta[k], tb[k]) for k in ta)
+
+
 def evaluate(code: Path, run_dir: Path, recipe: str, overrides: list[str]) -> dict:
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "finetune", f"+recipe={recipe}", f"hydra.run.dir={run_dir}",
@@ -72,6 +90,7 @@ def main() -> None:
     parser.add_argument("--recipe", default="support_bot")
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "eval_speed.json")
+    parser.add_argument("--before-run", type=Path, default=None)
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     commit = subprocess.run(["git", "rev-parse", args.before], cwd=REPO, capture_output=True, text=True,
@@ -81,12 +100,15 @@ def main() -> None:
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "finetune"], cwd=REPO, capture_output=True,
                                 text=True).stdout.strip())
     codes = {"before": worktree(commit), "now": REPO}
+    sources = {"before": (args.before_run or args.run_dir).resolve(), "now": args.run_dir.resolve()}
+    if not same_merged_weights(sources["before"], sources["now"]):
+        raise SystemExit(f"{sources['before']} and {sources['now']} hold different merged models")
     matmul_before = matmul_peak() / 1e9
     runs: dict[str, list[dict]] = {"before": [], "now": []}
     for i in range(args.repeats):
         for label in ("now", "before") if i % 2 == 0 else ("before", "now"):
             copy = Path("/tmp") / "finetune-eval-speed" / label
-            copy_run(args.run_dir.resolve(), copy)
+            copy_run(sources[label], copy)
             runs[label].append(evaluate(codes[label], copy, args.recipe, args.overrides))
             print(f"{label}: evaluate {runs[label][-1]['stage_s']} s", flush=True)
     matmul_after = matmul_peak() / 1e9
@@ -96,12 +118,14 @@ def main() -> None:
     stage = {label: [r["stage_s"] for r in rs] for label, rs in runs.items()}
     result = {
         "command": " ".join(["python benchmarks/eval_speed.py", "--before", args.before, "--recipe", args.recipe,
-                             "--repeats", str(args.repeats), "--out", str(args.out), str(args.run_dir),
+                             "--repeats", str(args.repeats), "--out", str(args.out),
+                             *(["--before-run", str(args.before_run)] if args.before_run else []), str(args.run_dir),
                              *args.overrides]),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
         "when": time.strftime("%Y-%m-%d %H:%M"),
         "matmul_gflops_before_after": [round(matmul_before, 1), round(matmul_after, 1)],
         "code": {"before": commit[:10], "now": now + (" + uncommitted changes" if dirty else "")},
+        "runs": {label: str(path) for label, path in sources.items()},  # their merged weights checked equal
         "evaluate_stage_s": stage,
         "speedup": round(min(stage["before"]) / min(stage["now"]), 2),
         "answers_by": {label: sorted({m.get("answers_by", "transformers") for m in rs[0]["models"].values()})

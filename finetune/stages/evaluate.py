@@ -381,7 +381,7 @@ def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     if judged is not None:
         result["judge"] = {**judged[0], "model": ev.judge.model,
                            "endpoint": ev.judge.base_url or f"llama.cpp serving {Path(ev.judge.gguf or '').name}"
-                           + (f" as {ev.judge.serve_as}" if ev.judge.serve_as and not ev.judge.base_url else "")}
+                           + (f" as {ev.judge.serve_as}" if ev.judge.serve_as else "")}
     if harness:
         result["lm_eval"] = harness
     if left_out:

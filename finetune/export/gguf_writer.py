@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from finetune.export.gguf_types import K_QUANTS, NUMPY_TYPES, OUT_TYPES
+from finetune.methods import LANGUAGE_MODEL
 from finetune.pipeline.manifest import umask_mode
 
 # Hugging Face class -> llama.cpp architecture. Mistral checkpoints use llama.cpp's "llama" graph.
@@ -39,10 +40,9 @@ SUPPORTED_ARCHITECTURES = {
     "Phi3ForCausalLM": "phi3",
 }
 # A vision-language checkpoint's tensors that are not its language model's (Gemma 3: the SigLIP tower and its
-# projector), left out as llama.cpp's converter leaves them out of the model's GGUF; and the prefix its language
-# model's tensor names carry (model.language_model.layers.0… in transformers 5, language_model.model.layers.0… before).
+# projector), left out as llama.cpp's converter leaves them out of the model's GGUF; its language model's tensor
+# names lose methods.LANGUAGE_MODEL.
 _NOT_LANGUAGE_MODEL = ("vision_tower.", "multi_modal_projector.")
-LANGUAGE_MODEL_PREFIX = "language_model."
 _GEMMA = ("gemma2", "gemma3")
 # RoPE scalings llama.cpp applies through tensors the writer adds (_rope_tensors), and the one graph for each.
 _ROPE_TENSORS = {"llama3": "llama", "longrope": "phi3"}
@@ -812,7 +812,7 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: str, weight_typ
                 if hf_name.endswith("rotary_emb.inv_freq") or (tied and hf_name == "lm_head.weight") or \
                         any(part in hf_name for part in _NOT_LANGUAGE_MODEL):
                     continue  # recomputed by llama.cpp / same as token_embd / not the language model
-                found = name_map.get_type_and_name(hf_name.replace(LANGUAGE_MODEL_PREFIX, ""),
+                found = name_map.get_type_and_name(hf_name.replace(LANGUAGE_MODEL, ""),
                                                    try_suffixes=(".weight", ".bias"))
                 if found is None:
                     unknown.append(hf_name)

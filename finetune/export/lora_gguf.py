@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 from finetune.export.gguf_writer import (
-    LANGUAGE_MODEL_PREFIX,
     Log,
     _interleave_rotary_halves,
     attention_head_dim,
@@ -33,6 +32,7 @@ from finetune.export.gguf_writer import (
     gguf_architecture,
     temp_path,
 )
+from finetune.methods import LANGUAGE_MODEL
 from finetune.pipeline.manifest import umask_mode
 
 LORA_OUT_TYPES = {"f32": ("F32", "ALL_F32"), "f16": ("F16", "MOSTLY_F16")}
@@ -147,7 +147,7 @@ def _plan_pairs(
     unmapped = []
     located = {}
     for module in shapes:
-        found = name_map.get_type_and_name(module.replace(LANGUAGE_MODEL_PREFIX, "") + ".weight",
+        found = name_map.get_type_and_name(module.replace(LANGUAGE_MODEL, "") + ".weight",
                                            try_suffixes=(".weight",))
         if found is None or found[0] not in expected:
             unmapped.append(module)

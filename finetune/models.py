@@ -25,7 +25,7 @@ from typing import Any
 from finetune.config import ModelConfig, RunConfig
 from finetune.errors import UserError
 from finetune.gguf_header import gguf_value
-from finetune.paths import cache_dir
+from finetune.paths import cache_dir, cache_key
 from finetune.pipeline.manifest import umask_mode
 
 log = logging.getLogger(__name__)
@@ -48,10 +48,6 @@ def package_file(spec: str, key: str = "model.source") -> Path:
     if not path.is_file():
         raise ModelSourceError(f"{key}: {rel!r} not found in package {package!r} ({path.parent})")
     return path
-
-
-def _key(*parts: object) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 @contextlib.contextmanager
@@ -115,7 +111,7 @@ def _convert_gguf(gguf_path: Path) -> Path:
 
 def _convert_gguf_once(gguf_path: Path) -> Path:
     stat = gguf_path.stat()
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{_key(str(gguf_path), stat.st_size, stat.st_mtime_ns)}"
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{cache_key(str(gguf_path), stat.st_size, stat.st_mtime_ns)}"
 
     def build(out: Path) -> None:
         import torch
@@ -141,7 +137,7 @@ def _convert_gguf_once(gguf_path: Path) -> Path:
 def _random_init(base: str, cfg: ModelConfig) -> Path:
     assert cfg.random_init is not None
     shape = dataclasses.asdict(cfg.random_init)
-    target = cache_dir() / "models" / f"random-{_key(base, shape)}"
+    target = cache_dir() / "models" / f"random-{cache_key(base, shape)}"
 
     def build(out: Path) -> None:
         import torch
@@ -323,7 +319,7 @@ def _tokenizer_key(source: str, cfg: ModelConfig) -> str:
     at its revision."""
     folder = Path(source)
     if not folder.is_dir():
-        return _key(source, cfg.revision, cfg.trust_remote_code)
+        return cache_key(source, cfg.revision, cfg.trust_remote_code)
     digest = hashlib.sha256(repr(cfg.trust_remote_code).encode())
     for f in sorted(folder.iterdir()):
         if f.is_file() and f.suffix not in _WEIGHTS and f.name != "config.json":
@@ -342,7 +338,7 @@ def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
 
     key = _tokenizer_key(source, cfg)
     if cfg.chat_template is not None:
-        key = _key(key, template_text(cfg.chat_template))
+        key = cache_key(key, template_text(cfg.chat_template))
     if key not in _TOKENIZERS:
         tokenizer = _load_tokenizer(source, cfg)
         if cfg.chat_template is not None:

@@ -6,6 +6,8 @@ inside ``finetune/`` (pyproject's force-include). Nothing here depends on the cu
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -28,3 +30,8 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(base) / "finetune"
+
+
+def cache_key(*parts: object) -> str:
+    """A short name for a cache entry made from ``parts`` (a source's path, size and mtime, settings)."""
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]

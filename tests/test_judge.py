@@ -4,11 +4,14 @@ OpenAI-compatible server — llama-cpp-python's, running the embedded SmolLM2 GG
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 
 from finetune.data.canonical import Conversation
 from finetune.generate import Answer
 from finetune.generate.local_server import serve_gguf
+from finetune.gguf_header import gguf_value
 from finetune.metrics import Sample
 from finetune.metrics.judge import (
     GUIDE_CRITERIA,
@@ -18,6 +21,7 @@ from finetune.metrics.judge import (
     parse_scores,
     parse_winner,
     tuned_shown_first,
+    written_as,
 )
 from finetune.models import package_file
 
@@ -113,3 +117,27 @@ def test_an_unparseable_judgement_is_unscored_not_zero(judge_url):
         assert summary["models"][who]["overall"] is None
         assert all(len(p[f"judge_{who}"]["replies"]) == 2 for p in per)  # asked, then asked again
     assert summary["pairwise"]["unscored"] == len(SAMPLES) and summary["pairwise"]["tuned_win_rate"] is None
+
+
+def test_a_judge_served_as_f16_is_written_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
+    """eval.judge.serve_as: the judge's weights are written again once per version of its file and kept in the
+    cache; a later run serves that copy, and another file (here a copy of the same bytes) is written anew."""
+    from finetune.export import gguf_writer
+
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / "cache"))
+    source = package_file(SMOLLM2)
+    served = written_as(source, "f16")
+    assert [p.name for p in served.parent.iterdir()] == [served.name]  # nothing half-written left beside it
+    assert served.parent == tmp_path / "cache" / "judges"
+    assert gguf_value(served, "general.file_type") == 1  # MOSTLY_F16; the source is MOSTLY_Q4_1
+    assert gguf_value(source, "general.file_type") == 3
+    kept = served.stat().st_mtime_ns
+
+    def quantizer_called(*args):
+        raise AssertionError(f"written again: {args}")
+
+    monkeypatch.setattr(gguf_writer, "llama_quantize", quantizer_called)
+    assert written_as(source, "f16") == served and served.stat().st_mtime_ns == kept
+    copy = shutil.copy(source, tmp_path / source.name)
+    with pytest.raises(AssertionError, match="written again"):
+        written_as(copy, "f16")

@@ -41,9 +41,9 @@ SYSTEM = "You are a strict, impartial evaluator of answers written by AI assista
 class JudgeConfig:
     base_url: str | None = None  # an OpenAI-compatible endpoint; None (and no gguf): no judge
     gguf: str | None = None  # or: serve this GGUF with llama-cpp-python's server for the run (a .gguf or package:)
-    # gguf's weights served as they are (null) or written again as f16 / f32 for the run: a CPU evaluates the
-    # judge's long prompts from f16 ~1.7x faster than from Q4_1 (whose kernels also round activations to 8 bits);
-    # nothing to a judge at base_url, which its provider serves
+    # gguf's weights served as they are (null) or written again as f16 / f32 (once, kept in the cache): a CPU
+    # evaluates the judge's long prompts from f16 ~1.7x faster than from Q4_1 (whose kernels also round activations
+    # to 8 bits); nothing to a judge at base_url, which its provider serves
     serve_as: str | None = setting(None, choices=JUDGE_SERVE_TYPES)
     model: str = "judge"
     api_key_env: str = "JUDGE_API_KEY"  # the key's environment variable; the key itself is never in config
@@ -71,18 +71,32 @@ def endpoint(cfg: JudgeConfig, what: str = "judge") -> Iterator[str]:
 
     spec = cfg.gguf or ""
     gguf = package_file(spec, "eval.judge.gguf") if spec.startswith("package:") else Path(spec)
-    with contextlib.ExitStack() as stack:
-        served = gguf
-        if cfg.serve_as:
-            from finetune.export.gguf_writer import llama_quantize
+    with serve_gguf(written_as(gguf, cfg.serve_as) if cfg.serve_as else gguf, cfg.model) as url:
+        log.info("%s: %s%s served by llama.cpp at %s", what, gguf.name, f" as {cfg.serve_as}" if cfg.serve_as else "",
+                 url)
+        yield url
 
-            folder = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="finetune-judge-")))
-            served = folder / f"{gguf.stem}.{cfg.serve_as}.gguf"
-            llama_quantize(gguf, served, cfg.serve_as)
-        with serve_gguf(served, cfg.model) as url:
-            log.info("%s: %s%s served by llama.cpp at %s", what, gguf.name,
-                     f" as {cfg.serve_as}" if cfg.serve_as else "", url)
-            yield url
+
+def written_as(gguf: Path, out_type: str) -> Path:
+    """``gguf``'s weights written again as ``out_type`` by llama.cpp's quantizer, once per version of the file and
+    of llama.cpp: kept in the cache, as a GGUF model source's safetensors copy is (2 s a run for SmolLM2, more for a
+    larger judge, and again in every trial of a sweep). Written beside its place, then renamed: never half there."""
+    import llama_cpp
+
+    from finetune.export.gguf_writer import llama_quantize
+    from finetune.paths import cache_dir, cache_key
+
+    stat = gguf.stat()
+    key = cache_key(str(gguf), stat.st_size, stat.st_mtime_ns, out_type, llama_cpp.__version__)
+    target = cache_dir() / "judges" / f"{gguf.stem}-{key}.{out_type}.gguf"
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as folder:
+        written = Path(folder) / target.name
+        llama_quantize(gguf, written, out_type)
+        written.replace(target)  # another process writing it too: the same bytes
+    return target
 
 
 @dataclass(frozen=True)

@@ -168,11 +168,9 @@ def test_a_fully_fine_tuned_dpo_model_keeps_its_end_of_turn(tmp_path):
         assert json.loads((merged / name).read_text())["eos_token_id"] == 2, name  # <|im_end|>
 
 
-@pytest.mark.slow
-def test_dpo_killed_after_a_checkpoint_resumes_there_and_ends_bit_identical(tmp_path):
-    data = pairs(tmp_path / "pairs.jsonl")
-    common = [*TINY, f"dataset.path={data}", "objective=dpo", "train.max_steps=2", "train.save_steps=1",
-              "stages=[validate,train]"]
+def killed_after_a_checkpoint_and_resumed(tmp_path: Path, common: list[str], steps: int) -> None:
+    """``common`` (``steps`` steps, a checkpoint each) run whole, and again SIGKILLed once its first checkpoint is
+    saved, then resumed: the resumed run goes on from step 1 and ends with the whole run's adapter, byte for byte."""
     run_cli(*common, "hydra.run.dir=whole", cwd=tmp_path)
     killed = start_cli(*common, "hydra.run.dir=resumed", cwd=tmp_path, before=(arm, ("train:checkpoint",)))
     _, stderr = killed.communicate(timeout=600)
@@ -180,9 +178,30 @@ def test_dpo_killed_after_a_checkpoint_resumes_there_and_ends_bit_identical(tmp_
     proc = run_cli(*common, "hydra.run.dir=resumed", cwd=tmp_path)
     assert "resuming from" in proc.stdout + proc.stderr
     metrics = json.loads((tmp_path / "resumed" / "train" / "metrics.json").read_text())
-    assert metrics["resumed_from_step"] == 1 and metrics["global_step"] == 2
+    assert metrics["resumed_from_step"] == 1 and metrics["global_step"] == steps
     adapter = Path("train") / "adapter" / "adapter_model.safetensors"
     assert sha256_path(tmp_path / "resumed" / adapter) == sha256_path(tmp_path / "whole" / adapter)
+
+
+@pytest.mark.slow
+def test_dpo_killed_after_a_checkpoint_resumes_there_and_ends_bit_identical(tmp_path):
+    killed_after_a_checkpoint_and_resumed(tmp_path, [*TINY, f"dataset.path={pairs(tmp_path / 'pairs.jsonl')}",
+                                                     "objective=dpo", "train.max_steps=2", "train.save_steps=1",
+                                                     "stages=[validate,train]"], steps=2)
+
+
+@pytest.mark.slow
+def test_grpo_killed_after_a_checkpoint_resumes_there_and_ends_bit_identical(tmp_path):
+    """Resumed GRPO writes the answers the uninterrupted run wrote, so it learns what that run learnt (trl #6688:
+    resumed runs drift): the sampling generator, the prompts' order and each step's groups come back with the
+    checkpoint. The reward is one a random model's answers vary on, so every step moves the adapter."""
+    killed_after_a_checkpoint_and_resumed(tmp_path, [
+        *TINY, f"dataset.path={prompts(tmp_path / 'prompts.jsonl')}", "objective=grpo", "objective.num_generations=2",
+        "objective.max_completion_length=8", "reward.functions=[tests.rewards_for_tests:low_tokens]",
+        "train.batch_size=2", "train.grad_accum=2", "train.warmup_ratio=0", "train.max_steps=3", "train.save_steps=1",
+        "stages=[validate,train]"], steps=3)
+    log = [json.loads(line) for line in (tmp_path / "whole" / "train" / "loss.jsonl").read_text().splitlines()]
+    assert all(r["grad_norm"] > 0 for r in log if "loss" in r)  # each step trained: the answers differed
 
 
 def prompts(path: Path, n: int = 30, reference: bool = True) -> Path:

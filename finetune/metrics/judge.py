@@ -18,7 +18,6 @@ import json
 import logging
 import random
 import re
-import tempfile
 import unicodedata
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -83,8 +82,9 @@ def written_as(gguf: Path, out_type: str) -> Path:
     larger judge, and again in every trial of a sweep). Written beside its place, then renamed: never half there."""
     import llama_cpp
 
-    from finetune.export.gguf_writer import llama_quantize
+    from finetune.export.gguf_writer import llama_quantize, temp_path
     from finetune.paths import cache_dir, cache_key
+    from finetune.pipeline.manifest import umask_mode
 
     stat = gguf.stat()
     key = cache_key(str(gguf), stat.st_size, stat.st_mtime_ns, out_type, llama_cpp.__version__)
@@ -92,9 +92,9 @@ def written_as(gguf: Path, out_type: str) -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{target.name}.") as folder:
-        written = Path(folder) / target.name
+    with temp_path(target) as written:
         llama_quantize(gguf, written, out_type)
+        written.chmod(umask_mode())  # mkstemp makes it owner-only
         written.replace(target)  # another process writing it too: the same bytes
     return target
 

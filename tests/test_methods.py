@@ -66,7 +66,8 @@ def test_auto_targets_every_linear_projection_of_the_architecture_and_nothing_it
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.for_model(architecture, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                  num_attention_heads=2, num_key_value_heads=1, vocab_size=32064)
+                                  num_attention_heads=2, num_key_value_heads=1, vocab_size=32064,
+                                  pad_token_id=0)  # some defaults (SmolLM3's 128004) lie past this vocabulary
     model = AutoModelForCausalLM.from_config(config)
     linear = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)}
     assert linear - {"lm_head"} == set(TARGETS_BY_ARCHITECTURE[architecture])

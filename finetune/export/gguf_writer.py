@@ -38,6 +38,7 @@ SUPPORTED_ARCHITECTURES = {
     "Gemma3ForCausalLM": "gemma3",
     "Gemma3ForConditionalGeneration": "gemma3",  # 4B and up: the language model (an mmproj GGUF holds the rest)
     "Phi3ForCausalLM": "phi3",
+    "SmolLM3ForCausalLM": "smollm3",  # Llama's graph without RoPE in every 4th layer
 }
 # A vision-language checkpoint's tensors that are not its language model's (Gemma 3: the SigLIP tower and its
 # projector), left out as llama.cpp's converter leaves them out of the model's GGUF; its language model's tensor
@@ -50,6 +51,10 @@ _ROPE_TENSORS = {"llama3": "llama", "longrope": "phi3"}
 # rule names, which the vocabulary must hold: those it leaves unstripped, and </s>, stripped (_llama_cpp_name).
 _PHI3_NAMES = ("phi-3", "phi3")
 _PHI3_UNSTRIPPED = ("<unk>", "<s>", "<|endoftext|>")
+# The graphs that want each head's rotary halves interleaved in Q and K (Hugging Face's halves are contiguous).
+INTERLEAVED_ROTARY = ("llama", "smollm3")
+# The layer interval at which llama.cpp's smollm3 graph leaves out RoPE (layers 4, 8, …; not read from the file).
+_SMOLLM3_NO_ROPE_STEP = 4
 # Layer count at which llama.cpp takes a Gemma model for the 27B size and scales queries by hidden/heads, not head_dim.
 _GEMMA_27B_LAYERS = {"gemma2": 46, "gemma3": 62}
 # Rows of a tensor read, converted and quantized at a time (about this many bytes of float32 each).
@@ -325,8 +330,18 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
         _add_gemma_hyperparameters(writer, config, arch, head_dim)
     elif arch == "phi3":
         _add_phi3_hyperparameters(writer, config, rope, log)
+    elif arch == "smollm3" and _no_rope_layers(config) != [int((i + 1) % _SMOLLM3_NO_ROPE_STEP != 0)
+                                                             for i in range(config["num_hidden_layers"])]:
+        raise NotImplementedError(f"llama.cpp's smollm3 graph leaves RoPE out of every {_SMOLLM3_NO_ROPE_STEP}th "
+                                  "layer alone; this model's no_rope_layers differ")
     elif (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
         log(f"note: llama.cpp attends over the whole context; training used a {window}-token window")
+
+
+def _no_rope_layers(config: dict[str, Any]) -> list[int]:
+    """SmolLM3's per-layer RoPE flags (1: rotated), as transformers derives them where the config lists none."""
+    step = config.get("no_rope_layer_interval", _SMOLLM3_NO_ROPE_STEP)
+    return config.get("no_rope_layers") or [int((i + 1) % step != 0) for i in range(config["num_hidden_layers"])]
 
 
 def _add_phi3_hyperparameters(writer: Any, config: dict[str, Any], rope: dict[str, Any], log: Log) -> None:
@@ -799,9 +814,8 @@ def _plan_tensors(model_dir: Path, config: dict[str, Any], arch: str, weight_typ
     name_map = gguf.get_tensor_name_map(gguf_arch, config["num_hidden_layers"])
     n_head = config["num_attention_heads"]
     n_kv_head = config.get("num_key_value_heads") or n_head
-    # llama.cpp's llama graph wants each head's rotary halves interleaved in Q and K; qwen2's does not.
     rotary_heads = {}
-    if arch == "llama":
+    if arch in INTERLEAVED_ROTARY:
         rotary_heads = {gguf.MODEL_TENSOR.ATTN_Q: n_head, gguf.MODEL_TENSOR.ATTN_K: n_kv_head}
     tied = config.get("tie_word_embeddings", False)
     plan: list[_Tensor] = []

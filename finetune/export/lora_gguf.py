@@ -9,7 +9,7 @@ peft's scaling is ``alpha / r``, or ``alpha / √r`` with rsLoRA, and ``rank_pat
 modules their own r and alpha. The file carries one alpha, chosen so that llama.cpp's scale equals peft's for
 the modules using the config's r and alpha (``lora_alpha · √r`` with rsLoRA, ``lora_alpha`` otherwise); for any
 module whose peft scale still differs (an alpha_pattern entry, or a rank_pattern entry with rsLoRA), the ratio is
-folded into its ``lora_b``. llama.cpp's llama graph expects the Q and K rows of the base weights with each
+folded into its ``lora_b``. llama.cpp's llama and smollm3 graphs expect the Q and K rows of the base weights with each
 head's rotary halves interleaved; the base GGUF has them so, hence ``lora_b`` of q/k is permuted the same way
 (``P(W + s·B·A) = PW + s·(PB)·A``), and ``lora_a``, which acts on the input side, is not.
 """
@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from finetune.export.gguf_writer import (
+    INTERLEAVED_ROTARY,
     Log,
     _interleave_rotary_halves,
     attention_head_dim,
@@ -129,7 +130,7 @@ def _plan_pairs(
     name_map = gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layer)
     expected = _base_shapes(config, arch)
     rotary_heads = {}
-    if arch == "llama":
+    if arch in INTERLEAVED_ROTARY:
         n_head = config["num_attention_heads"]
         rotary_heads = {gguf.MODEL_TENSOR.ATTN_Q: n_head,
                         gguf.MODEL_TENSOR.ATTN_K: config.get("num_key_value_heads") or n_head}

@@ -340,7 +340,7 @@ def test_smollm3_without_rope_elsewhere_than_every_fourth_layer_is_refused() -> 
     assert check_convertible(config) == "smollm3"  # transformers' default: every 4th layer
     assert check_convertible({**config, "no_rope_layers": [1, 1, 1, 0] * 2}) == "smollm3"
     for other in ({"no_rope_layer_interval": 2}, {"no_rope_layers": [1, 1, 0, 1] * 2}):
-        with pytest.raises(NotImplementedError, match="every 4th layer alone"):
+        with pytest.raises(NotImplementedError, match="exactly every 4th layer; this model's no_rope_layers differ"):
             check_convertible({**config, **other})
 
 

@@ -332,8 +332,8 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
         _add_phi3_hyperparameters(writer, config, rope, log)
     elif arch == "smollm3" and _no_rope_layers(config) != [int((i + 1) % _SMOLLM3_NO_ROPE_STEP != 0)
                                                              for i in range(config["num_hidden_layers"])]:
-        raise NotImplementedError(f"llama.cpp's smollm3 graph leaves RoPE out of every {_SMOLLM3_NO_ROPE_STEP}th "
-                                  "layer alone; this model's no_rope_layers differ")
+        raise NotImplementedError(f"llama.cpp's smollm3 graph leaves RoPE out of exactly every "
+                                  f"{_SMOLLM3_NO_ROPE_STEP}th layer; this model's no_rope_layers differ")
     elif (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
         log(f"note: llama.cpp attends over the whole context; training used a {window}-token window")
 

@@ -20,8 +20,8 @@ from finetune.plan import text as plan_text
 from .conftest import TINY, run_cli, run_dirs
 
 STAGES = ("validate", "train", "merge", "evaluate", "export")
-# One bar per stage that takes a while, and these only.
-BARS = ("train", "base: answers", "tuned: answers", "judge")
+# One bar per stage that takes a while (export: one per GGUF file written), and these only.
+BARS = ("train", "base: answers", "tuned: answers", "judge", "model-f16.gguf", "model-q4_k_m.gguf")
 BAR = re.compile(rf"({'|'.join(map(re.escape, BARS))}): +\d+%\|[^|]*\| \d+/\d+ \[[^\]]*\] *")
 OUR_LOG_LINE = re.compile(r"\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\]\[finetune(\.\w+)*\]\[(INFO|WARNING)\] - .*")
 

@@ -111,11 +111,13 @@ class QuantizeError(RuntimeError):
 
 
 def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: str | None = None,
-               tokenizer: Any = None, log: Log = print) -> None:
+               tokenizer: Any = None, log: Log = print, bar: str | None = None) -> None:
     """Write ``model_dir`` as a GGUF file at ``out_path`` with weights in ``out_type`` (one of OUT_TYPES);
     ``name`` is its ``general.name`` (what llama.cpp and Ollama show), by default the source model's name;
     ``tokenizer``: the folder's tokenizer where the caller has loaded it already (export, for every file it writes:
-    parsing Gemma's 256k-token tokenizer.json takes seconds), else loaded here.
+    parsing Gemma's 256k-token tokenizer.json takes seconds), else loaded here. ``bar``: the label of a progress
+    bar over the tensors as they are written (the export stage's, one per file), in place of a line to ``log`` at
+    every tenth of them.
 
     The file appears atomically: it is written next to ``out_path`` under a temporary name and renamed at the
     end, so a failure leaves nothing (or the previous file) at ``out_path``.
@@ -130,11 +132,11 @@ def write_gguf(model_dir: Path, out_path: Path, out_type: str = "f16", *, name: 
     with temp_path(out_path) as tmp:
         if out_type in K_QUANTS:
             with temp_path(out_path) as f16:
-                _write_numpy_types(model_dir, config, arch, f16, "f16", name, tokenizer, log)
+                _write_numpy_types(model_dir, config, arch, f16, "f16", name, tokenizer, log, bar)
                 log(f"quantizing to {out_type} with llama.cpp")
                 llama_quantize(f16, tmp, out_type)
         else:
-            _write_numpy_types(model_dir, config, arch, tmp, out_type, name, tokenizer, log)
+            _write_numpy_types(model_dir, config, arch, tmp, out_type, name, tokenizer, log, bar)
         tmp.chmod(umask_mode())  # mkstemp makes it owner-only; Ollama's server may run as another user
         os.replace(tmp, out_path)
     size_mb = out_path.stat().st_size / 1e6
@@ -203,7 +205,7 @@ def temp_path(out_path: Path) -> Iterator[Path]:
 
 
 def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path: Path, out_type: str,
-                       name: str | None, tokenizer: Any, log: Log) -> None:
+                       name: str | None, tokenizer: Any, log: Log, bar: str | None) -> None:
     """Write the GGUF with gguf-py: metadata and tokenizer first (they fail fast), then tensors one by one."""
     import gguf
     import numpy as np
@@ -226,7 +228,7 @@ def _write_numpy_types(model_dir: Path, config: dict[str, Any], arch: str, path:
         writer.write_header_to_file()
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
-        _write_tensor_data(writer, tensors, log)
+        _write_tensor_data(writer, tensors, log, bar)
     finally:
         writer.close()
 
@@ -892,21 +894,28 @@ def _tensor_type(shape: tuple[int, ...], weight_type: Any) -> Any:
     return weight_type if shape[-1] % block_size == 0 else qt.F16
 
 
-def _write_tensor_data(writer: Any, tensors: list[_Tensor], log: Log) -> None:
-    """Read, convert and append each tensor in plan order, a safetensors file opened once."""
+def _write_tensor_data(writer: Any, tensors: list[_Tensor], log: Log, bar: str | None) -> None:
+    """Read, convert and append each tensor in plan order, a safetensors file opened once; their progress as a bar
+    labelled ``bar``, or else a line to ``log`` at every tenth of them."""
+    from finetune.progress import Bar
+
     every = max(1, len(tensors) // 10)
     done = 0
-    for source, group in itertools.groupby(tensors, key=lambda t: t.source):
-        with contextlib.ExitStack() as stack:
-            if source is not None:
-                header, data_start = _safetensors_header(source)
-                f = stack.enter_context(open(source, "rb", buffering=0))
-            for t in group:
-                writer.write_tensor_data(t.values if source is None else _converted(f, header[t.hf_name],
-                                                                                     data_start, t))
-                done += 1
-                if done % every == 0 or done == len(tensors):
-                    log(f"  {done}/{len(tensors)} tensors ({t.name} {t.qtype.name} {list(t.shape)})")
+    with contextlib.ExitStack() as progress:
+        shown = progress.enter_context(Bar(total=len(tensors), desc=bar, unit="tensor")) if bar else None
+        for source, group in itertools.groupby(tensors, key=lambda t: t.source):
+            with contextlib.ExitStack() as stack:
+                if source is not None:
+                    header, data_start = _safetensors_header(source)
+                    f = stack.enter_context(open(source, "rb", buffering=0))
+                for t in group:
+                    writer.write_tensor_data(t.values if source is None else _converted(f, header[t.hf_name],
+                                                                                         data_start, t))
+                    done += 1
+                    if shown is not None:
+                        shown.update()
+                    elif done % every == 0 or done == len(tensors):
+                        log(f"  {done}/{len(tensors)} tensors ({t.name} {t.qtype.name} {list(t.shape)})")
 
 
 def _converted(f: BinaryIO, entry: dict[str, Any], data_start: int, t: _Tensor) -> Any:

@@ -81,11 +81,11 @@ def _write_files(run: RunConfig, ctx: StageContext, merged: Path, tokenizer: Any
         for out_type in dict.fromkeys(run.export.gguf_types):
             files[out_type] = f"model-{out_type}.gguf"
             write_gguf(merged, ctx.out_dir / files[out_type], out_type, name=run.run_name, tokenizer=tokenizer,
-                       log=log.info)
+                       log=log.info, bar=files[out_type])
         if run.export.adapter:
             base = local_folder(resolve_model_source(run.model), run.model.revision)
             write_gguf(base, ctx.out_dir / BASE_GGUF, "f16", name=(run.model.hub_id or base.name).split("/")[-1],
-                       log=log.info)
+                       log=log.info, bar=BASE_GGUF)
             write_lora_gguf(ctx.input("train", "adapter"), base, ctx.out_dir / ADAPTER_GGUF, name=run.run_name,
                             log=log.info)
     except (ValueError, NotImplementedError, QuantizeError) as e:

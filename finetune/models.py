@@ -331,14 +331,20 @@ def _tokenizer_key(source: str, cfg: ModelConfig) -> str:
     return digest.hexdigest()
 
 
+def _loaded_key(source: str, cfg: ModelConfig) -> str:
+    """What ``load_tokenizer`` keeps the tokenizer of ``source`` under: its files, and the named template it takes."""
+    from finetune.chat_templates import template_text
+
+    key = _tokenizer_key(source, cfg)
+    return key if cfg.chat_template is None else cache_key(key, template_text(cfg.chat_template))
+
+
 def load_tokenizer(source: str, cfg: ModelConfig) -> Any:
     """The tokenizer of ``source``, with ``model.chat_template`` in place of its own template when set, and the
     template's clock pinned (``chat_templates.pin_clock``)."""
-    from finetune.chat_templates import apply, pin_clock, template_text
+    from finetune.chat_templates import apply, pin_clock
 
-    key = _tokenizer_key(source, cfg)
-    if cfg.chat_template is not None:
-        key = cache_key(key, template_text(cfg.chat_template))
+    key = _loaded_key(source, cfg)
     if key not in _TOKENIZERS:
         tokenizer = _load_tokenizer(source, cfg)
         if cfg.chat_template is not None:
@@ -355,7 +361,9 @@ def save_tokenizer(tokenizer: Any, source: str, cfg: ModelConfig, out: Path) -> 
     own conversion; and the added tokens in tokenizer_config.json (``added_tokens_decoder``), from which llama.cpp's
     converter types a SentencePiece vocabulary's added tokens, and without which transformers parses the whole
     tokenizer.json once more on every load. tokenizer.json is written without indentation (Gemma 2's: 14 MB, not 34).
-    Each stage after training loads these files again: Gemma 2's took 4.4-5.1 s a load, 2.7 s now (side by side)."""
+    Each stage after training loads these files again: Gemma 2's took 4.4-5.1 s a load, 2.7 s now (side by side);
+    in this process (the stages of one run), ``load_tokenizer`` of ``out`` then gives this object, which is what the
+    files load as, without parsing them."""
     from transformers.utils import cached_file
 
     tokenizer.save_pretrained(str(out))
@@ -371,6 +379,7 @@ def save_tokenizer(tokenizer: Any, source: str, cfg: ModelConfig, out: Path) -> 
                         _raise_exceptions_for_missing_entries=False, _raise_exceptions_for_connection_errors=False)
     if found and not (out / "tokenizer.model").is_file():
         shutil.copyfile(found, out / "tokenizer.model")
+    _TOKENIZERS.setdefault(_loaded_key(str(out), cfg), tokenizer)
 
 
 def _load_tokenizer(source: str, cfg: ModelConfig) -> Any:

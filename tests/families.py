@@ -291,7 +291,6 @@ def phi35_folder(out: Path) -> Path:
     return out
 
 
-
 def phi4_mini_shaped_folder(out: Path) -> Path:
     """A tiny random model of Phi-4-mini's architecture as released: ``Phi3ForCausalLM`` rotating three quarters of
     each head (``partial_rotary_factor`` 0.75, so LongRoPE has a factor per rotated frequency), grouped queries and

@@ -329,7 +329,6 @@ def test_rope_scaling_llama_cpp_does_not_apply_is_refused_before_any_file(tmp_pa
         check_convertible({**config, "architectures": ["Qwen2ForCausalLM"], "rope_parameters": llama3})
 
 
-
 @pytest.mark.quick
 def test_smollm3_without_rope_elsewhere_than_every_fourth_layer_is_refused() -> None:
     """llama.cpp's smollm3 graph leaves RoPE out of layers 4, 8, … whatever the file says: another pattern would run

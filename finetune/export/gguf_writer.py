@@ -332,8 +332,7 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
         _add_gemma_hyperparameters(writer, config, arch, head_dim)
     elif arch == "phi3":
         _add_phi3_hyperparameters(writer, config, rope, log)
-    elif arch == "smollm3" and _no_rope_layers(config) != [int((i + 1) % _SMOLLM3_NO_ROPE_STEP != 0)
-                                                             for i in range(config["num_hidden_layers"])]:
+    elif arch == "smollm3" and _no_rope_layers(config) != _rotated(config["num_hidden_layers"], _SMOLLM3_NO_ROPE_STEP):
         raise NotImplementedError(f"llama.cpp's smollm3 graph leaves RoPE out of exactly every "
                                   f"{_SMOLLM3_NO_ROPE_STEP}th layer; this model's no_rope_layers differ")
     elif (window := config.get("sliding_window")) and window < config["max_position_embeddings"]:
@@ -342,8 +341,13 @@ def _add_hyperparameters(writer: Any, config: dict[str, Any], arch: str, log: Lo
 
 def _no_rope_layers(config: dict[str, Any]) -> list[int]:
     """SmolLM3's per-layer RoPE flags (1: rotated), as transformers derives them where the config lists none."""
-    step = config.get("no_rope_layer_interval", _SMOLLM3_NO_ROPE_STEP)
-    return config.get("no_rope_layers") or [int((i + 1) % step != 0) for i in range(config["num_hidden_layers"])]
+    return config.get("no_rope_layers") or _rotated(config["num_hidden_layers"],
+                                                    config.get("no_rope_layer_interval", _SMOLLM3_NO_ROPE_STEP))
+
+
+def _rotated(layers: int, step: int) -> list[int]:
+    """A flag per layer, 1 where RoPE is applied: every ``step``th layer goes without."""
+    return [int((i + 1) % step != 0) for i in range(layers)]
 
 
 def _add_phi3_hyperparameters(writer: Any, config: dict[str, Any], rope: dict[str, Any], log: Log) -> None:
@@ -901,8 +905,7 @@ def _write_tensor_data(writer: Any, tensors: list[_Tensor], log: Log, bar: str |
 
     every = max(1, len(tensors) // 10)
     done = 0
-    with contextlib.ExitStack() as progress:
-        shown = progress.enter_context(Bar(total=len(tensors), desc=bar, unit="tensor")) if bar else None
+    with Bar(total=len(tensors), desc=bar, unit="tensor") if bar else contextlib.nullcontext() as shown:
         for source, group in itertools.groupby(tensors, key=lambda t: t.source):
             with contextlib.ExitStack() as stack:
                 if source is not None:

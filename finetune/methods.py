@@ -159,12 +159,28 @@ def adapter_in_compute_dtype(method: Method, model: Any, dtype: Any) -> None:
                 param.data = param.data.to(dtype)
 
 
+def own_unquantized_weights(model: Any) -> None:
+    """transformers reads safetensors through a memory map, and a weight left unquantized on the CPU (embeddings,
+    norms) is a view into it. The map then stays open, and with it every page of the full-precision weights read
+    for quantisation: 0.42 GB of SmolLM2-135M's 0.54 GB held in the process's resident set for nothing. Copied
+    out, the map closes."""
+    copied: set[int] = set()  # a tied weight is one tensor under two names
+    for module in model.modules():
+        for table in (module._parameters, module._buffers):
+            for tensor in table.values():
+                if (tensor is not None and tensor.device.type == "cpu" and id(tensor) not in copied
+                        and getattr(tensor, "quant_state", None) is None):
+                    tensor.data = tensor.data.clone()
+                    copied.add(id(tensor))
+
+
 def prepare(method: Method, model: Any, gradient_checkpointing: bool) -> Any:
     """A quantized base gets peft's k-bit preparation (norms in fp32, input grads for checkpointing)."""
     if not method.quantized:
         return model
     from peft import prepare_model_for_kbit_training
 
+    own_unquantized_weights(model)
     return prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
 
 

@@ -114,6 +114,28 @@ def test_qlora_trains_on_cpu_and_merges_into_full_precision(tmp_path):
     assert merged_dtypes == {"torch.float32"}
 
 
+@pytest.mark.quick
+def test_a_quantized_base_lets_go_of_its_weight_files_memory_map(tiny_model, tmp_path):
+    """The unquantized weights (embeddings, norms) are copied out of safetensors' memory map, so that the pages of
+    the full-precision weights read for quantisation leave the process: without the copy the map stays open."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from finetune.methods import load_kwargs, prepare
+
+    loaded, prepared = tmp_path / "loaded", tmp_path / "prepared"
+    for folder in (loaded, prepared):
+        tiny_model[0].save_pretrained(folder)
+    kwargs = load_kwargs(METHODS["qlora"], torch.float32)
+    control = AutoModelForCausalLM.from_pretrained(loaded, **kwargs)  # loaded alone, as transformers leaves it
+    model = prepare(METHODS["qlora"], AutoModelForCausalLM.from_pretrained(prepared, **kwargs), False)
+    maps = Path("/proc/self/maps").read_text()
+    assert str(loaded / "model.safetensors") in maps  # held open by the control's embeddings, a view into it
+    assert str(prepared / "model.safetensors") not in maps
+    assert model.get_input_embeddings().weight is model.get_output_embeddings().weight  # still tied
+    del control  # alive until the maps were read
+
+
 @pytest.mark.parametrize(("args", "lr", "optimizer"), [
     (("method=full",), 2e-5, "adamw_torch"),  # the method's usual rate when train.lr is not set
     (("method=lora", "train.optimizer=adafactor", "train.max_grad_norm=0.5", "train.eval_steps=1"), 2e-4,

@@ -16,7 +16,7 @@ Memory is estimated per part, from the loaded model rather than from a rule of t
 - on CPU, the process's own footprint before the model was loaded (Python, torch, tokenizer, data), measured;
   and ``CPU_ALLOCATOR_SLACK`` × (activations + logits), less the gradients: glibc's malloc keeps the freed blocks
   of earlier steps of other lengths and fragments them, so the resident peak exceeds the live tensors (at SmolLM2
-  LoRA's peak here, 1.0–1.2 GB free inside the heap beside 0.9 GB of activations); a backward pass allocates the
+  LoRA's peak here, 0.7–1.1 GB free inside the heap beside 0.9 GB of activations); a backward pass allocates the
   gradients while it frees the activations, into those blocks.
 
 Time: model FLOPs per token (2N forward, 2N backward to the inputs, 2N more for trainable weights when every

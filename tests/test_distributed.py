@@ -118,7 +118,7 @@ def test_two_ray_workers_follow_the_one_process_curve_through_a_killed_worker(co
     run = start_cli(*args, "train.grad_accum=2", "train.num_processes=2", "train.engine=ray", "train.max_restarts=1",
                     f"train.ray_address={address}", f"hydra.run.dir={run_dir}", cwd=folder)
     try:
-        # once the first checkpoint is complete (4 steps logged, 28 to go), kill one worker as a crash would
+        # once the first checkpoint is complete (4 steps logged, 12 to go), kill one worker as a crash would
         deadline = time.monotonic() + 300
         while not (run_dir / "train" / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file():
             assert run.poll() is None and time.monotonic() < deadline, run.communicate(timeout=1)

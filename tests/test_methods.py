@@ -115,6 +115,7 @@ def test_qlora_trains_on_cpu_and_merges_into_full_precision(tmp_path):
 
 
 @pytest.mark.quick
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads Linux's /proc/self/maps")
 def test_a_quantized_base_lets_go_of_its_weight_files_memory_map(tiny_model, tmp_path):
     """The unquantized weights (embeddings, norms) are copied out of safetensors' memory map, so that the pages of
     the full-precision weights read for quantisation leave the process: without the copy the map stays open."""

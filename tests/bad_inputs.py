@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .conftest import conversation
+from .llama_cpp_sdist import llama_cpp_folder
 
 File = bytes | Callable[[Path], bytes]  # contents, or a function of the working directory that makes them
 
@@ -354,6 +355,14 @@ CASES: list[Case] = [
              b"{{ raise_exception('System role not supported') }}{% endif %}{% for message in messages %}"
              b"{{ '<start_of_turn>' + message['role'] + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
              b"{% endfor %}")}),
+    # SmolLM3's template (llama.cpp's copy) reads a /think or /no_think flag out of the system message, which the
+    # Modelfile's Go template cannot
+    Case("system-prompt-the-modelfile-cannot-render", (*DATA, "model.chat_template=smollm3.jinja",
+                                                       "export.system_prompt=/no_think"),
+         "error: export.system_prompt: the smollm3 chat template renders this system prompt otherwise than its Ollama "
+         "TEMPLATE can (a /think or /no_think flag, trailing whitespace); change it, or set export.ollama=false",
+         files={"data.jsonl": GOOD, "smollm3.jinja": lambda cwd: (
+             llama_cpp_folder() / "models" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja").read_bytes()}),
     Case("chat-template-file-missing", (*DATA, "model.chat_template=mine.jinja"),
          "error: model.chat_template='mine.jinja': no such file", files={"data.jsonl": GOOD}),
     Case("package-not-installed", (*DATA, "model.source=package:no_such_pkg/model.gguf"),

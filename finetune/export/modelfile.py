@@ -34,6 +34,8 @@ class TemplateFamily:
     stop: tuple[str, ...]
     system_block: str  # a regex matching the system message's block at the start of a rendering, content in group 1
     bos: bool = False  # the chat template writes the BOS token first; under Ollama the tokenizer adds it instead
+    # whether the Go template renders a conversation with this system message as the chat template does
+    system_taken: Callable[[str], bool] = lambda system: True
 
 
 def _render_chatml(messages: list[Message]) -> str:
@@ -129,7 +131,49 @@ PHI3 = TemplateFamily(
     stop=("<|end|>", "<|user|>", "<|assistant|>"),
     system_block=r"^(?!)",  # Phi-3's template writes no default system prompt
 )
-FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3)
+# SmolLM3: ChatML turns under a system block that always holds the template's metadata, then the conversation's
+# system message, else a default naming SmolLM. The template reads "/think" and "/no_think" out of the system
+# message (and strips its trailing whitespace), which Go's template language cannot: the Go template renders the
+# template's default, thinking mode, and a system message it would render otherwise is refused (``system_taken``).
+_SMOLLM3_HEADER = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n"
+                   "## Custom Instructions\n\n")
+_SMOLLM3_DEFAULT_SYSTEM = (
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant involves "
+    "thoroughly exploring questions through a systematic thinking process before providing the final precise and "
+    "accurate solutions. This requires engaging in a comprehensive cycle of analysis, summarizing, exploration, "
+    "reassessment, reflection, backtracking, and iteration to develop well-considered thinking process. Please "
+    "structure your response into two main sections: Thought and Solution using the specified format: <think> "
+    "Thought section </think> Solution section. In the Thought section, detail your reasoning process in steps. Each "
+    "step should include detailed considerations such as analysing questions, summarizing relevant findings, "
+    "brainstorming new ideas, verifying the accuracy of the current steps, refining any errors, and revisiting "
+    "previous steps. In the Solution section, based on various attempts, explorations, and reflections from the "
+    "Thought section, systematically present the final solution that you deem correct. The Solution section should be "
+    "logical, accurate, and concise and detail necessary steps needed to reach the conclusion.")
+
+
+def _render_smollm3(messages: list[Message]) -> str:
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+    turns = "".join(f"<|im_start|>{'assistant' if m['role'] == 'assistant' else 'user'}\n{m['content']}<|im_end|>\n"
+                    for m in messages if m["role"] in ("user", "assistant", "tool"))
+    return f"{_SMOLLM3_HEADER}{system or _SMOLLM3_DEFAULT_SYSTEM}\n\n<|im_end|>\n{turns}<|im_start|>assistant\n"
+
+
+SMOLLM3 = TemplateFamily(
+    name="smollm3",
+    go_template=(
+        '{{- $system := "" }}{{- with .Messages }}{{- $first := index . 0 }}'
+        '{{- if eq $first.Role "system" }}{{ $system = $first.Content }}{{ end }}{{- end }}' + _SMOLLM3_HEADER +
+        '{{ if $system }}{{ $system }}{{ else }}' + _SMOLLM3_DEFAULT_SYSTEM + '{{ end }}\n\n<|im_end|>\n'
+        '{{ range .Messages }}{{ if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
+        '{{ else if or (eq .Role "user") (eq .Role "tool") }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
+        '{{ end }}{{ end }}<|im_start|>assistant\n'
+    ),
+    render=_render_smollm3,
+    stop=("<|im_end|>", "<|im_start|>"),
+    system_block=r"^(?!)",  # the default system text is the Go template's own
+    system_taken=lambda system: not re.search("/(no_)?think", system) and system == system.rstrip(),
+)
+FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3, SMOLLM3)
 
 
 def _render_instruction(prompt: InstructionPrompt, eos: str, messages: list[Message]) -> str:
@@ -346,6 +390,10 @@ def modelfile(gguf_name: str, family: TemplateFamily, system: str | None, parame
     lines += ["", f'TEMPLATE """{family.go_template}"""', ""]
     if system and '"""' in system:
         raise TemplateError('the system prompt contains """, which cannot be written in a Modelfile SYSTEM')
+    if system and not family.system_taken(system):
+        raise TemplateError(f"the system prompt is one the {family.name} template renders otherwise than its Ollama "
+                            "TEMPLATE can (a /think or /no_think flag, trailing whitespace); change it, or set "
+                            "export.ollama=false to export the GGUF alone")
     if system:
         lines += [f'SYSTEM """{system}"""', ""]
     lines += [f"PARAMETER {key} {value}" for key, value in parameters.items()]

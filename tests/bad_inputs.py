@@ -359,8 +359,8 @@ CASES: list[Case] = [
     # Modelfile's Go template cannot
     Case("system-prompt-the-modelfile-cannot-render", (*DATA, "model.chat_template=smollm3.jinja",
                                                        "export.system_prompt=/no_think"),
-         "error: export.system_prompt: the smollm3 chat template renders this system prompt otherwise than its Ollama "
-         "TEMPLATE can (a /think or /no_think flag, trailing whitespace); change it, or set export.ollama=false",
+         "error: export.system_prompt: SmolLM3's template reads a /think or /no_think flag out of it, which a Go "
+         "template cannot; change it, or set export.ollama=false",
          files={"data.jsonl": GOOD, "smollm3.jinja": lambda cwd: (
              llama_cpp_folder() / "models" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja").read_bytes()}),
     Case("chat-template-file-missing", (*DATA, "model.chat_template=mine.jinja"),

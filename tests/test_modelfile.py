@@ -132,14 +132,14 @@ def test_smollm3s_go_template_renders_like_its_chat_template_and_refuses_what_it
     for messages in (*PROBES, multi_turn, multi_turn[1:], tool, empty_system):
         expected = smollm3.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         assert go_render(SMOLLM3.go_template, messages) == expected == SMOLLM3.render(messages)
-    for system in ("S1 /no_think", "S1 /think", "S1\n"):
+    for system, why in (("S1 /no_think", "a /think or /no_think flag"), ("S1 /think", "a /think or /no_think flag"),
+                        ("S1\n", "its trailing whitespace")):
         messages = [{"role": "system", "content": system}, *PROBES[0][1:]]
-        assert not SMOLLM3.system_taken(system)
         assert go_render(SMOLLM3.go_template, messages) != smollm3.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True)
-        with pytest.raises(TemplateError, match="/think or /no_think flag"):
+        with pytest.raises(TemplateError, match=f"cannot be written for Ollama: SmolLM3's template .*{why}"):
             modelfile("m.gguf", SMOLLM3, system, {})
-    assert SMOLLM3.system_taken("丁寧に答えてください。") and CHATML.system_taken("S1 /no_think")
+    assert SMOLLM3.system_refused("丁寧に答えてください。") is CHATML.system_refused("S1 /no_think") is None
 
 
 def test_smollm2_is_chatml_and_an_unknown_template_is_refused(tokenizer):

@@ -34,8 +34,9 @@ class TemplateFamily:
     stop: tuple[str, ...]
     system_block: str  # a regex matching the system message's block at the start of a rendering, content in group 1
     bos: bool = False  # the chat template writes the BOS token first; under Ollama the tokenizer adds it instead
-    # whether the Go template renders a conversation with this system message as the chat template does
-    system_taken: Callable[[str], bool] = lambda system: True
+    # why the Go template would render a conversation with this system message otherwise than the chat template
+    # does, or None where it renders it alike
+    system_refused: Callable[[str], str | None] = lambda system: None
 
 
 def _render_chatml(messages: list[Message]) -> str:
@@ -134,7 +135,7 @@ PHI3 = TemplateFamily(
 # SmolLM3: ChatML turns under a system block that always holds the template's metadata, then the conversation's
 # system message, else a default naming SmolLM. The template reads "/think" and "/no_think" out of the system
 # message (and strips its trailing whitespace), which Go's template language cannot: the Go template renders the
-# template's default, thinking mode, and a system message it would render otherwise is refused (``system_taken``).
+# template's default, thinking mode, and a system message it would render otherwise is refused (``system_refused``).
 _SMOLLM3_HEADER = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n"
                    "## Custom Instructions\n\n")
 _SMOLLM3_DEFAULT_SYSTEM = (
@@ -149,6 +150,14 @@ _SMOLLM3_DEFAULT_SYSTEM = (
     "previous steps. In the Solution section, based on various attempts, explorations, and reflections from the "
     "Thought section, systematically present the final solution that you deem correct. The Solution section should be "
     "logical, accurate, and concise and detail necessary steps needed to reach the conclusion.")
+
+
+def _smollm3_system_refused(system: str) -> str | None:
+    if re.search("/(no_)?think", system):
+        return "SmolLM3's template reads a /think or /no_think flag out of it, which a Go template cannot"
+    if system != system.rstrip():
+        return "SmolLM3's template strips its trailing whitespace, which a Go template cannot"
+    return None
 
 
 def _render_smollm3(messages: list[Message]) -> str:
@@ -171,7 +180,7 @@ SMOLLM3 = TemplateFamily(
     render=_render_smollm3,
     stop=("<|im_end|>", "<|im_start|>"),
     system_block=r"^(?!)",  # the default system text is the Go template's own
-    system_taken=lambda system: not re.search("/(no_)?think", system) and system == system.rstrip(),
+    system_refused=_smollm3_system_refused,
 )
 FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3, SMOLLM3)
 
@@ -390,9 +399,8 @@ def modelfile(gguf_name: str, family: TemplateFamily, system: str | None, parame
     lines += ["", f'TEMPLATE """{family.go_template}"""', ""]
     if system and '"""' in system:
         raise TemplateError('the system prompt contains """, which cannot be written in a Modelfile SYSTEM')
-    if system and not family.system_taken(system):
-        raise TemplateError(f"the system prompt is one the {family.name} template renders otherwise than its Ollama "
-                            "TEMPLATE can (a /think or /no_think flag, trailing whitespace); change it, or set "
+    if system and (why := family.system_refused(system)):
+        raise TemplateError(f"the system prompt cannot be written for Ollama: {why}; change it, or set "
                             "export.ollama=false to export the GGUF alone")
     if system:
         lines += [f'SYSTEM """{system}"""', ""]

@@ -62,10 +62,8 @@ def check(run: RunConfig) -> None:
                           "GGUF, leave export out: stages=[validate,train,merge,evaluate]") from None
     if run.export.ollama:
         family = template_family(tokenizer)
-        if run.export.system_prompt and not family.system_taken(run.export.system_prompt):
-            raise ExportError(f"export.system_prompt: the {family.name} chat template renders this system prompt "
-                              "otherwise than its Ollama TEMPLATE can (a /think or /no_think flag, trailing "
-                              "whitespace); change it, or set export.ollama=false")
+        if run.export.system_prompt and (why := family.system_refused(run.export.system_prompt)):
+            raise ExportError(f"export.system_prompt: {why}; change it, or set export.ollama=false")
     if run.export.system_prompt and not takes_system(tokenizer):
         raise ExportError("export.system_prompt: the model's chat template takes no system message, so training "
                           f"saw none; leave it unset, or set {system_first_way_out(tokenizer)}")

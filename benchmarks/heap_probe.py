@@ -16,7 +16,8 @@ import runpy
 import sys
 import threading
 import time
-from pathlib import Path
+
+from finetune.plan import process_bytes
 
 
 class _MallInfo2(ctypes.Structure):
@@ -26,13 +27,6 @@ class _MallInfo2(ctypes.Structure):
 
 LIBC = ctypes.CDLL("libc.so.6")
 LIBC.mallinfo2.restype = _MallInfo2
-
-
-def resident_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def heap() -> tuple[int, int]:
@@ -50,7 +44,7 @@ def main(args: list[str]) -> None:
 
     def sample() -> None:
         while not done.is_set():
-            if (rss := resident_bytes()) > peak["rss"]:
+            if (rss := process_bytes()) > peak["rss"]:
                 peak["rss"], (peak["in_use"], peak["free"]) = rss, heap()
             time.sleep(0.002)
 
@@ -66,7 +60,7 @@ def main(args: list[str]) -> None:
         if calls[0] % 8 == 0:
             in_use, free = heap()
             print(f"micro-step {calls[0]}: peak {peak['rss'] / 1e9:.3f} GB (in use {peak['in_use'] / 1e9:.3f}, "
-                  f"free in the heap {peak['free'] / 1e9:.3f}); now {resident_bytes() / 1e9:.3f} GB (in use "
+                  f"free in the heap {peak['free'] / 1e9:.3f}); now {process_bytes() / 1e9:.3f} GB (in use "
                   f"{in_use / 1e9:.3f}, free {free / 1e9:.3f})", flush=True)
         return out
 

@@ -164,14 +164,9 @@ def own_unquantized_weights(model: Any) -> None:
     norms) is a view into it. The map then stays open, and with it every page of the full-precision weights read
     for quantisation: 0.42 GB of SmolLM2-135M's 0.54 GB held in the process's resident set for nothing. Copied
     out, the map closes."""
-    copied: set[int] = set()  # a tied weight is one tensor under two names
-    for module in model.modules():
-        for table in (module._parameters, module._buffers):
-            for tensor in table.values():
-                if (tensor is not None and tensor.device.type == "cpu" and id(tensor) not in copied
-                        and getattr(tensor, "quant_state", None) is None):
-                    tensor.data = tensor.data.clone()
-                    copied.add(id(tensor))
+    for tensor in (*model.parameters(), *model.buffers()):  # each once: a tied weight is one tensor
+        if tensor.device.type == "cpu" and getattr(tensor, "quant_state", None) is None:
+            tensor.data = tensor.data.clone()
 
 
 def prepare(method: Method, model: Any, gradient_checkpointing: bool) -> Any:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .conftest import conversation
-from .llama_cpp_sdist import llama_cpp_folder
+from .llama_cpp_sdist import llama_cpp_template
 
 File = bytes | Callable[[Path], bytes]  # contents, or a function of the working directory that makes them
 
@@ -361,8 +361,8 @@ CASES: list[Case] = [
                                                        "export.system_prompt=/no_think"),
          "error: export.system_prompt: SmolLM3's template reads a /think or /no_think flag out of it, which a Go "
          "template cannot; change it, or set export.ollama=false",
-         files={"data.jsonl": GOOD, "smollm3.jinja": lambda cwd: (
-             llama_cpp_folder() / "models" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja").read_bytes()}),
+         files={"data.jsonl": GOOD,
+                "smollm3.jinja": lambda cwd: llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja").encode()}),
     Case("chat-template-file-missing", (*DATA, "model.chat_template=mine.jinja"),
          "error: model.chat_template='mine.jinja': no such file", files={"data.jsonl": GOOD}),
     Case("package-not-installed", (*DATA, "model.source=package:no_such_pkg/model.gguf"),

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .llama_cpp_sdist import llama_cpp_folder
+from .llama_cpp_sdist import llama_cpp_folder, llama_cpp_template
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,7 @@ def _byte_level_bpe(vocab: str, split: str, *, ignore_merges: bool, normalizer: 
 def _write_tokenizer(out: Path, spec: dict, config: dict, template: str) -> None:
     (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    chat_template = llama_cpp_folder() / "models" / "templates" / template
-    (out / "chat_template.jinja").write_text(chat_template.read_text("utf-8"), encoding="utf-8")
+    (out / "chat_template.jinja").write_text(llama_cpp_template(template), encoding="utf-8")
 
 
 def llama3_tokenizer_files(out: Path, template: str = "meta-llama-Llama-3.1-8B-Instruct.jinja") -> None:
@@ -259,7 +258,7 @@ def phi35_tokenizer_files(out: Path, template: str = "microsoft-Phi-3.5-mini-ins
                       "single_word": False, "special": name not in _PHI3_NOT_SPECIAL}
              for i, name in zip(ids, names, strict=True)}
     config = {"add_bos_token": False, "add_eos_token": False, "added_tokens_decoder": added, "bos_token": "<s>",
-              "chat_template": (llama_cpp_folder() / "models" / "templates" / template).read_text("utf-8"),
+              "chat_template": llama_cpp_template(template),
               "clean_up_tokenization_spaces": False, "eos_token": "<|endoftext|>", "legacy": False,
               "model_max_length": 131072, "pad_token": "<|endoftext|>", "padding_side": "left",
               "sp_model_kwargs": {}, "tokenizer_class": "LlamaTokenizer", "unk_token": "<unk>",
@@ -334,8 +333,7 @@ def smollm3_shaped_folder(out: Path) -> Path:
     for f in Path(smollm2).iterdir():
         if f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy2(f, out / f.name)
-    template = llama_cpp_folder() / "models" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja"
-    (out / "chat_template.jinja").write_text(template.read_text("utf-8"), encoding="utf-8")
+    (out / "chat_template.jinja").write_text(llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja"), encoding="utf-8")
     tokenizer = AutoTokenizer.from_pretrained(out)
     torch.manual_seed(0)
     config = SmolLM3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,
@@ -380,8 +378,7 @@ def nemo_tokenizer_files(out: Path, template: str = "mistralai-Mistral-Nemo-Inst
               "unk_token": "<unk>", "clean_up_tokenization_spaces": False, "model_max_length": 1024000,
               "model_input_names": ["input_ids", "attention_mask"]}
     (out / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
-    chat_template = llama_cpp_folder() / "models" / "templates" / template
-    (out / "chat_template.jinja").write_text(chat_template.read_text("utf-8"), encoding="utf-8")
+    (out / "chat_template.jinja").write_text(llama_cpp_template(template), encoding="utf-8")
 
 
 def nemo_folder(out: Path) -> Path:
@@ -507,7 +504,7 @@ def gemma_tokenizer_files(out: Path, package: str, template: str | None = None) 
     (out / "tokenizer.json").write_bytes(raw)
     config = json.loads((source / "tokenizer_config.json").read_text("utf-8"))
     if template:
-        config["chat_template"] = (llama_cpp_folder() / "models" / "templates" / template).read_text("utf-8")
+        config["chat_template"] = llama_cpp_template(template)
     (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
     gemma_sentencepiece_model(json.loads(raw), out)
 

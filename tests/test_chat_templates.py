@@ -121,12 +121,12 @@ def test_gemma_takes_a_system_message_as_gemma_3_and_renders_as_gemma_2_without_
     from finetune.export.modelfile import GEMMA as GEMMA_FAMILY
     from finetune.export.modelfile import PROBES, template_family
 
-    from .llama_cpp_sdist import llama_cpp_folder
+    from .llama_cpp_sdist import llama_cpp_template
     from .test_gguf_families import save_tokenizer
 
     folder = save_tokenizer("gemma", tmp_path / "gemma")
     google = AutoTokenizer.from_pretrained(folder)
-    google.chat_template = (llama_cpp_folder() / "models" / "templates" / "google-gemma-2-2b-it.jinja").read_text()
+    google.chat_template = llama_cpp_template("google-gemma-2-2b-it.jinja")
     with pytest.raises(TemplateError, match="System role not supported"):
         google.apply_chat_template(PROBES[0], tokenize=False)
     named = AutoTokenizer.from_pretrained(folder)

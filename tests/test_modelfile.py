@@ -121,10 +121,10 @@ def test_smollm3s_go_template_renders_like_its_chat_template_and_refuses_what_it
     and Go cannot, is refused for the Modelfile."""
     from finetune.export.modelfile import SMOLLM3
 
-    from .llama_cpp_sdist import llama_cpp_folder
+    from .llama_cpp_sdist import llama_cpp_template
 
     smollm3 = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
-    smollm3.chat_template = (llama_cpp_folder() / "models" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja").read_text()
+    smollm3.chat_template = llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja")
     assert template_family(smollm3) is SMOLLM3 and template_default_system(smollm3, SMOLLM3) is None
     multi_turn = conversation(3)["messages"][:-1]
     tool = [*multi_turn[:3], {"role": "tool", "content": '{"status": "ok"}'}]

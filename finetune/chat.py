@@ -139,6 +139,11 @@ def _ids(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None, 
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
+def has_chat_template(tokenizer: Any) -> bool:
+    """Whether the tokenizer carries a chat template: a base model has none, and trains on plain text only."""
+    return bool(getattr(tokenizer, "chat_template", None))
+
+
 def tokenize_text(tokenizer: Any, text: str) -> TokenizedConversation:
     ids = tokenizer(text)["input_ids"]
     if tokenizer.eos_token_id is not None and ids[-1:] != [tokenizer.eos_token_id]:
@@ -157,7 +162,7 @@ def tokenize(tokenizer: Any, c: Conversation) -> TokenizedConversation:
 def tokenize_conversation(tokenizer: Any, messages: Sequence[Message], tools: list[dict] | None = None
                           ) -> TokenizedConversation:
     """Tokenize a whole conversation; assistant turns (with their end-of-turn token) carry labels."""
-    if not getattr(tokenizer, "chat_template", None):
+    if not has_chat_template(tokenizer):
         raise ChatTemplateError(f"the model's tokenizer has no chat template: set model.chat_template to "
                                 f"{', '.join(NAMED)} or a .jinja file (plain-text data needs none)")
     full = _ids(tokenizer, messages, tools, add_generation_prompt=False)

@@ -19,9 +19,10 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from finetune.chat import has_chat_template
 from finetune.data.canonical import Conversation, Message
 from finetune.errors import UserError
-from finetune.finished_run import FinishedRun
+from finetune.finished_run import FinishedRun, RunNotUsable
 from finetune.generate import Answer
 
 HELP = "/reset forgets the conversation, /system TEXT sets the system prompt, /exit ends"
@@ -51,6 +52,10 @@ class Speaker:
         self.turn = 0
         # a hosted model: its provider's endpoint renders the template and knows the stop tokens
         self.tokenizer = None if finished.hosted else finished.tokenizer()
+        if self.tokenizer is not None and not has_chat_template(self.tokenizer):
+            raise RunNotUsable(f"{finished.dir}: the model has no chat template (it trained on plain text), so it "
+                               "holds no conversation; it continues text: its Modelfile's TEMPLATE passes a prompt "
+                               "through as it is (ollama run)")
         self.decoding = finished.decoding(self.tokenizer, args.max_new_tokens, args.greedy)
         self.label, self.engine = self._hosted() if finished.hosted else self._local()
 

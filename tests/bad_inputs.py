@@ -363,6 +363,15 @@ CASES: list[Case] = [
          "template cannot; change it, or set export.ollama=false",
          files={"data.jsonl": GOOD,
                 "smollm3.jinja": lambda cwd: llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja").encode()}),
+    # ChatML with "role: " headers: it trains (its turns end in <|im_end|>), but no Modelfile TEMPLATE we verify
+    # writes it
+    Case("chat-template-no-modelfile-writes", (*DATA, "model.chat_template=colon.jinja"),
+         "error: export: model.chat_template='colon.jinja': the model's chat template matches none of the Ollama "
+         "templates we verify (chatml, gemma, llama3, phi3, smollm3, alpaca, alpaca_en, mistral-nemo, mistral, "
+         "mistral-v0.3, mistral_v3); set export.ollama=false to export the GGUF alone",
+         files={"data.jsonl": GOOD, "colon.jinja": (
+             b"{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"
+             b"{% if add_generation_prompt %}<|im_start|>assistant: {% endif %}")}),
     Case("chat-template-file-missing", (*DATA, "model.chat_template=mine.jinja"),
          "error: model.chat_template='mine.jinja': no such file", files={"data.jsonl": GOOD}),
     Case("package-not-installed", (*DATA, "model.source=package:no_such_pkg/model.gguf"),

@@ -315,15 +315,10 @@ def phi4_mini_shaped_folder(out: Path) -> Path:
     return out
 
 
-def smollm3_shaped_folder(out: Path) -> Path:
-    """A tiny random SmolLM3 (``SmolLM3ForCausalLM``: Llama's blocks without RoPE in every 4th layer, grouped
-    queries, tied embeddings) with SmolLM3's chat template (llama.cpp's copy) on SmolLM2's tokenizer, the project's
-    own model's, as SmolLM3's (Llama 3's vocabulary with other special tokens, the same ChatML ones) is not offline;
-    saved at ``out``."""
+def smollm3_tokenizer_files(out: Path) -> None:
+    """SmolLM3's chat template (llama.cpp's copy) on SmolLM2's tokenizer, the project's own model's, as SmolLM3's
+    (Llama 3's vocabulary with other special tokens, the same ChatML ones) is not offline; written into ``out``."""
     import shutil
-
-    import torch
-    from transformers import AutoTokenizer, SmolLM3Config, SmolLM3ForCausalLM
 
     from finetune.config import ModelConfig
     from finetune.models import resolve_model_source
@@ -334,6 +329,15 @@ def smollm3_shaped_folder(out: Path) -> Path:
         if f.name.startswith(("tokenizer", "special_tokens")):
             shutil.copy2(f, out / f.name)
     (out / "chat_template.jinja").write_text(llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja"), encoding="utf-8")
+
+
+def smollm3_shaped_folder(out: Path) -> Path:
+    """A tiny random SmolLM3 (``SmolLM3ForCausalLM``: Llama's blocks without RoPE in every 4th layer, grouped
+    queries, tied embeddings) with ``smollm3_tokenizer_files``, saved at ``out``."""
+    import torch
+    from transformers import AutoTokenizer, SmolLM3Config, SmolLM3ForCausalLM
+
+    smollm3_tokenizer_files(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     torch.manual_seed(0)
     config = SmolLM3Config(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=4,

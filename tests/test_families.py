@@ -46,6 +46,7 @@ from .families import (
     gemma3_text_folder,
     phi4_mini_shaped_folder,
     smollm3_shaped_folder,
+    smollm3_tokenizer_files,
 )
 from .llama_cpp_sdist import compare_gguf, convert_with_llama_cpp, expected_ids, llama_cpp_folder, llama_cpps_ids
 from .test_chat import trained_spans
@@ -160,6 +161,23 @@ def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_e
     if renders_by_prefixes(tokenizer):
         assert _spans_by_prefixes(tokenizer, messages, None, full) == _spans_in_full_rendering(
             tokenizer, messages, None, full)
+
+
+def test_smollm3s_turns_are_trained_with_their_end_of_turn_token_and_nothing_else(tmp_path):
+    """SmolLM3's template writes a metadata block around the system message and, in its default thinking mode, each
+    past answer as it is: each assistant turn is trained with its <|im_end|> and the newline after it, nothing of the
+    system block or the questions; both ways of locating turns agree."""
+    smollm3_tokenizer_files(tmp_path)
+    tokenizer = load_tokenizer(str(tmp_path), ModelConfig(source=str(tmp_path)))
+    messages = conversation(3)["messages"]  # a system message and two assistant turns
+    tokenized = tokenize_conversation(tokenizer, messages)
+    assert "## Metadata" in render(tokenizer, messages)
+    assert trained_spans(tokenized) == [tokenizer.encode(m["content"] + "<|im_end|>\n", add_special_tokens=False)
+                                        for m in messages if m["role"] == "assistant"]
+    full = tokenizer.encode(render(tokenizer, messages), add_special_tokens=False)
+    assert renders_by_prefixes(tokenizer)
+    assert _spans_by_prefixes(tokenizer, messages, None, full) == _spans_in_full_rendering(tokenizer, messages, None,
+                                                                                            full)
 
 
 def test_gemma_3s_tokenizer_gives_llama_cpps_expected_ids_of_gemma_4s(tokenizers):

@@ -73,7 +73,8 @@ def tokenizer():
     return load_tokenizer(resolve_model_source(cfg), cfg)
 
 
-def go_render(template: str, messages: list[dict]) -> str:
+def go_render(template: str, messages: list[dict] | dict[str, str]) -> str:
+    """``template`` rendered by Go with ``messages`` as ``.Messages``, or with a dict's values (``.Prompt``)."""
     proc = subprocess.run(["go", "run", str(GO_RENDERER), template], input=json.dumps(messages),
                           capture_output=True, text=True, check=True, timeout=120)
     return proc.stdout

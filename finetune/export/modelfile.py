@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from finetune.chat import has_chat_template
 from finetune.chat_templates import ALPACA_PROMPTS, InstructionPrompt, adds_bos
 from finetune.errors import UserError
 from finetune.generate import Decoding
@@ -268,6 +269,25 @@ def mistral_family(eos: str, bos: bool, *, system_in_last_turn: bool, separator:
     )
 
 
+def _render_completion(messages: list[Message]) -> str:
+    # Ollama's path for a TEMPLATE without .Messages fills .Prompt with each user message in turn: a completion
+    # request is one, the text as given
+    return "".join(m["content"] for m in messages if m["role"] == "user")
+
+
+def completion_family(eos: str) -> TemplateFamily:
+    """A model without a chat template (a base model trained on plain text): Ollama's raw TEMPLATE, the text passed
+    through as it was trained (BOS the tokenizer's to add, as in training), continued until EOS."""
+    return TemplateFamily(
+        name="completion",
+        go_template="{{ .Prompt }}",
+        render=_render_completion,
+        stop=(eos,) if eos else (),
+        system_block=r"^(?!)",
+        system_refused=lambda system: "the model has no chat template, so nothing would write a system prompt",
+    )
+
+
 def families(tokenizer: Any) -> tuple[TemplateFamily, ...]:
     """Every family a tokenizer's template may be: the fixed ones, and those written with its EOS (the
     instruction prompts, Mistral's)."""
@@ -316,7 +336,10 @@ def _renders_like(tokenizer: Any, family: TemplateFamily, probe: list[Message]) 
 
 
 def template_family(tokenizer: Any) -> TemplateFamily:
-    """The family whose Go template renders every probe exactly like the tokenizer's chat template."""
+    """The family whose Go template renders every probe exactly like the tokenizer's chat template; for a tokenizer
+    without one (plain-text training), text completion."""
+    if not has_chat_template(tokenizer):
+        return completion_family(tokenizer.eos_token or "")
     candidates = families(tokenizer)
     for family in candidates:
         if all(_renders_like(tokenizer, family, p) for p in PROBES):
@@ -354,6 +377,8 @@ def stop_strings(tokenizer: Any) -> tuple[str, ...]:
 def template_default_system(tokenizer: Any, family: TemplateFamily) -> str | None:
     """The system prompt the chat template writes into a conversation that has none (SmolLM2's names itself),
     or None. Ollama renders no system block without a SYSTEM, so the Modelfile must state it to match."""
+    if not has_chat_template(tokenizer):
+        return None
     probe = [{"role": "user", "content": "U1"}]
     text = tokenizer.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
     if family.bos:

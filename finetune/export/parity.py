@@ -11,6 +11,9 @@ model in fp32:
   the Modelfile's TEMPLATE and SYSTEM, token-identical to ``apply_chat_template``; the end-of-turn token that
   training taught the model to emit ends generation in llama.cpp and in the Modelfile.
 
+A model without a chat template (a base model trained on plain text) is measured on held-out texts, continued
+from their first half, and its Modelfile's prompt (the text passed through) held to transformers' tokenization.
+
 The HF side is computed once (``Reference``) and compared with each output type. ``GATES`` holds the thresholds;
 types without an entry (K-quants) are measured and reported, not gated.
 """
@@ -24,7 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from finetune.chat import end_of_turn_id, first_exchange, generation_prompt_ids, render, template_takes
+from finetune.chat import (
+    end_of_turn_id,
+    first_exchange,
+    generation_prompt_ids,
+    has_chat_template,
+    render,
+    template_takes,
+)
 from finetune.data.canonical import Conversation, Message
 from finetune.export.modelfile import TemplateFamily, as_taken
 
@@ -68,8 +78,28 @@ class Reference:
 
 
 def held_out(test: Sequence[Conversation], limit: int) -> list[Conversation]:
-    """Chat conversations of the test split (plain-text rows have no prompt to compare), at most ``limit``."""
-    return [c for c in test if not c.is_text][:limit]
+    """The rows of the test split the gate runs on, at most ``limit``: its chat conversations, or the texts of
+    plain-text data."""
+    return ([c for c in test if not c.is_text] or list(test))[:limit]
+
+
+TEXT_PROMPT_TOKENS = 64  # a held-out text's greedy continuation starts after its first half, at most this many tokens
+
+
+def continuation_prompt(tokenizer: Any, row: Conversation, ids: list[int], max_tokens: int) -> list[int]:
+    """Where a greedy continuation starts: a conversation's first question as the template prompts it, or the
+    first half of a text's tokens (``ids``)."""
+    if row.is_text:
+        return ids[:max(1, min(len(ids) // 2, TEXT_PROMPT_TOKENS))]
+    exchange = first_exchange(row)
+    assert exchange is not None  # held_out keeps chat rows only, or texts only
+    return generation_prompt_ids(tokenizer, exchange[0])[:max_tokens]
+
+
+def stop_token_ids(tokenizer: Any) -> frozenset[int]:
+    """The tokens a greedy continuation ends at: the end-of-turn and EOS; EOS alone without a chat template."""
+    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    return frozenset([end_of_turn_id(tokenizer), *eos] if has_chat_template(tokenizer) else eos)
 
 
 def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversation], max_tokens: int) -> Reference:
@@ -78,8 +108,7 @@ def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
 
     from finetune.chat import tokenize
 
-    stop_ids = frozenset({end_of_turn_id(tokenizer), *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None
-                                                     else [])})
+    stop_ids = stop_token_ids(tokenizer)
     rows, labels, top1 = [], [], []
     nll, count = 0.0, 0
     device = next(model.parameters()).device
@@ -101,10 +130,8 @@ def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
                                      pad_token_id=tokenizer.pad_token_id or sorted(stop_ids)[0], output_scores=True,
                                      return_dict_in_generate=True)
     prompts, greedy, margins = [], [], []
-    for c in conversations:
-        exchange = first_exchange(c)
-        assert exchange is not None  # held_out keeps chat rows only
-        prompt = generation_prompt_ids(tokenizer, exchange[0])[: max_tokens]
+    for c, ids in zip(conversations, rows, strict=True):
+        prompt = continuation_prompt(tokenizer, c, ids, max_tokens)
         with torch.no_grad():
             out = model.generate(torch.tensor([prompt], device=device), attention_mask=torch.ones(1, len(prompt),
                                  dtype=torch.long, device=device), generation_config=greedy_config)
@@ -272,6 +299,8 @@ def template_checks_loaded(llm: Any, tokenizer: Any, family: TemplateFamily | No
     prompt, which is what the model was trained on. A template that takes no system message is checked on the
     cases without one (``as_taken``).
     """
+    if not has_chat_template(tokenizer):
+        return _completion_checks(llm, tokenizer, family)
     cases = {case: as_taken(tokenizer, messages) for case, messages in TEMPLATE_CASES.items()}
     takes_tools = template_takes(tokenizer)[0]
     checks = []
@@ -288,14 +317,38 @@ def template_checks_loaded(llm: Any, tokenizer: Any, family: TemplateFamily | No
         messages = cases["system, one turn"]
         checks.append(_compare("tools", "llama.cpp chat", _llama_cpp_chat_prompt(llm, messages, [_TOOL]),
                                _hf_ids(tokenizer, messages, [_TOOL])))
+    return {"prompts": checks, "stop": _stop_check(llm, eot, family),
+            "tools": "checked" if takes_tools else "the template renders no tools"}
+
+
+# Texts a model without a chat template is prompted with, as a user gives them to Ollama.
+COMPLETION_CASES = {"one line": "What is 12 + 30?", "several lines": "Hello!\nCan you help?\n東京の天気は"}
+
+
+def _completion_checks(llm: Any, tokenizer: Any, family: TemplateFamily | None) -> dict[str, Any]:
+    """A model without a chat template: the prompt Ollama builds from the Modelfile's TEMPLATE (the text, BOS
+    added by llama.cpp's tokenizer where the GGUF says so) equals transformers' tokenization of the text, as
+    training tokenized it; EOS ends generation. No chat path to compare: the GGUF has no template for one."""
+    checks = []
+    if family is not None:
+        for case, text in COMPLETION_CASES.items():
+            rendered = llm.tokenize(family.render([{"role": "user", "content": text}]).encode(), add_bos=True,
+                                    special=True)
+            checks.append(_compare(case, "Modelfile", rendered, tokenizer(text)["input_ids"]))
+    return {"prompts": checks, "stop": _stop_check(llm, tokenizer.eos_token_id, family),
+            "tools": "the model has no chat template"}
+
+
+def _stop_check(llm: Any, eot: int, family: TemplateFamily | None) -> dict[str, Any]:
+    """Whether the token that ends an answer (``eot``) ends generation in llama.cpp and in the Modelfile."""
     import llama_cpp
 
-    eot_is_eog = bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, eot))
     eot_text = llm.detokenize([eot], special=True).decode()
-    stop = {"end_of_turn": eot_text, "id": eot, "llama.cpp ends generation on it": eot_is_eog}
+    stop = {"end_of_turn": eot_text, "id": eot,
+            "llama.cpp ends generation on it": bool(llama_cpp.llama_vocab_is_eog(llm._model.vocab, eot))}
     if family is not None:
         stop["Modelfile stops on it"] = eot_text in family.stop
-    return {"prompts": checks, "stop": stop, "tools": "checked" if takes_tools else "the template renders no tools"}
+    return stop
 
 
 def template_failures(found: dict[str, Any]) -> list[str]:

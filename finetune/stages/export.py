@@ -22,6 +22,7 @@ from finetune.data.canonical import read_split
 from finetune.errors import UserError
 from finetune.export import parity
 from finetune.export.modelfile import (
+    TemplateError,
     modelfile,
     serving_parameters,
     takes_system,
@@ -61,7 +62,12 @@ def check(run: RunConfig) -> None:
         raise ExportError(f"export: {run.model.source}: {e}; to train and merge it without a "
                           "GGUF, leave export out: stages=[validate,train,merge,evaluate]") from None
     if run.export.ollama:
-        family = template_family(tokenizer)
+        try:
+            family = template_family(tokenizer)
+        except TemplateError as e:
+            template = f"model.chat_template={run.model.chat_template!r}" if run.model.chat_template else \
+                run.model.source
+            raise ExportError(f"export: {template}: {e}") from None
         if run.export.system_prompt and (why := family.system_refused(run.export.system_prompt)):
             raise ExportError(f"export.system_prompt: {why}; change it, or set export.ollama=false")
     if run.export.system_prompt and not takes_system(tokenizer):

@@ -1,5 +1,7 @@
 // Renders an Ollama-style TEMPLATE with Go's text/template, the engine Ollama uses.
 // Usage: go run main.go TEMPLATE < messages.json
+// stdin: a JSON list of messages (the template gets them as .Messages), or a JSON object of the values Ollama's
+// legacy path gives a TEMPLATE without .Messages ({"Prompt": …, "System": …}).
 package main
 
 import (
@@ -15,11 +17,24 @@ type Message struct {
 
 func main() {
 	tmpl := template.Must(template.New("modelfile").Parse(os.Args[1]))
-	var messages []Message
-	if err := json.NewDecoder(os.Stdin).Decode(&messages); err != nil {
+	var raw json.RawMessage
+	if err := json.NewDecoder(os.Stdin).Decode(&raw); err != nil {
 		panic(err)
 	}
-	data := map[string]any{"Messages": messages}
+	var data any
+	if len(raw) > 0 && raw[0] == '[' {
+		var messages []Message
+		if err := json.Unmarshal(raw, &messages); err != nil {
+			panic(err)
+		}
+		data = map[string]any{"Messages": messages}
+	} else {
+		var values map[string]any
+		if err := json.Unmarshal(raw, &values); err != nil {
+			panic(err)
+		}
+		data = values
+	}
 	if err := tmpl.Execute(os.Stdout, data); err != nil {
 		panic(err)
 	}

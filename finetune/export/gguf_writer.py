@@ -19,6 +19,7 @@ import os
 import struct
 import tempfile
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -539,12 +540,25 @@ def check_tokenizer(hf_tokenizer: Any, name: str) -> None:
     _vocabulary(hf_tokenizer, hf_tokenizer.name_or_path, log=lambda _: None)
 
 
+# A run's tokenizer is one object, read-only, in every stage (models.load_tokenizer): its tokenizer.json as parsed
+# once, for the pre-run check and for each file written (Gemma's 256k tokens: ~1.7 s a parse).
+_SPECS: weakref.WeakKeyDictionary[Any, dict[str, Any]] = weakref.WeakKeyDictionary()
+
+
+def _tokenizer_spec(hf_tokenizer: Any) -> dict[str, Any]:
+    """The tokenizer's pipeline as tokenizer.json writes it (``{}`` for a tokenizer without one); not to be
+    changed by the caller."""
+    if hf_tokenizer not in _SPECS:
+        backend = getattr(hf_tokenizer, "backend_tokenizer", None)
+        _SPECS[hf_tokenizer] = json.loads(backend.to_str()) if backend is not None else {}
+    return _SPECS[hf_tokenizer]
+
+
 def _vocabulary(hf_tokenizer: Any, where: Path | str, log: Log) -> tuple[str, dict[str, Any], Any]:
     """The tokenizer's llama.cpp kind with its tokenizer.json and the setting that kind needs, after every check
     that llama.cpp would tokenize as it does: ("llama", spec, add_space_prefix) for SentencePiece-style BPE,
     ("gpt2", spec, pre-tokenizer name) for byte-level BPE."""
-    backend = getattr(hf_tokenizer, "backend_tokenizer", None)
-    spec = json.loads(backend.to_str()) if backend is not None else {}
+    spec = _tokenizer_spec(hf_tokenizer)
     model = spec.get("model", {})
     byte_level = '"ByteLevel"' in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
     if model.get("type") == "BPE" and model.get("byte_fallback"):
@@ -569,7 +583,8 @@ def _add_byte_level_vocab(
     import gguf
 
     tokens, types = _token_list(hf_tokenizer, spec["model"]["vocab"], n_vocab)
-    special_vocab = gguf.SpecialVocab(model_dir, n_vocab=n_vocab)  # special ids and the chat template
+    # special ids and the chat template; the merges from the pairs already parsed (``_gguf_merges``)
+    special_vocab = gguf.SpecialVocab(model_dir, load_merges=False, n_vocab=n_vocab)
     special_vocab.merges = _gguf_merges(spec["model"]["merges"])
     _record_bos_eos(hf_tokenizer, special_vocab)
 

@@ -353,8 +353,8 @@ def phi4_mini_tokenizer_files(out: Path) -> None:
     def text(token: bytes) -> str:
         return "".join(to_text[b] for b in token)
 
-    merges = [tuple(map(text, _merge_of(token, rank, ranks))) for token, rank in sorted(ranks.items(), key=lambda kv:
-                                                                                           kv[1]) if len(token) > 1]
+    by_rank = sorted(ranks.items(), key=lambda item: item[1])
+    merges = [tuple(map(text, _merge_of(token, rank, ranks))) for token, rank in by_rank if len(token) > 1]
     tokenizer = Tokenizer(models.BPE(vocab={text(t): r for t, r in ranks.items()}, merges=merges))
     tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(O200K_SPLIT), "isolated"),
                                                        pre_tokenizers.ByteLevel(add_prefix_space=False,

@@ -360,16 +360,16 @@ CASES: list[Case] = [
     # Modelfile's Go template cannot
     Case("system-prompt-the-modelfile-cannot-render", (*DATA, "model.chat_template=smollm3.jinja",
                                                        "export.system_prompt=/no_think"),
-         "error: export.system_prompt: SmolLM3's template reads a /think or /no_think flag out of it, which a Go "
-         "template cannot; change it, or set export.ollama=false",
+         "error: export.system_prompt: SmolLM3's template reads the flag /no_think out of it, which a Go template "
+         "cannot; change it, or set export.ollama=false",
          files={"data.jsonl": GOOD,
                 "smollm3.jinja": lambda cwd: llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja").encode()}),
     # ChatML with "role: " headers: it trains (its turns end in <|im_end|>), but no Modelfile TEMPLATE we verify
     # writes it
     Case("chat-template-no-modelfile-writes", (*DATA, "model.chat_template=colon.jinja"),
          "error: export: model.chat_template='colon.jinja': the model's chat template matches none of the Ollama "
-         "templates we verify (chatml, gemma, llama3, phi3, phi4-mini, smollm3, alpaca, alpaca_en, mistral-nemo, "
-         "mistral, mistral-v0.3, mistral_v3); set export.ollama=false to export the GGUF alone",
+         "templates we verify (chatml, gemma, llama3, phi3, phi4-mini, smollm3, smollm3-hub, alpaca, alpaca_en, "
+         "mistral-nemo, mistral, mistral-v0.3, mistral_v3); set export.ollama=false to export the GGUF alone",
          files={"data.jsonl": GOOD, "colon.jinja": (
              b"{% for m in messages %}<|im_start|>{{ m['role'] }}: {{ m['content'] }}<|im_end|>\n{% endfor %}"
              b"{% if add_generation_prompt %}<|im_start|>assistant: {% endif %}")}),

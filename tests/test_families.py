@@ -163,11 +163,16 @@ def test_each_assistant_turn_is_trained_with_its_end_of_turn_token_and_nothing_e
             tokenizer, messages, None, full)
 
 
-def test_smollm3s_turns_are_trained_with_their_end_of_turn_token_and_nothing_else(tmp_path):
-    """SmolLM3's template writes a metadata block around the system message and, in its default thinking mode, each
-    past answer as it is: each assistant turn is trained with its <|im_end|> and the newline after it, nothing of the
-    system block or the questions; both ways of locating turns agree."""
+@pytest.mark.parametrize("revision", ["llama.cpp's", "the Hub's"])
+def test_smollm3s_turns_are_trained_with_their_end_of_turn_token_and_nothing_else(revision, tmp_path):
+    """SmolLM3's template (both revisions) writes a metadata block around the system message and, in its default
+    thinking mode, each past answer as it is: each assistant turn is trained with its <|im_end|> and the newline
+    after it, nothing of the system block or the questions; both ways of locating turns agree."""
+    from .test_modelfile import SMOLLM3_HUB_TEMPLATE
+
     smollm3_tokenizer_files(tmp_path)
+    if revision == "the Hub's":
+        shutil.copy(SMOLLM3_HUB_TEMPLATE, tmp_path / "chat_template.jinja")
     tokenizer = load_tokenizer(str(tmp_path), ModelConfig(source=str(tmp_path)))
     messages = conversation(3)["messages"]  # a system message and two assistant turns
     tokenized = tokenize_conversation(tokenizer, messages)
@@ -468,6 +473,24 @@ def test_llama32s_dated_template_renders_one_prompt_on_every_day_through_llama_c
     checks = template_checks(tmp_path / "f16.gguf", tokenizer, template_family(tokenizer), None)
     assert not template_failures(checks) and {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
     assert template_family(tokenizer).name == "llama3"
+
+
+def test_smollm3s_hub_template_renders_in_llama_cpp_and_its_modelfile_as_in_training(tmp_path):
+    """Hugging Face's own revision of SmolLM3's template (dated, pinned; ``{% generation %}`` marks; the system block
+    left open without tools) carried by the GGUF: llama.cpp's chat path and the smollm3-hub Modelfile render its
+    prompts token for token as transformers does, and <|im_end|> stops both."""
+    from .test_modelfile import SMOLLM3_HUB_TEMPLATE
+
+    model = smollm3_shaped_folder(tmp_path / "model")
+    shutil.copy(SMOLLM3_HUB_TEMPLATE, model / "chat_template.jinja")
+    cfg = ModelConfig(source=str(model), dtype="float32")
+    load_tokenizer(str(model), cfg).save_pretrained(model)  # as merge saves the run's tokenizer: its clock pinned
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    write_gguf(model, tmp_path / "f16.gguf", "f16", tokenizer=tokenizer, log=lambda _: None)
+    family = template_family(tokenizer)
+    checks = template_checks(tmp_path / "f16.gguf", tokenizer, family, None)
+    assert family.name == "smollm3-hub" and not template_failures(checks)
+    assert {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
 
 
 def test_rope_scaling_llama_cpp_lacks_is_refused_before_training(folders, tmp_path):

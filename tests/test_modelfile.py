@@ -114,33 +114,48 @@ def test_the_alpaca_go_templates_render_like_their_jinja_with_the_models_eos(nam
         assert go_render(family.go_template, messages) == expected == family.render(messages)
 
 
+# Hugging Face's own revision of SmolLM3's chat template (its chat_template.jinja, dated, with tools and
+# /system_override), as huggingface/swift-jinja's integration tests quote it (Tests/JinjaTests/IntegrationTests.swift
+# at e095395); llama.cpp's models/templates hold Unsloth's edit of it, and the Hub is out of reach.
+SMOLLM3_HUB_TEMPLATE = Path(__file__).parent / "data" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja"
+
+
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (apt-get install golang-go; CI installs it)")
-def test_smollm3s_go_template_renders_like_its_chat_template_and_refuses_what_it_cannot_render(tokenizer):
-    """SmolLM3's template as llama.cpp ships it (a metadata system block always, the conversation's system message
-    or a default naming SmolLM), on SmolLM2's tokenizer (the same ChatML tokens): Go renders every conversation as
-    it does. A system message with a /think or /no_think flag or trailing whitespace, which the template rewrites
-    and Go cannot, is refused for the Modelfile."""
-    from finetune.export.modelfile import SMOLLM3
+@pytest.mark.parametrize(("revision", "flags"), [("llama.cpp's", ("/no_think", "/think")),
+                                                 ("the Hub's", ("/no_think", "/think", "/system_override"))])
+def test_smollm3s_go_template_renders_like_its_chat_template_and_refuses_what_it_cannot_render(tokenizer, revision,
+                                                                                               flags):
+    """SmolLM3's template — as llama.cpp ships it, and Hugging Face's own, which writes today's date (pinned) and
+    leaves the system block open without tools — on SmolLM2's tokenizer (the same ChatML tokens): each is its own
+    family, and Go renders every conversation as the template does. A system message with a flag the template reads
+    out of it, or trailing whitespace, which the template rewrites and Go cannot, is refused for the Modelfile."""
+    from finetune.chat_templates import pin_clock
+    from finetune.export.modelfile import SMOLLM3, SMOLLM3_HUB
 
     from .llama_cpp_sdist import llama_cpp_template
 
     smollm3 = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)
-    smollm3.chat_template = llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja")
-    assert template_family(smollm3) is SMOLLM3 and template_default_system(smollm3, SMOLLM3) is None
+    hub = revision == "the Hub's"
+    family = SMOLLM3_HUB if hub else SMOLLM3
+    smollm3.chat_template = pin_clock(SMOLLM3_HUB_TEMPLATE.read_text(encoding="utf-8") if hub else
+                                      llama_cpp_template("HuggingFaceTB-SmolLM3-3B.jinja"))
+    assert template_family(smollm3) is family and template_default_system(smollm3, family) is None
     multi_turn = conversation(3)["messages"][:-1]
     tool = [*multi_turn[:3], {"role": "tool", "content": '{"status": "ok"}'}]
     empty_system = [{"role": "system", "content": ""}, *multi_turn[1:]]
-    for messages in (*PROBES, multi_turn, multi_turn[1:], tool, empty_system):
+    for messages in (*PROBES, multi_turn, multi_turn[1:], multi_turn[1:2], tool, empty_system):
         expected = smollm3.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        assert go_render(SMOLLM3.go_template, messages) == expected == SMOLLM3.render(messages)
-    for system, why in (("S1 /no_think", "a /think or /no_think flag"), ("S1 /think", "a /think or /no_think flag"),
-                        ("S1\n", "its trailing whitespace")):
+        assert go_render(family.go_template, messages) == expected == family.render(messages)
+    assert ("Today Date: 26 July 2024\n" in expected) is hub and ("<|im_end|>" in expected.split("<|im_start|>")[1]) \
+        is not hub  # the Hub's closes the system block only where it lists tools
+    for system in [f"S1 {flag}" for flag in flags] + ["S1\n"]:
+        why = f"the flag {system[3:]}" if system.strip() != "S1" else "its trailing whitespace"
         messages = [{"role": "system", "content": system}, *PROBES[0][1:]]
-        assert go_render(SMOLLM3.go_template, messages) != smollm3.apply_chat_template(
+        assert go_render(family.go_template, messages) != smollm3.apply_chat_template(
             messages, tokenize=False, add_generation_prompt=True)
         with pytest.raises(TemplateError, match=f"cannot be written for Ollama: SmolLM3's template .*{why}"):
-            modelfile("m.gguf", SMOLLM3, system, {})
-    assert SMOLLM3.system_refused("丁寧に答えてください。") is CHATML.system_refused("S1 /no_think") is None
+            modelfile("m.gguf", family, system, {})
+    assert family.system_refused("丁寧に答えてください。") is CHATML.system_refused("S1 /no_think") is None
 
 
 def test_smollm2_is_chatml_and_an_unknown_template_is_refused(tokenizer):

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from finetune.chat import has_chat_template
-from finetune.chat_templates import ALPACA_PROMPTS, InstructionPrompt, adds_bos
+from finetune.chat_templates import ALPACA_PROMPTS, PINNED_DATE, InstructionPrompt, adds_bos
 from finetune.errors import UserError
 from finetune.generate import Decoding
 
@@ -148,11 +148,12 @@ PHI4_MINI = TemplateFamily(
     system_block=r"^(?!)",  # Phi-4-mini's template writes no default system prompt
 )
 # SmolLM3: ChatML turns under a system block that always holds the template's metadata, then the conversation's
-# system message, else a default naming SmolLM. The template reads "/think" and "/no_think" out of the system
-# message (and strips its trailing whitespace), which Go's template language cannot: the Go template renders the
-# template's default, thinking mode, and a system message it would render otherwise is refused (``system_refused``).
-_SMOLLM3_HEADER = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\nReasoning Mode: /think\n\n"
-                   "## Custom Instructions\n\n")
+# system message, else a default naming SmolLM. The template reads flags ("/think", "/no_think"; Hugging Face's
+# revision also "/system_override") out of the system message and strips its trailing whitespace, which Go's template
+# language cannot: the Go template renders the template's default, thinking mode, and a system message it would
+# render otherwise is refused (``system_refused``). Two revisions: llama.cpp's copy (Unsloth's edit for inference
+# engines) closes the system block; Hugging Face's own writes today's date (pinned: ``chat_templates.pin_clock``)
+# and closes the block only in its tools section, so a conversation without tools leaves it open.
 _SMOLLM3_DEFAULT_SYSTEM = (
     "You are a helpful AI assistant named SmolLM, trained by Hugging Face. Your role as an assistant involves "
     "thoroughly exploring questions through a systematic thinking process before providing the final precise and "
@@ -167,37 +168,48 @@ _SMOLLM3_DEFAULT_SYSTEM = (
     "logical, accurate, and concise and detail necessary steps needed to reach the conclusion.")
 
 
-def _smollm3_system_refused(system: str) -> str | None:
-    if re.search("/(no_)?think", system):
-        return "SmolLM3's template reads a /think or /no_think flag out of it, which a Go template cannot"
-    if system != system.rstrip():
-        return "SmolLM3's template strips its trailing whitespace, which a Go template cannot"
-    return None
+def smollm3_family(name: str, dated: bool, closes_system: bool, flags: tuple[str, ...]) -> TemplateFamily:
+    """A revision of SmolLM3's template: ``dated``, its metadata has today's date (pinned); ``closes_system``, the
+    system block ends in <|im_end|>; ``flags``, what it reads out of a system message."""
+    today = f"Today Date: {PINNED_DATE.strftime('%d %B %Y')}\n" if dated else ""
+    header = ("<|im_start|>system\n## Metadata\n\nKnowledge Cutoff Date: June 2025\n" + today +
+              "Reasoning Mode: /think\n\n## Custom Instructions\n\n")
+    end_of_system = "\n\n<|im_end|>\n" if closes_system else "\n\n"
+
+    def render(messages: list[Message]) -> str:
+        system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
+        turns = "".join(f"<|im_start|>{'assistant' if m['role'] == 'assistant' else 'user'}\n{m['content']}"
+                        "<|im_end|>\n" for m in messages if m["role"] in ("user", "assistant", "tool"))
+        return f"{header}{system or _SMOLLM3_DEFAULT_SYSTEM}{end_of_system}{turns}<|im_start|>assistant\n"
+
+    def system_refused(system: str) -> str | None:
+        if found := [flag for flag in flags if flag in system]:
+            return f"SmolLM3's template reads the flag {found[0]} out of it, which a Go template cannot"
+        if system != system.rstrip():
+            return "SmolLM3's template strips its trailing whitespace, which a Go template cannot"
+        return None
+
+    return TemplateFamily(
+        name=name,
+        go_template=(
+            '{{- $system := "" }}{{- with .Messages }}{{- $first := index . 0 }}'
+            '{{- if eq $first.Role "system" }}{{ $system = $first.Content }}{{ end }}{{- end }}' + header +
+            '{{ if $system }}{{ $system }}{{ else }}' + _SMOLLM3_DEFAULT_SYSTEM + '{{ end }}' + end_of_system +
+            '{{ range .Messages }}{{ if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
+            '{{ else if or (eq .Role "user") (eq .Role "tool") }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
+            '{{ end }}{{ end }}<|im_start|>assistant\n'
+        ),
+        render=render,
+        stop=("<|im_end|>", "<|im_start|>"),
+        system_block=r"^(?!)",  # the default system text is the Go template's own
+        system_refused=system_refused,
+    )
 
 
-def _render_smollm3(messages: list[Message]) -> str:
-    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else ""
-    turns = "".join(f"<|im_start|>{'assistant' if m['role'] == 'assistant' else 'user'}\n{m['content']}<|im_end|>\n"
-                    for m in messages if m["role"] in ("user", "assistant", "tool"))
-    return f"{_SMOLLM3_HEADER}{system or _SMOLLM3_DEFAULT_SYSTEM}\n\n<|im_end|>\n{turns}<|im_start|>assistant\n"
-
-
-SMOLLM3 = TemplateFamily(
-    name="smollm3",
-    go_template=(
-        '{{- $system := "" }}{{- with .Messages }}{{- $first := index . 0 }}'
-        '{{- if eq $first.Role "system" }}{{ $system = $first.Content }}{{ end }}{{- end }}' + _SMOLLM3_HEADER +
-        '{{ if $system }}{{ $system }}{{ else }}' + _SMOLLM3_DEFAULT_SYSTEM + '{{ end }}\n\n<|im_end|>\n'
-        '{{ range .Messages }}{{ if eq .Role "assistant" }}<|im_start|>assistant\n{{ .Content }}<|im_end|>\n'
-        '{{ else if or (eq .Role "user") (eq .Role "tool") }}<|im_start|>user\n{{ .Content }}<|im_end|>\n'
-        '{{ end }}{{ end }}<|im_start|>assistant\n'
-    ),
-    render=_render_smollm3,
-    stop=("<|im_end|>", "<|im_start|>"),
-    system_block=r"^(?!)",  # the default system text is the Go template's own
-    system_refused=_smollm3_system_refused,
-)
-FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3, PHI4_MINI, SMOLLM3)
+SMOLLM3 = smollm3_family("smollm3", dated=False, closes_system=True, flags=("/no_think", "/think"))
+SMOLLM3_HUB = smollm3_family("smollm3-hub", dated=True, closes_system=False,
+                             flags=("/no_think", "/think", "/system_override"))
+FAMILIES = (CHATML, GEMMA, LLAMA3, PHI3, PHI4_MINI, SMOLLM3, SMOLLM3_HUB)
 
 
 def _render_instruction(prompt: InstructionPrompt, eos: str, messages: list[Message]) -> str:

@@ -402,6 +402,12 @@ def phi4_mini_folder(out: Path) -> Path:
     return out
 
 
+# Hugging Face's own revision of SmolLM3's chat template (its chat_template.jinja, dated, with tools and
+# /system_override), as huggingface/swift-jinja's integration tests quote it (Tests/JinjaTests/IntegrationTests.swift
+# at e095395); llama.cpp's models/templates hold Unsloth's edit of it, and the Hub is out of reach.
+SMOLLM3_HUB_TEMPLATE = Path(__file__).parent / "data" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja"
+
+
 def smollm3_tokenizer_files(out: Path) -> None:
     """SmolLM3's chat template (llama.cpp's copy) on SmolLM2's tokenizer, the project's own model's, as SmolLM3's
     (Llama 3's vocabulary with other special tokens, the same ChatML ones) is not offline; written into ``out``."""

@@ -44,6 +44,7 @@ def llama_cpp_template(name: str) -> str:
     """A chat template as llama.cpp ships it (``models/templates/NAME``, e.g. ``HuggingFaceTB-SmolLM3-3B.jinja``)."""
     return (llama_cpp_folder() / "models" / "templates" / name).read_text("utf-8")
 
+
 def _unpack(root: Path) -> None:
     sdist = CACHE / f"llama_cpp_python-{VERSION}.tar.gz"
     if not sdist.is_file():

@@ -43,6 +43,7 @@ from .families import (
     _LLAMA_PROJECTIONS,
     FAMILIES,
     O200K_SPLIT,
+    SMOLLM3_HUB_TEMPLATE,
     Family,
     gemma3_text_folder,
     smollm3_shaped_folder,
@@ -168,8 +169,6 @@ def test_smollm3s_turns_are_trained_with_their_end_of_turn_token_and_nothing_els
     """SmolLM3's template (both revisions) writes a metadata block around the system message and, in its default
     thinking mode, each past answer as it is: each assistant turn is trained with its <|im_end|> and the newline
     after it, nothing of the system block or the questions; both ways of locating turns agree."""
-    from .test_modelfile import SMOLLM3_HUB_TEMPLATE
-
     smollm3_tokenizer_files(tmp_path)
     if revision == "the Hub's":
         shutil.copy(SMOLLM3_HUB_TEMPLATE, tmp_path / "chat_template.jinja")
@@ -454,6 +453,20 @@ def test_the_modelfile_renders_in_go_like_the_chat_template(family, tokenizers):
         assert bos + chosen.render(messages) == expected
 
 
+def gguf_carrying(model: Path, template: Path, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    """``model`` with ``template`` as its chat template, its tokenizer saved as merge saves a run's (the template's
+    clock pinned), written as an f16 GGUF that carries the template: the tokenizer reloaded, and the parity gate's
+    prompt and stop checks of that file through llama.cpp's chat path and the template's Modelfile family."""
+    shutil.copy(template, model / "chat_template.jinja")
+    load_tokenizer(str(model), ModelConfig(source=str(model), dtype="float32")).save_pretrained(model)
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    write_gguf(model, tmp_path / "f16.gguf", "f16", tokenizer=tokenizer, log=lambda _: None)
+    assert gguf_header(tmp_path / "f16.gguf")[0]["tokenizer.chat_template"] == tokenizer.chat_template
+    checks = template_checks(tmp_path / "f16.gguf", tokenizer, template_family(tokenizer), None)
+    assert not template_failures(checks) and {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
+    return tokenizer, checks
+
+
 def test_llama32s_dated_template_renders_one_prompt_on_every_day_through_llama_cpp_and_ollama(folders, tmp_path):
     """Llama 3.2's template writes today's date (strftime_now): pinned to its own fallback date when the run loads
     the tokenizer, the template the merged model saves and its GGUF carries renders, in llama.cpp (which has a clock
@@ -461,17 +474,10 @@ def test_llama32s_dated_template_renders_one_prompt_on_every_day_through_llama_c
     model = tmp_path / "llama3.2"
     shutil.copytree(folders("llama3"), model)
     template = llama_cpp_folder() / "models" / "templates" / "meta-llama-Llama-3.2-3B-Instruct.jinja"
-    shutil.copy(template, model / "chat_template.jinja")
     assert "strftime_now(" in template.read_text("utf-8")
-    cfg = ModelConfig(source=str(model), dtype="float32")
-    load_tokenizer(str(model), cfg).save_pretrained(model)  # as merge saves the run's tokenizer with the model
-    tokenizer = AutoTokenizer.from_pretrained(model)
+    tokenizer, _ = gguf_carrying(model, template, tmp_path)
     prompt = render(tokenizer, [{"role": "user", "content": "Hi"}], add_generation_prompt=True)
     assert "Today Date: 26 Jul 2024\n" in prompt  # whatever today is
-    write_gguf(model, tmp_path / "f16.gguf", "f16", tokenizer=tokenizer, log=lambda _: None)
-    assert gguf_header(tmp_path / "f16.gguf")[0]["tokenizer.chat_template"] == tokenizer.chat_template
-    checks = template_checks(tmp_path / "f16.gguf", tokenizer, template_family(tokenizer), None)
-    assert not template_failures(checks) and {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
     assert template_family(tokenizer).name == "llama3"
 
 
@@ -479,18 +485,9 @@ def test_smollm3s_hub_template_renders_in_llama_cpp_and_its_modelfile_as_in_trai
     """Hugging Face's own revision of SmolLM3's template (dated, pinned; ``{% generation %}`` marks; the system block
     left open without tools) carried by the GGUF: llama.cpp's chat path and the smollm3-hub Modelfile render its
     prompts token for token as transformers does, and <|im_end|> stops both."""
-    from .test_modelfile import SMOLLM3_HUB_TEMPLATE
-
-    model = smollm3_shaped_folder(tmp_path / "model")
-    shutil.copy(SMOLLM3_HUB_TEMPLATE, model / "chat_template.jinja")
-    cfg = ModelConfig(source=str(model), dtype="float32")
-    load_tokenizer(str(model), cfg).save_pretrained(model)  # as merge saves the run's tokenizer: its clock pinned
-    tokenizer = AutoTokenizer.from_pretrained(model)
-    write_gguf(model, tmp_path / "f16.gguf", "f16", tokenizer=tokenizer, log=lambda _: None)
-    family = template_family(tokenizer)
-    checks = template_checks(tmp_path / "f16.gguf", tokenizer, family, None)
-    assert family.name == "smollm3-hub" and not template_failures(checks)
-    assert {c["via"] for c in checks["prompts"]} == {"llama.cpp chat", "Modelfile"}
+    tokenizer, checks = gguf_carrying(smollm3_shaped_folder(tmp_path / "model"), SMOLLM3_HUB_TEMPLATE, tmp_path)
+    assert template_family(tokenizer).name == "smollm3-hub"
+    assert checks["stop"]["end_of_turn"] == "<|im_end|>" and checks["stop"]["Modelfile stops on it"]
 
 
 def test_rope_scaling_llama_cpp_lacks_is_refused_before_training(folders, tmp_path):

@@ -114,12 +114,6 @@ def test_the_alpaca_go_templates_render_like_their_jinja_with_the_models_eos(nam
         assert go_render(family.go_template, messages) == expected == family.render(messages)
 
 
-# Hugging Face's own revision of SmolLM3's chat template (its chat_template.jinja, dated, with tools and
-# /system_override), as huggingface/swift-jinja's integration tests quote it (Tests/JinjaTests/IntegrationTests.swift
-# at e095395); llama.cpp's models/templates hold Unsloth's edit of it, and the Hub is out of reach.
-SMOLLM3_HUB_TEMPLATE = Path(__file__).parent / "data" / "templates" / "HuggingFaceTB-SmolLM3-3B.jinja"
-
-
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs Go (apt-get install golang-go; CI installs it)")
 @pytest.mark.parametrize(("revision", "flags"), [("llama.cpp's", ("/no_think", "/think")),
                                                  ("the Hub's", ("/no_think", "/think", "/system_override"))])
@@ -132,6 +126,7 @@ def test_smollm3s_go_template_renders_like_its_chat_template_and_refuses_what_it
     from finetune.chat_templates import pin_clock
     from finetune.export.modelfile import SMOLLM3, SMOLLM3_HUB
 
+    from .families import SMOLLM3_HUB_TEMPLATE
     from .llama_cpp_sdist import llama_cpp_template
 
     smollm3 = tokenizer.__class__.from_pretrained(tokenizer.name_or_path)

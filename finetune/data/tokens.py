@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from finetune.chat import IGNORE_INDEX, generation_prompt_ids, render, tokenize
+from finetune.chat import IGNORE_INDEX, generation_prompt_ids, has_chat_template, render, tokenize
 from finetune.data.canonical import Conversation, DataError, without_weights
 
 CHUNK = 4096
@@ -90,7 +90,7 @@ def fast_template(tokenizer: Any) -> FastTemplate | None:
     """The template's answer frame, or None when the template does not render every assistant turn as
     exactly that frame (then every row takes the exact path). Checked on probe conversations against the
     prefix renders that define the spans, and the direct renderer against ``apply_chat_template``."""
-    if not getattr(tokenizer, "chat_template", None) or not isinstance(tokenizer.chat_template, str):
+    if not has_chat_template(tokenizer) or not isinstance(tokenizer.chat_template, str):
         return None
     user = PROBES[0][:1]
     try:

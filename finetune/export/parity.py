@@ -96,7 +96,7 @@ def continuation_prompt(tokenizer: Any, row: Conversation, ids: list[int], max_t
     return generation_prompt_ids(tokenizer, exchange[0])[:max_tokens]
 
 
-def stop_token_ids(tokenizer: Any) -> frozenset[int]:
+def greedy_stop_ids(tokenizer: Any) -> frozenset[int]:
     """The tokens a greedy continuation ends at: the end-of-turn and EOS; EOS alone without a chat template."""
     eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
     return frozenset([end_of_turn_id(tokenizer), *eos] if has_chat_template(tokenizer) else eos)
@@ -108,7 +108,7 @@ def hf_reference(model: Any, tokenizer: Any, conversations: Sequence[Conversatio
 
     from finetune.chat import tokenize
 
-    stop_ids = stop_token_ids(tokenizer)
+    stop_ids = greedy_stop_ids(tokenizer)
     rows, labels, top1 = [], [], []
     nll, count = 0.0, 0
     device = next(model.parameters()).device

@@ -62,6 +62,39 @@ def test_a_correct_f16_passes(model_dir: Path, reference: parity.Reference, tmp_
     assert all(d["hf_margin"] < parity.NEAR_TIE for d in figures["greedy_divergences"]), figures
     assert abs(figures["perplexity"] / reference.perplexity - 1) < 0.01
     assert all(len(g) == parity.GREEDY_TOKENS or g[-1] in reference.stop_ids for g in reference.greedy)
+    assert all(row[:len(p)] == p for row, p in zip(reference.rows, reference.prompts, strict=True))  # reused
+
+
+def test_the_merged_models_continuations_side_by_side_are_its_continuations_one_at_a_time(
+        model_dir: Path, reference: parity.Reference) -> None:
+    """Left-padded side by side, each prompt continues as it does alone, but where the model barely chose (a lead
+    under NEAR_TIE): padding that leaked into attention or positions would part them anywhere."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    for prompt, greedy, margins in zip(reference.prompts, reference.greedy, reference.margins, strict=True):
+        [alone], [alone_margins] = parity._hf_greedy(model, [prompt], reference.stop_ids, None)
+        parted = next((k for k, (a, b) in enumerate(zip(alone, greedy, strict=False)) if a != b), None)
+        if parted is None:
+            assert alone == greedy
+            assert max(abs(a - b) for a, b in zip(alone_margins, margins, strict=True)) < 1e-3
+        else:
+            assert alone_margins[parted] < parity.NEAR_TIE, (parted, alone_margins[parted])
+
+
+def test_prompts_that_do_not_begin_their_rows_are_computed_on_their_own(model_dir: Path, reference: parity.Reference,
+                                                                         tmp_path: Path) -> None:
+    """The gate continues a row's cache cut back to its prompt where the prompt begins the row; another prompt (a
+    template that renders a conversation's first question otherwise than in the whole conversation) is computed
+    in its sequence anew — a cache left holding the row would continue the row's answer, not the prompt."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompts = [row[:len(p)][::-1] for row, p in zip(reference.rows, reference.prompts, strict=True)]  # none a prefix
+    greedy, margins = parity._hf_greedy(model, prompts, reference.stop_ids, None)
+    elsewhere = dataclasses.replace(reference, prompts=prompts, greedy=greedy, margins=margins)
+    gguf = tmp_path / "good.gguf"
+    gguf_writer.write_gguf(model_dir, gguf, "f16", log=lambda _: None)
+    figures = parity.measure(gguf, elsewhere)
+    assert all(row[:len(p)] != p for row, p in zip(elsewhere.rows, prompts, strict=True))
+    assert parity.failures("f16", figures) == [], figures
+    assert all(d["hf_margin"] < parity.NEAR_TIE for d in figures["greedy_divergences"]), figures
 
 
 @pytest.mark.quick

@@ -76,27 +76,43 @@ class GGUFContext:
     decoded side by side: one pass over the weights per step answers every sequence, where one sequence at a time
     reads all of them per token (on a CPU, memory bandwidth is what a step costs)."""
 
-    def __init__(self, model: Any, n_seq: int, seq_ctx: int, n_batch: int = 512) -> None:
+    def __init__(self, model: Any, n_seq: int, seq_ctx: int, n_batch: int = 512, adapter: Any = None,
+                 adapter_scale: float = 1.0, flash_attention: bool | None = None) -> None:
+        """``adapter``: a LoRA adapter llama.cpp has loaded over ``model`` (``Llama(lora_path=…)``'s), applied here;
+        ``flash_attention`` None: llama.cpp's choice for the device."""
+        import ctypes
+
         import llama_cpp
         from llama_cpp._internals import LlamaBatch, LlamaContext
 
+        seq_ctx = -(-seq_ctx // 256) * 256  # llama.cpp pads each sequence's cache to 256 cells, with a warning
         params = llama_cpp.llama_context_default_params()
         params.n_ctx, params.n_seq_max, params.kv_unified = n_seq * seq_ctx, n_seq, False  # a KV stream each
         params.n_batch = params.n_ubatch = n_batch
         params.n_threads = params.n_threads_batch = cpu_threads()
         params.no_perf = True
+        if flash_attention is not None:
+            params.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attention
+                                      else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         with quiet_llama_cpp():
             self.context = LlamaContext(model=model, params=params, verbose=False)
         self.batch = LlamaBatch(n_tokens=n_batch, embd=0, n_seq_max=1, verbose=False)
         self.n_seq, self.seq_ctx, self.n_batch = n_seq, seq_ctx, n_batch
+        if adapter is not None and llama_cpp.llama_set_adapters_lora(
+                self.context.ctx, (llama_cpp.llama_adapter_lora_p_ctypes * 1)(adapter), 1,
+                (ctypes.c_float * 1)(adapter_scale)):
+            self.close()
+            raise RuntimeError("llama.cpp could not apply the LoRA adapter to a new context")
         self.n_vocab = model.n_vocab()
 
-    def decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> list[Any]:
-        """Feed (token, position, sequence, wants logits) entries; the logits of those that want them, in order."""
+    def decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> Any:
+        """Feed (token, position, sequence, wants logits) entries; the logits of those that want them, in order, as
+        the rows of one float32 array."""
         import llama_cpp
         import numpy as np
 
-        out = []
+        out = np.empty((sum(1 for entry in entries if entry[3]), self.n_vocab), dtype=np.float32)
+        done = 0
         batch = self.batch.batch
         for first in range(0, len(entries), self.n_batch):
             chunk = entries[first:first + self.n_batch]
@@ -105,12 +121,18 @@ class GGUFContext:
                 batch.seq_id[i][0] = sequence
             batch.n_tokens = len(chunk)
             self.context.decode(self.batch)
-            out += [np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.context.ctx, i), shape=(self.n_vocab,))
-                    .copy() for i, entry in enumerate(chunk) if entry[3]]
+            if wanted := sum(1 for entry in chunk if entry[3]):  # llama.cpp's outputs, in the order of the batch
+                out[done:done + wanted] = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.context.ctx),
+                                                                shape=(wanted, self.n_vocab))
+                done += wanted
         return out
 
     def clear(self) -> None:
         self.context.kv_cache_clear()
+
+    def truncate(self, sequence: int, length: int) -> None:
+        """Keep the first ``length`` tokens of ``sequence`` in the cache, so that decoding goes on from there."""
+        self.context.kv_cache_seq_rm(sequence, length, -1)
 
     def close(self) -> None:
         with quiet_llama_cpp():
@@ -166,7 +188,7 @@ class LlamaCppModel:
         return self._model
 
     def _context_for(self, n_seq: int, seq_ctx: int) -> GGUFContext:
-        seq_ctx = max(512, -(-seq_ctx // 256) * 256)
+        seq_ctx = max(512, seq_ctx)
         c = self._context
         if c is None or n_seq > c.n_seq or seq_ctx > c.seq_ctx:
             if c is not None:

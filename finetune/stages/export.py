@@ -123,8 +123,7 @@ def _gate(run: RunConfig, ctx: StageContext, merged: Path, files: dict[str, str]
     templates: dict[str, Any] = {}
     for i, (name, out_type, lora) in enumerate(targets):
         t0 = time.monotonic()
-        with parity.llama(ctx.out_dir / (BASE_GGUF if lora else name), parity.context_for(reference),
-                          lora=lora) as llm:
+        with parity.llama(ctx.out_dir / (BASE_GGUF if lora else name), lora=lora) as llm:
             figures = parity.measure_loaded(llm, reference)
             if i == 0:  # the first file loaded once more would cost its load again (an f16 of several GB)
                 templates = parity.template_checks_loaded(llm, tokenizer, family, system)

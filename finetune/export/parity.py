@@ -180,26 +180,6 @@ def llama(gguf: Path, *, lora: Path | None = None) -> Iterator[Any]:
         llm.close()
 
 
-def _greedy_side_by_side(context: Any, prompts: list[list[int]], last_logits: list[Any], stop_ids: frozenset[int]
-                         ) -> list[list[int]]:
-    """Argmax decoding on llama.cpp's logits (no sampler in between, so a difference is the model's): prompt i is in
-    sequence i of ``context``, with ``last_logits[i]`` its logits at its last token; all of them a step at a time."""
-    import numpy as np
-
-    out: list[list[int]] = [[] for _ in prompts]
-    active, logits = list(range(len(prompts))), last_logits
-    while active:
-        step = []
-        for i, row in zip(active, logits, strict=True):
-            token = int(np.argmax(row))
-            out[i].append(token)
-            if token not in stop_ids and len(out[i]) < GREEDY_TOKENS:
-                step.append((token, len(prompts[i]) + len(out[i]) - 1, i, True))
-        active = [entry[2] for entry in step]
-        logits = context.decode(step) if step else []
-    return out
-
-
 def measure(gguf: Path, reference: Reference, *, lora: Path | None = None) -> dict[str, Any]:
     """How the GGUF (with ``lora`` over it, if given) agrees with the reference."""
     with llama(gguf, lora=lora) as llm:
@@ -213,7 +193,7 @@ def measure_loaded(llm: Any, reference: Reference) -> dict[str, Any]:
     continuations are decoded side by side."""
     import numpy as np
 
-    from finetune.generate.llama_cpp import GGUFContext
+    from finetune.generate.llama_cpp import GGUFContext, continue_side_by_side
 
     seq_ctx = max([*map(len, reference.rows), *(len(p) + GREEDY_TOKENS for p in reference.prompts)])
     context = GGUFContext(llm._model, max(1, len(reference.rows)), seq_ctx, adapter=llm._lora_adapter,
@@ -241,7 +221,9 @@ def measure_loaded(llm: Any, reference: Reference) -> dict[str, Any]:
                 context.truncate(seq, 0)
                 last_logits.append(context.decode([(t, pos, seq, pos == len(prompt) - 1)
                                                    for pos, t in enumerate(prompt)])[0])
-        greedy = _greedy_side_by_side(context, reference.prompts, last_logits, reference.stop_ids)
+        # argmax on llama.cpp's logits, no sampler in between: a difference is the model's
+        greedy = continue_side_by_side(context, reference.prompts, last_logits, lambda _, row, __: int(np.argmax(row)),
+                                       reference.stop_ids, GREEDY_TOKENS)
     finally:
         context.close()
     example = {"hf": llm.detokenize(reference.greedy[0]).decode(errors="replace"),

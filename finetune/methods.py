@@ -180,13 +180,17 @@ def prepare(method: Method, model: Any, gradient_checkpointing: bool) -> Any:
 
 
 def attach(method: Method, run: Any, model: Any, dtype: Any) -> Any:
-    """The loaded base ready to train with ``method``: prepared when quantized, then wrapped in its adapter."""
+    """The loaded base ready to train with ``method``: prepared when quantized, then wrapped in its adapter, whose
+    plain LoRA layers add their product into the base output in one matmul (``finetune.lora_forward``)."""
     model = prepare(method, model, run.train.gradient_checkpointing)
     config = peft_config(method, run.method, model.config)
     if config is None:
         return model
     from peft import get_peft_model
 
+    from finetune import lora_forward
+
     model = sets_sorted(get_peft_model(model, config))
     adapter_in_compute_dtype(method, model, dtype)
+    lora_forward.install(model)
     return model

@@ -26,7 +26,7 @@ from peft.tuners.lora.layer import Linear
 class AddmmLoraLinear(Linear):
     """peft's ``lora.Linear``, its forward as above when ``plain_adapter`` allows."""
 
-    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+    def forward(self, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
         name = plain_adapter(self, x, args, kwargs)
         if name is None:
             return super().forward(x, *args, **kwargs)
@@ -35,7 +35,7 @@ class AddmmLoraLinear(Linear):
         return torch.addmm(result.flatten(0, -2), h.flatten(0, -2), self.lora_B[name].weight.t()).view(result.shape)
 
 
-def plain_adapter(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
+def plain_adapter(layer: Linear, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     """The one active adapter's name when ``layer`` computes plain LoRA on ``x`` alone, in one dtype, else None."""
     if args or kwargs or layer.disable_adapters or layer.merged or len(layer.active_adapters) != 1:
         return None
@@ -48,7 +48,7 @@ def plain_adapter(layer: Any, x: Any, args: tuple, kwargs: dict) -> str | None:
     return name
 
 
-def install(model: Any) -> int:
+def install(model: torch.nn.Module) -> int:
     """Give every plain ``lora.Linear`` of ``model`` this forward, in place: the modules, their weights and names
     stay peft's. Returns how many. DoRA's layers keep peft's: their variant computes its own."""
     layers = [m for m in model.modules() if type(m) is Linear and not m.lora_variant]

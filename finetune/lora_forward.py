@@ -2,8 +2,8 @@
 
 peft computes ``result + lora_B(lora_A(dropout(x))) * scaling``: the adapter's output, as wide as the layer's (1,536
 columns for SmolLM2's MLP), is written, read and written again to scale it, then read with the base output to add
-them, and the backward pass scales its gradient the same way. A rank-16 adapter's products are ~3 % of a
-SmolLM2-135M step's arithmetic, yet with peft's forward the adapter made a CPU step 10–20 % slower than the frozen
+them, and the backward pass scales its gradient the same way. A rank-16 adapter's products are ~6 % of a
+SmolLM2-135M step's arithmetic, yet with peft's forward the adapter made a CPU step 7–18 % slower than the frozen
 model alone: its work is passes over full-width activations and thin matrix products, bound by memory. Here the
 scaling multiplies the rank-r activation instead (a 96th of that width) and ``addmm`` adds ``h @ lora_B.weightᵀ``
 into the base output as it computes it: the same sum, a step 1–3 % faster (``benchmarks/lora_forward.py``). With a

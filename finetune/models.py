@@ -25,7 +25,7 @@ from typing import Any
 from finetune.config import ModelConfig, RunConfig
 from finetune.errors import UserError
 from finetune.gguf_header import gguf_value
-from finetune.paths import cache_dir, cache_key
+from finetune.paths import cache_dir, cache_key, file_digest
 from finetune.pipeline.manifest import umask_mode
 
 log = logging.getLogger(__name__)
@@ -110,8 +110,7 @@ def _convert_gguf(gguf_path: Path) -> Path:
 
 
 def _convert_gguf_once(gguf_path: Path) -> Path:
-    stat = gguf_path.stat()
-    target = cache_dir() / "models" / f"{gguf_path.stem}-{cache_key(str(gguf_path), stat.st_size, stat.st_mtime_ns)}"
+    target = cache_dir() / "models" / f"{gguf_path.stem}-{file_digest(gguf_path)[:16]}"
 
     def build(out: Path) -> None:
         import torch

@@ -5,6 +5,7 @@ OpenAI-compatible server — llama-cpp-python's, running the embedded SmolLM2 GG
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -120,8 +121,9 @@ def test_an_unparseable_judgement_is_unscored_not_zero(judge_url):
 
 
 def test_a_judge_served_as_f16_is_written_once_and_then_read_from_the_cache(tmp_path, monkeypatch):
-    """eval.judge.serve_as: the judge's weights are written again once per version of its file and kept in the
-    cache; a later run serves that copy, and another file (here a copy of the same bytes) is written anew."""
+    """eval.judge.serve_as: the judge's weights are written again once per content of its file and kept in the
+    cache; a later run serves that copy, as does the same file installed elsewhere (a new virtual environment),
+    and a file with other bytes is written anew."""
     from finetune.export import gguf_writer
 
     monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / "cache"))
@@ -139,5 +141,8 @@ def test_a_judge_served_as_f16_is_written_once_and_then_read_from_the_cache(tmp_
     monkeypatch.setattr(gguf_writer, "llama_quantize", quantizer_called)
     assert written_as(source, "f16") == served and served.stat().st_mtime_ns == kept
     copy = shutil.copy(source, tmp_path / source.name)
+    assert written_as(copy, "f16") == served
+    with Path(copy).open("ab") as f:
+        f.write(b"\0")
     with pytest.raises(AssertionError, match="written again"):
         written_as(copy, "f16")

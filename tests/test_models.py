@@ -25,6 +25,28 @@ def test_embedded_gguf_is_converted_once_to_a_safetensors_folder():
 
 
 @pytest.mark.quick
+def test_the_same_gguf_installed_elsewhere_is_not_converted_again(tmp_path, monkeypatch):
+    """The conversion is keyed by the file's bytes, not its place: a new virtual environment installs the same GGUF
+    at another path with another mtime, and finds the copy made before (each copy is ~0.5 GB for SmolLM2)."""
+    import shutil
+
+    from finetune import models
+
+    folder = resolve_model_source(ModelConfig(source=EMBEDDED))
+    copy = shutil.copy(models.package_file(EMBEDDED), tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+    def converted(*args):
+        raise AssertionError(f"converted again: {args}")
+
+    monkeypatch.setattr(models, "_materialize", lambda target, build: target if target.is_dir() else converted(target))
+    assert resolve_model_source(ModelConfig(source=str(copy))) == folder
+    with open(copy, "ab") as f:  # other bytes: another model
+        f.write(b"\0")
+    with pytest.raises(ModelSourceError, match="converted again"):
+        resolve_model_source(ModelConfig(source=str(copy)))
+
+
+@pytest.mark.quick
 def test_a_tokenizer_is_parsed_once_per_content_not_per_folder(tmp_path):
     import shutil
     from pathlib import Path

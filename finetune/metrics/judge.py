@@ -77,17 +77,17 @@ def endpoint(cfg: JudgeConfig, what: str = "judge") -> Iterator[str]:
 
 
 def written_as(gguf: Path, out_type: str) -> Path:
-    """``gguf``'s weights written again as ``out_type`` by llama.cpp's quantizer, once per version of the file and
-    of llama.cpp: kept in the cache, as a GGUF model source's safetensors copy is (2 s a run for SmolLM2, more for a
-    larger judge, and again in every trial of a sweep). Written beside its place, then renamed: never half there."""
+    """``gguf``'s weights written again as ``out_type`` by llama.cpp's quantizer, once per content of the file and
+    version of llama.cpp: kept in the cache, as a GGUF model source's safetensors copy is (2 s a run for SmolLM2,
+    more for a larger judge, and again in every trial of a sweep). Written beside its place, then renamed: never
+    half there."""
     import llama_cpp
 
     from finetune.export.gguf_writer import llama_quantize, temp_path
-    from finetune.paths import cache_dir, cache_key
+    from finetune.paths import cache_dir, cache_key, file_digest
     from finetune.pipeline.manifest import umask_mode
 
-    stat = gguf.stat()
-    key = cache_key(str(gguf), stat.st_size, stat.st_mtime_ns, out_type, llama_cpp.__version__)
+    key = cache_key(file_digest(gguf), out_type, llama_cpp.__version__)
     target = cache_dir() / "judges" / f"{gguf.stem}-{key}.{out_type}.gguf"
     if target.is_file():
         return target

@@ -6,6 +6,7 @@ inside ``finetune/`` (pyproject's force-include). Nothing here depends on the cu
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,5 +50,6 @@ def file_digest(path: Path) -> str:
         return memo.read_text(encoding="utf-8")
     with path.open("rb") as f:
         digest = hashlib.file_digest(f, "sha256").hexdigest()
-    atomic_write_text(memo, digest)
+    with contextlib.suppress(OSError):  # a cache others filled, read-only here: hashed again next time
+        atomic_write_text(memo, digest)
     return digest

@@ -47,6 +47,25 @@ def test_the_same_gguf_installed_elsewhere_is_not_converted_again(tmp_path, monk
 
 
 @pytest.mark.quick
+def test_a_files_digest_is_remembered_and_a_cache_it_cannot_write_is_only_read(tmp_path, monkeypatch):
+    import hashlib
+
+    from finetune.paths import file_digest
+
+    model = tmp_path / "model.gguf"
+    model.write_bytes(b"GGUF weights")
+    truth = hashlib.sha256(b"GGUF weights").hexdigest()
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / "cache"))
+    assert file_digest(model) == truth
+    [memo] = (tmp_path / "cache" / "digests").iterdir()
+    memo.write_text("remembered")  # read back, not hashed again, while the file's path, size and mtime stand
+    assert file_digest(model) == "remembered"
+    (tmp_path / "blocked").write_text("a file where the cache's folder would be")
+    monkeypatch.setenv("FINETUNE_CACHE", str(tmp_path / "blocked"))
+    assert file_digest(model) == truth
+
+
+@pytest.mark.quick
 def test_a_tokenizer_is_parsed_once_per_content_not_per_folder(tmp_path):
     import shutil
     from pathlib import Path

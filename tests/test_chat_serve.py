@@ -122,6 +122,60 @@ def test_gguf_answers_are_reproducible_and_start_from_the_training_prompt(tiny_r
         assert greedy == [[int(hf(torch.tensor([p])).logits[0, -1].argmax())] for p in ids]
 
 
+def test_prompts_that_end_early_leave_the_others_side_by_side_in_the_first_sequences(tiny_run):
+    """When some continuations end, those in the highest sequences move into the freed ones (llama.cpp splits a
+    step at every gap between its sequences): each step's sequences are 0 to n-1, and every continuation is the one
+    its prompt gets alone."""
+    from finetune.chat import generation_prompt_ids
+    from finetune.data.canonical import Conversation
+    from finetune.generate.llama_cpp import GGUFContext, continue_side_by_side, open_gguf
+    from finetune.generate.sampling import next_token
+
+    sampled = Decoding(**{**SAMPLED.as_dict(), "max_new_tokens": 16})  # the random model's argmax is newlines
+    tokenizer = _tokenizer(tiny_run.dir)
+    prompts = [generation_prompt_ids(tokenizer, Conversation([{"role": "user", "content": q}], f"t:{i}"))
+               for i, q in enumerate(["請求書の再発行はできますか？", "How do I reset my password?", "Hello",
+                                      "What is the capital of France?", "ログインできません", "Export to CSV, please"])]
+    weights = open_gguf(tiny_run.dir / "export" / "model-f16.gguf")
+
+    def continued(rows: list[list[int]], seeds: list[int], stops: frozenset[int], steps: list[list[int]] | None = None
+                  ) -> list[list[int]]:
+        context = GGUFContext(weights, n_seq=len(rows), seq_ctx=512, flash_attention=False)
+        rngs = [np.random.default_rng(seed) for seed in seeds]
+        decode = context.decode
+        try:
+            last = [decode([(t, pos, i, pos == len(p) - 1) for pos, t in enumerate(p)])[0] for i, p in enumerate(rows)]
+            if steps is not None:
+                context.decode = lambda entries: steps.append([e[2] for e in entries]) or decode(entries)
+            return continue_side_by_side(context, rows, last, lambda i, row, so_far: next_token(
+                row, [*rows[i], *so_far], sampled, rngs[i]), stops, sampled.max_new_tokens)
+        finally:
+            context.close()
+
+    try:
+        seeds = list(range(len(prompts)))
+        free = continued(prompts, seeds, frozenset())
+        # stop tokens that end some continuations early and leave others going: each one's first token that no
+        # other continuation has before it
+        stops = {}
+        for i in (0, 2, 3):
+            for k, token in enumerate(free[i][1:8], 1):
+                if token not in stops.values() and all(token not in other[:k + 1] for j, other in enumerate(free)
+                                                       if j != i):
+                    stops[i] = token
+                    break
+        assert len(stops) >= 2, free
+        steps: list[list[int]] = []
+        together = continued(prompts, seeds, frozenset(stops.values()), steps)
+        alone = [continued([p], [seed], frozenset(stops.values()))[0] for p, seed in zip(prompts, seeds, strict=True)]
+    finally:
+        weights.close()
+    assert together == alone
+    assert min(map(len, together)) < 16 and max(map(len, together)) == 16  # some ended early, others went on
+    assert all(sequences == list(range(len(sequences))) for sequences in steps)
+    assert any(len(a) > len(b) for a, b in zip(steps, steps[1:], strict=False))  # the set shrank on the way
+
+
 def test_chat_once_streams_an_answer_from_the_gguf(tiny_run, tmp_path):
     proc = run_cli("chat", str(tiny_run.dir), "--once", "How do I reset my password?", "--max-new-tokens", "6",
                    cwd=tmp_path)

@@ -134,6 +134,13 @@ class GGUFContext:
         """Keep the first ``length`` tokens of ``sequence`` in the cache, so that decoding goes on from there."""
         self.context.kv_cache_seq_rm(sequence, length, -1)
 
+    def move(self, sequence: int, stream: int) -> None:
+        """``sequence``'s cache moved to sequence ``stream``, whose own is dropped: llama.cpp copies the data between
+        the two streams, so decoding goes on there as it would have in the first."""
+        self.context.kv_cache_seq_rm(stream, -1, -1)
+        self.context.kv_cache_seq_cp(sequence, stream, -1, -1)
+        self.context.kv_cache_seq_rm(sequence, -1, -1)
+
     def close(self) -> None:
         with quiet_llama_cpp():
             self.batch.close()
@@ -145,22 +152,34 @@ def continue_side_by_side(context: GGUFContext, prompts: Sequence[list[int]], la
                           on_token: Callable[[int, int], None] | None = None) -> list[list[int]]:
     """Prompt i, in sequence i of ``context`` with ``last_logits[i]`` its logits at its last token, continued a token
     at a time, all of them side by side: ``choose(i, logits, so_far)`` picks its next token, until a stop token (kept,
-    last) or ``limit`` tokens; ``on_token(i, token)`` sees each other token as it comes."""
+    last) or ``limit`` tokens; ``on_token(i, token)`` sees each other token as it comes.
+
+    The prompts still going stay in sequences 0 to n-1: when some end, those in the highest sequences move into the
+    freed ones. llama.cpp decodes a step in one pass over the weights only while its sequences' streams are
+    neighbours, and splits it at every gap: 12 sequences at position 435 with four gaps took 137 ms a step here, the
+    same 12 side by side 61 ms (the base SmolLM2's 18 support_bot answers: 40.9 s → 26.0 s, every answer the same)."""
     out: list[list[int]] = [[] for _ in prompts]
+    sequence = list(range(len(prompts)))  # where prompt i's cache is now
     active, logits = list(range(len(prompts))), last_logits
     while active:
-        step = []
+        going, ended = [], []
         for i, row in zip(active, logits, strict=True):
             token = choose(i, row, out[i])
             out[i].append(token)
             if token in stops:
+                ended.append(i)
                 continue
             if on_token is not None:
                 on_token(i, token)
-            if len(out[i]) < limit:
-                step.append((token, len(prompts[i]) + len(out[i]) - 1, i, True))
-        active = [entry[2] for entry in step]
-        logits = context.decode(step) if step else []
+            (going if len(out[i]) < limit else ended).append(i)
+        freed = sorted(sequence[i] for i in ended if sequence[i] < len(going))
+        beyond = sorted((i for i in going if sequence[i] >= len(going)), key=sequence.__getitem__)
+        for free, i in zip(freed, beyond, strict=True):
+            context.move(sequence[i], free)
+            sequence[i] = free
+        active = sorted(going, key=sequence.__getitem__)
+        logits = context.decode([(out[i][-1], len(prompts[i]) + len(out[i]) - 1, sequence[i], True)
+                                 for i in active]) if active else []
     return out
 
 

@@ -42,14 +42,13 @@ def file_digest(path: Path) -> str:
     """The sha256 of a file's bytes, what a cache entry made from the file is keyed by: the same model installed
     again (a new virtual environment: another path, another mtime) finds the entry made the first time instead of
     adding another copy. Hashed once per path, size and mtime (a 5 GB GGUF takes ~15 s), remembered in the cache."""
-    from finetune.pipeline.manifest import atomic_write_text
+    from finetune.pipeline.manifest import atomic_write_text, sha256_path
 
     stat = path.stat()
     memo = cache_dir() / "digests" / cache_key(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     if memo.is_file():
         return memo.read_text(encoding="utf-8")
-    with path.open("rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
+    digest = sha256_path(path)
     with contextlib.suppress(OSError):  # a cache others filled, read-only here: hashed again next time
         atomic_write_text(memo, digest)
     return digest

@@ -5,6 +5,7 @@ and ``export.ollama_create``'s commands (Ollama itself is not installable here: 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pty
 import re
@@ -122,10 +123,12 @@ def test_gguf_answers_are_reproducible_and_start_from_the_training_prompt(tiny_r
         assert greedy == [[int(hf(torch.tensor([p])).logits[0, -1].argmax())] for p in ids]
 
 
-def test_prompts_that_end_early_leave_the_others_side_by_side_in_the_first_sequences(tiny_run):
+def test_prompts_that_end_early_leave_the_others_side_by_side_in_the_first_sequences(tiny_run, capfd, monkeypatch):
     """When some continuations end, those in the highest sequences move into the freed ones (llama.cpp splits a
     step at every gap between its sequences): each step's sequences are 0 to n-1, and every continuation is the one
-    its prompt gets alone."""
+    its prompt gets alone. The moves print nothing: llama.cpp logs each copy between streams and the graph it then
+    plans anew (~150 lines), through llama-cpp-python's logger, whose level is unset in a process that made no
+    ``Llama``."""
     from finetune.chat import generation_prompt_ids
     from finetune.data.canonical import Conversation
     from finetune.generate.llama_cpp import GGUFContext, continue_side_by_side, open_gguf
@@ -136,7 +139,9 @@ def test_prompts_that_end_early_leave_the_others_side_by_side_in_the_first_seque
     prompts = [generation_prompt_ids(tokenizer, Conversation([{"role": "user", "content": q}], f"t:{i}"))
                for i, q in enumerate(["請求書の再発行はできますか？", "How do I reset my password?", "Hello",
                                       "What is the capital of France?", "ログインできません", "Export to CSV, please"])]
+    monkeypatch.setattr(logging.getLogger("llama-cpp-python"), "level", logging.NOTSET)
     weights = open_gguf(tiny_run.dir / "export" / "model-f16.gguf")
+    capfd.readouterr()
 
     def continued(rows: list[list[int]], seeds: list[int], stops: frozenset[int], steps: list[list[int]] | None = None
                   ) -> list[list[int]]:
@@ -174,6 +179,7 @@ def test_prompts_that_end_early_leave_the_others_side_by_side_in_the_first_seque
     assert min(map(len, together)) < 16 and max(map(len, together)) == 16  # some ended early, others went on
     assert all(sequences == list(range(len(sequences))) for sequences in steps)
     assert any(len(a) > len(b) for a, b in zip(steps, steps[1:], strict=False))  # the set shrank on the way
+    assert capfd.readouterr().err == ""
 
 
 def test_chat_once_streams_an_answer_from_the_gguf(tiny_run, tmp_path):

@@ -107,7 +107,8 @@ class GGUFContext:
 
     def decode(self, entries: Sequence[tuple[int, int, int, bool]]) -> Any:
         """Feed (token, position, sequence, wants logits) entries; the logits of those that want them, in order, as
-        the rows of one float32 array."""
+        the rows of one float32 array. Quietly: after a ``move`` llama.cpp copies the stream and plans its graph
+        anew, and logs both, ~150 lines."""
         import llama_cpp
         import numpy as np
 
@@ -120,7 +121,8 @@ class GGUFContext:
                 batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = token, position, 1, logits
                 batch.seq_id[i][0] = sequence
             batch.n_tokens = len(chunk)
-            self.context.decode(self.batch)
+            with quiet_llama_cpp():
+                self.context.decode(self.batch)
             if wanted := sum(1 for entry in chunk if entry[3]):  # llama.cpp's outputs, in the order of the batch
                 out[done:done + wanted] = np.ctypeslib.as_array(llama_cpp.llama_get_logits(self.context.ctx),
                                                                 shape=(wanted, self.n_vocab))

@@ -475,7 +475,8 @@ def _check_cross_fields(run: RunConfig) -> None:
         if train.eval_steps is not None and train.save_steps % train.eval_steps:
             raise ConfigError(f"train.save_steps={train.save_steps} must be a multiple of train.eval_steps="
                               f"{train.eval_steps} when the best checkpoint is kept (train.keep_best or "
-                              "train.early_stopping_patience)")
+                              "train.early_stopping_patience): set train.eval_steps to a divisor of "
+                              f"{train.save_steps}")
     if run.export.ollama_create and not run.export.ollama:
         raise ConfigError("export.ollama_create=true needs the Modelfile it loads: set export.ollama=true")
     targets = run.method.target_modules

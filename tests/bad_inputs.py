@@ -229,7 +229,7 @@ CASES: list[Case] = [
     Case("early-stopping-save-not-a-multiple-of-eval", ("train.early_stopping_patience=2", "train.save_steps=50",
                                                        "train.eval_steps=20"),
          "error: train.save_steps=50 must be a multiple of train.eval_steps=20 when the best checkpoint is kept "
-         "(train.keep_best or train.early_stopping_patience)"),
+         "(train.keep_best or train.early_stopping_patience): set train.eval_steps to a divisor of 50"),
     # ── dataset files ──
     Case("malformed-jsonl", (*TINY_MODEL, *DATA),
          "error: data.jsonl:3: invalid JSON: Expecting ':' delimiter (column 23)",

@@ -25,24 +25,22 @@ RESULTS = REPO / "benchmarks" / "results"
 
 
 def seeded_figures(run_dir: str, seeds: list[int]) -> dict:
-    from finetune.chat import first_exchange
     from finetune.data.canonical import read_split
     from finetune.finished_run import FinishedRun
     from finetune.generate.llama_cpp import LlamaCppModel
-    from finetune.metrics import METRICS, Sample
+    from finetune.metrics import METRICS
+    from finetune.stages.evaluate import decoding_for, held_out_samples
 
     finished = FinishedRun.read(run_dir)
     run, tokenizer = finished.run, finished.tokenizer()
-    test = read_split(finished.artifact("validate", "test"))[: run.eval.max_samples]
-    samples = [Sample(prompt, reference["content"]) for c in test if (e := first_exchange(c))
-               for prompt, reference in [e]]
+    samples = held_out_samples(read_split(finished.artifact("validate", "test"))[: run.eval.max_samples])
     metrics = [METRICS[name] for name in run.eval.metrics if METRICS[name].needs == "answers"]
     gguf = finished.gguf(None)
     model = LlamaCppModel(gguf, tokenizer, "tuned")
     by_seed = {}
     try:
         for seed in seeds:
-            decoding = dataclasses.replace(finished.decoding(tokenizer, run.eval.max_new_tokens), seed=seed)
+            decoding = dataclasses.replace(decoding_for(run, tokenizer), seed=seed)
             answers = model.generate([s.prompt for s in samples], decoding)
             by_seed[seed] = {row: value for m in metrics for row, value in m.compute(samples, answers, run.eval)
                              .values.items()}

@@ -23,7 +23,7 @@ from finetune.backends import BACKENDS, lacks
 from finetune.backends.base import LOGPROBS, Asked
 from finetune.chat import first_exchange, tokenize
 from finetune.config import RunConfig
-from finetune.data.canonical import read_split
+from finetune.data.canonical import Conversation, read_split
 from finetune.errors import UserError
 from finetune.export.modelfile import serving_decoding, stop_strings
 from finetune.generate import Answer, Decoding, Generator
@@ -335,11 +335,17 @@ def _remote(run: RunConfig, samples: list[Sample], chosen: list[Metric], answers
     return decoding, left_out
 
 
+def held_out_samples(test: Sequence[Conversation]) -> list[Sample]:
+    """The test split's questions (each conversation up to its first assistant turn) with that turn as reference;
+    none for plain-text rows."""
+    return [Sample(prompt, reference["content"]) for c in test if (e := first_exchange(c))
+            for prompt, reference in [e]]
+
+
 def run(run: RunConfig, ctx: StageContext) -> dict[str, str]:
     ev = run.eval
     test = read_split(ctx.input("validate", "test"))[: ev.max_samples]
-    samples = [Sample(prompt, reference["content"]) for c in test if (e := first_exchange(c))
-               for prompt, reference in [e]]  # none for plain-text rows
+    samples = held_out_samples(test)
     chosen = [METRICS[name] for name in ev.metrics]
     results = Results(len(samples))
     answers: dict[str, list[Answer]] = {}
